@@ -1,0 +1,257 @@
+"""Model configuration: parsed once, frozen, with every per-layer fact resolved.
+
+Two sources give the same `ModelConfig`: a Hugging Face `config.json` (in the
+converter) and a GGUF file's metadata (in the loader). No other module reads
+raw metadata. `tensor_manifest` says which tensors a config needs and their
+shapes; the converter and the loader both check against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgert.errors import ArchitectureError
+
+ARCH = "gemma4"
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What one decoder layer does; the layer loop only follows this."""
+
+    index: int
+    sliding: bool  # sliding-window attention, else global
+    head_dim: int  # 256 on sliding layers, 512 on global ones (E2B/E4B)
+    n_kv_heads: int
+    rope_theta: float
+    rope_dims: int  # leading dims of each half that rotate: head_dim/2 sliding, 64 of 256 global
+    owns_kv: bool  # computes K/V and keeps a cache
+    kv_source: int  # the layer whose K/V it attends to (itself when owns_kv)
+    ffn_dim: int  # doubled on KV-shared layers when use_double_wide_mlp
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_vocab: int
+    n_embd: int  # hidden size H
+    n_layer: int
+    n_head: int
+    n_ctx_train: int  # max_position_embeddings
+    sliding_window: int
+    n_kv_shared: int  # the last n_kv_shared layers reuse earlier K/V
+    ple_dim: int  # hidden_size_per_layer_input (0: no per-layer embeddings)
+    n_vocab_ple: int
+    rms_eps: float
+    final_softcap: float  # 0.0: none
+    layers: tuple[LayerSpec, ...]
+
+    @property
+    def first_shared(self) -> int:
+        return self.n_layer - self.n_kv_shared
+
+    @property
+    def kv_layers(self) -> tuple[LayerSpec, ...]:
+        return tuple(s for s in self.layers if s.owns_kv)
+
+
+def _resolve_layers(
+    *,
+    sliding: list[bool],
+    head_dim_swa: int,
+    head_dim_full: int,
+    kv_heads: list[int],
+    theta_swa: float,
+    theta_full: float,
+    rope_dims_swa: int,
+    rope_dims_full: int,
+    ffn: list[int],
+    n_kv_shared: int,
+) -> tuple[LayerSpec, ...]:
+    n_layer = len(sliding)
+    first_shared = n_layer - n_kv_shared
+    # KV-shared layers read the K/V of the last non-shared layer of the same type,
+    # as Gemma4TextConfig.kv_sharing_modes ("store" producers, "reuse" consumers).
+    last_of_type = {}
+    for i in range(first_shared):
+        last_of_type[sliding[i]] = i
+    specs = []
+    for i in range(n_layer):
+        owns = i < first_shared
+        if not owns and sliding[i] not in last_of_type:
+            raise ArchitectureError(
+                f"layer {i} reuses K/V of an earlier {'sliding' if sliding[i] else 'global'} layer, "
+                "but no non-shared layer of that type exists"
+            )
+        specs.append(
+            LayerSpec(
+                index=i,
+                sliding=sliding[i],
+                head_dim=head_dim_swa if sliding[i] else head_dim_full,
+                n_kv_heads=kv_heads[i],
+                rope_theta=theta_swa if sliding[i] else theta_full,
+                rope_dims=rope_dims_swa if sliding[i] else rope_dims_full,
+                owns_kv=owns,
+                kv_source=i if owns else last_of_type[sliding[i]],
+                ffn_dim=ffn[i],
+            )
+        )
+    return tuple(specs)
+
+
+def config_from_hf(config: dict) -> ModelConfig:
+    """From a Gemma 4 `config.json` (Gemma4ForConditionalGeneration or Gemma4ForCausalLM)."""
+    model_type = config.get("model_type")
+    text = config.get("text_config", config) if model_type == "gemma4" else config
+    if model_type not in ("gemma4", "gemma4_text") or text.get("model_type", "gemma4_text") != "gemma4_text":
+        raise ArchitectureError(
+            f"config.json says model_type={model_type!r}; edgert converts Gemma 4 checkpoints "
+            "(model_type 'gemma4' or 'gemma4_text')"
+        )
+    if text.get("enable_moe_block") or text.get("attention_k_eq_v"):
+        raise ArchitectureError(
+            "this is a Gemma 4 MoE or k=v checkpoint; edgert runs the edge models (E2B, E4B) only"
+        )
+    n_layer = int(text["num_hidden_layers"])
+    layer_types = text.get("layer_types") or [
+        "sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(n_layer)
+    ]
+    sliding = [t == "sliding_attention" for t in layer_types]
+    rope = text.get("rope_parameters") or {}
+    full = rope.get("full_attention", {"rope_theta": 1e6, "partial_rotary_factor": 0.25})
+    swa = rope.get("sliding_attention", {"rope_theta": 1e4})
+    if full.get("rope_type", "proportional") != "proportional" or swa.get("rope_type", "default") != "default":
+        raise ArchitectureError(f"unexpected RoPE types {rope}; Gemma 4 uses default (sliding) and proportional (global)")
+    head_dim_swa = int(text.get("head_dim", 256))
+    n_kv = int(text.get("num_key_value_heads", 1))
+    # transformers writes the global layers' overrides as per_layer_config; published
+    # configs say global_head_dim
+    overrides = [(text.get("per_layer_config") or {}).get(str(i), {}) for i in range(n_layer)]
+    full_override = next((o for o, sl in zip(overrides, sliding) if not sl and o), {})
+    head_dim_full = int(text.get("global_head_dim") or full_override.get("head_dim", 512))
+    kv_heads = [int(o.get("num_key_value_heads", n_kv)) for o in overrides]
+    n_kv_shared = int(text.get("num_kv_shared_layers", 0))
+    n_ff = int(text["intermediate_size"])
+    double = bool(text.get("use_double_wide_mlp", False))
+    ffn = [n_ff * 2 if double and i >= n_layer - n_kv_shared else n_ff for i in range(n_layer)]
+    ple_dim = int(text.get("hidden_size_per_layer_input") or 0)
+    return ModelConfig(
+        n_vocab=int(text["vocab_size"]),
+        n_embd=int(text["hidden_size"]),
+        n_layer=n_layer,
+        n_head=int(text["num_attention_heads"]),
+        n_ctx_train=int(text.get("max_position_embeddings", 131072)),
+        sliding_window=int(text.get("sliding_window", 512)),
+        n_kv_shared=n_kv_shared,
+        ple_dim=ple_dim,
+        n_vocab_ple=int(text.get("vocab_size_per_layer_input", text["vocab_size"])) if ple_dim else 0,
+        rms_eps=float(text.get("rms_norm_eps", 1e-6)),
+        final_softcap=float(text.get("final_logit_softcapping") or 0.0),
+        layers=_resolve_layers(
+            sliding=sliding,
+            head_dim_swa=head_dim_swa,
+            head_dim_full=head_dim_full,
+            kv_heads=kv_heads,
+            theta_swa=float(swa["rope_theta"]),
+            theta_full=float(full["rope_theta"]),
+            rope_dims_swa=int(head_dim_swa * float(swa.get("partial_rotary_factor", 1.0))) // 2,
+            rope_dims_full=int(head_dim_full * float(full.get("partial_rotary_factor", 1.0))) // 2,
+            ffn=ffn,
+            n_kv_shared=n_kv_shared,
+        ),
+    )
+
+
+def rope_freqs_factors(cfg: ModelConfig) -> list[float]:
+    """llama.cpp's `rope_freqs` for global layers: 1 for the rotating pairs, 1e30
+    (frequency ~ 0) for the rest, as its Gemma 4 converter writes."""
+    glob = next((s for s in cfg.layers if not s.sliding), None)
+    if glob is None:
+        return []
+    return [1.0] * glob.rope_dims + [1e30] * (glob.head_dim // 2 - glob.rope_dims)
+
+
+def config_from_gguf(meta: dict, rope_freqs: list[float] | None, n_vocab: int, n_vocab_ple: int) -> ModelConfig:
+    """From GGUF metadata as llama.cpp's gemma4 loader reads it. `meta` maps
+    keys without the `gemma4.` prefix to values; `rope_freqs` is that tensor;
+    the vocabulary sizes come from the embedding tables' shapes, as in llama.cpp."""
+    n_layer = int(meta["block_count"])
+
+    def per_layer(key: str, default=None) -> list:
+        value = meta.get(key, default)
+        if value is None:
+            raise ArchitectureError(f"the model file lacks gemma4.{key}; re-convert it with `edgert convert`")
+        return [int(v) for v in value] if isinstance(value, list) else [int(value)] * n_layer
+
+    sliding = [bool(v) for v in meta.get("attention.sliding_window_pattern", [])]
+    if len(sliding) != n_layer:
+        raise ArchitectureError("gemma4.attention.sliding_window_pattern must give one entry per layer")
+    head_dim_full = int(meta["attention.key_length"])
+    head_dim_swa = int(meta.get("attention.key_length_swa", head_dim_full))
+    rope_full = int(meta.get("rope.dimension_count", head_dim_full)) // 2
+    if rope_freqs is not None:
+        # pairs with a huge divisor do not rotate (proportional RoPE, partial factor)
+        rope_full = sum(1 for f in rope_freqs[:rope_full] if f < 1e20)
+    ple_dim = int(meta.get("embedding_length_per_layer_input", 0))
+    return ModelConfig(
+        n_vocab=n_vocab,
+        n_embd=int(meta["embedding_length"]),
+        n_layer=n_layer,
+        n_head=int(meta["attention.head_count"]),
+        n_ctx_train=int(meta.get("context_length", 131072)),
+        sliding_window=int(meta["attention.sliding_window"]),
+        n_kv_shared=int(meta.get("attention.shared_kv_layers", 0)),
+        ple_dim=ple_dim,
+        n_vocab_ple=n_vocab_ple if ple_dim else 0,
+        rms_eps=float(meta.get("attention.layer_norm_rms_epsilon", 1e-6)),
+        final_softcap=float(meta.get("final_logit_softcapping", 0.0)),
+        layers=_resolve_layers(
+            sliding=sliding,
+            head_dim_swa=head_dim_swa,
+            head_dim_full=head_dim_full,
+            kv_heads=per_layer("attention.head_count_kv"),
+            theta_swa=float(meta.get("rope.freq_base_swa", 1e4)),
+            theta_full=float(meta.get("rope.freq_base", 1e6)),
+            rope_dims_swa=int(meta.get("rope.dimension_count_swa", head_dim_swa)) // 2,
+            rope_dims_full=rope_full,
+            ffn=per_layer("feed_forward_length"),
+            n_kv_shared=int(meta.get("attention.shared_kv_layers", 0)),
+        ),
+    )
+
+
+def tensor_manifest(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """GGUF tensor name -> logical shape (numpy order: rows, cols) for this config.
+    Names are llama.cpp's gemma4 names (gguf.MODEL_TENSORS[MODEL_ARCH.GEMMA4])."""
+    H, P, L = cfg.n_embd, cfg.ple_dim, cfg.n_layer
+    m: dict[str, tuple[int, ...]] = {
+        "token_embd.weight": (cfg.n_vocab, H),
+        "output_norm.weight": (H,),
+    }
+    if any(not s.sliding for s in cfg.layers):
+        m["rope_freqs.weight"] = (cfg.layers[next(i for i, s in enumerate(cfg.layers) if not s.sliding)].head_dim // 2,)
+    if P:
+        m["per_layer_token_embd.weight"] = (cfg.n_vocab_ple, L * P)
+        m["per_layer_model_proj.weight"] = (L * P, H)
+        m["per_layer_proj_norm.weight"] = (P,)
+    for s in cfg.layers:
+        b, q, kv, hd = f"blk.{s.index}.", cfg.n_head * s.head_dim, s.n_kv_heads * s.head_dim, s.head_dim
+        m[b + "attn_norm.weight"] = (H,)
+        m[b + "attn_q.weight"] = (q, H)
+        m[b + "attn_q_norm.weight"] = (hd,)
+        if s.owns_kv:
+            m[b + "attn_k.weight"] = (kv, H)
+            m[b + "attn_v.weight"] = (kv, H)
+            m[b + "attn_k_norm.weight"] = (hd,)
+        m[b + "attn_output.weight"] = (H, q)
+        m[b + "post_attention_norm.weight"] = (H,)
+        m[b + "ffn_norm.weight"] = (H,)
+        m[b + "ffn_gate.weight"] = (s.ffn_dim, H)
+        m[b + "ffn_up.weight"] = (s.ffn_dim, H)
+        m[b + "ffn_down.weight"] = (H, s.ffn_dim)
+        m[b + "post_ffw_norm.weight"] = (H,)
+        m[b + "layer_output_scale.weight"] = (1,)
+        if P:
+            m[b + "inp_gate.weight"] = (P, H)
+            m[b + "proj.weight"] = (H, P)
+            m[b + "post_norm.weight"] = (H,)
+    return m

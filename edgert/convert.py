@@ -1,0 +1,352 @@
+"""Hugging Face Gemma 4 checkpoint -> GGUF, with llama.cpp's gemma4 names and keys.
+
+Reads config.json, the safetensors shards (bf16/f16/f32, parsed here: no torch)
+and tokenizer.json; writes one GGUF through the `gguf` package. It follows
+llama.cpp's converter (conversion/gemma.py, Gemma4Model): no norm shift,
+`layer_scalar` -> `blk.N.layer_output_scale.weight`, a `rope_freqs` tensor for
+the proportional RoPE of global layers, tokenizer model "gemma4" with merges.
+
+Norms and other 1-D tensors stay f32; `qtype` picks the type of the matrices.
+The output is written to a temporary file beside the target and renamed only
+when complete, so an interrupted conversion never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import gguf
+import numpy as np
+
+from edgert.config import ARCH, ModelConfig, config_from_hf, rope_freqs_factors, tensor_manifest
+from edgert.errors import CheckpointError, UnsupportedTypeError
+from quant import QType, quantize, row_bytes
+from quant.formats import BLOCKS
+
+TYPES = {"f32": QType.F32, "f16": QType.F16, "bf16": QType.BF16, "q8_0": QType.Q8_0, "q4_0": QType.Q4_0}
+
+# Tokens llama.cpp's converter marks USER_DEFINED so that they are always rendered.
+VISIBLE_TOKENS = {"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",
+                  "<tool_response|>", '<|"|>'}
+
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+
+Progress = Callable[[int, int, str], None]  # (done, total, what)
+
+
+# --- safetensors, read without torch ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class SafeTensor:
+    path: Path
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset of the data in the file
+
+    def array(self) -> np.ndarray:
+        """The tensor as a read-only memory map in its stored dtype (bf16 as uint16)."""
+        count = int(np.prod(self.shape)) if self.shape else 1
+        mm = np.memmap(self.path, dtype=_ST_DTYPES[self.dtype], mode="r", offset=self.offset, shape=(count,))
+        return mm.reshape(self.shape) if self.shape else mm
+
+    def rows_f32(self, start: int, stop: int) -> np.ndarray:
+        a = self.array()
+        a = a.reshape(1, -1) if a.ndim < 2 else a  # a 1-D tensor is one row
+        part = np.asarray(a[start:stop])
+        if self.dtype == "BF16":
+            return (part.astype(np.uint32) << 16).view(np.float32)
+        return part.astype(np.float32)
+
+
+def read_safetensors(directory: Path) -> dict[str, SafeTensor]:
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"no *.safetensors files in {directory}; point at a Hugging Face checkpoint directory")
+    tensors: dict[str, SafeTensor] = {}
+    for path in files:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path.name} is truncated (no safetensors header)")
+            (n,) = struct.unpack("<Q", head)
+            try:
+                header = json.loads(f.read(n))
+            except (ValueError, UnicodeDecodeError) as e:
+                raise CheckpointError(f"{path.name} has a corrupt safetensors header: {e}") from None
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info["dtype"] not in _ST_DTYPES:
+                raise CheckpointError(f"{path.name}: tensor {name} has dtype {info['dtype']}; expected BF16, F16 or F32")
+            start, end = info["data_offsets"]
+            if 8 + n + end > size:
+                raise CheckpointError(f"{path.name} is truncated: tensor {name} ends past the end of the file")
+            tensors[name] = SafeTensor(path, info["dtype"], tuple(info["shape"]), 8 + n + start)
+    return tensors
+
+
+# --- names --------------------------------------------------------------------------------------
+
+_SKIP = re.compile(r"^(lm_head\.|model\.(audio_tower|embed_audio|vision_tower|embed_vision)\.)")
+
+
+def gguf_name(hf_name: str, name_map: gguf.TensorNameMap) -> str | None:
+    """HF tensor name -> llama.cpp gemma4 name; None for tensors of other towers or the tied head."""
+    name = hf_name.replace("model.language_model.", "model.", 1)
+    if _SKIP.match(name):
+        return None
+    if name.endswith("layer_scalar"):
+        name += ".weight"  # as llama.cpp's Gemma4Model.filter_tensors
+    mapped = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
+    if mapped is None:
+        raise CheckpointError(f"tensor {hf_name} has no llama.cpp gemma4 name; is this a Gemma 4 checkpoint?")
+    return mapped
+
+
+# --- tokenizer ----------------------------------------------------------------------------------
+
+@dataclass
+class Vocab:
+    tokens: list[str]
+    types: list[int]
+    merges: list[str]
+    bos: int | None
+    eos: int | None
+    eot: int | None
+    pad: int | None
+    unk: int | None
+    chat_template: str | None
+
+
+def _token_id(tokens: list[str], value) -> int | None:
+    if isinstance(value, dict):
+        value = value.get("content")
+    if value is None:
+        return None
+    try:
+        return tokens.index(value)
+    except ValueError:
+        return None
+
+
+def read_vocab(directory: Path) -> Vocab:
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        raise CheckpointError(f"{directory} has no tokenizer.json; the converter stores the tokenizer in the model file")
+    tj = json.loads(path.read_text(encoding="utf-8"))
+    model = tj.get("model", {})
+    if model.get("type") != "BPE" or not model.get("byte_fallback"):
+        raise CheckpointError("tokenizer.json is not a byte-fallback BPE tokenizer, as Gemma 4's is")
+    vocab: dict[str, int] = dict(model["vocab"])
+    added = {t["content"]: t for t in tj.get("added_tokens", [])}
+    for content, t in added.items():
+        vocab[content] = t["id"]
+    n = max(vocab.values()) + 1
+    tokens = [f"[PAD{i}]" for i in range(n)]
+    for text, i in vocab.items():
+        tokens[i] = text
+    types = []
+    for i, text in enumerate(tokens):
+        if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", text):
+            types.append(gguf.TokenType.BYTE)
+        elif text in VISIBLE_TOKENS or (text in added and not added[text].get("special")):
+            types.append(gguf.TokenType.USER_DEFINED)
+        elif text in added:
+            types.append(gguf.TokenType.CONTROL)
+        elif text.startswith("[PAD"):
+            types.append(gguf.TokenType.UNUSED)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+
+    cfg_path = directory / "tokenizer_config.json"
+    tcfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+    template = tcfg.get("chat_template")
+    jinja = directory / "chat_template.jinja"
+    if template is None and jinja.is_file():
+        template = jinja.read_text(encoding="utf-8")
+    bos = _token_id(tokens, tcfg.get("bos_token", "<bos>"))
+    eos = _token_id(tokens, tcfg.get("eos_token", "<eos>"))
+    return Vocab(
+        tokens=tokens,
+        types=[int(t) for t in types],
+        merges=merges,
+        bos=bos,
+        eos=eos,
+        eot=_token_id(tokens, "<turn|>"),
+        pad=_token_id(tokens, tcfg.get("pad_token", "<pad>")),
+        unk=_token_id(tokens, model.get("unk_token") or tcfg.get("unk_token")),
+        chat_template=template if isinstance(template, str) else None,
+    )
+
+
+# --- the conversion -----------------------------------------------------------------------------
+
+def matrix_type(name: str, shape: tuple[int, ...], qtype: QType) -> QType:
+    """The stored type of one tensor: 1-D stays f32; matrices take `qtype`, except that the tied
+    embedding / LM head keeps Q8_0 under Q4_0 (llama.cpp likewise keeps its output tensor at
+    higher precision), and rows that do not fill whole blocks fall back to f16."""
+    if len(shape) < 2 or qtype == QType.F32:
+        return QType.F32
+    if qtype == QType.Q4_0 and name == "token_embd.weight":
+        qtype = QType.Q8_0
+    if shape[-1] % BLOCKS[qtype].values:
+        return QType.F16
+    return qtype
+
+
+class _ChunkedTensor:
+    """Duck-typed for GGUFWriter.write_tensor_data: converts and writes `rows_per_chunk` rows at a
+    time, so that a multi-gigabyte table never sits in memory whole."""
+
+    def __init__(self, source: SafeTensor, rows: int, qtype: QType, nbytes: int, rows_per_chunk: int):
+        self.source, self.rows, self.qtype, self.nbytes, self.chunk = source, rows, qtype, nbytes, rows_per_chunk
+
+    def tofile(self, fout) -> None:
+        for start in range(0, self.rows, self.chunk):
+            x = self.source.rows_f32(start, min(start + self.chunk, self.rows))
+            fout.write(quantize(x.reshape(x.shape[0], -1), self.qtype).tobytes())
+
+
+def convert(
+    hf_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    qtype: str = "q8_0",
+    progress: Progress | None = None,
+) -> Path:
+    """Convert the checkpoint in `hf_dir` to a GGUF file at `out_path`; returns its path."""
+    hf_dir, out_path = Path(hf_dir), Path(out_path)
+    if qtype not in TYPES:
+        raise UnsupportedTypeError(f"--type {qtype!r} is not supported; choose one of {', '.join(TYPES)}")
+    if not (hf_dir / "config.json").is_file():
+        raise CheckpointError(f"{hf_dir} has no config.json; point at a Hugging Face checkpoint directory")
+    hf_config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+    cfg = config_from_hf(hf_config)
+    vocab = read_vocab(hf_dir)
+    sources = read_safetensors(hf_dir)
+
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA4, cfg.n_layer)
+    found: dict[str, SafeTensor] = {}
+    for hf_name, st in sources.items():
+        name = gguf_name(hf_name, name_map)
+        if name is not None:
+            found[name] = st
+
+    manifest = tensor_manifest(cfg)
+    n_vocab_tok = len(vocab.tokens)
+    plan = []  # (name, source or None, rows of source to take, shape, qtype)
+    for name, shape in manifest.items():
+        if name == "rope_freqs.weight":
+            plan.append((name, None, shape, QType.F32))
+            continue
+        st = found.get(name)
+        if st is None:
+            raise CheckpointError(f"the checkpoint lacks {name} (expected shape {shape}); it is incomplete")
+        st_shape = st.shape if st.shape else (1,)
+        want = shape
+        if name == "token_embd.weight" and st_shape[0] > n_vocab_tok:
+            # as llama.cpp's Gemma3Model: drop embedding rows past the tokenizer's vocabulary
+            want = (n_vocab_tok, shape[1])
+            st_shape = (n_vocab_tok, st_shape[1])
+        if tuple(st_shape) != tuple(want):
+            raise CheckpointError(f"{name} has shape {tuple(st.shape)} but config.json implies {shape}")
+        plan.append((name, st, want, matrix_type(name, want, TYPES[qtype])))
+
+    extra = sorted(set(found) - set(manifest))
+    if extra:
+        raise CheckpointError(f"the checkpoint has tensors this config does not use: {extra[:5]}")
+
+    cfg_out = ModelConfig(**{**cfg.__dict__, "n_vocab": plan[0][2][0]})
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    try:
+        _write(tmp, cfg_out, vocab, plan, hf_config, TYPES[qtype], progress)
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out_path
+
+
+def _write(tmp: Path, cfg: ModelConfig, vocab: Vocab, plan, hf_config: dict, qtype: QType,
+           progress: Progress | None) -> None:
+    w = gguf.GGUFWriter(tmp, ARCH)
+    w.add_name(hf_config.get("_name_or_path") or "gemma4")
+    w.add_file_type({QType.F32: gguf.LlamaFileType.ALL_F32, QType.F16: gguf.LlamaFileType.MOSTLY_F16,
+                     QType.BF16: gguf.LlamaFileType.MOSTLY_BF16, QType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+                     QType.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0}[qtype])
+    w.add_context_length(cfg.n_ctx_train)
+    w.add_embedding_length(cfg.n_embd)
+    w.add_block_count(cfg.n_layer)
+    ffn = [s.ffn_dim for s in cfg.layers]
+    w.add_feed_forward_length(ffn if len(set(ffn)) > 1 else ffn[0])
+    w.add_head_count(cfg.n_head)
+    kv = [s.n_kv_heads for s in cfg.layers]
+    w.add_head_count_kv(kv if len(set(kv)) > 1 else kv[0])
+    w.add_layer_norm_rms_eps(cfg.rms_eps)
+    glob = next((s for s in cfg.layers if not s.sliding), cfg.layers[0])
+    swa = next((s for s in cfg.layers if s.sliding), cfg.layers[0])
+    w.add_key_length(glob.head_dim)
+    w.add_value_length(glob.head_dim)
+    w.add_key_length_swa(swa.head_dim)
+    w.add_value_length_swa(swa.head_dim)
+    w.add_rope_freq_base(glob.rope_theta)
+    w.add_rope_freq_base_swa(swa.rope_theta)
+    w.add_rope_dimension_count(glob.head_dim)  # "proportional": rope_freqs masks the rest
+    w.add_rope_dimension_count_swa(swa.rope_dims * 2)
+    if cfg.final_softcap:
+        w.add_final_logit_softcapping(cfg.final_softcap)
+    w.add_sliding_window(cfg.sliding_window)
+    w.add_sliding_window_pattern([s.sliding for s in cfg.layers])
+    w.add_shared_kv_layers(cfg.n_kv_shared)
+    w.add_embedding_length_per_layer_input(cfg.ple_dim)
+    w.add_vocab_size(cfg.n_vocab)
+
+    w.add_tokenizer_model("gemma4")
+    w.add_token_list(vocab.tokens)
+    w.add_token_scores([-1000.0] * len(vocab.tokens))
+    w.add_token_types(vocab.types)
+    w.add_token_merges(vocab.merges)
+    for setter, value in ((w.add_bos_token_id, vocab.bos), (w.add_eos_token_id, vocab.eos),
+                          (w.add_eot_token_id, vocab.eot), (w.add_pad_token_id, vocab.pad),
+                          (w.add_unk_token_id, vocab.unk)):
+        if value is not None:
+            setter(value)
+    w.add_add_bos_token(True)
+    w.add_add_space_prefix(False)
+    if vocab.chat_template:
+        w.add_chat_template(vocab.chat_template)
+
+    payloads = []
+    for name, st, shape, t in plan:
+        if st is None:  # rope_freqs
+            data = np.asarray(rope_freqs_factors(cfg), dtype=np.float32)
+            w.add_tensor_info(name, data.shape, data.dtype, data.nbytes)
+            payloads.append((name, data))
+            continue
+        rows = shape[0] if len(shape) > 1 else 1
+        cols = shape[-1]
+        nbytes = rows * row_bytes(t, cols)
+        # logical (rows, cols) shape; 1-D tensors keep their 1-D shape
+        w.add_tensor_info(name, shape, np.float32 if t == QType.F32 else np.float16, nbytes,
+                          raw_dtype=gguf.GGMLQuantizationType(int(t)))
+        chunk = max(1, (64 << 20) // max(1, cols * 4))
+        payloads.append((name, _ChunkedTensor(st, rows, t, nbytes, chunk)))
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    for i, (name, payload) in enumerate(payloads):
+        if progress:
+            progress(i, len(payloads), name)
+        w.write_tensor_data(payload)
+    if progress:
+        progress(len(payloads), len(payloads), "done")
+    w.close()

@@ -1,0 +1,163 @@
+"""The Gemma 4 text decoder (E2B, E4B): weights and one forward step, top to bottom.
+
+Counterpart: transformers.models.gemma4.modeling_gemma4 (Gemma4TextModel,
+Gemma4TextDecoderLayer, Gemma4TextAttention). Per-layer facts come resolved in
+`LayerSpec`; the loop below only follows them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgert import ops
+from edgert.config import ModelConfig
+from edgert.kv_cache import KVCache
+from ple_store import PLEStore
+from quant import QTensor, matmul
+
+F32 = np.float32
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    attn_norm: np.ndarray  # (H,)
+    wq: QTensor  # (n_head * head_dim, H)
+    q_norm: np.ndarray  # (head_dim,)
+    wk: QTensor | None  # (n_kv * head_dim, H); None on KV-shared layers
+    wv: QTensor | None  # (n_kv * head_dim, H)
+    k_norm: np.ndarray | None  # (head_dim,); v_norm has no weight
+    wo: QTensor  # (H, n_head * head_dim)
+    post_attn_norm: np.ndarray  # (H,)
+    ffn_norm: np.ndarray  # (H,)
+    w_gate: QTensor  # (ffn_dim, H)
+    w_up: QTensor  # (ffn_dim, H)
+    w_down: QTensor  # (H, ffn_dim)
+    post_ffn_norm: np.ndarray  # (H,)
+    ple_gate: QTensor | None  # (P, H)
+    ple_proj: QTensor | None  # (H, P)
+    ple_norm: np.ndarray | None  # (H,)
+    scalar: np.float32  # layer_scalar
+    inv_freq: np.ndarray  # (head_dim / 2,) RoPE inverse frequencies, 0 where a pair does not rotate
+
+
+@dataclass(frozen=True)
+class Weights:
+    token_embd: QTensor  # (n_vocab, H), also the tied LM head
+    ple: PLEStore | None  # rows of (n_vocab_ple, L * P), on disk
+    ple_model_proj: QTensor | None  # (L * P, H)
+    ple_proj_norm: np.ndarray | None  # (P,)
+    output_norm: np.ndarray  # (H,)
+    layers: tuple[LayerWeights, ...]
+
+
+def load_weights(cfg: ModelConfig, t: dict[str, QTensor]) -> Weights:
+    """Plain named arrays from the loader's tensors; small vectors are read into DRAM."""
+
+    def vec(name: str) -> np.ndarray:
+        return np.array(t[name].dequantize(), dtype=F32).reshape(-1)
+
+    def opt(name: str):
+        return t.get(name)
+
+    layers = []
+    for s in cfg.layers:
+        b = f"blk.{s.index}."
+        layers.append(LayerWeights(
+            attn_norm=vec(b + "attn_norm.weight"),
+            wq=t[b + "attn_q.weight"],
+            q_norm=vec(b + "attn_q_norm.weight"),
+            wk=opt(b + "attn_k.weight") if s.owns_kv else None,
+            wv=opt(b + "attn_v.weight") if s.owns_kv else None,
+            k_norm=vec(b + "attn_k_norm.weight") if s.owns_kv else None,
+            wo=t[b + "attn_output.weight"],
+            post_attn_norm=vec(b + "post_attention_norm.weight"),
+            ffn_norm=vec(b + "ffn_norm.weight"),
+            w_gate=t[b + "ffn_gate.weight"],
+            w_up=t[b + "ffn_up.weight"],
+            w_down=t[b + "ffn_down.weight"],
+            post_ffn_norm=vec(b + "post_ffw_norm.weight"),
+            ple_gate=opt(b + "inp_gate.weight") if cfg.ple_dim else None,
+            ple_proj=opt(b + "proj.weight") if cfg.ple_dim else None,
+            ple_norm=vec(b + "post_norm.weight") if cfg.ple_dim else None,
+            scalar=F32(vec(b + "layer_output_scale.weight")[0]),
+            inv_freq=ops.rope_inv_freq(s.head_dim, s.rope_dims, s.rope_theta),
+        ))
+    return Weights(
+        token_embd=t["token_embd.weight"],
+        ple=PLEStore(t["per_layer_token_embd.weight"], cfg.n_layer, cfg.ple_dim) if cfg.ple_dim else None,
+        ple_model_proj=opt("per_layer_model_proj.weight"),
+        ple_proj_norm=vec("per_layer_proj_norm.weight") if cfg.ple_dim else None,
+        output_norm=vec("output_norm.weight"),
+        layers=tuple(layers),
+    )
+
+
+def embed(cfg: ModelConfig, w: Weights, ids: np.ndarray) -> np.ndarray:
+    """(n,) ids -> (n, H) embeddings scaled by sqrt(H) (Gemma4TextScaledWordEmbedding)."""
+    return w.token_embd.rows(ids) * F32(cfg.n_embd ** 0.5)
+
+
+def per_layer_inputs(cfg: ModelConfig, w: Weights, ids: np.ndarray, x: np.ndarray) -> np.ndarray | None:
+    """(n, L, P): as Gemma4TextModel.get_per_layer_inputs + project_per_layer_inputs:
+    (norm(proj(x) * H^-1/2) + PLE rows * sqrt(P)) * 2^-1/2."""
+    if not cfg.ple_dim:
+        return None
+    n = len(ids)
+    proj = matmul(x, w.ple_model_proj) * F32(cfg.n_embd ** -0.5)
+    proj = ops.rms_norm(proj.reshape(n, cfg.n_layer, cfg.ple_dim), w.ple_proj_norm, cfg.rms_eps)  # (n, L, P)
+    return (proj + w.ple.rows(ids)) * F32(2.0 ** -0.5)
+
+
+def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.ndarray, pos: np.ndarray,
+            keep: np.ndarray | None) -> np.ndarray | None:
+    """One step over `ids` at positions `pos`, writing K/V of the owning layers to `caches`.
+
+    keep: indices of the positions whose logits are wanted (None: none). From the first
+    KV-shared layer on, only those positions are computed: shared layers write no cache,
+    so the rest of the prompt has no further use there. Returns (len(keep), n_vocab) logits."""
+    x = embed(cfg, w, ids)  # (n, H)
+    ple = per_layer_inputs(cfg, w, ids, x)  # (n, L, P)
+    views: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # layer -> (k, v, k_pos)
+
+    for s, lw in zip(cfg.layers, w.layers):
+        if s.index == cfg.first_shared:
+            if keep is None:
+                return None
+            x, pos = x[keep], pos[keep]
+            ple = ple[keep] if ple is not None else None
+        n = len(pos)
+
+        # attention (Gemma4TextAttention)
+        h = ops.rms_norm(x, lw.attn_norm, cfg.rms_eps)
+        q = matmul(h, lw.wq).reshape(n, cfg.n_head, s.head_dim)
+        q = ops.rope(ops.rms_norm(q, lw.q_norm, cfg.rms_eps), pos, lw.inv_freq)
+        if s.owns_kv:
+            k = matmul(h, lw.wk).reshape(n, s.n_kv_heads, s.head_dim)
+            k = ops.rope(ops.rms_norm(k, lw.k_norm, cfg.rms_eps), pos, lw.inv_freq)
+            v = ops.rms_norm(matmul(h, lw.wv).reshape(n, s.n_kv_heads, s.head_dim), None, cfg.rms_eps)
+            views[s.index] = caches[s.index].update(k, v, pos)
+        k_all, v_all, k_pos = views[s.kv_source]  # KV-shared layers reuse an earlier layer's K/V
+        a = ops.attention(q, k_all, v_all, pos, k_pos, cfg.sliding_window if s.sliding else 0)
+        h = ops.rms_norm(matmul(a, lw.wo), lw.post_attn_norm, cfg.rms_eps)
+        x = x + h
+
+        # MLP: down(gelu_tanh(gate(x)) * up(x))
+        h = ops.rms_norm(x, lw.ffn_norm, cfg.rms_eps)
+        h = matmul(ops.gelu_tanh(matmul(h, lw.w_gate)) * matmul(h, lw.w_up), lw.w_down)
+        x = x + ops.rms_norm(h, lw.post_ffn_norm, cfg.rms_eps)
+
+        # per-layer embedding gate: x + norm(proj(gelu_tanh(gate(x)) * ple_i))
+        if ple is not None:
+            h = ops.gelu_tanh(matmul(x, lw.ple_gate)) * ple[:, s.index, :]
+            x = x + ops.rms_norm(matmul(h, lw.ple_proj), lw.ple_norm, cfg.rms_eps)
+        x = x * lw.scalar
+
+    if keep is None:
+        return None
+    if cfg.first_shared >= cfg.n_layer:  # no shared layers: select at the end
+        x = x[keep]
+    x = ops.rms_norm(x, w.output_norm, cfg.rms_eps)
+    logits = matmul(x, w.token_embd)  # tied LM head: (k, n_vocab)
+    return ops.softcap(logits, cfg.final_softcap)

@@ -1,0 +1,309 @@
+"""The generation API: `edgert.load`, `Model.forward`, `Model.generate`,
+`Model.chat` and chat sessions that keep their KV cache between turns.
+
+The library yields and never prints. Prefill and the decode step are separate;
+generation is a generator over token ids, and text streams on top of it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from edgert import chat as chat_format
+from edgert import gemma4
+from edgert.errors import ContextOverflowError, EdgeRTError
+from edgert.kv_cache import KVCache, make_caches
+from edgert.loader import ModelFile, open_model
+from edgert.sampling import make_sampler
+from edgert.tokenizer import StreamDecoder, Tokenizer
+
+DEFAULT_CTX = 4096
+DEFAULT_BATCH = 512
+
+
+@dataclass
+class State:
+    """One conversation's place in the model: its caches and the tokens they hold."""
+
+    caches: dict[int, KVCache]
+    tokens: list[int] = field(default_factory=list)  # ids whose K/V are in the caches
+    pending: list[int] = field(default_factory=list)  # sampled ids not yet fed to the model
+
+    @property
+    def pos(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def kv_bytes(self) -> int:
+        return sum(c.nbytes for c in self.caches.values())
+
+
+def load(path: str | os.PathLike, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAULT_BATCH) -> "Model":
+    """Open a GGUF model file (memory-mapped) and make it ready to generate.
+
+    n_ctx: the context length the caches hold (capped at the model's trained length);
+    n_batch: how many prompt tokens one prefill step takes."""
+    return Model(open_model(path), n_ctx=n_ctx, n_batch=n_batch)
+
+
+class Model:
+    def __init__(self, file: ModelFile, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAULT_BATCH):
+        if n_ctx < 1 or n_batch < 1:
+            raise EdgeRTError(f"n_ctx and n_batch must be positive (got {n_ctx}, {n_batch})")
+        self.file = file
+        self.config = file.config
+        self.n_ctx = min(n_ctx, self.config.n_ctx_train)
+        self.n_batch = n_batch
+        self.tokenizer = Tokenizer(file.tokenizer)
+        self.weights = gemma4.load_weights(self.config, file.tensors)
+        tok = self.tokenizer
+        self.stop_ids = {i for i in (tok.eos, tok.eot, tok.ids.get("<turn|>")) if i is not None}
+        self.channel_ids = (tok.ids.get(chat_format.CHANNEL_OPEN), tok.ids.get(chat_format.CHANNEL_CLOSE))
+
+    # --- the model as a function ------------------------------------------------------------
+
+    def new_state(self) -> State:
+        return State(make_caches(self.config, self.n_ctx))
+
+    def prefill(self, state: State, ids: Sequence[int], logits: str = "last") -> np.ndarray | None:
+        """Feed `ids` after what `state` holds, in steps of n_batch. logits: "last" -> (n_vocab,),
+        "all" -> (len(ids), n_vocab), "none" -> None."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if state.pos + len(ids) > self.n_ctx:
+            raise ContextOverflowError(
+                f"{state.pos + len(ids)} tokens do not fit in the context of {self.n_ctx}; "
+                "shorten the prompt, load with a larger n_ctx, or ask for truncation (truncate=True)"
+            )
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.config.n_vocab):
+            raise EdgeRTError(f"token ids must lie in 0..{self.config.n_vocab - 1}")
+        out = []
+        for start in range(0, len(ids), self.n_batch):
+            chunk = ids[start:start + self.n_batch]
+            last_chunk = start + self.n_batch >= len(ids)
+            if logits == "all":
+                keep = np.arange(len(chunk))
+            elif logits == "last" and last_chunk:
+                keep = np.array([len(chunk) - 1])
+            else:
+                keep = None
+            pos = np.arange(state.pos, state.pos + len(chunk))
+            step = gemma4.forward(self.config, self.weights, state.caches, chunk, pos, keep)
+            state.tokens.extend(int(i) for i in chunk)
+            if step is not None:
+                out.append(step)
+        if logits == "none" or not out:
+            return None
+        return out[-1][-1] if logits == "last" else np.concatenate(out)
+
+    def decode_step(self, state: State, token: int) -> np.ndarray:
+        """Feed one token; its logits (n_vocab,)."""
+        return self.prefill(state, [token], logits="last")
+
+    def forward(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits at every position of `ids` from an empty context: (len(ids), n_vocab)."""
+        return self.prefill(self.new_state(), ids, logits="all")
+
+    # --- generation -------------------------------------------------------------------------
+
+    def generate_ids(self, state: State, prompt: Sequence[int], max_new_tokens: int,
+                     sampler: Callable, stop_ids: set[int]) -> Iterator[int]:
+        """Prefill `prompt` (after any pending ids), then sample until a stop id, the token
+        budget or the context runs out. Sampled ids are yielded before they are fed, so a
+        consumer that stops early leaves the last one in `state.pending`."""
+        feed = state.pending + list(prompt)
+        state.pending = []
+        logits = self.prefill(state, feed)
+        history = list(state.tokens)
+        for n in range(max_new_tokens):
+            token = sampler(logits, history)
+            if token in stop_ids:
+                state.pending = [token]
+                return
+            history.append(token)
+            state.pending = [token]
+            yield token
+            if n + 1 == max_new_tokens or state.pos + 1 >= self.n_ctx:
+                return
+            state.pending = []
+            try:
+                logits = self.decode_step(state, token)
+            except BaseException:
+                state.pending = [token]  # not in the cache: feed it again next time
+                raise
+
+    def _fit(self, ids: list[int], max_new_tokens: int, truncate: bool, start: int = 0) -> list[int]:
+        room = self.n_ctx - start - max(1, min(max_new_tokens, self.n_ctx // 2))
+        if len(ids) <= room:
+            return ids
+        if not truncate:
+            raise ContextOverflowError(
+                f"the prompt has {len(ids)} tokens but the context of {self.n_ctx} has room for {room} "
+                f"with {max_new_tokens} new tokens; shorten it, load with a larger n_ctx, or pass truncate=True"
+            )
+        head = ids[:1] if ids and ids[0] == self.tokenizer.bos else []
+        return head + ids[len(ids) - (room - len(head)):]
+
+    def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 256, temperature: float = 1.0,
+                 top_k: int = 64, top_p: float = 0.95, min_p: float = 0.0, repetition_penalty: float = 1.0,
+                 seed: int | None = None, stop: Sequence[str] = (), raw: bool = False,
+                 truncate: bool = False) -> Iterator[str]:
+        """Stream the continuation of `prompt` as text pieces (always whole UTF-8 characters).
+
+        A string prompt is sent as one user turn in Gemma 4's chat format, unless raw=True;
+        a list of ids is fed as it is. Stops at <eos>/<turn|>, at any of `stop`, after
+        `max_new_tokens`, or when the context is full."""
+        if isinstance(prompt, str):
+            text = prompt if raw else chat_format.render([{"role": "user", "content": prompt}])
+            ids = self.tokenizer.encode(text, add_bos=raw and self.tokenizer.add_bos)
+        else:
+            ids = [int(i) for i in prompt]
+        ids = self._fit(ids, max_new_tokens, truncate)
+        sampler = make_sampler(temperature, top_k, top_p, min_p, repetition_penalty, np.random.default_rng(seed))
+        tokens = self.generate_ids(self.new_state(), ids, max_new_tokens, sampler, self.stop_ids)
+        yield from _stop_strings(_text(tokens, self.tokenizer.stream()), stop)
+
+    def chat(self, messages: Sequence[dict], think: bool = False, max_new_tokens: int = 1024,
+             truncate: bool = False, **sampling) -> "Reply":
+        """Answer `messages` ([{"role", "content"}]); iterate the result for the answer's pieces,
+        then read `.text` and `.thought` (the thought channel, never mixed into the answer)."""
+        ids = self.tokenizer.encode(chat_format.render(messages, think=think))
+        ids = self._fit(ids, max_new_tokens, truncate)
+        sampler = _sampler(sampling)
+        return Reply(self, self.generate_ids(self.new_state(), ids, max_new_tokens, sampler, self.stop_ids))
+
+    def chat_session(self, system: str | None = None, think: bool = False, **sampling) -> "ChatSession":
+        """A conversation that keeps its KV cache between turns."""
+        return ChatSession(self, system, think, sampling)
+
+
+def _sampler(sampling: dict):
+    seed = sampling.pop("seed", None)
+    unknown = set(sampling) - {"temperature", "top_k", "top_p", "min_p", "repetition_penalty"}
+    if unknown:
+        raise TypeError(f"unknown sampling options {sorted(unknown)}")
+    return make_sampler(**sampling, rng=np.random.default_rng(seed))
+
+
+def _text(tokens: Iterator[int], decoder: StreamDecoder) -> Iterator[str]:
+    for t in tokens:
+        piece = decoder.push(t)
+        if piece:
+            yield piece
+    tail = decoder.flush()
+    if tail:
+        yield tail
+
+
+def _stop_strings(pieces: Iterator[str], stop: Sequence[str]) -> Iterator[str]:
+    """Pass text through, ending before the first stop string; text that might begin one is
+    held back until it is clear."""
+    stop = [s for s in stop if s]
+    if not stop:
+        yield from pieces
+        return
+    buf = ""
+    for piece in pieces:
+        buf += piece
+        hits = [buf.find(s) for s in stop if s in buf]
+        if hits:
+            if min(hits):
+                yield buf[:min(hits)]
+            return
+        hold = max((k for s in stop for k in range(1, len(s)) if buf.endswith(s[:k])), default=0)
+        if len(buf) > hold:
+            yield buf[:len(buf) - hold]
+            buf = buf[len(buf) - hold:]
+    if buf:
+        yield buf
+
+
+class Reply:
+    """A model turn as it streams: iterating gives the answer's text pieces; the thought
+    channel (`<|channel>thought ... <channel|>`) is collected apart in `.thought`."""
+
+    def __init__(self, model: Model, tokens: Iterator[int]):
+        self.model, self._tokens = model, tokens
+        self.text, self.thought = "", ""
+        self.token_count = 0
+        self.done = False
+
+    def __iter__(self) -> Iterator[str]:
+        tok = self.model.tokenizer
+        open_id, close_id = self.model.channel_ids
+        answer, thought = tok.stream(), tok.stream()
+        in_thought = False
+        for t in self._tokens:
+            self.token_count += 1
+            if t == open_id:
+                in_thought = True
+                continue
+            if t == close_id:
+                in_thought = False
+                continue
+            if in_thought:
+                self.thought += thought.push(t)
+                continue
+            piece = answer.push(t)
+            if piece:
+                self.text += piece
+                yield piece
+        tail = answer.flush()
+        self.thought += thought.flush()
+        if self.thought.startswith("thought\n"):
+            self.thought = self.thought[len("thought\n"):]
+        self.thought = self.thought.strip()
+        if tail:
+            self.text += tail
+            yield tail
+        self.done = True
+
+    def result(self) -> str:
+        """Run to the end and return the answer."""
+        for _ in self:
+            pass
+        return self.text
+
+
+class ChatSession:
+    """Turns appended to one KV cache: only each new turn is prefilled."""
+
+    def __init__(self, model: Model, system: str | None, think: bool, sampling: dict):
+        self.model, self.think, self.sampling = model, think, dict(sampling)
+        self.system = system
+        self.reset()
+
+    def reset(self, system: str | None = None) -> None:
+        """Forget the conversation (and change the system prompt when one is given)."""
+        if system is not None:
+            self.system = system or None
+        self.state = self.model.new_state()
+        self._opening = self.model.tokenizer.encode("<bos>" + chat_format.system_turn(self.system, self.think))
+
+    def stream(self, message: str, max_new_tokens: int = 1024) -> Reply:
+        """Send a user message; iterate the reply for its pieces."""
+        tok = self.model.tokenizer
+        text = chat_format.turn("user", message) + f"{chat_format.TURN}model\n"
+        prefix = self._opening if not self.state.tokens else []
+        if self.state.tokens:
+            # close the previous model turn with "<turn|>\n"; a last sampled id that was not
+            # fed (the budget ran out, or the reader stopped) goes in first, a stop id does not
+            if self.state.pending and self.state.pending[0] in self.model.stop_ids:
+                self.state.pending = []
+            text = f"{chat_format.END}\n" + text
+        ids = prefix + tok.encode(text)
+        if self.state.pos + len(self.state.pending) + len(ids) + 1 > self.model.n_ctx:
+            raise ContextOverflowError(
+                f"the conversation has reached the context of {self.model.n_ctx} tokens; "
+                "start again with reset() or load with a larger n_ctx"
+            )
+        budget = min(max_new_tokens, self.model.n_ctx - self.state.pos - len(self.state.pending) - len(ids))
+        reply = Reply(self.model, self.model.generate_ids(self.state, ids, budget, _sampler(dict(self.sampling)),
+                                                          self.model.stop_ids))
+        return reply
+
+    def send(self, message: str, max_new_tokens: int = 1024) -> str:
+        """Send a user message and return the whole answer."""
+        return self.stream(message, max_new_tokens).result()

@@ -1,0 +1,77 @@
+"""Sampling as composable pure functions over a logits vector; the random
+generator is passed in. Order as llama.cpp's default chain: penalties, top-k,
+top-p, min-p, temperature, then draw. Temperature 0 means argmax."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+NEG_INF = np.float32(-np.inf)
+
+
+def apply_repetition_penalty(logits: np.ndarray, history: Sequence[int], penalty: float) -> np.ndarray:
+    """Divide positive logits of seen tokens by `penalty`, multiply negative ones (CTRL / llama.cpp)."""
+    if penalty == 1.0 or not len(history):
+        return logits
+    seen = np.unique(np.asarray(history, dtype=np.int64))
+    out = logits.copy()
+    vals = out[seen]
+    out[seen] = np.where(vals > 0, vals / penalty, vals * penalty)
+    return out
+
+
+def apply_top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    if k <= 0 or k >= logits.size:
+        return logits
+    kth = np.partition(logits, -k)[-k]
+    return np.where(logits >= kth, logits, NEG_INF)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max())
+    return z / z.sum()
+
+
+def apply_top_p(logits: np.ndarray, p: float) -> np.ndarray:
+    """Keep the smallest set of most likely tokens whose probability reaches p."""
+    if p >= 1.0:
+        return logits
+    order = np.argsort(-logits, kind="stable")
+    probs = softmax(logits)[order]
+    cut = int(np.searchsorted(np.cumsum(probs), p)) + 1
+    out = np.full_like(logits, NEG_INF)
+    out[order[:cut]] = logits[order[:cut]]
+    return out
+
+
+def apply_min_p(logits: np.ndarray, p: float) -> np.ndarray:
+    """Drop tokens whose probability is below p times the most likely token's."""
+    if p <= 0.0:
+        return logits
+    probs = softmax(logits)
+    return np.where(probs >= p * probs.max(), logits, NEG_INF)
+
+
+Sampler = Callable[[np.ndarray, Sequence[int]], int]
+
+
+def make_sampler(temperature: float = 1.0, top_k: int = 64, top_p: float = 0.95, min_p: float = 0.0,
+                 repetition_penalty: float = 1.0, rng: np.random.Generator | None = None) -> Sampler:
+    """A closure (logits, history) -> token id."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    rng = rng if rng is not None else np.random.default_rng()
+
+    def sample(logits: np.ndarray, history: Sequence[int]) -> int:
+        x = apply_repetition_penalty(np.asarray(logits, dtype=np.float32), history, repetition_penalty)
+        if temperature == 0:
+            return int(np.argmax(x))
+        x = apply_min_p(apply_top_p(apply_top_k(x, top_k), top_p), min_p)
+        probs = softmax(x.astype(np.float64) / temperature)
+        return int(rng.choice(probs.size, p=probs))
+
+    return sample

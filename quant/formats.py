@@ -1,0 +1,41 @@
+"""The block layouts, defined once. Type ids are ggml's (GGMLQuantizationType)."""
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class QType(IntEnum):
+    F32 = 0
+    F16 = 1
+    Q4_0 = 2
+    Q8_0 = 8
+    BF16 = 30
+
+
+@dataclass(frozen=True)
+class Block:
+    """`values` weights stored in `nbytes` bytes."""
+
+    values: int
+    nbytes: int
+
+
+BLOCKS: dict[QType, Block] = {
+    QType.F32: Block(1, 4),
+    QType.F16: Block(1, 2),
+    QType.BF16: Block(1, 2),
+    # d (f16) + 32 x int8
+    QType.Q8_0: Block(32, 2 + 32),
+    # d (f16) + 32 x 4-bit, value j in the low nibble of byte j, value j+16 in the high nibble
+    QType.Q4_0: Block(32, 2 + 16),
+}
+
+assert BLOCKS[QType.Q8_0].nbytes == 34 and BLOCKS[QType.Q4_0].nbytes == 18
+
+
+def row_bytes(qtype: QType, n: int) -> int:
+    """Bytes that a row of `n` values takes in `qtype`; n must fill whole blocks."""
+    block = BLOCKS[QType(qtype)]
+    if n % block.values:
+        raise ValueError(f"a row of {n} values does not fill whole {QType(qtype).name} blocks of {block.values}")
+    return n // block.values * block.nbytes

@@ -1,0 +1,162 @@
+"""Reference checkpoints for the parity tests: a Gemma-style byte-fallback BPE
+tokenizer.json built with `tokenizers`, and random-weight Gemma 4 models built
+and saved with `transformers` (the reference implementation)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+# Gemma's id layout for the ids that matter: 0 pad, 1 eos, 2 bos, 3 unk, 105 <|turn>, 106 <turn|>.
+SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+CONTROL = ["<|turn>", "<turn|>", "<|channel>", "<channel|>", "<|think|>", "<boa>", "<eoa>", "<|audio|>",
+           "<|tool_call>", "<tool_call|>"]
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Why is the sky blue? Because of Rayleigh scattering of sunlight in the atmosphere.",
+    "Hello world! How are you today? I am fine, thank you.",
+    "def forward(self, x):\n    return self.proj(x) + x\n",
+    "for i in range(10):\n\tprint(i * i)\n",
+    "Café, naïve, résumé, façade, Zürich, São Paulo, Øresund.",
+    "日本語のテキストと中文文本。",
+    "Emoji: 🙂 🚀 👍🏽 ❤️",
+    "    indented   with    runs of     spaces\n\n\nand newlines",
+    "Gemma runs on a Raspberry Pi with per-layer embeddings kept on flash.",
+    "<|turn>user\nHi there<turn|>\n<|turn>model\nHello!<turn|>\n",
+] * 3
+
+
+def build_tokenizer(directory: Path, vocab_size: int = 480) -> int:
+    """Write tokenizer.json and tokenizer_config.json; return the vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+
+    trainer_tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    trainer_tok.normalizer = normalizers.Replace(" ", "▁")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[], show_progress=False)
+    trainer_tok.train_from_iterator(CORPUS, trainer)
+    learned = json.loads(trainer_tok.to_str())["model"]
+
+    unused = [f"<unused{i}>" for i in range(105 - len(SPECIALS))]
+    head = SPECIALS + unused + CONTROL  # <|turn> lands on 105, <turn|> on 106
+    vocab = {t: i for i, t in enumerate(head)}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for t in sorted(learned["vocab"], key=learned["vocab"].get):
+        vocab.setdefault(t, len(vocab))
+
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m) if isinstance(m, list) else tuple(m.split(" "))
+                                                     for m in learned["merges"]],
+                               unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    from tokenizers import AddedToken
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS + CONTROL])
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
+        "add_bos_token": True,
+    }))
+    return tok.get_vocab_size()
+
+
+def text_config(kind: str, vocab_size: int, **overrides) -> dict:
+    """Small shapes with the real architecture. e2b: 4 sliding + 1 global, 1 KV head, KV sharing
+    with double-wide MLP, PLE. e4b: 5 sliding + 1 global, 2 KV heads, no double-wide MLP."""
+    if kind == "e2b":
+        layer_types = (["sliding_attention"] * 4 + ["full_attention"]) * 3
+        cfg = dict(num_hidden_layers=15, num_key_value_heads=1, num_kv_shared_layers=5, use_double_wide_mlp=True)
+    elif kind == "e4b":
+        layer_types = (["sliding_attention"] * 5 + ["full_attention"]) * 2
+        cfg = dict(num_hidden_layers=12, num_key_value_heads=2, num_kv_shared_layers=4, use_double_wide_mlp=False)
+    else:
+        raise ValueError(kind)
+    cfg.update(
+        vocab_size=vocab_size, vocab_size_per_layer_input=vocab_size, hidden_size=64, intermediate_size=96,
+        num_attention_heads=4, head_dim=32, global_head_dim=64, sliding_window=8, layer_types=layer_types,
+        hidden_size_per_layer_input=16, final_logit_softcapping=30.0, max_position_embeddings=512,
+        rms_norm_eps=1e-6, pad_token_id=0, bos_token_id=2, eos_token_id=[1, 106],
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+def randomize(model, seed: int) -> None:
+    """Random weights: norms and layer scalars in [0.75, 1.25], away from 1 so that a
+    `1 + weight` or a forgotten scalar shows in the logits. (A wider spread amplifies float32
+    rounding in transformers itself past 1e-4: both it and edgert then drift ~3e-4 from a
+    float64 run.)"""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_(0.75 + 0.5 * torch.rand(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * (p.shape[-1] ** -0.5))
+        for name, b in model.named_buffers():
+            if name.endswith("layer_scalar"):
+                b.copy_(0.75 + 0.5 * torch.rand(b.shape, generator=g))
+        # Trained models learn small q/k norm weights; with weights near 1 the attention
+        # scores of a random model have std ~sqrt(head_dim), softmaxes are near one-hot and
+        # the network turns any perturbation (f16 rounding included) into large logit changes.
+        for name, p in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.mul_(0.5)
+
+
+def build_checkpoint(directory: Path, kind: str, seed: int = 0, **overrides):
+    """Save a random-weight Gemma4ForCausalLM and its tokenizer; return the torch model (eval)."""
+    import torch
+    from transformers import Gemma4ForCausalLM, Gemma4TextConfig
+
+    vocab = build_tokenizer(directory)
+    config = Gemma4TextConfig(**text_config(kind, vocab, **overrides))
+    torch.manual_seed(seed)
+    model = Gemma4ForCausalLM(config).eval()
+    randomize(model, seed)
+    model.save_pretrained(directory)
+    return model
+
+
+def hf_logits(model, ids: list[int]) -> np.ndarray:
+    """All-position logits (n, vocab) from transformers."""
+    import torch
+
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), use_cache=False)
+    return out.logits[0].float().numpy()
+
+
+def hf_decode_logits(model, prompt: list[int], steps: list[int]) -> np.ndarray:
+    """Prefill `prompt` with a cache, then feed `steps` one token at a time; the logits of
+    the last prompt position followed by each step's: (1 + len(steps), vocab)."""
+    import torch
+
+    with torch.no_grad():
+        out = model(torch.tensor([prompt]), use_cache=True)
+        rows = [out.logits[0, -1].float().numpy()]
+        cache = out.past_key_values
+        for t in steps:
+            out = model(torch.tensor([[t]]), past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            rows.append(out.logits[0, -1].float().numpy())
+    return np.stack(rows)
+
+
+def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """n greedy tokens from transformers, with its KV cache (no stop tokens)."""
+    import torch
+
+    out_ids = []
+    with torch.no_grad():
+        out = model(torch.tensor([prompt]), use_cache=True)
+        for _ in range(n):
+            t = int(out.logits[0, -1].argmax())
+            out_ids.append(t)
+            out = model(torch.tensor([[t]]), past_key_values=out.past_key_values, use_cache=True)
+    return out_ids

@@ -1,0 +1,141 @@
+"""Parity with transformers (the reference Gemma 4) on random-weight checkpoints that
+have the real architecture, converted by `edgert convert`. Prompts span several
+sliding windows (window 8), so ring caches wrap and KV-shared layers read both
+kinds of borrowed K/V."""
+
+import numpy as np
+import pytest
+
+import edgert
+from edgert.sampling import make_sampler
+from tests.reference import hf_decode_logits, hf_greedy, hf_logits
+
+KINDS = ["e2b", "e4b"]
+PROMPT_LEN = 40  # five windows
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def prompt(vocab: int, n: int = PROMPT_LEN, seed: int = 0) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [2] + [int(i) for i in rng.integers(300, vocab, n - 1)]  # <bos> + ordinary tokens
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_prefill_logits_match_f32(checkpoints, kind):
+    hf, _ = checkpoints.hf(kind)
+    model = edgert.load(checkpoints.gguf(kind, "f32"), n_ctx=256)
+    ids = prompt(model.config.n_vocab)
+    ours, ref = model.forward(ids), hf_logits(hf, ids)
+    assert ours.shape == ref.shape
+    assert rel_err(ours, ref) < 1e-4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_prefill_in_small_batches_matches(checkpoints, kind):
+    """Chunked prefill (batches smaller than the window and than the prompt) changes nothing."""
+    hf, _ = checkpoints.hf(kind)
+    model = edgert.load(checkpoints.gguf(kind, "f32"), n_ctx=256, n_batch=5)
+    ids = prompt(model.config.n_vocab, seed=3)
+    assert rel_err(model.forward(ids), hf_logits(hf, ids)) < 1e-4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decode_logits_match_step_by_step(checkpoints, kind):
+    hf, _ = checkpoints.hf(kind)
+    model = edgert.load(checkpoints.gguf(kind, "f32"), n_ctx=256)
+    ids = prompt(model.config.n_vocab, seed=1)
+    steps = [int(t) for t in np.random.default_rng(7).integers(300, model.config.n_vocab, 30)]
+    ref = hf_decode_logits(hf, ids, steps)
+    state = model.new_state()
+    ours = [model.prefill(state, ids)]  # only the last position: KV-shared layers skip the rest
+    for t in steps:
+        ours.append(model.decode_step(state, t))
+    ours = np.stack(ours)
+    for i in range(len(ours)):
+        assert rel_err(ours[i], ref[i]) < 1e-4, f"step {i}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_greedy_tokens_identical(checkpoints, kind):
+    hf, _ = checkpoints.hf(kind)
+    model = edgert.load(checkpoints.gguf(kind, "f32"), n_ctx=256)
+    ids = prompt(model.config.n_vocab, seed=2)
+    expected = hf_greedy(hf, ids, 32)
+    ours = list(model.generate_ids(model.new_state(), ids, 32, make_sampler(temperature=0), stop_ids=set()))
+    assert ours == expected
+
+
+def test_last_position_prefill_equals_full_forward(checkpoints):
+    """Running KV-shared layers on the last position only is exact, not an approximation."""
+    model = edgert.load(checkpoints.gguf("e2b", "f32"), n_ctx=256)
+    ids = prompt(model.config.n_vocab, seed=4)
+    full = model.forward(ids)[-1]
+    last = model.prefill(model.new_state(), ids, logits="last")
+    assert rel_err(last, full) < 1e-6  # same arithmetic up to float32 summation order
+
+
+# A random network turns 4-bit rounding into large logit differences that a trained one
+# would not, so a max-error bound cannot tell "quantized" from "broken". Two properties can:
+# the correlation with the f32 logits (a wrong block layout or nibble order drops it to ~0)
+# and the logits' spread (a wrong scale shows in the tied LM head; the norms hide it elsewhere).
+# Measured on these models: corr q8_0 0.996-0.997, q4_0 0.76; broken variants below.
+BOUNDS = {"f16": (0.999, 0.02), "bf16": (0.99, 0.05), "q8_0": (0.98, 0.05), "q4_0": (0.5, 0.15)}
+
+
+def quality(a: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """(correlation with ref, |spread ratio - 1|)."""
+    return float(np.corrcoef(a.ravel(), ref.ravel())[0, 1]), abs(float(a.std() / ref.std()) - 1)
+
+
+def within(q: tuple[float, float], qtype: str) -> bool:
+    min_corr, max_spread = BOUNDS[qtype]
+    return q[0] > min_corr and q[1] < max_spread
+
+
+@pytest.mark.parametrize("qtype", sorted(BOUNDS))
+@pytest.mark.parametrize("kind", KINDS)
+def test_quantized_logits_close_to_f32(checkpoints, kind, qtype):
+    f32 = edgert.load(checkpoints.gguf(kind, "f32"), n_ctx=256)
+    quant = edgert.load(checkpoints.gguf(kind, qtype), n_ctx=256)
+    ids = prompt(f32.config.n_vocab, seed=5)
+    a, ref = quant.forward(ids), f32.forward(ids)
+    q = quality(a, ref)
+    print(f"\n{kind} {qtype}: max relative logit error {rel_err(a, ref):.4f}, correlation {q[0]:.4f}, "
+          f"spread off by {q[1]:.3f}, top-1 agreement {np.mean(a.argmax(1) == ref.argmax(1)):.2f}")
+    assert within(q, qtype)
+
+
+def _broken(path, bug: str):
+    """The same file read with a decoding bug: nibbles swapped, or scales 1.5x too large."""
+    import dataclasses
+
+    from edgert.loader import open_model
+    from edgert.model import Model
+    from quant import QTensor, QType
+    from quant.formats import BLOCKS
+
+    mf = open_model(path)
+    tensors = {}
+    for name, t in mf.tensors.items():
+        raw = np.array(t.raw)
+        if t.qtype in (QType.Q4_0, QType.Q8_0):
+            blocks = raw.reshape(-1, BLOCKS[t.qtype].nbytes)
+            if bug == "nibbles" and t.qtype == QType.Q4_0:
+                blocks[:, 2:] = (blocks[:, 2:] << 4) | (blocks[:, 2:] >> 4)
+            if bug == "scale":
+                d = blocks[:, :2].copy().view(np.float16) * np.float16(1.5)
+                blocks[:, :2] = d.view(np.uint8)
+        tensors[name] = QTensor(raw, t.qtype, t.shape)
+    return Model(dataclasses.replace(mf, tensors=tensors), n_ctx=256)
+
+
+@pytest.mark.parametrize("qtype,bug", [("q8_0", "scale"), ("q4_0", "scale"), ("q4_0", "nibbles")])
+def test_quantized_bounds_catch_decoding_bugs(checkpoints, qtype, bug):
+    """The bounds above are not loose: a wrong scale or nibble order falls outside them."""
+    f32 = edgert.load(checkpoints.gguf("e2b", "f32"), n_ctx=256)
+    ids = prompt(f32.config.n_vocab, seed=5)
+    q = quality(_broken(checkpoints.gguf("e2b", qtype), bug).forward(ids), f32.forward(ids))
+    assert not within(q, qtype), q

@@ -1,0 +1,64 @@
+"""What the commands share: the model argument, sampling flags, progress lines."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from edgert.errors import EdgeRTError
+
+
+def add_model_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="a GGUF model file (default: the embedded default model)")
+    p.add_argument("--ctx", type=int, default=4096, help="context length (default 4096)")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy")
+    p.add_argument("--top-k", type=int, default=64)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def sampling(args) -> dict:
+    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def resolve_model(path: str | None) -> str:
+    if path:
+        return path
+    raise EdgeRTError(
+        "no model given and no default model is installed yet. Convert a Gemma 4 checkpoint with "
+        "`edgert convert HF_DIR -o model.gguf` and pass model.gguf"
+    )
+
+
+def load_model(args):
+    import edgert
+
+    path = resolve_model(args.model)
+    t0 = time.perf_counter()
+    print(f"loading {path} ...", file=sys.stderr, end="", flush=True)
+    model = edgert.load(path, n_ctx=args.ctx)
+    print(f" {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    return model
+
+
+class ProgressBar:
+    """A single line on stderr: `label [#####.....] 12/40 name`."""
+
+    def __init__(self, label: str, stream=sys.stderr):
+        self.label, self.stream = label, stream
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        width = 30
+        fill = int(width * done / max(1, total))
+        self.stream.write(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} {what[:40]:<40}")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()

@@ -1,0 +1,26 @@
+"""edgert run MODEL -p TEXT: stream one answer."""
+
+import sys
+
+from tools.common import add_model_argument, add_sampling_arguments, load_model, sampling
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="answer one prompt, streaming")
+    add_model_argument(p)
+    p.add_argument("-p", "--prompt", required=True)
+    p.add_argument("--raw", action="store_true", help="send the prompt as it is, without the chat format")
+    add_sampling_arguments(p)
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    model = load_model(args)
+    try:
+        for piece in model.generate(args.prompt, max_new_tokens=args.max_new_tokens, raw=args.raw,
+                                    **sampling(args)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    finally:
+        sys.stdout.write("\n")
+    return 0
