@@ -1,0 +1,116 @@
+"""Bad model files and bad requests get typed errors that say what to do."""
+
+import shutil
+
+import gguf
+import numpy as np
+import pytest
+
+import edgert
+from edgert.errors import ArchitectureError, ContextOverflowError, EdgeRTError, ModelFileError
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelFileError, match="edgert convert"):
+        edgert.load(tmp_path / "nope.gguf")
+
+
+def test_not_a_gguf(tmp_path):
+    p = tmp_path / "junk.gguf"
+    p.write_bytes(b"this is not a model" * 100)
+    with pytest.raises(ModelFileError, match="not a readable GGUF"):
+        edgert.load(p)
+
+
+def test_truncated_file(checkpoints, tmp_path):
+    src = checkpoints.gguf("e2b", "q8_0")
+    p = tmp_path / "cut.gguf"
+    p.write_bytes(src.read_bytes()[: src.stat().st_size - 1000])
+    with pytest.raises(ModelFileError, match="truncated"):
+        edgert.load(p)
+
+
+def test_truncated_header(checkpoints, tmp_path):
+    src = checkpoints.gguf("e2b", "q8_0")
+    p = tmp_path / "cut.gguf"
+    p.write_bytes(src.read_bytes()[:200])
+    with pytest.raises(ModelFileError, match="truncated or corrupt"):
+        edgert.load(p)
+
+
+def test_wrong_architecture(tmp_path):
+    p = tmp_path / "llama.gguf"
+    w = gguf.GGUFWriter(p, "llama")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 4), np.float32))
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    with pytest.raises(ArchitectureError, match="'llama' model"):
+        edgert.load(p)
+
+
+def _rewrite_without(src, dst, drop: str):
+    r = gguf.GGUFReader(src)
+    w = gguf.GGUFWriter(dst, "gemma4")
+    for name, f in r.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        vtype = f.types[0]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(name, f.contents(), vtype, sub_type=f.types[-1])
+        else:
+            w.add_key_value(name, f.contents(), vtype)
+    for t in r.tensors:
+        if t.name != drop:
+            w.add_tensor(t.name, np.asarray(t.data), raw_shape=np.asarray(t.data).shape,
+                         raw_dtype=t.tensor_type)
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+
+
+def test_missing_tensor(checkpoints, tmp_path):
+    p = tmp_path / "partial.gguf"
+    _rewrite_without(checkpoints.gguf("e2b", "f32"), p, "blk.7.ffn_down.weight")
+    with pytest.raises(ModelFileError, match=r"lacks the tensor blk\.7\.ffn_down\.weight"):
+        edgert.load(p)
+
+
+def test_unsupported_tensor_type(checkpoints, tmp_path):
+    from edgert.errors import UnsupportedTypeError
+
+    src = checkpoints.gguf("e2b", "f32")
+    r = gguf.GGUFReader(src)
+    p = tmp_path / "q5.gguf"
+    w = gguf.GGUFWriter(p, "gemma4")
+    for name, f in r.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        vtype = f.types[0]
+        w.add_key_value(name, f.contents(), vtype, **({"sub_type": f.types[-1]} if vtype == gguf.GGUFValueType.ARRAY else {}))
+    for t in r.tensors:
+        data = np.asarray(t.data)
+        if t.name == "blk.0.ffn_up.weight":  # Q5_0: 22 bytes per 32 values
+            raw = np.zeros((data.shape[0], data.shape[1] // 32 * 22), np.uint8)
+            w.add_tensor(t.name, raw, raw_shape=raw.shape, raw_dtype=gguf.GGMLQuantizationType.Q5_0)
+        else:
+            w.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=t.tensor_type)
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    with pytest.raises(UnsupportedTypeError, match="Q5_0"):
+        edgert.load(p)
+
+
+def test_prompt_longer_than_context(checkpoints):
+    model = edgert.load(checkpoints.gguf("e2b", "q8_0"), n_ctx=32)
+    with pytest.raises(ContextOverflowError, match="context of 32"):
+        list(model.generate("word " * 100, max_new_tokens=4))
+    with pytest.raises(ContextOverflowError):
+        model.forward(list(range(3, 40)))
+
+
+def test_truncation_when_asked(checkpoints):
+    model = edgert.load(checkpoints.gguf("e2b", "q8_0"), n_ctx=32)
+    out = list(model.generate("word " * 100, max_new_tokens=4, truncate=True, temperature=0))
+    assert isinstance("".join(out), str)
+
+
+def test_errors_share_one_base():
+    for cls in (ModelFileError, ArchitectureError, ContextOverflowError):
+        assert issubclass(cls, EdgeRTError)
