@@ -1,0 +1,127 @@
+"""The generation API: chat format, streaming text, stop strings, thought channel,
+chat sessions that keep their cache, and the command line."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import edgert
+from edgert import chat as fmt
+from edgert.model import Reply
+from edgert.sampling import make_sampler
+
+
+@pytest.fixture(scope="module")
+def model(checkpoints):
+    return edgert.load(checkpoints.gguf("e2b", "q8_0"), n_ctx=256)
+
+
+def test_prompt_format_is_gemma4s():
+    text = fmt.render([{"role": "system", "content": " Be brief. "}, {"role": "user", "content": "Hi"},
+                       {"role": "assistant", "content": "<|channel>thought\nhmm<channel|>Hello!"},
+                       {"role": "user", "content": [{"type": "text", "text": "Why?"}]}])
+    assert text == ("<bos><|turn>system\nBe brief.<turn|>\n<|turn>user\nHi<turn|>\n"
+                    "<|turn>model\nHello!<turn|>\n<|turn>user\nWhy?<turn|>\n<|turn>model\n")
+    assert fmt.render([{"role": "user", "content": "Hi"}], think=True) == \
+        "<bos><|turn>system\n<|think|>\n<turn|>\n<|turn>user\nHi<turn|>\n<|turn>model\n"
+    assert fmt.render([{"role": "user", "content": "Hi"}]) == "<bos><|turn>user\nHi<turn|>\n<|turn>model\n"
+
+
+def test_generate_streams_whole_characters_and_matches_greedy_ids(model):
+    ids = model.tokenizer.encode(fmt.render([{"role": "user", "content": "Café 日本"}]))
+    greedy = list(model.generate_ids(model.new_state(), ids, 24, make_sampler(temperature=0), model.stop_ids))
+    pieces = list(model.generate("Café 日本", max_new_tokens=24, temperature=0))
+    assert "".join(pieces) == model.tokenizer.decode(greedy)
+    for p in pieces:
+        p.encode("utf-8")  # every piece is valid text on its own
+
+
+def test_stop_strings_end_the_text(model):
+    full = "".join(model.generate([2, 400, 401], max_new_tokens=30, temperature=0))
+    stop = full[8:11]
+    cut = "".join(model.generate([2, 400, 401], max_new_tokens=30, temperature=0, stop=[stop]))
+    assert cut == full[:full.index(stop)]
+
+
+def test_stop_ids_end_generation(model):
+    ids = [2, 400, 401]
+    logits = model.forward(ids)[-1]
+    first = int(np.argmax(logits))
+    out = list(model.generate_ids(model.new_state(), ids, 10, make_sampler(temperature=0), {first}))
+    assert out == []
+
+
+def test_thought_channel_comes_back_apart(model):
+    tok = model.tokenizer
+    ids = tok.encode("<|channel>thought\nLet me think.<channel|>The answer.")
+    reply = Reply(model, iter(ids))
+    assert "".join(reply) == "The answer." and reply.text == "The answer."
+    assert reply.thought == "Let me think."
+
+
+def test_session_keeps_its_cache_and_equals_a_fresh_run(model):
+    session = model.chat_session(system="Be brief.", temperature=0)
+    session.send("Hello", max_new_tokens=6)
+    before = list(session.state.tokens)
+    pending = [t for t in session.state.pending if t not in model.stop_ids]
+    fed = model.tokenizer.encode("<turn|>\n" + fmt.turn("user", "And then?") + "<|turn>model\n")
+    reply = session.stream("And then?", max_new_tokens=6)
+    reply.result()
+    # only the new turn was prefilled on top of the cache
+    assert session.state.tokens[:len(before)] == before
+    fresh = list(model.generate_ids(model.new_state(), before + pending + fed, 6, make_sampler(temperature=0),
+                                    model.stop_ids))
+    assert reply.text == model.tokenizer.decode(fresh)
+
+
+def test_cut_off_stream_keeps_what_was_generated(model):
+    session = model.chat_session(temperature=0)
+    reply = session.stream("Tell me a story", max_new_tokens=50)
+    it = iter(reply)
+    got = [next(it) for _ in range(3)]
+    it.close()  # the reader stops early
+    assert got and session.state.pending  # the last sampled id is kept to be fed next
+    n = session.state.pos
+    session.send("Go on", max_new_tokens=3)
+    assert session.state.pos > n
+
+
+def test_reset_and_system(model):
+    session = model.chat_session(temperature=0)
+    session.send("Hi", max_new_tokens=2)
+    session.reset(system="Answer in French.")
+    assert session.state.pos == 0 and session.system == "Answer in French."
+
+
+def test_cli_run_and_chat(checkpoints):
+    path = str(checkpoints.gguf("e2b", "q8_0"))
+    run = subprocess.run([sys.executable, "-m", "tools.cli", "run", path, "-p", "Hello", "-n", "8",
+                          "--temperature", "0"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    model = edgert.load(path)
+    assert run.stdout.strip() == "".join(model.generate("Hello", max_new_tokens=8, temperature=0)).strip()
+    chat = subprocess.run([sys.executable, "-m", "tools.cli", "chat", path, "-n", "4", "--temperature", "0"],
+                          input="Hello\n/system Be brief.\nHi again\n/exit\n", capture_output=True, text=True,
+                          timeout=120)
+    assert chat.returncode == 0, chat.stderr
+    assert "system prompt set" in chat.stderr
+
+
+def test_cli_without_model_says_none_is_installed():
+    run = subprocess.run([sys.executable, "-m", "tools.cli", "run", "-p", "Hello"], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 2 and "no default model is installed" in run.stderr
+
+
+def test_cli_convert_shows_progress(checkpoints, tmp_path):
+    _, directory = checkpoints.hf("e4b")
+    out = tmp_path / "cli.gguf"
+    run = subprocess.run([sys.executable, "-m", "tools.cli", "convert", str(directory), "-o", str(out),
+                          "--type", "q4_0"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "converting [" in run.stderr and out.is_file()
+    bad = subprocess.run([sys.executable, "-m", "tools.cli", "convert", str(tmp_path), "-o", str(out)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no config.json" in bad.stderr
