@@ -26,6 +26,7 @@ import numpy as np
 
 from edgert.config import ARCH, ModelConfig, config_from_hf, rope_freqs_factors, tensor_manifest
 from edgert.errors import CheckpointError, UnsupportedTypeError
+from edgert.tokenizer import TokenizerData
 from quant import QType, quantize, row_bytes
 from quant.formats import BLOCKS
 
@@ -112,19 +113,6 @@ def gguf_name(hf_name: str, name_map: gguf.TensorNameMap) -> str | None:
 
 # --- tokenizer ----------------------------------------------------------------------------------
 
-@dataclass
-class Vocab:
-    tokens: list[str]
-    types: list[int]
-    merges: list[str]
-    bos: int | None
-    eos: int | None
-    eot: int | None
-    pad: int | None
-    unk: int | None
-    chat_template: str | None
-
-
 def _token_id(tokens: list[str], value) -> int | None:
     if isinstance(value, dict):
         value = value.get("content")
@@ -136,7 +124,7 @@ def _token_id(tokens: list[str], value) -> int | None:
         return None
 
 
-def read_vocab(directory: Path) -> Vocab:
+def read_vocab(directory: Path) -> TokenizerData:
     path = directory / "tokenizer.json"
     if not path.is_file():
         raise CheckpointError(f"{directory} has no tokenizer.json; the converter stores the tokenizer in the model file")
@@ -174,7 +162,8 @@ def read_vocab(directory: Path) -> Vocab:
         template = jinja.read_text(encoding="utf-8")
     bos = _token_id(tokens, tcfg.get("bos_token", "<bos>"))
     eos = _token_id(tokens, tcfg.get("eos_token", "<eos>"))
-    return Vocab(
+    return TokenizerData(
+        model="gemma4",
         tokens=tokens,
         types=[int(t) for t in types],
         merges=merges,
@@ -183,6 +172,7 @@ def read_vocab(directory: Path) -> Vocab:
         eot=_token_id(tokens, "<turn|>"),
         pad=_token_id(tokens, tcfg.get("pad_token", "<pad>")),
         unk=_token_id(tokens, model.get("unk_token") or tcfg.get("unk_token")),
+        add_bos=True,
         chat_template=template if isinstance(template, str) else None,
     )
 
@@ -275,7 +265,7 @@ def convert(
     return out_path
 
 
-def _write(tmp: Path, cfg: ModelConfig, vocab: Vocab, plan, hf_config: dict, qtype: QType,
+def _write(tmp: Path, cfg: ModelConfig, vocab: TokenizerData, plan, hf_config: dict, qtype: QType,
            progress: Progress | None) -> None:
     w = gguf.GGUFWriter(tmp, ARCH)
     w.add_name(hf_config.get("_name_or_path") or "gemma4")

@@ -13,23 +13,8 @@ import numpy as np
 
 from edgert.config import ARCH, ModelConfig, config_from_gguf, tensor_manifest
 from edgert.errors import ArchitectureError, ModelFileError, UnsupportedTypeError
+from edgert.tokenizer import TokenizerData
 from quant import QTensor, QType
-
-
-@dataclass(frozen=True)
-class TokenizerData:
-    """What the converter stored of the tokenizer (llama.cpp's tokenizer.ggml.* keys)."""
-
-    model: str
-    tokens: list[str]
-    types: list[int]
-    merges: list[str]
-    bos: int | None
-    eos: int | None
-    eot: int | None
-    pad: int | None
-    add_bos: bool
-    chat_template: str | None
 
 
 @dataclass(frozen=True)
@@ -41,13 +26,8 @@ class ModelFile:
     reader: gguf.GGUFReader  # owns the memory map
 
 
-def _value(field: gguf.ReaderField):
-    value = field.contents()
-    return value
-
-
 def _metadata(reader: gguf.GGUFReader) -> dict:
-    return {name: _value(f) for name, f in reader.fields.items() if not name.startswith("GGUF.")}
+    return {name: f.contents() for name, f in reader.fields.items() if not name.startswith("GGUF.")}
 
 
 def open_model(path: str | os.PathLike) -> ModelFile:
@@ -130,6 +110,7 @@ def open_model(path: str | os.PathLike) -> ModelFile:
         eos=get("tokenizer.ggml.eos_token_id"),
         eot=get("tokenizer.ggml.eot_token_id"),
         pad=get("tokenizer.ggml.padding_token_id"),
+        unk=get("tokenizer.ggml.unknown_token_id"),
         add_bos=bool(get("tokenizer.ggml.add_bos_token", True)),
         chat_template=get("tokenizer.chat_template"),
     )

@@ -12,11 +12,27 @@ from __future__ import annotations
 import codecs
 import heapq
 import re
-
-from edgert.loader import TokenizerData
+from dataclasses import dataclass
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 SPACE = "\u2581"  # ▁
+
+
+@dataclass(frozen=True)
+class TokenizerData:
+    """The tokenizer as the model file stores it (llama.cpp's tokenizer.ggml.* keys)."""
+
+    model: str
+    tokens: list[str]
+    types: list[int]
+    merges: list[str]
+    bos: int | None
+    eos: int | None
+    eot: int | None
+    pad: int | None
+    unk: int | None
+    add_bos: bool
+    chat_template: str | None
 
 
 class Tokenizer:
@@ -35,7 +51,8 @@ class Tokenizer:
         specials = sorted((t for i, t in enumerate(self.tokens) if self.types[i] in (CONTROL, USER_DEFINED) and t),
                           key=len, reverse=True)
         self._special_re = re.compile("|".join(map(re.escape, specials))) if specials else None
-        self.unk = next((i for i, t in enumerate(self.types) if t == UNKNOWN), self.ids.get("<unk>"))
+        self.unk = data.unk if data.unk is not None else next(
+            (i for i, t in enumerate(self.types) if t == UNKNOWN), self.ids.get("<unk>"))
 
     @property
     def vocab_size(self) -> int:
