@@ -17,6 +17,7 @@ class KVCache:
         self.v = np.zeros((capacity, n_kv, head_dim), dtype=dtype)
         self.pos = np.full(capacity, -1, dtype=np.int64)  # position held by each slot, -1 empty
         self.ring = ring
+        self._undo = None  # ring entries a step in flight overwrote, until it commits
 
     @property
     def nbytes(self) -> int:
@@ -41,11 +42,21 @@ class KVCache:
         view = (np.concatenate([self.k, k]), np.concatenate([self.v, v]), np.concatenate([self.pos, pos]))
         keep = slice(max(0, n - cap), n)
         slots = pos[keep] % cap
+        self._undo = (slots, self.k[slots].copy(), self.v[slots].copy(), self.pos[slots].copy())
         self.k[slots], self.v[slots], self.pos[slots] = k[keep], v[keep], pos[keep]
         return view
 
-    def reset(self) -> None:
-        self.pos[:] = -1
+    def commit(self) -> None:
+        """The step finished: its writes stand."""
+        self._undo = None
+
+    def rollback(self, n: int) -> None:
+        """A step did not finish: restore what it evicted and forget positions >= n."""
+        if self._undo is not None:
+            slots, k, v, pos = self._undo
+            self.k[slots], self.v[slots], self.pos[slots] = k, v, pos
+            self._undo = None
+        self.pos[self.pos >= n] = -1
 
 
 def make_caches(cfg: ModelConfig, n_ctx: int) -> dict[int, KVCache]:

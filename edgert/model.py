@@ -90,7 +90,14 @@ class Model:
             else:
                 keep = None
             pos = np.arange(state.pos, state.pos + len(chunk))
-            step = gemma4.forward(self.config, self.weights, state.caches, chunk, pos, keep)
+            try:
+                step = gemma4.forward(self.config, self.weights, state.caches, chunk, pos, keep)
+            except BaseException:  # Ctrl-C mid-step: undo its partial cache writes
+                for cache in state.caches.values():
+                    cache.rollback(state.pos)
+                raise
+            for cache in state.caches.values():
+                cache.commit()
             state.tokens.extend(int(i) for i in chunk)
             if step is not None:
                 out.append(step)
@@ -115,7 +122,12 @@ class Model:
         consumer that stops early leaves the last one in `state.pending`."""
         feed = state.pending + list(prompt)
         state.pending = []
-        logits = self.prefill(state, feed)
+        start = state.pos
+        try:
+            logits = self.prefill(state, feed)
+        except BaseException:  # interrupted: what was not fed is fed next time
+            state.pending = feed[state.pos - start:]
+            raise
         history = list(state.tokens)
         for n in range(max_new_tokens):
             token = sampler(logits, history)
