@@ -45,9 +45,10 @@ def quantize(x: np.ndarray, qtype: QType) -> np.ndarray:
     elif qtype == QType.Q4_0:
         imax = np.abs(blocks).argmax(axis=1)[:, None]
         d = np.take_along_axis(blocks, imax, axis=1) / -8
-        with np.errstate(divide="ignore"):
+        # a tiny d overflows 1/d to inf, as in ggml's C; the bytes still match it exactly
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             inv = np.where(d == 0, 0, 1 / d)
-        q = np.trunc(blocks * inv + np.float32(8.5)).astype(np.uint8).clip(0, 15)
+            q = np.trunc(blocks * inv + np.float32(8.5)).astype(np.uint8).clip(0, 15)
         qs = q[:, :16] | (q[:, 16:] << np.uint8(4))
     else:
         raise ValueError(f"no quantizer for {qtype.name}")
