@@ -13,6 +13,7 @@ when complete, so an interrupted conversion never leaves a half-written model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -253,7 +254,8 @@ def convert(
     if extra:
         raise CheckpointError(f"the checkpoint has tensors this config does not use: {extra[:5]}")
 
-    cfg_out = ModelConfig(**{**cfg.__dict__, "n_vocab": plan[0][2][0]})
+    n_vocab = next(shape[0] for name, _, shape, _ in plan if name == "token_embd.weight")
+    cfg_out = dataclasses.replace(cfg, n_vocab=n_vocab)  # after trimming rows past the tokenizer
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     try:
