@@ -63,11 +63,14 @@ def open_model(path: str | os.PathLike) -> ModelFile:
     prefix = ARCH + "."
     arch_meta = {k[len(prefix):]: v for k, v in meta.items() if k.startswith(prefix)}
 
-    def n_rows(name: str) -> int:
+    def tensor(name: str) -> gguf.ReaderTensor:
         t = present.get(name)
         if t is None:
             raise ModelFileError(f"{path} lacks the tensor {name}; the file is incomplete: convert it again")
-        return int(t.shape[-1])  # GGUF lists dims innermost first
+        return t
+
+    def n_rows(name: str) -> int:
+        return int(tensor(name).shape[-1])  # GGUF lists dims innermost first
 
     rope = present.get("rope_freqs.weight")
     try:
@@ -82,9 +85,7 @@ def open_model(path: str | os.PathLike) -> ModelFile:
 
     tensors: dict[str, QTensor] = {}
     for name, shape in tensor_manifest(cfg).items():
-        t = present.get(name)
-        if t is None:
-            raise ModelFileError(f"{path} lacks the tensor {name}; the file is incomplete: convert it again")
+        t = tensor(name)
         file_shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         if file_shape != shape and not (len(shape) == 1 and int(np.prod(file_shape)) == shape[0]):
             raise ModelFileError(f"{path}: tensor {name} has shape {file_shape} but the metadata implies {shape}")

@@ -12,13 +12,8 @@ import pytest
 from edgert.config import config_from_hf, tensor_manifest
 from edgert.convert import convert
 from edgert.errors import ArchitectureError, CheckpointError, UnsupportedTypeError
+from tests.reference import published
 
-# The published E2B/E4B configs (copies of shared/reference/, numbers only).
-DATA = Path(__file__).resolve().parent / "data"
-
-
-def published(kind: str) -> dict:
-    return json.loads((DATA / f"gemma4-{kind}.config.json").read_text())
 
 
 @pytest.mark.parametrize("kind", ["e2b", "e4b"])

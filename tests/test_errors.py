@@ -48,27 +48,29 @@ def test_wrong_architecture(tmp_path):
         edgert.load(p)
 
 
-def _rewrite_without(src, dst, drop: str):
+def _rewrite(src, dst, change):
+    """Copy a GGUF file, passing each tensor through change(name, data, type) -> (data, type)
+    or None to leave it out."""
     r = gguf.GGUFReader(src)
     w = gguf.GGUFWriter(dst, "gemma4")
     for name, f in r.fields.items():
         if name.startswith("GGUF.") or name == "general.architecture":
             continue
         vtype = f.types[0]
-        if vtype == gguf.GGUFValueType.ARRAY:
-            w.add_key_value(name, f.contents(), vtype, sub_type=f.types[-1])
-        else:
-            w.add_key_value(name, f.contents(), vtype)
+        extra = {"sub_type": f.types[-1]} if vtype == gguf.GGUFValueType.ARRAY else {}
+        w.add_key_value(name, f.contents(), vtype, **extra)
     for t in r.tensors:
-        if t.name != drop:
-            w.add_tensor(t.name, np.asarray(t.data), raw_shape=np.asarray(t.data).shape,
-                         raw_dtype=t.tensor_type)
+        out = change(t.name, np.asarray(t.data), t.tensor_type)
+        if out is not None:
+            data, qtype = out
+            w.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=qtype)
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
 
 
 def test_missing_tensor(checkpoints, tmp_path):
     p = tmp_path / "partial.gguf"
-    _rewrite_without(checkpoints.gguf("e2b", "f32"), p, "blk.7.ffn_down.weight")
+    _rewrite(checkpoints.gguf("e2b", "f32"), p,
+             lambda name, data, qtype: None if name == "blk.7.ffn_down.weight" else (data, qtype))
     with pytest.raises(ModelFileError, match=r"lacks the tensor blk\.7\.ffn_down\.weight"):
         edgert.load(p)
 
@@ -76,23 +78,14 @@ def test_missing_tensor(checkpoints, tmp_path):
 def test_unsupported_tensor_type(checkpoints, tmp_path):
     from edgert.errors import UnsupportedTypeError
 
-    src = checkpoints.gguf("e2b", "f32")
-    r = gguf.GGUFReader(src)
+    def to_q5_0(name, data, qtype):
+        if name != "blk.0.ffn_up.weight":
+            return data, qtype
+        # Q5_0: 22 bytes per 32 values
+        return np.zeros((data.shape[0], data.shape[1] // 32 * 22), np.uint8), gguf.GGMLQuantizationType.Q5_0
+
     p = tmp_path / "q5.gguf"
-    w = gguf.GGUFWriter(p, "gemma4")
-    for name, f in r.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
-            continue
-        vtype = f.types[0]
-        w.add_key_value(name, f.contents(), vtype, **({"sub_type": f.types[-1]} if vtype == gguf.GGUFValueType.ARRAY else {}))
-    for t in r.tensors:
-        data = np.asarray(t.data)
-        if t.name == "blk.0.ffn_up.weight":  # Q5_0: 22 bytes per 32 values
-            raw = np.zeros((data.shape[0], data.shape[1] // 32 * 22), np.uint8)
-            w.add_tensor(t.name, raw, raw_shape=raw.shape, raw_dtype=gguf.GGMLQuantizationType.Q5_0)
-        else:
-            w.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=t.tensor_type)
-    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    _rewrite(checkpoints.gguf("e2b", "f32"), p, to_q5_0)
     with pytest.raises(UnsupportedTypeError, match="Q5_0"):
         edgert.load(p)
 

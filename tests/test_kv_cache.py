@@ -1,18 +1,14 @@
 """Only layers that own K/V have a cache; sliding layers hold a ring of sliding_window entries."""
 
-import json
-from pathlib import Path
-
 import numpy as np
 
 from edgert.config import config_from_hf
 from edgert.kv_cache import KVCache, make_caches
-
-DATA = Path(__file__).resolve().parent / "data"
+from tests.reference import published
 
 
 def test_published_e2b_cache_layout():
-    cfg = config_from_hf(json.loads((DATA / "gemma4-e2b.config.json").read_text()))
+    cfg = config_from_hf(published("e2b"))
     caches = make_caches(cfg, 32768)
     assert sorted(caches) == list(range(15))  # 15 of 35 layers
     for i, c in caches.items():
