@@ -256,10 +256,30 @@ def convert(
 
     n_vocab = next(shape[0] for name, _, shape, _ in plan if name == "token_embd.weight")
     cfg_out = dataclasses.replace(cfg, n_vocab=n_vocab)  # after trimming rows past the tokenizer
+    tensors = []
+    for name, st, shape, t in plan:
+        if st is None:  # rope_freqs
+            tensors.append((name, shape, QType.F32, np.asarray(rope_freqs_factors(cfg), dtype=np.float32)))
+            continue
+        rows, cols = (shape[0] if len(shape) > 1 else 1), shape[-1]
+        chunk = max(1, (64 << 20) // max(1, cols * 4))
+        tensors.append((name, shape, t, _ChunkedTensor(st, rows, t, rows * row_bytes(t, cols), chunk)))
+    return write_gguf(out_path, cfg_out, vocab, tensors, hf_config.get("_name_or_path") or "gemma4",
+                      TYPES[qtype], progress)
+
+
+def write_gguf(out_path: str | os.PathLike, cfg: ModelConfig, vocab: TokenizerData, tensors, name: str,
+               qtype: QType, progress: Progress | None = None) -> Path:
+    """Write a gemma4 GGUF with llama.cpp's keys and names; returns its path.
+
+    tensors: (gguf name, logical shape, stored QType, payload) in file order; a payload is a
+    numpy array or has `nbytes` and `tofile(f)`, writing the stored bytes. The file is written
+    beside `out_path` under a temporary name and renamed when complete."""
+    out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     try:
-        _write(tmp, cfg_out, vocab, plan, hf_config, TYPES[qtype], progress)
+        _write(tmp, cfg, vocab, tensors, name, qtype, progress)
         os.replace(tmp, out_path)
     finally:
         if tmp.exists():
@@ -267,10 +287,10 @@ def convert(
     return out_path
 
 
-def _write(tmp: Path, cfg: ModelConfig, vocab: TokenizerData, plan, hf_config: dict, qtype: QType,
+def _write(tmp: Path, cfg: ModelConfig, vocab: TokenizerData, tensors, name: str, qtype: QType,
            progress: Progress | None) -> None:
     w = gguf.GGUFWriter(tmp, ARCH)
-    w.add_name(hf_config.get("_name_or_path") or "gemma4")
+    w.add_name(name)
     w.add_file_type({QType.F32: gguf.LlamaFileType.ALL_F32, QType.F16: gguf.LlamaFileType.MOSTLY_F16,
                      QType.BF16: gguf.LlamaFileType.MOSTLY_BF16, QType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
                      QType.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0}[qtype])
@@ -317,20 +337,13 @@ def _write(tmp: Path, cfg: ModelConfig, vocab: TokenizerData, plan, hf_config: d
         w.add_chat_template(vocab.chat_template)
 
     payloads = []
-    for name, st, shape, t in plan:
-        if st is None:  # rope_freqs
-            data = np.asarray(rope_freqs_factors(cfg), dtype=np.float32)
-            w.add_tensor_info(name, data.shape, data.dtype, data.nbytes)
-            payloads.append((name, data))
-            continue
+    for tensor_name, shape, t, payload in tensors:
         rows = shape[0] if len(shape) > 1 else 1
-        cols = shape[-1]
-        nbytes = rows * row_bytes(t, cols)
+        nbytes = rows * row_bytes(t, shape[-1])
         # logical (rows, cols) shape; 1-D tensors keep their 1-D shape
-        w.add_tensor_info(name, shape, np.float32 if t == QType.F32 else np.float16, nbytes,
+        w.add_tensor_info(tensor_name, shape, np.float32 if t == QType.F32 else np.float16, nbytes,
                           raw_dtype=gguf.GGMLQuantizationType(int(t)))
-        chunk = max(1, (64 << 20) // max(1, cols * 4))
-        payloads.append((name, _ChunkedTensor(st, rows, t, nbytes, chunk)))
+        payloads.append((tensor_name, payload))
 
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgert import ops
+from edgert import kernels, ops
 from edgert.config import ModelConfig
 from edgert.kv_cache import KVCache
 from ple_store import PLEStore
@@ -110,6 +110,14 @@ def per_layer_inputs(cfg: ModelConfig, w: Weights, ids: np.ndarray, x: np.ndarra
     return (proj + w.ple.rows(ids)) * F32(2.0 ** -0.5)
 
 
+def attention(q, k, v, q_pos, k_pos, window: int) -> np.ndarray:
+    """ops.attention through its Numba twin: (n, n_head, d) queries -> (n, n_head * d)."""
+    out = np.empty(q.shape, dtype=F32)
+    kernels.attention(np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v),
+                      q_pos, k_pos, window, out)
+    return out.reshape(len(q), -1)
+
+
 def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.ndarray, pos: np.ndarray,
             keep: np.ndarray | None) -> np.ndarray | None:
     """One step over `ids` at positions `pos`, writing K/V of the owning layers to `caches`.
@@ -139,7 +147,7 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
             v = ops.rms_norm(matmul(h, lw.wv).reshape(n, s.n_kv_heads, s.head_dim), None, cfg.rms_eps)
             views[s.index] = caches[s.index].update(k, v, pos)
         k_all, v_all, k_pos = views[s.kv_source]  # KV-shared layers reuse an earlier layer's K/V
-        a = ops.attention(q, k_all, v_all, pos, k_pos, cfg.sliding_window if s.sliding else 0)
+        a = attention(q, k_all, v_all, pos, k_pos, cfg.sliding_window if s.sliding else 0)
         h = ops.rms_norm(matmul(a, lw.wo), lw.post_attn_norm, cfg.rms_eps)
         x = x + h
 

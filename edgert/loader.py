@@ -1,6 +1,6 @@
-"""Open a GGUF model file: memory-mapped through the `gguf` package, no copies of
-the big tensors, every tensor's presence and shape checked against the config
-that the file's own metadata describes."""
+"""Open a GGUF model file: memory-mapped, no copies of the big tensors, every
+tensor's presence and shape checked against the config that the file's own
+metadata describes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import gguf
 import numpy as np
 
 from edgert.config import ARCH, ModelConfig, config_from_gguf, tensor_manifest
+from edgert.gguf_file import GGUFFile, GGUFFormatError, TensorInfo
 from edgert.errors import ArchitectureError, ModelFileError, UnsupportedTypeError
 from edgert.tokenizer import TokenizerData
 from quant import QTensor, QType
@@ -23,11 +24,7 @@ class ModelFile:
     config: ModelConfig
     tensors: dict[str, QTensor]  # views into the mapped file
     tokenizer: TokenizerData
-    reader: gguf.GGUFReader  # owns the memory map
-
-
-def _metadata(reader: gguf.GGUFReader) -> dict:
-    return {name: f.contents() for name, f in reader.fields.items() if not name.startswith("GGUF.")}
+    gguf: GGUFFile  # owns the memory map
 
 
 def open_model(path: str | os.PathLike) -> ModelFile:
@@ -37,13 +34,12 @@ def open_model(path: str | os.PathLike) -> ModelFile:
         raise ModelFileError(f"no model file at {path}; convert a checkpoint with `edgert convert HF_DIR -o {path}`")
     size = path.stat().st_size
     try:
-        reader = gguf.GGUFReader(path, "r")
-    except Exception as e:  # the reader raises ValueError, IndexError, ... on a damaged header
+        file = GGUFFile(path)
+    except (GGUFFormatError, OSError, ValueError) as e:
         raise ModelFileError(
-            f"{path} is not a readable GGUF file ({type(e).__name__}: {e}); it may be truncated or corrupt: "
-            "convert or download it again"
+            f"{path} is not a readable GGUF file ({e}); it may be truncated or corrupt: convert or download it again"
         ) from None
-    meta = _metadata(reader)
+    meta = file.metadata
     arch = meta.get("general.architecture")
     if arch != ARCH:
         raise ArchitectureError(
@@ -51,9 +47,9 @@ def open_model(path: str | os.PathLike) -> ModelFile:
             "`edgert convert` writes"
         )
 
-    present: dict[str, gguf.ReaderTensor] = {t.name: t for t in reader.tensors}
-    for t in reader.tensors:
-        end = int(t.data_offset) + int(t.n_bytes)
+    present = file.tensors
+    for t in present.values():
+        end = t.offset + t.nbytes
         if end > size:
             raise ModelFileError(
                 f"{path} is truncated: tensor {t.name} ends at byte {end} but the file has {size} bytes; "
@@ -63,20 +59,20 @@ def open_model(path: str | os.PathLike) -> ModelFile:
     prefix = ARCH + "."
     arch_meta = {k[len(prefix):]: v for k, v in meta.items() if k.startswith(prefix)}
 
-    def tensor(name: str) -> gguf.ReaderTensor:
+    def tensor(name: str) -> TensorInfo:
         t = present.get(name)
         if t is None:
             raise ModelFileError(f"{path} lacks the tensor {name}; the file is incomplete: convert it again")
         return t
 
     def n_rows(name: str) -> int:
-        return int(tensor(name).shape[-1])  # GGUF lists dims innermost first
+        return int(tensor(name).shape[0])
 
     rope = present.get("rope_freqs.weight")
     try:
         cfg = config_from_gguf(
             arch_meta,
-            rope_freqs=[float(v) for v in np.asarray(rope.data).ravel()] if rope is not None else None,
+            rope_freqs=file.array(rope).view(np.float32).tolist() if rope is not None else None,
             n_vocab=n_rows("token_embd.weight"),
             n_vocab_ple=n_rows("per_layer_token_embd.weight") if arch_meta.get("embedding_length_per_layer_input") else 0,
         )
@@ -86,17 +82,19 @@ def open_model(path: str | os.PathLike) -> ModelFile:
     tensors: dict[str, QTensor] = {}
     for name, shape in tensor_manifest(cfg).items():
         t = tensor(name)
-        file_shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        file_shape = t.shape
         if file_shape != shape and not (len(shape) == 1 and int(np.prod(file_shape)) == shape[0]):
             raise ModelFileError(f"{path}: tensor {name} has shape {file_shape} but the metadata implies {shape}")
         try:
-            qtype = QType(int(t.tensor_type))
+            qtype = QType(t.ggml_type)
         except ValueError:
             raise UnsupportedTypeError(
-                f"{path}: tensor {name} is stored as {gguf.GGMLQuantizationType(int(t.tensor_type)).name}, "
+                f"{path}: tensor {name} is stored as {gguf.GGMLQuantizationType(t.ggml_type).name}, "
                 f"which edgert does not read yet; supported: {', '.join(q.name for q in QType)}"
             ) from None
-        raw = t.data
+        raw = file.array(t)
+        if qtype in _FLOAT_DTYPES:
+            raw = raw.view(_FLOAT_DTYPES[qtype])
         tensors[name] = QTensor(raw.reshape(shape[0], -1) if len(shape) > 1 else raw.reshape(-1), qtype, shape)
 
     def get(key, default=None):
@@ -117,4 +115,7 @@ def open_model(path: str | os.PathLike) -> ModelFile:
     )
     if not tok.tokens:
         raise ModelFileError(f"{path} carries no tokenizer; convert it again with `edgert convert`")
-    return ModelFile(path=path, config=cfg, tensors=tensors, tokenizer=tok, reader=reader)
+    return ModelFile(path=path, config=cfg, tensors=tensors, tokenizer=tok, gguf=file)
+
+
+_FLOAT_DTYPES = {QType.F32: np.float32, QType.F16: np.float16, QType.BF16: np.uint16}

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
+import numba
 import numpy as np
 
 from edgert import chat as chat_format
@@ -19,6 +20,7 @@ from edgert.kv_cache import KVCache, make_caches
 from edgert.loader import ModelFile, open_model
 from edgert.sampling import make_sampler
 from edgert.tokenizer import StreamDecoder, Tokenizer
+from quant import cpu
 
 DEFAULT_CTX = 4096
 DEFAULT_BATCH = 512
@@ -41,18 +43,25 @@ class State:
         return sum(c.nbytes for c in self.caches.values())
 
 
-def load(path: str | os.PathLike, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAULT_BATCH) -> "Model":
+def load(path: str | os.PathLike, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAULT_BATCH,
+         threads: int | None = None) -> "Model":
     """Open a GGUF model file (memory-mapped) and make it ready to generate.
 
     n_ctx: the context length the caches hold (capped at the model's trained length);
-    n_batch: how many prompt tokens one prefill step takes."""
-    return Model(open_model(path), n_ctx=n_ctx, n_batch=n_batch)
+    n_batch: how many prompt tokens one prefill step takes;
+    threads: kernel threads (default: the physical cores)."""
+    return Model(open_model(path), n_ctx=n_ctx, n_batch=n_batch, threads=threads)
 
 
 class Model:
-    def __init__(self, file: ModelFile, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAULT_BATCH):
+    def __init__(self, file: ModelFile, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAULT_BATCH,
+                 threads: int | None = None):
         if n_ctx < 1 or n_batch < 1:
             raise EdgeRTError(f"n_ctx and n_batch must be positive (got {n_ctx}, {n_batch})")
+        try:
+            self.threads = cpu.set_threads(threads)
+        except ValueError as e:
+            raise EdgeRTError(str(e)) from None
         self.file = file
         self.config = file.config
         self.n_ctx = min(n_ctx, self.config.n_ctx_train)
@@ -90,6 +99,7 @@ class Model:
             else:
                 keep = None
             pos = np.arange(state.pos, state.pos + len(chunk))
+            numba.set_num_threads(self.threads)  # a per-thread setting: the caller may be any thread
             try:
                 step = gemma4.forward(self.config, self.weights, state.caches, chunk, pos, keep)
             except BaseException:  # Ctrl-C mid-step: undo its partial cache writes

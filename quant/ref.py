@@ -69,6 +69,10 @@ def dequantize(raw: np.ndarray, qtype: QType, n: int) -> np.ndarray:
     raw = np.asarray(raw).view(np.uint8).reshape(-1, row_bytes(qtype, n))
     rows = raw.shape[0]
     blocks = raw.reshape(-1, BLOCKS[qtype].nbytes)
+    if qtype == QType.Q4_K:
+        return _dequantize_q4_k(blocks).reshape(rows, n)
+    if qtype == QType.Q6_K:
+        return _dequantize_q6_k(blocks).reshape(rows, n)
     d = blocks[:, :2].copy().view(np.float16).astype(np.float32)
     if qtype == QType.Q8_0:
         q = blocks[:, 2:].view(np.int8).astype(np.float32)
@@ -78,3 +82,64 @@ def dequantize(raw: np.ndarray, qtype: QType, n: int) -> np.ndarray:
     else:
         raise ValueError(f"no dequantizer for {qtype.name}")
     return (d * q).reshape(rows, n)
+
+
+def _f16(b: np.ndarray) -> np.ndarray:
+    """(blocks, 2) bytes -> (blocks, 1) float32."""
+    return np.ascontiguousarray(b).view(np.float16).astype(np.float32)
+
+
+def q4_k_scale_min(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(blocks, 12) packed bytes -> (blocks, 8) scales and mins, as ggml's get_scale_min_k4:
+    sub-blocks 0-3 take 6 bits of bytes 0-3 and 4-7; 4-7 take a nibble of bytes 8-11
+    plus the top 2 bits of bytes 0-3 (scale) and 4-7 (min)."""
+    s = scales.astype(np.int32)
+    sc = np.concatenate([s[:, 0:4] & 63, (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)], axis=1)
+    m = np.concatenate([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], axis=1)
+    return sc, m
+
+
+def _dequantize_q4_k(blocks: np.ndarray) -> np.ndarray:
+    # ggml's dequantize_row_q4_K: per 64 values, 32 bytes; low nibbles first, then high nibbles
+    d, dmin = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
+    sc, m = q4_k_scale_min(blocks[:, 4:16])
+    qs = blocks[:, 16:].reshape(-1, 4, 1, 32)
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 8, 32).astype(np.float32)  # (blocks, 8, 32)
+    scale = (d * sc.astype(np.float32))[:, :, None]
+    offset = (dmin * m.astype(np.float32))[:, :, None]
+    return (scale * q - offset).reshape(-1, 256)
+
+
+def _dequantize_q6_k(blocks: np.ndarray) -> np.ndarray:
+    # ggml's dequantize_row_q6_K: per 128 values, ql 64 bytes, qh 32 bytes, 8 scales;
+    # value l + 32g takes ql's low (g 0, 1) or high (g 2, 3) nibble and qh's bits 2g..2g+1
+    ql = blocks[:, 0:128].reshape(-1, 2, 2, 32)  # (blocks, half, which 32 bytes, l)
+    qh = blocks[:, 128:192].reshape(-1, 2, 1, 32)
+    scales = blocks[:, 192:208].view(np.int8).astype(np.float32).reshape(-1, 2, 4, 2)  # (.., g, l >= 16)
+    d = _f16(blocks[:, 208:210]).reshape(-1, 1, 1, 1)
+    low = np.concatenate([ql & 0x0F, ql >> 4], axis=2)  # g = 0..3
+    high = (qh >> (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1)) & 3
+    q = (low | (high << 4)).astype(np.float32) - 32  # (blocks, half, g, 32)
+    scale = np.repeat(scales, 16, axis=3)  # (blocks, half, g, 32)
+    return (d * scale * q).reshape(-1, 256)
+
+
+def quantize_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Activations (n, K) float32 -> int8 values (n, K), block scales (n, K/32) and
+    scale * sum of each block (n, K/32): the twin of quant.kernels.quantize_q8."""
+    x = np.asarray(x, dtype=np.float32)
+    n, k = x.shape
+    blocks = x.reshape(n, k // 32, 32)
+    d = np.abs(blocks).max(axis=2) / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+    q = np.rint(blocks * inv[:, :, None]).astype(np.int8)
+    return q.reshape(n, k), d, (d * q.sum(axis=2, dtype=np.int32)).astype(np.float32)
+
+
+def matmul_q8(x: np.ndarray, raw: np.ndarray, qtype: QType, k: int) -> np.ndarray:
+    """x (n, K) @ w.T with x first quantized to 8-bit blocks, in float64: the twin of
+    quant.kernels.gemm_blocks, which must agree to float32 rounding."""
+    xq, xd, _ = quantize_q8(x)
+    xr = (xq.reshape(len(xq), -1, 32).astype(np.float64) * xd[:, :, None]).reshape(len(xq), k)
+    return (xr @ dequantize(raw, qtype, k).astype(np.float64).T).astype(np.float32)

@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quant.formats import QType
-from quant.ref import dequantize
+from quant.formats import BLOCKS, QType
+from quant.ref import dequantize, matmul_q8
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,36 @@ class QTensor:
 
 
 def matmul(x: np.ndarray, w: QTensor) -> np.ndarray:
-    """x (n, cols) @ w.T -> (n, rows), float32. The numpy reference path:
-    float weights are used in place; block weights are dequantized per call."""
-    if w.qtype == QType.F32:
-        return x @ np.asarray(w.raw).reshape(w.shape).T
-    return x @ w.dequantize().T
+    """x (n, cols) @ w.T -> (n, rows) float32, through the Numba kernels, reading w in place."""
+    from quant import kernels  # compiled (or loaded from the on-disk cache) on first use
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    rows, cols = w.shape
+    if x.ndim != 2 or x.shape[1] != cols:
+        raise ValueError(f"matmul: activations {x.shape} do not fit a weight of {w.shape}")
+    out = np.empty((x.shape[0], rows), dtype=np.float32)
+    raw = np.ascontiguousarray(w.raw)
+    if w.qtype in _FLOAT_KERNEL:
+        bits = raw.view(np.uint32 if w.qtype == QType.F32 else np.uint16).reshape(rows, cols)
+        kernels.gemm_float(_FLOAT_KERNEL[w.qtype], bits, x, out)
+        return out
+    xq = np.empty(x.shape, dtype=np.int8)
+    xd = np.empty((x.shape[0], cols // 32), dtype=np.float32)
+    xs = np.empty_like(xd)
+    kernels.quantize_q8(x, xq, xd, xs)
+    kernels.gemm_blocks(_BLOCK_KERNEL[w.qtype], BLOCKS[w.qtype].values, raw.view(np.uint8).reshape(rows, -1),
+                        xq, xd, xs, out)
+    return out
+
+
+_FLOAT_KERNEL = {QType.F32: 0, QType.F16: 1, QType.BF16: 2}  # quant.kernels.F32, F16, BF16
+_BLOCK_KERNEL = {QType.Q4_0: 0, QType.Q8_0: 1, QType.Q4_K: 2, QType.Q6_K: 3}  # quant.kernels.Q4_0, ...
+
+
+def matmul_ref(x: np.ndarray, w: QTensor) -> np.ndarray:
+    """The numpy twin of `matmul`: float weights used as they are; block weights
+    dequantized and multiplied with activations quantized as the kernels do."""
+    x = np.asarray(x, dtype=np.float32)
+    if w.qtype in _FLOAT_KERNEL:
+        return (x.astype(np.float64) @ w.dequantize().astype(np.float64).T).astype(np.float32)
+    return matmul_q8(x, w.raw, w.qtype, w.shape[-1])

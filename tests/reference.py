@@ -9,13 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-# The published E2B/E4B configs (copies of shared/reference/, numbers only).
-DATA = Path(__file__).resolve().parent / "data"
-
-
-def published(kind: str) -> dict:
-    """The published Gemma 4 config.json of 'e2b' or 'e4b'."""
-    return json.loads((DATA / f"gemma4-{kind}.config.json").read_text())
+from tools.synth import published  # noqa: F401  (the published E2B/E4B configs, shared with the bench)
 
 # Gemma's id layout for the ids that matter: 0 pad, 1 eos, 2 bos, 3 unk, 105 <|turn>, 106 <turn|>.
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]

@@ -130,14 +130,14 @@ def test_cli_convert_shows_progress(checkpoints, tmp_path):
 def test_interrupted_prefill_leaves_a_consistent_state(checkpoints, monkeypatch):
     """Ctrl-C in the middle of a prefill step: partial cache writes are dropped, the unfed
     prompt is kept, and carrying on gives the same logits as an uninterrupted run."""
-    from edgert import ops
+    from edgert import gemma4
 
     model = edgert.load(checkpoints.gguf("e2b", "f32"), n_ctx=256, n_batch=16)
     ids = [2] + list(range(300, 339))
     expected = model.forward(ids)[-1]
 
     state = model.new_state()
-    real, calls = ops.attention, {"n": 0}
+    real, calls = gemma4.attention, {"n": 0}
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -145,9 +145,9 @@ def test_interrupted_prefill_leaves_a_consistent_state(checkpoints, monkeypatch)
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ops, "attention", flaky)
+    monkeypatch.setattr(gemma4, "attention", flaky)
     with pytest.raises(KeyboardInterrupt):
         list(model.generate_ids(state, ids, 1, make_sampler(temperature=0), set()))
-    monkeypatch.setattr(ops, "attention", real)
+    monkeypatch.setattr(gemma4, "attention", real)
     assert state.pos == 16 and state.pending == ids[16:]
     np.testing.assert_allclose(model.prefill(state, state.pending), expected, rtol=0, atol=1e-5)

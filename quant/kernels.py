@@ -1,0 +1,108 @@
+"""Numba matrix products over weights as they lie in the model file.
+
+    out[t, r] = sum_k x[t, k] * w[r, k]
+
+Block weights (Q4_0, Q8_0, Q4_K, Q6_K) take activations quantized to 8-bit
+blocks (`quantize_q8`) and integer dot products (quant.simd); float weights
+(F32, F16, BF16) take float32 activations. One kernel serves decode (one
+token: a GEMV) and prefill (many: a GEMM): threads split the weight rows, and
+each row is multiplied with a tile of tokens while it sits in L1, so every
+weight block comes from memory once per tile of tokens.
+
+Each kernel has a numpy twin in quant.ref that the tests compare against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from quant.cpu import kernel
+from quant.simd import bf16_to_float, f32_from_bits, half_to_float, q4_0_row_dot, q4_k_row_dot, q6_k_row_dot, q8_0_row_dot
+
+# weight formats of `_gemm_blocks`; the dispatch in quant.tensor maps QType to these
+Q4_0, Q8_0, Q4_K, Q6_K = 0, 1, 2, 3
+# and of `gemm_float`
+F32, F16, BF16 = 0, 1, 2
+ROW_TILE = 16  # weight rows per work item
+TOKEN_TILE = 64  # tokens multiplied with a row while it is in L1: 64 x 12288 int8 stays within L2
+
+
+@kernel(parallel=True)
+def quantize_q8(x, xq, xd, xs):
+    """x (n, K) float32 -> xq (n, K) int8, xd (n, K/32) scale, xs (n, K/32) scale * sum(xq).
+
+    As ggml's quantize_row_q8_0: d = max|x| / 127, q = round(x / d), rounding half to even
+    as its SIMD paths do."""
+    n, k = x.shape
+    for t in prange(n):
+        for blk in range(k // 32):
+            amax = np.float32(0.0)
+            for j in range(blk * 32, blk * 32 + 32):
+                amax = max(amax, abs(x[t, j]))
+            d = amax / np.float32(127.0)
+            inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+            total = 0
+            for j in range(blk * 32, blk * 32 + 32):
+                q = np.int32(np.rint(x[t, j] * inv))
+                xq[t, j] = q
+                total += q
+            xd[t, blk] = d
+            xs[t, blk] = d * np.float32(total)
+
+
+@kernel
+def _row_dot(fmt, w, w_off, xq, x_off, xd, xs, xb, n):
+    if fmt == Q4_0:
+        return q4_0_row_dot(w, w_off, xq, x_off, xd, xs, xb, n)
+    if fmt == Q8_0:
+        return q8_0_row_dot(w, w_off, xq, x_off, xd, xs, xb, n)
+    if fmt == Q4_K:
+        return q4_k_row_dot(w, w_off, xq, x_off, xd, xs, xb, n)
+    return q6_k_row_dot(w, w_off, xq, x_off, xd, xs, xb, n)
+
+
+@kernel(parallel=True)
+def gemm_blocks(fmt, values_per_block, w, xq, xd, xs, out):
+    """w (rows, row_bytes) uint8 blocks of format `fmt`; xq, xd, xs from quantize_q8; out (n, rows)."""
+    rows, row_bytes = w.shape
+    n, k = xq.shape
+    n_blocks = k // values_per_block
+    n_xb = xd.shape[1]
+    for tile in prange((rows + ROW_TILE - 1) // ROW_TILE):
+        r_end = min(rows, (tile + 1) * ROW_TILE)
+        for t0 in range(0, n, TOKEN_TILE):
+            t_end = min(n, t0 + TOKEN_TILE)
+            for r in range(tile * ROW_TILE, r_end):
+                for t in range(t0, t_end):
+                    out[t, r] = _row_dot(fmt, w, r * row_bytes, xq, t * k, xd, xs, t * n_xb, n_blocks)
+
+
+@kernel
+def _dot_float(fmt, w, r, x, t):
+    """Row r of float weights given as their bits, times x[t]; the format branch stays outside the loop."""
+    acc = np.float32(0.0)
+    if fmt == F16:
+        for j in range(x.shape[1]):
+            acc += half_to_float(w[r, j]) * x[t, j]
+    elif fmt == BF16:
+        for j in range(x.shape[1]):
+            acc += bf16_to_float(w[r, j]) * x[t, j]
+    else:
+        for j in range(x.shape[1]):
+            acc += f32_from_bits(w[r, j]) * x[t, j]
+    return acc
+
+
+@kernel(parallel=True)
+def gemm_float(fmt, w, x, out):
+    """w (rows, K) bits of F32 (uint32), F16 or BF16 (uint16) weights; x (n, K) float32; out (n, rows)."""
+    rows = w.shape[0]
+    n = x.shape[0]
+    for tile in prange((rows + ROW_TILE - 1) // ROW_TILE):
+        r_end = min(rows, (tile + 1) * ROW_TILE)
+        for t0 in range(0, n, TOKEN_TILE):
+            t_end = min(n, t0 + TOKEN_TILE)
+            for r in range(tile * ROW_TILE, r_end):
+                for t in range(t0, t_end):
+                    out[t, r] = _dot_float(fmt, w, r, x, t)

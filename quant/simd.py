@@ -1,0 +1,437 @@
+"""Row dot products over the file's own block layouts, as Numba intrinsics in LLVM IR.
+
+Each `*_row_dot` intrinsic computes one weight row times one activation row:
+
+    row_dot(w, w_off, xq, x_off, xd, xs, xb, n) -> float32
+
+    w      uint8 blocks (any C-contiguous array); the row starts at byte w_off
+    xq     activations quantized to int8; the row starts at element x_off
+    xd     (.., K/32) float32 scale of each 32-value activation block
+    xs     (.., K/32) float32 xd * sum(xq) of each block (for formats with an offset)
+    xb     index in xd/xs of the row's first activation block
+    n      blocks of the weight format in the row
+
+The weights stay where the memory map has them: blocks are read unaligned, in
+place. Activations use 8-bit blocks of 32 with a float32 scale (llama.cpp's
+block_q8_0 keeps an f16 scale; f32 costs nothing here and loses nothing).
+
+Weights of the 4-bit formats are stored unsigned (0..15 or 0..63); the dot is
+taken on the unsigned values and the offset comes back through `xs`:
+sum((q - 8) x) = sum(q x) - 8 sum(x). That is what lets the AVX2 flavor use
+vpmaddubsw (unsigned x signed bytes) without sign tricks.
+
+The flavor (quant.cpu.FLAVOR) fixes how an 8-bit dot is emitted; the block
+layouts are walked by the same code for both. Counterparts: ggml's
+ggml_vec_dot_q4_0_q8_0, _q8_0_q8_0, _q4_K_q8_K, _q6_K_q8_K.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from quant.cpu import FLAVOR
+
+I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+F32, HALF = ir.FloatType(), ir.HalfType()
+
+
+def _vec(t, n):
+    return ir.VectorType(t, n)
+
+
+def _const_vec(t, n, value):
+    return ir.Constant(_vec(t, n), [ir.Constant(t, value)] * n)
+
+
+def _declare(builder, name, ret, args):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def _splat(builder, value, n):
+    vt = _vec(value.type, n)
+    one = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(_vec(I32, n), [0] * n))
+
+
+def _shuffle(builder, a, b, idx):
+    return builder.shuffle_vector(a, b, ir.Constant(_vec(I32, len(idx)), list(idx)))
+
+
+class _Bytes:
+    """Loads from an i8* base at byte offsets (a Python int or an IR value)."""
+
+    def __init__(self, builder, base):
+        self.b, self.base = builder, base
+
+    def at(self, offset, ty):
+        off = ir.Constant(cgutils.intp_t, offset) if isinstance(offset, int) else offset
+        return self.b.bitcast(self.b.gep(self.base, [off]), ty.as_pointer())
+
+    def load(self, offset, ty):
+        return self.b.load(self.at(offset, ty), align=1)
+
+    def f16(self, offset):
+        """An IEEE half at `offset`, widened to float (vcvtph2ps with F16C)."""
+        return self.b.fpext(self.b.bitcast(self.load(offset, I16), HALF), F32)
+
+    def bytes32(self, offset):
+        return self.load(offset, _vec(I8, 32))
+
+
+class _AVX2:
+    """<8 x float> accumulator; byte dots through vpmaddubsw + vpmaddwd."""
+
+    acc_type = _vec(F32, 8)
+
+    def __init__(self, builder):
+        self.b = builder
+        v32i8, v16i16, v8i32 = _vec(I8, 32), _vec(I16, 16), _vec(I32, 8)
+        self._maddubs = _declare(builder, "llvm.x86.avx2.pmadd.ub.sw", v16i16, [v32i8, v32i8])
+        self._maddwd = _declare(builder, "llvm.x86.avx2.pmadd.wd", v8i32, [v16i16, v16i16])
+        self._sign = _declare(builder, "llvm.x86.avx2.psign.b", v32i8, [v32i8, v32i8])
+        self._fma = _declare(builder, "llvm.fma.v8f32", self.acc_type, [self.acc_type] * 3)
+
+    def zero(self):
+        return ir.Constant(self.acc_type, None)
+
+    def _pairs(self, u, x):  # (16 x i16) sums of adjacent u*x; u in 0..128 cannot saturate
+        return self.b.call(self._maddubs, [u, x])
+
+    def dot_u(self, u, x):
+        """u: <32 x i8> unsigned values below 128, x: <32 x i8> signed -> partial sums."""
+        return self.b.call(self._maddwd, [self._pairs(u, x), _const_vec(I16, 16, 1)])
+
+    def dot_s2(self, w, x, scale_lo, scale_hi):
+        """Signed w times x, the first 16 products weighted by scale_lo and the rest by scale_hi (i16)."""
+        pairs = self._pairs(self.b.call(self._sign, [w, w]), self.b.call(self._sign, [x, w]))
+        scales = _shuffle(self.b, _splat(self.b, scale_lo, 16), _splat(self.b, scale_hi, 16),
+                          list(range(8)) + list(range(24, 32)))
+        return self.b.call(self._maddwd, [pairs, scales])
+
+    def dot_s(self, w, x):
+        one = ir.Constant(I16, 1)
+        return self.dot_s2(w, x, one, one)
+
+    def fma(self, partial, scale, acc):
+        return self.b.call(self._fma, [self.b.sitofp(partial, self.acc_type), _splat(self.b, scale, 8), acc])
+
+    def total(self, acc):
+        lanes = [self.b.extract_element(acc, ir.Constant(I32, i)) for i in range(8)]
+        while len(lanes) > 1:
+            lanes = [self.b.fadd(lanes[i], lanes[i + 1]) for i in range(0, len(lanes), 2)]
+        return lanes[0]
+
+
+class _Generic:
+    """Scalar float accumulator; byte dots as widen-multiply-reduce, which LLVM
+    lowers to the target's own instructions (sdot on ARMv8.2 with dotprod)."""
+
+    acc_type = F32
+
+    def __init__(self, builder):
+        self.b = builder
+        self._fma = _declare(builder, "llvm.fma.f32", F32, [F32] * 3)
+        self._add16 = _declare(builder, "llvm.vector.reduce.add.v16i32", I32, [_vec(I32, 16)])
+        self._add32 = _declare(builder, "llvm.vector.reduce.add.v32i32", I32, [_vec(I32, 32)])
+
+    def zero(self):
+        return ir.Constant(F32, 0.0)
+
+    def _products(self, w, x):
+        v = _vec(I32, 32)
+        return self.b.mul(self.b.sext(w, v), self.b.sext(x, v))
+
+    def dot_u(self, u, x):  # values below 128 read the same signed
+        return self.b.call(self._add32, [self._products(u, x)])
+
+    dot_s = dot_u
+
+    def dot_s2(self, w, x, scale_lo, scale_hi):
+        p = self._products(w, x)
+        lo = self.b.call(self._add16, [_shuffle(self.b, p, p, range(16))])
+        hi = self.b.call(self._add16, [_shuffle(self.b, p, p, range(16, 32))])
+        return self.b.add(self.b.mul(lo, self.b.sext(scale_lo, I32)), self.b.mul(hi, self.b.sext(scale_hi, I32)))
+
+    def fma(self, partial, scale, acc):
+        return self.b.call(self._fma, [self.b.sitofp(partial, F32), scale, acc])
+
+    def total(self, acc):
+        return acc
+
+
+_FLAVOR_CLASS = {"avx2": _AVX2, "generic": _Generic}
+
+
+N_ACC = 4  # independent accumulators: one FMA chain would wait out its latency on every block
+
+
+def _row_intrinsic(block_bytes: int, walk, unroll: int):
+    """An intrinsic looping over the row's blocks, `unroll` blocks per iteration.
+    `walk(ctx, blk, x, k)` emits one block (blk: its bytes, x: the activations at its
+    first value, k: its first activation block index) through ctx.fma and ctx.sub."""
+
+    @intrinsic
+    def row_dot(typingctx, w, w_off, xq, x_off, xd, xs, xb, n):
+        sig = types.float32(w, types.intp, xq, types.intp, xd, xs, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            w_v, w_off_v, xq_v, x_off_v, xd_v, xs_v, xb_v, n_v = args
+            aty = signature.args
+
+            def data(i, value):
+                return context.make_array(aty[i])(context, builder, value).data
+
+            def const(v):
+                return ir.Constant(cgutils.intp_t, v)
+
+            w_ptr = builder.bitcast(data(0, w_v), I8.as_pointer())
+            xq_ptr = builder.bitcast(data(2, xq_v), I8.as_pointer())
+            ctx = _Ctx(builder, _FLAVOR_CLASS[FLAVOR](builder), data(4, xd_v), data(5, xs_v))
+
+            def blocks(first, count):
+                """Emit blocks first .. first + count - 1 (first: an IR index)."""
+                group = []
+                for u in range(count):
+                    i = builder.add(first, const(u))
+                    blk = _Bytes(builder, builder.gep(w_ptr, [builder.add(w_off_v, builder.mul(i, const(block_bytes)))]))
+                    x = _Bytes(builder, builder.gep(xq_ptr, [builder.add(
+                        x_off_v, builder.mul(i, const(walk.values_per_block)))]))
+                    k = builder.add(xb_v, builder.mul(i, const(walk.values_per_block // 32)))
+                    group.append((blk, x, k))
+                grouped = getattr(walk, "group_" + FLAVOR, None)
+                if grouped is not None and count == unroll:
+                    grouped(ctx, group)
+                else:
+                    for blk, x, k in group:
+                        walk(ctx, blk, x, k)
+
+            n_main = builder.mul(builder.sdiv(n_v, const(unroll)), const(unroll))
+            with cgutils.for_range_slice(builder, const(0), n_main, const(unroll)) as (i, _), ctx.registers():
+                blocks(i, unroll)
+            with cgutils.for_range_slice(builder, n_main, n_v, const(1)) as (i, _), ctx.registers():
+                blocks(i, 1)
+            return ctx.result()
+
+        return sig, codegen
+
+    return row_dot
+
+
+class _Ctx:
+    """What a block walker needs: the builder, the flavor, the activation scales, and
+    N_ACC accumulators (and offset corrections) that successive FMAs take in turn."""
+
+    def __init__(self, builder, flavor, xd, xs):
+        self.b, self.f, self._xd, self._xs = builder, flavor, xd, xs
+        self._acc_slots = [cgutils.alloca_once_value(builder, flavor.zero()) for _ in range(N_ACC)]
+        self._corr_slots = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(N_ACC)]
+        self._acc = self._corr = None
+        self._next_acc = self._next_corr = 0
+
+    @contextlib.contextmanager
+    def registers(self):
+        """Within a loop body: accumulators are loaded at its top and stored at its end."""
+        self._acc = [self.b.load(s) for s in self._acc_slots]
+        self._corr = [self.b.load(s) for s in self._corr_slots]
+        yield
+        for slot, v in zip(self._acc_slots + self._corr_slots, self._acc + self._corr):
+            self.b.store(v, slot)
+
+    def fma(self, partial, scale):
+        """acc += partial * scale (partial: the flavor's integer dot)."""
+        i = self._next_acc = (self._next_acc + 1) % N_ACC
+        self._acc[i] = self.f.fma(partial, scale, self._acc[i])
+
+    def fma_lanes(self, values, scales):
+        """acc += values * scales, lane by lane (float vectors of the accumulator's width)."""
+        i = self._next_acc = (self._next_acc + 1) % N_ACC
+        self._acc[i] = self.b.call(self.f._fma, [values, scales, self._acc[i]])
+
+    def sub(self, value):
+        """Subtract a float from the row's result (the offset of unsigned formats)."""
+        i = self._next_corr = (self._next_corr + 1) % N_ACC
+        self._corr[i] = self.b.fadd(self._corr[i], value)
+
+    def result(self):
+        accs = [self.b.load(s) for s in self._acc_slots]
+        corrs = [self.b.load(s) for s in self._corr_slots]
+        acc = self.b.fadd(self.b.fadd(accs[0], accs[1]), self.b.fadd(accs[2], accs[3]))
+        corr = self.b.fadd(self.b.fadd(corrs[0], corrs[1]), self.b.fadd(corrs[2], corrs[3]))
+        return self.b.fsub(self.f.total(acc), corr)
+
+    def xd(self, k, j=0):
+        return self.b.load(self.b.gep(self._xd, [self.b.add(k, ir.Constant(cgutils.intp_t, j))]))
+
+    def xs(self, k, j=0):
+        return self.b.load(self.b.gep(self._xs, [self.b.add(k, ir.Constant(cgutils.intp_t, j))]))
+
+
+def _walker(values_per_block):
+    def wrap(fn):
+        fn.values_per_block = values_per_block
+        return fn
+    return wrap
+
+
+def _nibbles(b, v, shift):
+    """The low (shift 0) or high (shift 4) 4 bits of each byte."""
+    return b.and_(b.lshr(v, _const_vec(I8, v.type.count, shift)), _const_vec(I8, v.type.count, 0x0F))
+
+
+@_walker(32)
+def _walk_q4_0(ctx, blk, x, k):
+    # block_q4_0: d (f16), qs[16]; value j in the low nibble of byte j, value j + 16 in the high one
+    b = ctx.b
+    d = blk.f16(0)
+    qs = blk.load(2, _vec(I8, 16))
+    u = _shuffle(b, _nibbles(b, qs, 0), _nibbles(b, qs, 4), range(32))
+    ctx.fma(ctx.f.dot_u(u, x.bytes32(0)), b.fmul(d, ctx.xd(k)))
+    ctx.sub(b.fmul(b.fmul(d, ir.Constant(F32, 8.0)), ctx.xs(k)))
+
+
+def _lane_totals(b, parts):
+    """Eight <8 x i32> -> one <8 x i32> whose lane u is the sum of parts[u]'s lanes (vphaddd tree)."""
+    v8 = _vec(I32, 8)
+    hadd = _declare(b, "llvm.x86.avx2.phadd.d", v8, [v8, v8])
+    pairs = [b.call(hadd, [parts[i], parts[i + 1]]) for i in range(0, 8, 2)]
+    quads = [b.call(hadd, [pairs[0], pairs[1]]), b.call(hadd, [pairs[2], pairs[3]])]
+    # quads[q] lanes: blocks 4q..4q+3 over their low 4 lanes | the same over their high 4 lanes
+    low = _shuffle(b, quads[0], quads[1], [0, 1, 2, 3, 8, 9, 10, 11])
+    high = _shuffle(b, quads[0], quads[1], [4, 5, 6, 7, 12, 13, 14, 15])
+    return b.add(low, high)
+
+
+def _q4_0_values(b, qs):
+    """16 bytes of Q4_0 nibbles -> their 32 values in order (low nibbles, then high nibbles):
+    the bytes go to both halves, the upper half shifted by 4 (vbroadcasti128, vpsrlvd, vpand)."""
+    both = b.bitcast(_shuffle(b, qs, qs, list(range(16)) * 2), _vec(I32, 8))
+    shifted = b.lshr(both, ir.Constant(_vec(I32, 8), [0, 0, 0, 0, 4, 4, 4, 4]))
+    return b.and_(b.bitcast(shifted, _vec(I8, 32)), _const_vec(I8, 32, 0x0F))
+
+
+def _q4_0_group_avx2(ctx, group):
+    """Eight Q4_0 blocks at once: their eight f16 scales become one vector (vcvtph2ps), the
+    eight integer dots are summed across lanes into one vector, and one FMA applies all
+    scales; the offset of 8 comes off with one more. Per block this saves the scalar scale
+    work that otherwise costs as much as the dot itself (what llama.cpp gets by repacking
+    rows, here without a copy of the weights)."""
+    b, f = ctx.b, ctx.f
+    parts, scales = [], ir.Constant(_vec(I16, 8), ir.Undefined)
+    for u, (blk, x, _) in enumerate(group):
+        parts.append(f.dot_u(_q4_0_values(b, blk.load(2, _vec(I8, 16))), x.bytes32(0)))
+        scales = b.insert_element(scales, blk.load(0, I16), ir.Constant(I32, u))
+    d = b.fpext(b.bitcast(scales, _vec(HALF, 8)), _vec(F32, 8))
+    k = group[0][2]
+    xd = b.load(b.bitcast(b.gep(ctx._xd, [k]), _vec(F32, 8).as_pointer()), align=4)
+    xs = b.load(b.bitcast(b.gep(ctx._xs, [k]), _vec(F32, 8).as_pointer()), align=4)
+    ctx.fma_lanes(b.sitofp(_lane_totals(b, parts), _vec(F32, 8)), b.fmul(d, xd))
+    ctx.fma_lanes(d, b.fmul(xs, _const_vec(F32, 8, -8.0)))
+
+
+_walk_q4_0.group_avx2 = _q4_0_group_avx2
+
+
+@_walker(32)
+def _walk_q8_0(ctx, blk, x, k):
+    # block_q8_0: d (f16), qs[32] signed
+    ctx.fma(ctx.f.dot_s(blk.bytes32(2), x.bytes32(0)), ctx.b.fmul(blk.f16(0), ctx.xd(k)))
+
+
+def _q4_k_scale_min(b, scales, j):
+    """get_scale_min_k4: the 6-bit scale and min of sub-block j, as float."""
+    def s(i):
+        return b.zext(scales[i], I32)
+
+    def c(v):
+        return ir.Constant(I32, v)
+
+    if j < 4:
+        sc, m = b.and_(s(j), c(63)), b.and_(s(j + 4), c(63))
+    else:
+        sc = b.or_(b.and_(s(j + 4), c(0xF)), b.shl(b.lshr(s(j - 4), c(6)), c(4)))
+        m = b.or_(b.lshr(s(j + 4), c(4)), b.shl(b.lshr(s(j), c(6)), c(4)))
+    return b.uitofp(sc, F32), b.uitofp(m, F32)
+
+
+@_walker(256)
+def _walk_q4_k(ctx, blk, x, k):
+    # block_q4_K: d, dmin (f16), scales[12] (8 x 6-bit scale and min), qs[128]:
+    # 32 bytes per 64 values, low nibbles the first 32, high nibbles the next 32
+    b = ctx.b
+    d, dmin = blk.f16(0), blk.f16(2)
+    scales = [blk.load(4 + i, I8) for i in range(12)]
+    for pair in range(4):
+        qs = blk.bytes32(16 + 32 * pair)
+        for half in range(2):
+            j = 2 * pair + half
+            sc, m = _q4_k_scale_min(b, scales, j)
+            partial = ctx.f.dot_u(_nibbles(b, qs, 4 * half), x.bytes32(32 * j))
+            ctx.fma(partial, b.fmul(b.fmul(d, sc), ctx.xd(k, j)))
+            ctx.sub(b.fmul(b.fmul(dmin, m), ctx.xs(k, j)))
+
+
+@_walker(256)
+def _walk_q6_k(ctx, blk, x, k):
+    # block_q6_K: ql[128] (low 4 bits), qh[64] (high 2 bits), scales[16] (int8, one per 16 values), d (f16).
+    # Each half of 128 values: 64 bytes of ql, 32 of qh, 8 scales; value = d * scale * (q - 32)
+    b = ctx.b
+    d = blk.f16(208)
+
+    def bits(v, shift, mask):
+        return b.and_(b.lshr(v, _const_vec(I8, 32, shift)), _const_vec(I8, 32, mask))
+
+    for half in range(2):
+        ql0, ql1 = blk.bytes32(64 * half), blk.bytes32(64 * half + 32)
+        qh = blk.bytes32(128 + 32 * half)
+        groups = [(ql0, 0, 0), (ql1, 0, 2), (ql0, 4, 4), (ql1, 4, 6)]  # (ql, its shift, qh shift)
+        for g, (ql, lshift, hshift) in enumerate(groups):
+            q = b.or_(bits(ql, lshift, 0x0F), b.shl(bits(qh, hshift, 3), _const_vec(I8, 32, 4)))
+            q = b.sub(q, _const_vec(I8, 32, 32))
+            s = 8 * half + 2 * g
+            scale_lo = b.sext(blk.load(192 + s, I8), I16)
+            scale_hi = b.sext(blk.load(193 + s, I8), I16)
+            j = 4 * half + g
+            partial = ctx.f.dot_s2(q, x.bytes32(32 * j), scale_lo, scale_hi)
+            ctx.fma(partial, b.fmul(d, ctx.xd(k, j)))
+
+
+q4_0_row_dot = _row_intrinsic(18, _walk_q4_0, unroll=8)
+q8_0_row_dot = _row_intrinsic(34, _walk_q8_0, unroll=4)
+q4_k_row_dot = _row_intrinsic(144, _walk_q4_k, unroll=1)
+q6_k_row_dot = _row_intrinsic(210, _walk_q6_k, unroll=1)
+
+
+def _resize(builder, v, ty):
+    if v.type.width > ty.width:
+        return builder.trunc(v, ty)
+    return builder.zext(v, ty) if v.type.width < ty.width else v
+
+
+@intrinsic
+def half_to_float(typingctx, bits):
+    """The low 16 bits of an integer, read as an IEEE half -> float32 (vcvtph2ps)."""
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(_resize(builder, args[0], I16), HALF), F32)
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def bf16_to_float(typingctx, bits):
+    """The low 16 bits of an integer, read as a bfloat16 -> float32 (a 16-bit shift)."""
+    def codegen(context, builder, signature, args):
+        wide = builder.zext(_resize(builder, args[0], I16), I32)
+        return builder.bitcast(builder.shl(wide, ir.Constant(I32, 16)), F32)
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def f32_from_bits(typingctx, bits):
+    """The low 32 bits of an integer, read as a float32."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(_resize(builder, args[0], I32), F32)
+    return types.float32(bits), codegen

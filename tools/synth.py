@@ -1,0 +1,111 @@
+"""Synthetic full-size Gemma 4 GGUFs for the benchmarks.
+
+Random weights with exactly the published E2B / E4B shapes, llama.cpp's tensor
+names and metadata (the converter's own writer), written straight in the
+file's block format with numpy and gguf: no torch, no checkpoint, and no claim
+to be Gemma's weights. Speed and memory depend on shapes and formats only, so
+these give honest figures; llama.cpp loads the same file for the comparison.
+
+Weights are uniform random blocks whose scale makes each row's values have a
+standard deviation of about 1/sqrt(columns), so activations stay finite
+through all layers; norms and layer scalars are 1.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgert.config import config_from_hf, rope_freqs_factors, tensor_manifest
+from edgert.convert import Progress, matrix_type, write_gguf
+from edgert.tokenizer import BYTE, CONTROL, NORMAL, UNUSED, TokenizerData
+from quant import BLOCKS, QType, row_bytes
+
+DATA = Path(__file__).resolve().parent / "data"
+KINDS = ("e2b", "e4b")
+TYPES = {"q4_0": QType.Q4_0, "q8_0": QType.Q8_0, "f16": QType.F16}
+
+
+def published(kind: str) -> dict:
+    """The published Gemma 4 config.json of 'e2b' or 'e4b' (copied from the model cards)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(KINDS)}")
+    return json.loads((DATA / f"gemma4-{kind}.config.json").read_text())
+
+
+def synthetic_vocab(n_vocab: int) -> TokenizerData:
+    """A Gemma-shaped vocabulary: Gemma's special ids (0 pad, 1 eos, 2 bos, 3 unk, 105 <|turn>,
+    106 <turn|>), 256 byte tokens, printable characters and their pairs (with merges), and
+    unreachable filler up to n_vocab."""
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    types = [CONTROL] * 5
+    tokens += [f"[unused{i}]" for i in range(105 - len(tokens))]
+    types += [UNUSED] * (105 - len(types))
+    tokens += ["<|turn>", "<turn|>"]
+    types += [CONTROL] * 2
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [BYTE] * 256
+    chars = ["\u2581"] + [chr(c) for c in range(33, 127)]
+    tokens += chars
+    types += [NORMAL] * len(chars)
+    merges = []
+    for a in chars:
+        for b in chars[1:]:
+            if len(tokens) < n_vocab:
+                tokens.append(a + b)
+                types.append(NORMAL)
+                merges.append(f"{a} {b}")
+    filler = n_vocab - len(tokens)
+    tokens += [f"\u2581synthetic{i}" for i in range(filler)]
+    types += [NORMAL] * filler
+    return TokenizerData(model="gemma4", tokens=tokens, types=types, merges=merges, bos=2, eos=1, eot=106,
+                         pad=0, unk=3, add_bos=True, chat_template=None)
+
+
+class _RandomBlocks:
+    """Rows of random blocks, written a chunk at a time (the PLE table is over a gigabyte)."""
+
+    def __init__(self, rng: np.random.Generator, rows: int, cols: int, qtype: QType):
+        self.rng, self.rows, self.cols, self.qtype = rng, rows, cols, qtype
+        self.nbytes = rows * row_bytes(qtype, cols)
+
+    def _chunk(self, n: int) -> np.ndarray:
+        std = 1.0 / np.sqrt(self.cols)
+        if self.qtype == QType.F16:
+            return (self.rng.standard_normal((n, self.cols), dtype=np.float32) * std).astype(np.float16)
+        block = BLOCKS[self.qtype]
+        raw = np.frombuffer(self.rng.bytes(n * row_bytes(self.qtype, self.cols)), dtype=np.uint8)
+        blocks = raw.reshape(-1, block.nbytes).copy()
+        # uniform values: 4-bit q - 8 has std 4.6, int8 has std 74
+        d = std / (4.6 if self.qtype == QType.Q4_0 else 74.0)
+        blocks[:, :2] = np.frombuffer(np.float16(d).tobytes(), dtype=np.uint8)
+        return blocks
+
+    def tofile(self, fout) -> None:
+        per_chunk = max(1, (32 << 20) // row_bytes(self.qtype, self.cols))
+        for start in range(0, self.rows, per_chunk):
+            fout.write(self._chunk(min(per_chunk, self.rows - start)).tobytes())
+
+
+def write_synthetic(kind: str, out_path: str | Path, qtype: str = "q4_0", seed: int = 0,
+                    progress: Progress | None = None) -> Path:
+    """Write a random-weight GGUF with the published shapes of `kind`; returns its path."""
+    if qtype not in TYPES:
+        raise ValueError(f"synthetic models come in {', '.join(TYPES)}, not {qtype!r}")
+    hf = published(kind)
+    cfg = config_from_hf(hf)
+    rng = np.random.default_rng(seed)
+    tensors = []
+    for name, shape in tensor_manifest(cfg).items():
+        t = matrix_type(name, shape, TYPES[qtype])
+        if name == "rope_freqs.weight":
+            payload = np.asarray(rope_freqs_factors(cfg), dtype=np.float32)
+        elif len(shape) == 1:
+            payload = np.ones(shape, dtype=np.float32)  # norms and layer scalars
+        else:
+            payload = _RandomBlocks(rng, shape[0], shape[1], t)
+        tensors.append((name, shape, t, payload))
+    return write_gguf(out_path, cfg, synthetic_vocab(cfg.n_vocab), tensors, f"synthetic gemma4-{kind}",
+                      TYPES[qtype], progress)
