@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgert import kernels, ops
+from edgert import ops
+from edgert.kernels import attention, gelu_mul, rms_norm, rope, softcap
 from edgert.config import ModelConfig
 from edgert.kv_cache import KVCache
 from ple_store import PLEStore
@@ -106,16 +107,8 @@ def per_layer_inputs(cfg: ModelConfig, w: Weights, ids: np.ndarray, x: np.ndarra
         return None
     n = len(ids)
     proj = matmul(x, w.ple_model_proj) * F32(cfg.n_embd ** -0.5)
-    proj = ops.rms_norm(proj.reshape(n, cfg.n_layer, cfg.ple_dim), w.ple_proj_norm, cfg.rms_eps)  # (n, L, P)
+    proj = rms_norm(proj.reshape(n, cfg.n_layer, cfg.ple_dim), w.ple_proj_norm, cfg.rms_eps)  # (n, L, P)
     return (proj + w.ple.rows(ids)) * F32(2.0 ** -0.5)
-
-
-def attention(q, k, v, q_pos, k_pos, window: int) -> np.ndarray:
-    """ops.attention through its Numba twin: (n, n_head, d) queries -> (n, n_head * d)."""
-    out = np.empty(q.shape, dtype=F32)
-    kernels.attention(np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v),
-                      q_pos, k_pos, window, out)
-    return out.reshape(len(q), -1)
 
 
 def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.ndarray, pos: np.ndarray,
@@ -138,34 +131,34 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
         n = len(pos)
 
         # attention (Gemma4TextAttention)
-        h = ops.rms_norm(x, lw.attn_norm, cfg.rms_eps)
+        h = rms_norm(x, lw.attn_norm, cfg.rms_eps)
         q = matmul(h, lw.wq).reshape(n, cfg.n_head, s.head_dim)
-        q = ops.rope(ops.rms_norm(q, lw.q_norm, cfg.rms_eps), pos, lw.inv_freq)
+        q = rope(rms_norm(q, lw.q_norm, cfg.rms_eps), pos, lw.inv_freq)
         if s.owns_kv:
             k = matmul(h, lw.wk).reshape(n, s.n_kv_heads, s.head_dim)
-            k = ops.rope(ops.rms_norm(k, lw.k_norm, cfg.rms_eps), pos, lw.inv_freq)
-            v = ops.rms_norm(matmul(h, lw.wv).reshape(n, s.n_kv_heads, s.head_dim), None, cfg.rms_eps)
+            k = rope(rms_norm(k, lw.k_norm, cfg.rms_eps), pos, lw.inv_freq)
+            v = rms_norm(matmul(h, lw.wv).reshape(n, s.n_kv_heads, s.head_dim), None, cfg.rms_eps)
             views[s.index] = caches[s.index].update(k, v, pos)
         k_all, v_all, k_pos = views[s.kv_source]  # KV-shared layers reuse an earlier layer's K/V
         a = attention(q, k_all, v_all, pos, k_pos, cfg.sliding_window if s.sliding else 0)
-        h = ops.rms_norm(matmul(a, lw.wo), lw.post_attn_norm, cfg.rms_eps)
+        h = rms_norm(matmul(a, lw.wo), lw.post_attn_norm, cfg.rms_eps)
         x = x + h
 
         # MLP: down(gelu_tanh(gate(x)) * up(x))
-        h = ops.rms_norm(x, lw.ffn_norm, cfg.rms_eps)
-        h = matmul(ops.gelu_tanh(matmul(h, lw.w_gate)) * matmul(h, lw.w_up), lw.w_down)
-        x = x + ops.rms_norm(h, lw.post_ffn_norm, cfg.rms_eps)
+        h = rms_norm(x, lw.ffn_norm, cfg.rms_eps)
+        h = matmul(gelu_mul(matmul(h, lw.w_gate), matmul(h, lw.w_up)), lw.w_down)
+        x = x + rms_norm(h, lw.post_ffn_norm, cfg.rms_eps)
 
         # per-layer embedding gate: x + norm(proj(gelu_tanh(gate(x)) * ple_i))
         if ple is not None:
-            h = ops.gelu_tanh(matmul(x, lw.ple_gate)) * ple[:, s.index, :]
-            x = x + ops.rms_norm(matmul(h, lw.ple_proj), lw.ple_norm, cfg.rms_eps)
+            h = gelu_mul(matmul(x, lw.ple_gate), ple[:, s.index, :])
+            x = x + rms_norm(matmul(h, lw.ple_proj), lw.ple_norm, cfg.rms_eps)
         x = x * lw.scalar
 
     if keep is None:
         return None
     if cfg.first_shared >= cfg.n_layer:  # no shared layers: select at the end
         x = x[keep]
-    x = ops.rms_norm(x, w.output_norm, cfg.rms_eps)
+    x = rms_norm(x, w.output_norm, cfg.rms_eps)
     logits = matmul(x, w.token_embd)  # tied LM head: (k, n_vocab)
-    return ops.softcap(logits, cfg.final_softcap)
+    return softcap(logits, cfg.final_softcap)

@@ -1,10 +1,12 @@
 """Row dot products over the file's own block layouts, as Numba intrinsics in LLVM IR.
 
-Each `*_row_dot` intrinsic computes one weight row times one activation row:
+Each `*_row_dot` intrinsic computes one weight row times one activation row, and
+each `*_row_dots` four consecutive rows (a tuple), sharing one loop:
 
-    row_dot(w, w_off, xq, x_off, xd, xs, xb, n) -> float32
+    row_dot(w, w_off, row_bytes, xq, x_off, xd, xs, xb, n) -> float32
 
-    w      uint8 blocks (any C-contiguous array); the row starts at byte w_off
+    w      uint8 blocks (any C-contiguous array); the row starts at byte w_off,
+           the next ones row_bytes after it
     xq     activations quantized to int8; the row starts at element x_off
     xd     (.., K/32) float32 scale of each 32-value activation block
     xs     (.., K/32) float32 xd * sum(xq) of each block (for formats with an offset)
@@ -28,6 +30,7 @@ ggml_vec_dot_q4_0_q8_0, _q8_0_q8_0, _q4_K_q8_K, _q6_K_q8_K.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 from llvmlite import ir
 from numba import types
@@ -167,55 +170,103 @@ class _Generic:
 _FLAVOR_CLASS = {"avx2": _AVX2, "generic": _Generic}
 
 
+PREFETCH_STEPS = 4  # loop iterations the software prefetch runs ahead of the rows
 N_ACC = 4  # independent accumulators: one FMA chain would wait out its latency on every block
 
 
-def _row_intrinsic(block_bytes: int, walk, unroll: int):
-    """An intrinsic looping over the row's blocks, `unroll` blocks per iteration.
-    `walk(ctx, blk, x, k)` emits one block (blk: its bytes, x: the activations at its
-    first value, k: its first activation block index) through ctx.fma and ctx.sub."""
+@dataclass(frozen=True)
+class RowFormat:
+    """How a row of one weight format is walked: its block size in bytes, the IR emitter of
+    one block, and how many blocks one loop iteration takes."""
+
+    block_bytes: int
+    walk: object
+    unroll: int
+
+
+def emit_row_dots(builder, flavor: str, fmt: RowFormat, w_ptr, w_offs, xq_ptr, x_off, xd_ptr, xs_ptr, xb, n,
+                  n_acc: int = 4):
+    """Emit one loop over `n` blocks of several rows at once (w_offs: each row's first byte),
+    returning each row's dot. Rows share the loop, its exit, and the activation loads (LLVM
+    merges the repeated ones). Pure llvmlite: the intrinsics call it, and the tests compile
+    it for other targets. Pointers: i8* weights and activations, float* scales."""
+    walk = fmt.walk
+
+    def const(v):
+        return ir.Constant(cgutils.intp_t, v)
+
+    ctxs = [_Ctx(builder, _FLAVOR_CLASS[flavor](builder), xd_ptr, xs_ptr, n_acc) for _ in w_offs]
+    grouped = getattr(walk, "group_" + flavor, None)
+
+    def blocks(first, count):
+        """Emit blocks first .. first + count - 1 (first: an IR index) of every row."""
+        for ctx, w_off in zip(ctxs, w_offs):
+            group = []
+            for u in range(count):
+                i = builder.add(first, const(u))
+                blk = _Bytes(builder, builder.gep(w_ptr, [builder.add(w_off, builder.mul(i, const(fmt.block_bytes)))]))
+                x = _Bytes(builder, builder.gep(xq_ptr, [builder.add(x_off, builder.mul(
+                    i, const(walk.values_per_block)))]))
+                k = builder.add(xb, builder.mul(i, const(walk.values_per_block // 32)))
+                group.append((blk, x, k))
+            if grouped is not None and count == fmt.unroll:
+                grouped(ctx, group)
+            else:
+                for blk, x, k in group:
+                    walk(ctx, blk, x, k)
+
+    prefetch = _declare(builder, "llvm.prefetch.p0", ir.VoidType(), [I8.as_pointer(), I32, I32, I32])
+    step_bytes = fmt.unroll * fmt.block_bytes
+
+    def fetch_ahead(i):
+        """Rows read side by side confuse the hardware prefetcher: ask for each row's bytes
+        PREFETCH_STEPS iterations ahead, one request per cache line."""
+        ahead = builder.add(builder.mul(i, const(fmt.block_bytes)), const(PREFETCH_STEPS * step_bytes))
+        for w_off in w_offs:
+            base = builder.add(w_off, ahead)
+            for line in range(0, step_bytes, 64):
+                ptr = builder.gep(w_ptr, [builder.add(base, const(line))])
+                builder.call(prefetch, [ptr, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+
+    n_main = builder.mul(builder.sdiv(n, const(fmt.unroll)), const(fmt.unroll))
+    with cgutils.for_range_slice(builder, const(0), n_main, const(fmt.unroll)) as (i, _), _registers(ctxs):
+        if len(w_offs) > 1:
+            fetch_ahead(i)
+        blocks(i, fmt.unroll)
+    with cgutils.for_range_slice(builder, n_main, n, const(1)) as (i, _), _registers(ctxs):
+        blocks(i, 1)
+    return [ctx.result() for ctx in ctxs]
+
+
+@contextlib.contextmanager
+def _registers(ctxs):
+    with contextlib.ExitStack() as stack:
+        for ctx in ctxs:
+            stack.enter_context(ctx.registers())
+        yield
+
+
+def _row_intrinsic(fmt: RowFormat, n_rows: int):
+    """A Numba intrinsic computing `n_rows` consecutive row dots in the host's flavor:
+    row_dot(w, w_off, row_bytes, xq, x_off, xd, xs, xb, n) -> float32, or a tuple of n_rows."""
+    n_acc = 4 if n_rows == 1 else 1  # several rows already give independent FMA chains
 
     @intrinsic
-    def row_dot(typingctx, w, w_off, xq, x_off, xd, xs, xb, n):
-        sig = types.float32(w, types.intp, xq, types.intp, xd, xs, types.intp, types.intp)
+    def row_dot(typingctx, w, w_off, row_bytes, xq, x_off, xd, xs, xb, n):
+        ret = types.float32 if n_rows == 1 else types.UniTuple(types.float32, n_rows)
+        sig = ret(w, types.intp, types.intp, xq, types.intp, xd, xs, types.intp, types.intp)
 
         def codegen(context, builder, signature, args):
-            w_v, w_off_v, xq_v, x_off_v, xd_v, xs_v, xb_v, n_v = args
-            aty = signature.args
+            w_v, w_off_v, stride_v, xq_v, x_off_v, xd_v, xs_v, xb_v, n_v = args
 
             def data(i, value):
-                return context.make_array(aty[i])(context, builder, value).data
+                return context.make_array(signature.args[i])(context, builder, value).data
 
-            def const(v):
-                return ir.Constant(cgutils.intp_t, v)
-
-            w_ptr = builder.bitcast(data(0, w_v), I8.as_pointer())
-            xq_ptr = builder.bitcast(data(2, xq_v), I8.as_pointer())
-            ctx = _Ctx(builder, _FLAVOR_CLASS[FLAVOR](builder), data(4, xd_v), data(5, xs_v))
-
-            def blocks(first, count):
-                """Emit blocks first .. first + count - 1 (first: an IR index)."""
-                group = []
-                for u in range(count):
-                    i = builder.add(first, const(u))
-                    blk = _Bytes(builder, builder.gep(w_ptr, [builder.add(w_off_v, builder.mul(i, const(block_bytes)))]))
-                    x = _Bytes(builder, builder.gep(xq_ptr, [builder.add(
-                        x_off_v, builder.mul(i, const(walk.values_per_block)))]))
-                    k = builder.add(xb_v, builder.mul(i, const(walk.values_per_block // 32)))
-                    group.append((blk, x, k))
-                grouped = getattr(walk, "group_" + FLAVOR, None)
-                if grouped is not None and count == unroll:
-                    grouped(ctx, group)
-                else:
-                    for blk, x, k in group:
-                        walk(ctx, blk, x, k)
-
-            n_main = builder.mul(builder.sdiv(n_v, const(unroll)), const(unroll))
-            with cgutils.for_range_slice(builder, const(0), n_main, const(unroll)) as (i, _), ctx.registers():
-                blocks(i, unroll)
-            with cgutils.for_range_slice(builder, n_main, n_v, const(1)) as (i, _), ctx.registers():
-                blocks(i, 1)
-            return ctx.result()
+            offs = [builder.add(w_off_v, builder.mul(stride_v, ir.Constant(cgutils.intp_t, r))) for r in range(n_rows)]
+            dots = emit_row_dots(builder, FLAVOR, fmt, builder.bitcast(data(0, w_v), I8.as_pointer()), offs,
+                                 builder.bitcast(data(3, xq_v), I8.as_pointer()), x_off_v, data(5, xd_v),
+                                 data(6, xs_v), xb_v, n_v, n_acc)
+            return dots[0] if n_rows == 1 else context.make_tuple(builder, signature.return_type, dots)
 
         return sig, codegen
 
@@ -226,10 +277,10 @@ class _Ctx:
     """What a block walker needs: the builder, the flavor, the activation scales, and
     N_ACC accumulators (and offset corrections) that successive FMAs take in turn."""
 
-    def __init__(self, builder, flavor, xd, xs):
-        self.b, self.f, self._xd, self._xs = builder, flavor, xd, xs
-        self._acc_slots = [cgutils.alloca_once_value(builder, flavor.zero()) for _ in range(N_ACC)]
-        self._corr_slots = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(N_ACC)]
+    def __init__(self, builder, flavor, xd, xs, n_acc: int = N_ACC):
+        self.b, self.f, self._xd, self._xs, self.n_acc = builder, flavor, xd, xs, n_acc
+        self._acc_slots = [cgutils.alloca_once_value(builder, flavor.zero()) for _ in range(n_acc)]
+        self._corr_slots = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(n_acc)]
         self._acc = self._corr = None
         self._next_acc = self._next_corr = 0
 
@@ -244,25 +295,25 @@ class _Ctx:
 
     def fma(self, partial, scale):
         """acc += partial * scale (partial: the flavor's integer dot)."""
-        i = self._next_acc = (self._next_acc + 1) % N_ACC
+        i = self._next_acc = (self._next_acc + 1) % self.n_acc
         self._acc[i] = self.f.fma(partial, scale, self._acc[i])
 
     def fma_lanes(self, values, scales):
         """acc += values * scales, lane by lane (float vectors of the accumulator's width)."""
-        i = self._next_acc = (self._next_acc + 1) % N_ACC
+        i = self._next_acc = (self._next_acc + 1) % self.n_acc
         self._acc[i] = self.b.call(self.f._fma, [values, scales, self._acc[i]])
 
     def sub(self, value):
         """Subtract a float from the row's result (the offset of unsigned formats)."""
-        i = self._next_corr = (self._next_corr + 1) % N_ACC
+        i = self._next_corr = (self._next_corr + 1) % self.n_acc
         self._corr[i] = self.b.fadd(self._corr[i], value)
 
     def result(self):
-        accs = [self.b.load(s) for s in self._acc_slots]
-        corrs = [self.b.load(s) for s in self._corr_slots]
-        acc = self.b.fadd(self.b.fadd(accs[0], accs[1]), self.b.fadd(accs[2], accs[3]))
-        corr = self.b.fadd(self.b.fadd(corrs[0], corrs[1]), self.b.fadd(corrs[2], corrs[3]))
-        return self.b.fsub(self.f.total(acc), corr)
+        acc, corr = [self.b.load(s) for s in self._acc_slots], [self.b.load(s) for s in self._corr_slots]
+        while len(acc) > 1:
+            acc = [self.b.fadd(acc[i], acc[i + 1]) for i in range(0, len(acc), 2)]
+            corr = [self.b.fadd(corr[i], corr[i + 1]) for i in range(0, len(corr), 2)]
+        return self.b.fsub(self.f.total(acc[0]), corr[0])
 
     def xd(self, k, j=0):
         return self.b.load(self.b.gep(self._xd, [self.b.add(k, ir.Constant(cgutils.intp_t, j))]))
@@ -314,6 +365,11 @@ def _q4_0_values(b, qs):
     return b.and_(b.bitcast(shifted, _vec(I8, 32)), _const_vec(I8, 32, 0x0F))
 
 
+def _q4_0_groups_avx2(ctx, group):
+    for i in range(0, len(group), 8):
+        _q4_0_group_avx2(ctx, group[i:i + 8])
+
+
 def _q4_0_group_avx2(ctx, group):
     """Eight Q4_0 blocks at once: their eight f16 scales become one vector (vcvtph2ps), the
     eight integer dots are summed across lanes into one vector, and one FMA applies all
@@ -333,7 +389,7 @@ def _q4_0_group_avx2(ctx, group):
     ctx.fma_lanes(d, b.fmul(xs, _const_vec(F32, 8, -8.0)))
 
 
-_walk_q4_0.group_avx2 = _q4_0_group_avx2
+_walk_q4_0.group_avx2 = _q4_0_groups_avx2
 
 
 @_walker(32)
@@ -400,10 +456,17 @@ def _walk_q6_k(ctx, blk, x, k):
             ctx.fma(partial, b.fmul(d, ctx.xd(k, j)))
 
 
-q4_0_row_dot = _row_intrinsic(18, _walk_q4_0, unroll=8)
-q8_0_row_dot = _row_intrinsic(34, _walk_q8_0, unroll=4)
-q4_k_row_dot = _row_intrinsic(144, _walk_q4_k, unroll=1)
-q6_k_row_dot = _row_intrinsic(210, _walk_q6_k, unroll=1)
+FORMATS = {
+    "q4_0": RowFormat(18, _walk_q4_0, unroll=16),
+    "q8_0": RowFormat(34, _walk_q8_0, unroll=4),
+    "q4_k": RowFormat(144, _walk_q4_k, unroll=1),
+    "q6_k": RowFormat(210, _walk_q6_k, unroll=1),
+}
+ROWS = 4  # rows per call of the *_row_dots intrinsics
+q4_0_row_dot, q4_0_row_dots = _row_intrinsic(FORMATS["q4_0"], 1), _row_intrinsic(FORMATS["q4_0"], ROWS)
+q8_0_row_dot, q8_0_row_dots = _row_intrinsic(FORMATS["q8_0"], 1), _row_intrinsic(FORMATS["q8_0"], ROWS)
+q4_k_row_dot, q4_k_row_dots = _row_intrinsic(FORMATS["q4_k"], 1), _row_intrinsic(FORMATS["q4_k"], ROWS)
+q6_k_row_dot, q6_k_row_dots = _row_intrinsic(FORMATS["q6_k"], 1), _row_intrinsic(FORMATS["q6_k"], ROWS)
 
 
 def _resize(builder, v, ty):

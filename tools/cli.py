@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from edgert.errors import EdgeRTError
-from tools import chat, convert, run
+from tools import bench, chat, convert, run
 
-COMMANDS = (convert, run, chat)
+COMMANDS = (convert, run, chat, bench)
 
 
 def main(argv: list[str] | None = None) -> int:

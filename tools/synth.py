@@ -6,7 +6,8 @@ file's block format with numpy and gguf: no torch, no checkpoint, and no claim
 to be Gemma's weights. Speed and memory depend on shapes and formats only, so
 these give honest figures; llama.cpp loads the same file for the comparison.
 
-Weights are uniform random blocks whose scale makes each row's values have a
+Every matrix takes the one type asked for (as `llama-quantize --pure`), the
+tied embedding / LM head included. Weights are uniform random blocks whose scale makes each row's values have a
 standard deviation of about 1/sqrt(columns), so activations stay finite
 through all layers; norms and layer scalars are 1.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgert.config import config_from_hf, rope_freqs_factors, tensor_manifest
-from edgert.convert import Progress, matrix_type, write_gguf
+from edgert.convert import Progress, write_gguf
 from edgert.tokenizer import BYTE, CONTROL, NORMAL, UNUSED, TokenizerData
 from quant import BLOCKS, QType, row_bytes
 
@@ -99,7 +100,8 @@ def write_synthetic(kind: str, out_path: str | Path, qtype: str = "q4_0", seed: 
     rng = np.random.default_rng(seed)
     tensors = []
     for name, shape in tensor_manifest(cfg).items():
-        t = matrix_type(name, shape, TYPES[qtype])
+        # every matrix in `qtype`, the LM head included, as `llama-quantize --pure` writes
+        t = TYPES[qtype] if len(shape) == 2 else QType.F32
         if name == "rope_freqs.weight":
             payload = np.asarray(rope_freqs_factors(cfg), dtype=np.float32)
         elif len(shape) == 1:

@@ -1,0 +1,360 @@
+"""edgert bench: edgert beside llama.cpp on the same file, prompt and threads.
+
+Each engine runs in its own process, so load time, start-up and peak memory are
+its own. edgert runs twice: first with an empty Numba cache (the first-ever
+start, compile included), then warm; speed figures come from the warm run.
+llama.cpp runs through llama-cpp-python (`pip install llama-cpp-python`); when
+it is missing the bench says so and reports edgert alone.
+
+The models are synthetic (tools.synth): the published E2B/E4B shapes with random
+weights, since no Gemma 4 weights can be downloaded here. Absolute times on a
+shared machine are noisy; the ratios beside llama.cpp, measured in the same run,
+are the figures to quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+FIRST = "FIRST-TOKEN"  # printed by a worker when its first token is out
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="measure speed and memory beside llama.cpp")
+    p.add_argument("--model", default="e2b",
+                   help="e2b, e4b (synthetic full-size models, made on first use), a comma list, or a GGUF path")
+    p.add_argument("--type", default="q4_0", choices=("q4_0", "q8_0", "f16"), help="weights of a synthetic model")
+    p.add_argument("--threads", type=int, default=None, help="threads for both engines (default: physical cores)")
+    p.add_argument("--prompt", type=int, default=512, help="prompt tokens for prefill (default 512)")
+    p.add_argument("--gen", type=int, default=128, help="tokens to decode (default 128)")
+    p.add_argument("--ctx", type=int, default=4096, help="context length both engines allocate (default 4096)")
+    p.add_argument("--models-dir", default=None, help="where synthetic models live (default ~/.cache/edgert/bench)")
+    p.add_argument("--no-llama", action="store_true", help="skip the llama.cpp comparison")
+    p.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="the report to write ('' for none)")
+    p.set_defaults(func=main)
+
+
+# --- what runs inside a worker process ----------------------------------------------------------
+
+def _memory() -> dict:
+    """Peak RSS and its anonymous / file-backed split now, in MB (Linux /proc)."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "RssAnon", "RssFile", "RssShmem"):
+                fields[key] = int(value.split()[0]) / 1024
+    return {"peak_rss_mb": fields.get("VmHWM"), "anon_mb": fields.get("RssAnon"),
+            "file_mb": fields.get("RssFile", 0) + fields.get("RssShmem", 0)}
+
+
+def _prompts(n_vocab: int, n: int) -> tuple[list[int], list[int]]:
+    rng = np.random.default_rng(1234)
+    return [2] + rng.integers(1000, n_vocab, 31).tolist(), [2] + rng.integers(1000, n_vocab, n - 1).tolist()
+
+
+def _worker_edgert(args) -> dict:
+    t0 = time.perf_counter()
+    import edgert
+    from quant import cpu
+
+    model = edgert.load(args.file, n_ctx=args.ctx, threads=args.threads)
+    load_s = time.perf_counter() - t0
+    short, prompt = _prompts(model.config.n_vocab, args.prompt)
+    state = model.new_state()
+    int(np.argmax(model.prefill(state, short)))
+    print(FIRST, flush=True)
+    first_s = time.perf_counter() - t0
+
+    state = model.new_state()
+    t = time.perf_counter()
+    tok = int(np.argmax(model.prefill(state, prompt)))
+    ttft = time.perf_counter() - t
+    tokens = [tok]
+    t = time.perf_counter()
+    for _ in range(args.gen - 1):
+        tok = int(np.argmax(model.decode_step(state, tok)))
+        tokens.append(tok)
+    decode_s = time.perf_counter() - t
+    return dict(load_s=load_s, first_token_s=first_s, ttft_s=ttft, prefill_tps=len(prompt) / ttft,
+                decode_tps=(args.gen - 1) / decode_s, tokens=tokens, kernels=cpu.describe(),
+                threads=model.threads, kv_mb=state.kv_bytes / 2**20, **_memory())
+
+
+def _worker_llama(args) -> dict:
+    t0 = time.perf_counter()
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=args.file, n_ctx=args.ctx, n_batch=512, n_ubatch=512, n_threads=args.threads,
+                          n_threads_batch=args.threads, logits_all=False, verbose=False)
+    load_s = time.perf_counter() - t0
+    short, prompt = _prompts(llm.n_vocab(), args.prompt)
+
+    def last_logits():
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+
+    llm.eval(short)
+    int(np.argmax(last_logits()))
+    print(FIRST, flush=True)
+    first_s = time.perf_counter() - t0
+
+    llm.reset()
+    t = time.perf_counter()
+    llm.eval(prompt)
+    tok = int(np.argmax(last_logits()))
+    ttft = time.perf_counter() - t
+    tokens = [tok]
+    t = time.perf_counter()
+    for _ in range(args.gen - 1):
+        llm.eval([tok])
+        tok = int(np.argmax(last_logits()))
+        tokens.append(tok)
+    decode_s = time.perf_counter() - t
+    return dict(load_s=load_s, first_token_s=first_s, ttft_s=ttft, prefill_tps=len(prompt) / ttft,
+                decode_tps=(args.gen - 1) / decode_s, tokens=tokens, version=llama_cpp.__version__, **_memory())
+
+
+def worker(argv: list[str]) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("engine", choices=("edgert", "llama"))
+    for name in ("file",):
+        p.add_argument("--" + name, required=True)
+    for name in ("threads", "prompt", "gen", "ctx"):
+        p.add_argument("--" + name, type=int, required=True)
+    args = p.parse_args(argv)
+    result = (_worker_edgert if args.engine == "edgert" else _worker_llama)(args)
+    print(json.dumps(result), flush=True)
+
+
+# --- the parent -----------------------------------------------------------------------------------
+
+def _run_worker(engine: str, file: Path, args, threads: int, env: dict | None = None) -> dict:
+    cmd = [sys.executable, "-m", "tools.bench", "--worker", engine, "--file", str(file), "--threads", str(threads),
+           "--prompt", str(args.prompt), "--gen", str(args.gen), "--ctx", str(args.ctx)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    start_to_first, result = None, None
+    for line in proc.stdout:
+        if line.strip() == FIRST:
+            start_to_first = time.perf_counter() - t0
+        elif line.startswith("{"):
+            result = json.loads(line)
+    err = proc.stderr.read()
+    if proc.wait() != 0 or result is None:
+        raise RuntimeError(f"the {engine} worker failed:\n{err[-2000:]}")
+    result["process_to_first_token_s"] = start_to_first
+    return result
+
+
+def memory_bandwidth(threads: int, mb: int = 1024) -> float:
+    """GB/s of a streaming read of `mb` MB over `threads` threads (best of 5)."""
+    from quant import cpu, kernels
+
+    cpu.set_threads(threads)
+    a = np.ones(mb * 2**20 // 4, dtype=np.float32)
+    kernels.stream_sum(a)
+    best = min(_timed(kernels.stream_sum, a) for _ in range(5))
+    return a.nbytes / best / 1e9
+
+
+def _timed(f, *a) -> float:
+    t = time.perf_counter()
+    f(*a)
+    return time.perf_counter() - t
+
+
+def decode_bytes(path: Path) -> int:
+    """Bytes of weights one decode step reads: every matrix the layers multiply, the PLE
+    projection and the tied LM head; the embedding and PLE rows of one token are negligible."""
+    from edgert.loader import open_model
+
+    f = open_model(path)
+    skip = {"token_embd.weight", "per_layer_token_embd.weight"}
+    total = sum(t.nbytes for name, t in f.tensors.items() if len(t.shape) == 2 and name not in skip)
+    return total + f.tensors["token_embd.weight"].nbytes  # the LM head reads the whole table
+
+
+def _model_file(spec: str, qtype: str, models_dir: Path) -> Path:
+    from tools.common import ProgressBar
+    from tools.synth import KINDS, write_synthetic
+
+    if spec not in KINDS:
+        return Path(spec)
+    path = models_dir / f"gemma4-{spec}-synthetic-{qtype}.gguf"
+    if not path.exists():
+        write_synthetic(spec, path, qtype, progress=ProgressBar(f"writing {path.name}"))
+    return path
+
+
+def _llama_available() -> str | None:
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    return llama_cpp.__version__
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return out + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _agreement(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def measure(spec: str, args, threads: int, bandwidth: float, log) -> dict:
+    path = _model_file(spec, args.type, Path(args.models_dir or Path.home() / ".cache" / "edgert" / "bench"))
+    per_token = decode_bytes(path)
+    with tempfile.TemporaryDirectory(prefix="edgert-cold-jit-") as cold:
+        log(f"{spec}: edgert, first start (empty kernel cache) ...")
+        cold_run = _run_worker("edgert", path, args, threads, env={"NUMBA_CACHE_DIR": cold})
+        log(f"{spec}: edgert, warm start ...")
+        warm = _run_worker("edgert", path, args, threads, env={"NUMBA_CACHE_DIR": cold})
+    warm["compile_s"] = cold_run["process_to_first_token_s"] - warm["process_to_first_token_s"]
+    llama = None
+    if not args.no_llama and _llama_available():
+        log(f"{spec}: llama.cpp ...")
+        llama = _run_worker("llama", path, args, threads)
+    return dict(model=spec, file=str(path), file_mb=path.stat().st_size / 2**20, bytes_per_token=per_token,
+                limit_tps=bandwidth * 1e9 / per_token, edgert=warm, llama=llama)
+
+
+def _rows(r: dict) -> list[tuple[str, str, str, str]]:
+    e, ll = r["edgert"], r["llama"]
+
+    def fmt(v, spec):
+        return "—" if v is None else format(v, spec)
+
+    def ratio(a, b, higher_is_better=True):
+        if a is None or b is None or not a or not b:
+            return "—"
+        return f"{a / b:.2f}x" if higher_is_better else f"{b / a:.2f}x less" if a < b else f"{a / b:.2f}x more"
+
+    def get(d, k):
+        return d.get(k) if d else None
+
+    rows = [
+        ("prefill tok/s (prompt of {})".format(r["prompt"]), "{:.1f}", "prefill_tps", True),
+        ("decode tok/s ({} tokens)".format(r["gen"]), "{:.2f}", "decode_tps", True),
+        ("time to first token, that prompt (s)", "{:.2f}", "ttft_s", False),
+        ("process start to first token, 32-token prompt, warm (s)", "{:.2f}", "process_to_first_token_s", False),
+        ("load (s)", "{:.2f}", "load_s", False),
+        ("peak RSS (MB)", "{:.0f}", "peak_rss_mb", False),
+        ("  anonymous at the end (MB)", "{:.0f}", "anon_mb", False),
+        ("  file-backed at the end (MB)", "{:.0f}", "file_mb", False),
+    ]
+    out = []
+    for label, f, key, higher in rows:
+        a, b = get(e, key), get(ll, key)
+        out.append((label, fmt(a, f[2:-1]), fmt(b, f[2:-1]), ratio(a, b, higher)))
+    out.append(("first-ever kernel compile (s)", fmt(e.get("compile_s"), ".1f"), "—", "—"))
+    if ll:
+        out.append(("greedy tokens identical from the start", str(_agreement(e["tokens"], ll["tokens"])),
+                    f"of {r['gen']}", "—"))
+    return out
+
+
+def report(results: list[dict], meta: dict) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `edgert bench` (tools/bench.py); rerun it to refresh. Synthetic models: the published",
+        "Gemma 4 shapes with random weights (tools/synth.py), the same file for both engines.",
+        "Absolute times on a shared machine are noisy: quote the ratios, measured in the same run.",
+        "",
+        f"- date: {meta['date']}",
+        f"- commit: {meta['commit']}",
+        f"- CPU: {meta['cpu']}; edgert kernels: {meta['kernels']}",
+        f"- threads: {meta['threads']} (both engines)",
+        f"- memory bandwidth, streaming read: {meta['bandwidth']:.1f} GB/s",
+        f"- llama.cpp: {meta['llama']}",
+        "",
+    ]
+    for r in results:
+        lines += [
+            f"## {r['model']} ({Path(r['file']).name}, {r['file_mb']:.0f} MB)",
+            "",
+            f"Weights read per decoded token: {r['bytes_per_token'] / 1e9:.2f} GB, so the bandwidth limit is "
+            f"{r['limit_tps']:.1f} tok/s; edgert decodes at {r['edgert']['decode_tps'] / r['limit_tps']:.0%} of it"
+            + (f", llama.cpp at {r['llama']['decode_tps'] / r['limit_tps']:.0%}." if r["llama"] else "."),
+            "",
+            "| | edgert | llama.cpp | edgert vs llama.cpp |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _rows(r)]
+        lines += ["", f"KV cache held by edgert: {r['edgert']['kv_mb']:.0f} MB at a context of {r['ctx']}.", ""]
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    from quant import cpu
+
+    threads = args.threads or cpu.physical_cores()
+    llama = _llama_available()
+    if not args.no_llama and llama is None:
+        print("llama-cpp-python is not installed, so there is no llama.cpp column; "
+              "`pip install llama-cpp-python` adds it (it compiles llama.cpp on install)", file=sys.stderr)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    log(f"memory bandwidth at {threads} threads ...")
+    bandwidth = memory_bandwidth(threads)
+    results = []
+    for spec in args.model.split(","):
+        r = measure(spec.strip(), args, threads, bandwidth, log)
+        r.update(prompt=args.prompt, gen=args.gen, ctx=args.ctx)
+        results.append(r)
+    meta = dict(date=datetime.date.today().isoformat(), commit=_commit(), cpu=_cpu_name(), kernels=cpu.describe(),
+                threads=threads, bandwidth=bandwidth,
+                llama=f"llama-cpp-python {llama}" if llama and not args.no_llama else "not run")
+    text = report(results, meta)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        worker(sys.argv[2:])
+    else:
+        from tools.cli import main as cli_main
+
+        sys.exit(cli_main(["bench", *sys.argv[1:]]))
