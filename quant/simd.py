@@ -90,6 +90,7 @@ class _AVX2:
     """<8 x float> accumulator; byte dots through vpmaddubsw + vpmaddwd."""
 
     acc_type = _vec(F32, 8)
+    signed_nibbles = False  # vpmaddubsw takes unsigned bytes as they are
 
     def __init__(self, builder):
         self.b = builder
@@ -135,6 +136,7 @@ class _Generic:
     lowers to the target's own instructions (sdot on ARMv8.2 with dotprod)."""
 
     acc_type = F32
+    signed_nibbles = True
 
     def __init__(self, builder):
         self.b = builder
@@ -298,6 +300,14 @@ class _Ctx:
         i = self._next_acc = (self._next_acc + 1) % self.n_acc
         self._acc[i] = self.f.fma(partial, scale, self._acc[i])
 
+    def nibble_dot(self, u, x):
+        """(partial, shift) with sum(u x) = partial + shift * sum(x), for 4-bit u in 0..15.
+        The generic flavor takes u - 8 so that both factors stay signed bytes: LLVM keeps
+        sext x sext, which it lowers to sdot, where 0..15 would read as a zext."""
+        if self.f.signed_nibbles:
+            return self.f.dot_s(self.b.sub(u, _const_vec(I8, u.type.count, 8)), x), 8
+        return self.f.dot_u(u, x), 0
+
     def fma_lanes(self, values, scales):
         """acc += values * scales, lane by lane (float vectors of the accumulator's width)."""
         i = self._next_acc = (self._next_acc + 1) % self.n_acc
@@ -341,8 +351,10 @@ def _walk_q4_0(ctx, blk, x, k):
     d = blk.f16(0)
     qs = blk.load(2, _vec(I8, 16))
     u = _shuffle(b, _nibbles(b, qs, 0), _nibbles(b, qs, 4), range(32))
-    ctx.fma(ctx.f.dot_u(u, x.bytes32(0)), b.fmul(d, ctx.xd(k)))
-    ctx.sub(b.fmul(b.fmul(d, ir.Constant(F32, 8.0)), ctx.xs(k)))
+    partial, shift = ctx.nibble_dot(u, x.bytes32(0))
+    ctx.fma(partial, b.fmul(d, ctx.xd(k)))
+    if shift != 8:  # sum((u - 8) x) = partial + (shift - 8) sum(x)
+        ctx.sub(b.fmul(b.fmul(d, ir.Constant(F32, 8.0 - shift)), ctx.xs(k)))
 
 
 def _lane_totals(b, parts):
@@ -426,9 +438,12 @@ def _walk_q4_k(ctx, blk, x, k):
         for half in range(2):
             j = 2 * pair + half
             sc, m = _q4_k_scale_min(b, scales, j)
-            partial = ctx.f.dot_u(_nibbles(b, qs, 4 * half), x.bytes32(32 * j))
-            ctx.fma(partial, b.fmul(b.fmul(d, sc), ctx.xd(k, j)))
+            partial, shift = ctx.nibble_dot(_nibbles(b, qs, 4 * half), x.bytes32(32 * j))
+            scale = b.fmul(d, sc)
+            ctx.fma(partial, b.fmul(scale, ctx.xd(k, j)))
             ctx.sub(b.fmul(b.fmul(dmin, m), ctx.xs(k, j)))
+            if shift:  # sum(u x) = partial + shift sum(x)
+                ctx.sub(b.fmul(b.fmul(scale, ir.Constant(F32, -shift)), ctx.xs(k, j)))
 
 
 @_walker(256)

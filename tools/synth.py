@@ -91,17 +91,21 @@ class _RandomBlocks:
 
 
 def write_synthetic(kind: str, out_path: str | Path, qtype: str = "q4_0", seed: int = 0,
-                    progress: Progress | None = None) -> Path:
-    """Write a random-weight GGUF with the published shapes of `kind`; returns its path."""
+                    progress: Progress | None = None, hf_config: dict | None = None) -> Path:
+    """Write a random-weight GGUF with the published shapes of `kind` (or those of
+    `hf_config`, a config.json as a dict); returns its path."""
     if qtype not in TYPES:
         raise ValueError(f"synthetic models come in {', '.join(TYPES)}, not {qtype!r}")
-    hf = published(kind)
+    hf = hf_config if hf_config is not None else published(kind)
     cfg = config_from_hf(hf)
     rng = np.random.default_rng(seed)
     tensors = []
     for name, shape in tensor_manifest(cfg).items():
         # every matrix in `qtype`, the LM head included, as `llama-quantize --pure` writes
+        # (rows that do not fill whole blocks fall back to f16, as in the converter)
         t = TYPES[qtype] if len(shape) == 2 else QType.F32
+        if len(shape) == 2 and shape[1] % BLOCKS[t].values:
+            t = QType.F16
         if name == "rope_freqs.weight":
             payload = np.asarray(rope_freqs_factors(cfg), dtype=np.float32)
         elif len(shape) == 1:

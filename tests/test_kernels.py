@@ -1,0 +1,224 @@
+"""The Numba kernels against their numpy twins: every weight format, odd shapes,
+zeros and extremes, both SIMD flavors, and the instructions the flavors lower to."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgert import kernels, ops
+from quant import BLOCKS, QTensor, QType, quantize, ref
+from quant.tensor import matmul, matmul_ref
+
+REPO = Path(__file__).resolve().parent.parent
+FORMATS = [QType.Q4_0, QType.Q8_0, QType.Q4_K, QType.Q6_K, QType.F32, QType.F16, QType.BF16]
+
+
+def random_blocks(rng, qtype: QType, rows: int, cols: int, scale: float = 0.01) -> np.ndarray:
+    """Random stored bytes of `qtype` whose f16 scales are finite (any other bytes are valid)."""
+    nbytes = BLOCKS[qtype].nbytes
+    raw = rng.integers(0, 256, (rows, cols // BLOCKS[qtype].values * nbytes), dtype=np.uint8)
+    blocks = raw.reshape(-1, nbytes)
+    offsets = {QType.Q4_K: (0, 2), QType.Q6_K: (208,)}[qtype]
+    for o in offsets:
+        d = np.abs(rng.standard_normal((len(blocks), 1))) * scale
+        blocks[:, o:o + 2] = d.astype(np.float16).view(np.uint8)
+    return raw
+
+
+def weight(rng, qtype: QType, rows: int, cols: int, values: np.ndarray | None = None) -> QTensor:
+    if qtype in (QType.Q4_K, QType.Q6_K):  # no reference quantizer: random blocks
+        return QTensor(random_blocks(rng, qtype, rows, cols), qtype, (rows, cols))
+    w = values if values is not None else rng.standard_normal((rows, cols)).astype(np.float32)
+    if qtype == QType.F32:
+        raw = w
+    elif qtype == QType.F16:
+        raw = w.astype(np.float16)
+    else:
+        raw = quantize(w, qtype)
+        raw = raw.view(np.uint16) if qtype == QType.BF16 else raw
+    return QTensor(raw, qtype, (rows, cols))
+
+
+def assert_matches(x: np.ndarray, w: QTensor) -> None:
+    """matmul against matmul_ref: equal up to float32 rounding of the sums."""
+    fast, slow = matmul(x, w), matmul_ref(x, w)
+    magnitude = np.abs(x) @ np.abs(w.dequantize()).T
+    assert fast.shape == slow.shape == (x.shape[0], w.shape[0])
+    np.testing.assert_array_less(np.abs(fast - slow), 2e-5 * magnitude + 1e-30)
+
+
+def cols_for(qtype: QType) -> list[int]:
+    if BLOCKS[qtype].values == 256:
+        return [256, 768]
+    return [32, 544, 1536] if BLOCKS[qtype].values == 32 else [1, 33, 544]
+
+
+@pytest.mark.parametrize("qtype", FORMATS, ids=lambda q: q.name)
+def test_matmul_matches_reference_on_odd_shapes(qtype):
+    rng = np.random.default_rng(int(qtype))
+    for cols in cols_for(qtype):
+        for rows in (1, 7, 37):  # below, at and past the 4-row step and the 16-row tile
+            for n in (1, 3, 70):  # one token (GEMV), a few, past the 64-token tile
+                w = weight(rng, qtype, rows, cols)
+                assert_matches(rng.standard_normal((n, cols)).astype(np.float32), w)
+
+
+@pytest.mark.parametrize("qtype", FORMATS, ids=lambda q: q.name)
+def test_matmul_zeros_and_extremes(qtype):
+    rng = np.random.default_rng(7)
+    cols = cols_for(qtype)[-1]
+    x = rng.standard_normal((6, cols)).astype(np.float32)
+    x[0] = 0  # an all-zero activation row: scale 0, no division by it
+    x[1, ::7] = 3e4  # a few huge values next to small ones
+    x[2] = -1e-30  # tiny values
+    values = rng.standard_normal((9, cols)).astype(np.float32)
+    values[0] = 0
+    values[1, 0] = 1e4
+    w = weight(rng, qtype, 9, cols, values)
+    out = matmul(x, w)
+    assert np.isfinite(out).all()
+    assert (out[0] == 0).all()
+    if qtype not in (QType.Q4_K, QType.Q6_K):
+        assert (out[:, 0] == 0).all()
+    assert_matches(x, w)
+
+
+def test_block_kernels_approximate_the_float_product():
+    """The 8-bit activations cost little: Q8_0 weights with Q8 activations stay near x @ w.T."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 1536)).astype(np.float32)
+    w = rng.standard_normal((64, 1536)).astype(np.float32)
+    exact = x @ w.T
+    got = matmul(x, weight(rng, QType.Q8_0, 64, 1536, w))
+    assert np.abs(got - exact).max() < 0.02 * np.abs(exact).max()
+
+
+def test_activation_quantizer_matches_reference():
+    from quant import kernels as qk
+
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((5, 320)) * np.logspace(-3, 3, 320)).astype(np.float32)
+    x[1] = 0
+    x[2, :32] = 0.5  # exact halves after scaling: round half to even in both
+    xq, xd, xs = np.empty(x.shape, np.int8), np.empty((5, 10), np.float32), np.empty((5, 10), np.float32)
+    qk.quantize_q8(x, xq, xd, xs)
+    rq, rd, rs = ref.quantize_q8(x)
+    np.testing.assert_array_equal(xq, rq)
+    np.testing.assert_array_equal(xd, rd)
+    np.testing.assert_allclose(xs, rs, rtol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from([QType.Q4_K, QType.Q6_K]), st.integers(1, 4), st.integers(0, 2**32 - 1))
+def test_k_quant_dequantize_is_bit_exact_with_gguf(qtype, n_blocks, seed):
+    raw = random_blocks(np.random.default_rng(seed), qtype, 3, 256 * n_blocks, scale=10.0)
+    ours = ref.dequantize(raw, qtype, 256 * n_blocks)
+    theirs = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(int(qtype)))
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_generic_flavor_matches_reference():
+    """The portable flavor (what an ARM board runs), forced on this host in a fresh process."""
+    code = """
+import numpy as np
+from quant import cpu
+assert cpu.FLAVOR == "generic", cpu.FLAVOR
+from tests.test_kernels import FORMATS, assert_matches, cols_for, weight
+rng = np.random.default_rng(11)
+for q in FORMATS:
+    for cols in cols_for(q):
+        assert_matches(rng.standard_normal((5, cols)).astype(np.float32), weight(rng, q, 9, cols))
+        assert_matches(rng.standard_normal((1, cols)).astype(np.float32), weight(rng, q, 6, cols))
+print("ok")
+"""
+    env = {**os.environ, "EDGERT_SIMD": "generic"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "ok"
+
+
+def _compile_row_dot(triple: str, cpu: str, features: str, flavor: str, fmt: str) -> str:
+    """Assembly of one row-dot loop built for another target."""
+    import llvmlite.binding as llvm
+    from llvmlite import ir
+
+    from quant import simd
+
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    module = ir.Module(name="row_dot")
+    module.triple = triple
+    i8p, f32p, i64 = ir.IntType(8).as_pointer(), ir.FloatType().as_pointer(), ir.IntType(64)
+    fn = ir.Function(module, ir.FunctionType(ir.FloatType(), [i8p, i8p, f32p, f32p, i64]), name="row_dot")
+    builder = ir.IRBuilder(fn.append_basic_block())
+    w, x, xd, xs, n = fn.args
+    zero = ir.Constant(i64, 0)
+    result = simd.emit_row_dots(builder, flavor, simd.FORMATS[fmt], w, [zero], x, zero, xd, xs, zero, n)
+    builder.ret(result[0])
+    parsed = llvm.parse_assembly(str(module))
+    target = llvm.Target.from_triple(triple).create_target_machine(cpu=cpu, features=features, opt=3)
+    builder = llvm.create_pass_builder(target, llvm.create_pipeline_tuning_options(speed_level=3))
+    builder.getModulePassManager().run(parsed, builder)  # the -O3 pipeline Numba runs too
+    return target.emit_assembly(parsed)
+
+
+@pytest.mark.parametrize("fmt", ["q4_0", "q8_0"])
+def test_generic_flavor_becomes_sdot_on_the_raspberry_pi_5(fmt):
+    """On a Cortex-A76 (ARMv8.2 with the dot-product extension) LLVM turns the generic
+    widen-multiply-reduce into sdot, as llama.cpp's NEON path uses by hand."""
+    asm = _compile_row_dot("aarch64-unknown-linux-gnu", "cortex-a76", "+neon,+dotprod", "generic", fmt)
+    assert "sdot" in asm
+
+
+def test_avx2_flavor_uses_byte_multiply_add():
+    asm = _compile_row_dot("x86_64-unknown-linux-gnu", "znver2", "+avx2,+f16c,+fma", "avx2", "q4_0")
+    assert "vpmaddubsw" in asm and "vcvtph2ps" in asm
+
+
+# --- the forward pass's own kernels against edgert.ops ------------------------------------------
+
+def test_norm_gelu_rope_softcap_match_ops():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 4, 64)).astype(np.float32) * 5
+    w = rng.standard_normal(64).astype(np.float32)
+    np.testing.assert_allclose(kernels.rms_norm(x, w, 1e-6), ops.rms_norm(x, w, 1e-6), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(kernels.rms_norm(x, None, 1e-6), ops.rms_norm(x, None, 1e-6), rtol=1e-5, atol=1e-6)
+    zeros = np.zeros((2, 64), np.float32)
+    assert (kernels.rms_norm(zeros, w, 1e-6) == 0).all()
+
+    g = np.linspace(-30, 30, 4001, dtype=np.float32).reshape(1, -1)
+    u = rng.standard_normal(g.shape).astype(np.float32)
+    # the rational tanh is within 4e-7 of tanh: errors scale with |gate * up|
+    np.testing.assert_array_less(np.abs(kernels.gelu_mul(g, u) - ops.gelu_tanh(g) * u), 1e-6 * np.abs(g * u) + 1e-7)
+    big = np.array([-1e30, -50, 0, 50, 1e30, np.inf, -np.inf], np.float32)
+    np.testing.assert_allclose(kernels.softcap(big, 30.0), ops.softcap(big, 30.0), atol=1e-5)
+    np.testing.assert_allclose(kernels.softcap(g, 30.0), ops.softcap(g, 30.0), rtol=1e-5, atol=1e-5)
+
+    inv = ops.rope_inv_freq(64, 16, 10000.0)  # partial rotation: 16 of 32 pairs rotate
+    pos = np.array([0, 7, 100000])
+    np.testing.assert_allclose(kernels.rope(x, pos, inv), ops.rope(x, pos, inv), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("window", [0, 5])
+def test_attention_matches_ops(window):
+    """GQA groups, a ring of slots in any order with empty (-1) ones, a window, one query
+    and many."""
+    rng = np.random.default_rng(window)
+    n_head, n_kv, d, m = 8, 2, 32, 12
+    k = rng.standard_normal((m, n_kv, d)).astype(np.float32)
+    v = rng.standard_normal((m, n_kv, d)).astype(np.float32)
+    k_pos = np.array([8, 9, 10, 11, 4, 5, 6, 7, 0, 1, -1, -1])
+    for q_pos in (np.array([11]), np.arange(4, 12)):
+        q = rng.standard_normal((len(q_pos), n_head, d)).astype(np.float32)
+        got = kernels.attention(q, k, v, q_pos, k_pos, window)
+        want = ops.attention(q, k, v, q_pos, k_pos, window)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,90 @@
+"""The fast GGUF reader, synthetic models and the bench, end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+import edgert
+from edgert.gguf_file import GGUFFile, GGUFFormatError
+from quant import QType
+from tests.reference import text_config
+from tools.synth import synthetic_vocab, write_synthetic
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_reader_agrees_with_gguf_package(checkpoints):
+    path = checkpoints.gguf("e2b", "q4_0")
+    ours, theirs = GGUFFile(path), gguf.GGUFReader(path)
+    expected = {k: f.contents() for k, f in theirs.fields.items() if not k.startswith("GGUF.")}
+    assert ours.metadata.keys() == expected.keys()
+    for key, value in expected.items():
+        got = ours.metadata[key]
+        if isinstance(value, float):
+            assert got == pytest.approx(value, rel=1e-7), key
+        else:
+            assert got == value, key
+    assert ours.tensors.keys() == {t.name for t in theirs.tensors}
+    for t in theirs.tensors:
+        info = ours.tensors[t.name]
+        assert info.offset == t.data_offset and info.nbytes == t.n_bytes
+        assert info.shape == tuple(reversed(t.shape.tolist()))
+        np.testing.assert_array_equal(ours.array(info), np.asarray(t.data).view(np.uint8).reshape(-1))
+
+
+def test_reader_rejects_damage(checkpoints, tmp_path):
+    data = Path(checkpoints.gguf("e2b", "q4_0")).read_bytes()
+    for cut in (3, 20, 4000):
+        bad = tmp_path / f"cut{cut}.gguf"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(GGUFFormatError):
+            GGUFFile(bad)
+    bad = tmp_path / "version.gguf"
+    bad.write_bytes(data[:4] + (99).to_bytes(4, "little") + data[8:])
+    with pytest.raises(GGUFFormatError, match="version 99"):
+        GGUFFile(bad)
+
+
+def test_synthetic_vocab_keeps_gemma_ids():
+    v = synthetic_vocab(20000)
+    assert len(v.tokens) == len(v.types) == 20000
+    assert [v.tokens[i] for i in (0, 1, 2, 3, 105, 106)] == ["<pad>", "<eos>", "<bos>", "<unk>", "<|turn>", "<turn|>"]
+    assert len(set(v.tokens)) == len(v.tokens)
+    assert all(a + b in set(v.tokens) for a, b in (m.split(" ") for m in v.merges))
+
+
+@pytest.fixture(scope="module")
+def tiny_synthetic(tmp_path_factory) -> Path:
+    cfg = {"architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4",
+           "text_config": {"model_type": "gemma4_text", **text_config("e2b", vocab_size=1024)}}
+    return write_synthetic("e2b", tmp_path_factory.mktemp("synth") / "tiny.gguf", "q4_0", hf_config=cfg)
+
+
+def test_synthetic_model_is_pure_q4_0_and_runs(tiny_synthetic):
+    model = edgert.load(tiny_synthetic, n_ctx=64)
+    types = {name: t.qtype for name, t in model.file.tensors.items() if len(t.shape) == 2}
+    assert types["token_embd.weight"] == QType.Q4_0  # the LM head too, as llama-quantize --pure
+    assert {t for name, t in types.items() if model.file.tensors[name].shape[1] % 32 == 0} == {QType.Q4_0}
+    logits = model.forward([2, 500, 600, 700])
+    assert logits.shape == (4, 1024) and np.isfinite(logits).all()
+    assert logits.std() > 0
+
+
+def test_bench_writes_a_report(tiny_synthetic, tmp_path):
+    """The whole bench on a tiny file: cold and warm workers, the table, the report."""
+    out = tmp_path / "BENCH.md"
+    done = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "--model", str(tiny_synthetic), "--no-llama",
+                           "--prompt", "24", "--gen", "4", "--ctx", "64", "--threads", "1", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = out.read_text()
+    assert "- threads: 1" in report and "bandwidth" in report
+    row = next(line for line in report.splitlines() if line.startswith("| decode tok/s"))
+    assert float(row.split("|")[2]) > 0
+    assert "| first-ever kernel compile (s)" in report
