@@ -87,10 +87,8 @@ def gemm_blocks(fmt, values_per_block, w, xq, xd, xs, out):
         for t0 in range(0, n, TOKEN_TILE):
             t_end = min(n, t0 + TOKEN_TILE)
             r = tile * ROW_TILE
-            # Four rows side by side share activation loads and loop overhead, which pays when the
-            # rows are reused across tokens; a single token streams rows one by one, the order the
-            # hardware prefetcher follows best (four side by side halve DRAM throughput here).
-            while n > 1 and r + 4 <= r_end:
+            # four rows per call, then what is left one by one
+            while r + 4 <= r_end:
                 for t in range(t0, t_end):
                     d0, d1, d2, d3 = _row_dots(fmt, w, r * row_bytes, row_bytes, xq, t * k, xd, xs, t * n_xb,
                                                n_blocks)
