@@ -101,6 +101,8 @@ class GGUFFile:
                 return [self._value(etype) for _ in range(count)]
             dt = np.dtype(_SCALARS[etype])
             values = np.frombuffer(self._take(count * dt.itemsize), dtype=dt)
+            if count > 4096:  # a vocabulary's scores or types: an array, not a quarter-million Python objects
+                return values
             return values.astype(bool).tolist() if etype == _BOOL else values.tolist()
         if vtype not in _SCALARS:
             raise GGUFFormatError(f"unknown metadata value type {vtype}")

@@ -47,7 +47,6 @@ class Tokenizer:
             a, _, b = merge.partition(" ")
             self.ranks.setdefault((a, b), rank)
         self.byte_ids = [self.ids.get(f"<0x{b:02X}>") for b in range(256)]
-        self._bytes = [self._token_bytes(i) for i in range(len(self.tokens))]
         specials = sorted((t for i, t in enumerate(self.tokens) if self.types[i] in (CONTROL, USER_DEFINED) and t),
                           key=len, reverse=True)
         self._special_re = re.compile("|".join(map(re.escape, specials))) if specials else None
@@ -58,7 +57,8 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return len(self.tokens)
 
-    def _token_bytes(self, i: int) -> bytes:
+    def token_bytes(self, i: int) -> bytes:
+        """The bytes token `i` stands for (made on demand: a table of 262144 would cost 12 MB)."""
         text = self.tokens[i]
         if self.types[i] == BYTE:
             return bytes([int(text[3:5], 16)])
@@ -116,11 +116,9 @@ class Tokenizer:
                 out.append(self.unk)
         return out
 
-    def token_bytes(self, i: int) -> bytes:
-        return self._bytes[i]
 
     def decode(self, ids) -> str:
-        return b"".join(self._bytes[i] for i in ids).decode("utf-8", errors="replace")
+        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
 
     def stream(self) -> "StreamDecoder":
         return StreamDecoder(self)
