@@ -53,8 +53,9 @@ class Weights:
     layers: tuple[LayerWeights, ...]
 
 
-def load_weights(cfg: ModelConfig, t: dict[str, QTensor]) -> Weights:
-    """Plain named arrays from the loader's tensors; small vectors are read into DRAM."""
+def load_weights(cfg: ModelConfig, t: dict[str, QTensor], ple: PLEStore | None = None) -> Weights:
+    """Plain named arrays from the loader's tensors; small vectors are read into DRAM.
+    ple: how the PLE table is held (default: rows read from the mapping)."""
 
     def vec(name: str) -> np.ndarray:
         return np.array(t[name].dequantize(), dtype=F32).reshape(-1)
@@ -87,7 +88,7 @@ def load_weights(cfg: ModelConfig, t: dict[str, QTensor]) -> Weights:
         ))
     return Weights(
         token_embd=t["token_embd.weight"],
-        ple=PLEStore(t["per_layer_token_embd.weight"], cfg.n_layer, cfg.ple_dim) if cfg.ple_dim else None,
+        ple=(ple or PLEStore(t["per_layer_token_embd.weight"], cfg.n_layer, cfg.ple_dim)) if cfg.ple_dim else None,
         ple_model_proj=opt("per_layer_model_proj.weight"),
         ple_proj_norm=vec("per_layer_proj_norm.weight") if cfg.ple_dim else None,
         output_norm=vec("output_norm.weight"),
@@ -100,15 +101,13 @@ def embed(cfg: ModelConfig, w: Weights, ids: np.ndarray) -> np.ndarray:
     return w.token_embd.rows(ids) * F32(cfg.n_embd ** 0.5)
 
 
-def per_layer_inputs(cfg: ModelConfig, w: Weights, ids: np.ndarray, x: np.ndarray) -> np.ndarray | None:
+def per_layer_inputs(cfg: ModelConfig, w: Weights, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """(n, L, P): as Gemma4TextModel.get_per_layer_inputs + project_per_layer_inputs:
-    (norm(proj(x) * H^-1/2) + PLE rows * sqrt(P)) * 2^-1/2."""
-    if not cfg.ple_dim:
-        return None
-    n = len(ids)
+    (norm(proj(x) * H^-1/2) + PLE rows * sqrt(P)) * 2^-1/2, with rows from the PLE store."""
+    n = len(x)
     proj = matmul(x, w.ple_model_proj) * F32(cfg.n_embd ** -0.5)
     proj = rms_norm(proj.reshape(n, cfg.n_layer, cfg.ple_dim), w.ple_proj_norm, cfg.rms_eps)  # (n, L, P)
-    return (proj + w.ple.rows(ids)) * F32(2.0 ** -0.5)
+    return (proj + rows) * F32(2.0 ** -0.5)
 
 
 def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.ndarray, pos: np.ndarray,
@@ -118,8 +117,10 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
     keep: indices of the positions whose logits are wanted (None: none). From the first
     KV-shared layer on, only those positions are computed: shared layers write no cache,
     so the rest of the prompt has no further use there. Returns (len(keep), n_vocab) logits."""
+    # PLE rows come off the disk on a background thread; the first layer needs them at its end
+    ple_rows = w.ple.fetch(ids) if w.ple is not None else None
     x = embed(cfg, w, ids)  # (n, H)
-    ple = per_layer_inputs(cfg, w, ids, x)  # (n, L, P)
+    x0, ple = x, None  # ple: (n, L, P) per-layer inputs, made when first needed
     views: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # layer -> (k, v, k_pos)
 
     for s, lw in zip(cfg.layers, w.layers):
@@ -150,7 +151,9 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
         x = x + rms_norm(h, lw.post_ffn_norm, cfg.rms_eps)
 
         # per-layer embedding gate: x + norm(proj(gelu_tanh(gate(x)) * ple_i))
-        if ple is not None:
+        if ple_rows is not None:
+            if ple is None:
+                ple = per_layer_inputs(cfg, w, x0, ple_rows.result())
             h = gelu_mul(matmul(x, lw.ple_gate), ple[:, s.index, :])
             x = x + rms_norm(matmul(h, lw.ple_proj), lw.ple_norm, cfg.rms_eps)
         x = x * lw.scalar

@@ -20,6 +20,7 @@ from edgert.kv_cache import KVCache, make_caches
 from edgert.loader import ModelFile, open_model
 from edgert.sampling import make_sampler
 from edgert.tokenizer import StreamDecoder, Tokenizer
+from ple_store import PLEError, PLEStats, PLEStore, TableRegion
 from quant import cpu
 
 DEFAULT_CTX = 4096
@@ -44,18 +45,21 @@ class State:
 
 
 def load(path: str | os.PathLike, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAULT_BATCH,
-         threads: int | None = None) -> "Model":
+         threads: int | None = None, ple: str = "mmap", ple_cache_mb: float = 64.0) -> "Model":
     """Open a GGUF model file (memory-mapped) and make it ready to generate.
 
     n_ctx: the context length the caches hold (capped at the model's trained length);
     n_batch: how many prompt tokens one prefill step takes;
-    threads: kernel threads (default: the physical cores)."""
-    return Model(open_model(path), n_ctx=n_ctx, n_batch=n_batch, threads=threads)
+    threads: kernel threads (default: the physical cores);
+    ple: how the per-layer embedding table is held: "mmap" (rows read from the mapping),
+    "pread" (rows read into a cache of ple_cache_mb, nothing else in DRAM) or "ram"."""
+    return Model(open_model(path), n_ctx=n_ctx, n_batch=n_batch, threads=threads, ple=ple,
+                 ple_cache_mb=ple_cache_mb)
 
 
 class Model:
     def __init__(self, file: ModelFile, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAULT_BATCH,
-                 threads: int | None = None):
+                 threads: int | None = None, ple: str = "mmap", ple_cache_mb: float = 64.0):
         if n_ctx < 1 or n_batch < 1:
             raise EdgeRTError(f"n_ctx and n_batch must be positive (got {n_ctx}, {n_batch})")
         try:
@@ -67,10 +71,24 @@ class Model:
         self.n_ctx = min(n_ctx, self.config.n_ctx_train)
         self.n_batch = n_batch
         self.tokenizer = Tokenizer(file.tokenizer)
-        self.weights = gemma4.load_weights(self.config, file.tensors)
+        self.weights = gemma4.load_weights(self.config, file.tensors, self._ple_store(ple, ple_cache_mb))
         tok = self.tokenizer
         self.stop_ids = {i for i in (tok.eos, tok.eot, tok.ids.get("<turn|>")) if i is not None}
         self.channel_ids = (tok.ids.get(chat_format.CHANNEL_OPEN), tok.ids.get(chat_format.CHANNEL_CLOSE))
+
+    def _ple_store(self, mode: str, cache_mb: float) -> PLEStore | None:
+        name = "per_layer_token_embd.weight"
+        if not self.config.ple_dim:
+            return None
+        try:
+            return PLEStore(self.file.tensors[name], self.config.n_layer, self.config.ple_dim, mode, cache_mb,
+                            TableRegion(self.file.path, self.file.gguf.tensors[name].offset))
+        except PLEError as e:
+            raise EdgeRTError(str(e)) from None
+
+    def ple_stats(self) -> PLEStats | None:
+        """Lookups, cache hits, rows and bytes read, resident table bytes, lookup latency."""
+        return self.weights.ple.stats() if self.weights.ple is not None else None
 
     # --- the model as a function ------------------------------------------------------------
 
