@@ -153,7 +153,7 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
         # per-layer embedding gate: x + norm(proj(gelu_tanh(gate(x)) * ple_i))
         if ple_rows is not None:
             if ple is None:
-                ple = per_layer_inputs(cfg, w, x0, ple_rows.result())
+                ple = per_layer_inputs(cfg, w, x0, w.ple.wait(ple_rows))
             h = gelu_mul(matmul(x, lw.ple_gate), ple[:, s.index, :])
             x = x + rms_norm(matmul(h, lw.ple_proj), lw.ple_norm, cfg.rms_eps)
         x = x * lw.scalar

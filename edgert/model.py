@@ -45,21 +45,24 @@ class State:
 
 
 def load(path: str | os.PathLike, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAULT_BATCH,
-         threads: int | None = None, ple: str = "mmap", ple_cache_mb: float = 64.0) -> "Model":
+         threads: int | None = None, ple: str = "mmap", ple_cache_mb: float = 64.0,
+         ple_prefetch: bool = True) -> "Model":
     """Open a GGUF model file (memory-mapped) and make it ready to generate.
 
     n_ctx: the context length the caches hold (capped at the model's trained length);
     n_batch: how many prompt tokens one prefill step takes;
     threads: kernel threads (default: the physical cores);
     ple: how the per-layer embedding table is held: "mmap" (rows read from the mapping),
-    "pread" (rows read into a cache of ple_cache_mb, nothing else in DRAM) or "ram"."""
+    "pread" (rows read into a cache of ple_cache_mb, nothing else in DRAM) or "ram";
+    ple_prefetch: read a step's rows on a background thread while the first layer runs."""
     return Model(open_model(path), n_ctx=n_ctx, n_batch=n_batch, threads=threads, ple=ple,
-                 ple_cache_mb=ple_cache_mb)
+                 ple_cache_mb=ple_cache_mb, ple_prefetch=ple_prefetch)
 
 
 class Model:
     def __init__(self, file: ModelFile, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAULT_BATCH,
-                 threads: int | None = None, ple: str = "mmap", ple_cache_mb: float = 64.0):
+                 threads: int | None = None, ple: str = "mmap", ple_cache_mb: float = 64.0,
+                 ple_prefetch: bool = True):
         if n_ctx < 1 or n_batch < 1:
             raise EdgeRTError(f"n_ctx and n_batch must be positive (got {n_ctx}, {n_batch})")
         try:
@@ -71,18 +74,19 @@ class Model:
         self.n_ctx = min(n_ctx, self.config.n_ctx_train)
         self.n_batch = n_batch
         self.tokenizer = Tokenizer(file.tokenizer)
-        self.weights = gemma4.load_weights(self.config, file.tensors, self._ple_store(ple, ple_cache_mb))
+        ple_store = self._ple_store(ple, ple_cache_mb, ple_prefetch)
+        self.weights = gemma4.load_weights(self.config, file.tensors, ple_store)
         tok = self.tokenizer
         self.stop_ids = {i for i in (tok.eos, tok.eot, tok.ids.get("<turn|>")) if i is not None}
         self.channel_ids = (tok.ids.get(chat_format.CHANNEL_OPEN), tok.ids.get(chat_format.CHANNEL_CLOSE))
 
-    def _ple_store(self, mode: str, cache_mb: float) -> PLEStore | None:
+    def _ple_store(self, mode: str, cache_mb: float, prefetch: bool) -> PLEStore | None:
         name = "per_layer_token_embd.weight"
         if not self.config.ple_dim:
             return None
         try:
             return PLEStore(self.file.tensors[name], self.config.n_layer, self.config.ple_dim, mode, cache_mb,
-                            TableRegion(self.file.path, self.file.gguf.tensors[name].offset))
+                            TableRegion(self.file.path, self.file.gguf.tensors[name].offset), prefetch)
         except PLEError as e:
             raise EdgeRTError(str(e)) from None
 

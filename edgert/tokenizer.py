@@ -116,7 +116,6 @@ class Tokenizer:
                 out.append(self.unk)
         return out
 
-
     def decode(self, ids) -> str:
         return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
 

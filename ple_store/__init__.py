@@ -58,13 +58,14 @@ class PLEStats:
     resident_bytes: int  # the table's bytes in DRAM now (mmap: resident pages of its mapping)
     table_bytes: int
     latency_us: dict  # percentiles of one `rows` call: {"p50": .., "p90": .., "p99": ..}
+    wait_us: dict  # percentiles of the time the forward pass waited for its rows (what prefetch hides)
 
 
 class PLEStore:
     """Rows of the packed table (n_vocab, n_layer * dim) as (n, n_layer, dim) float32, scaled by sqrt(dim)."""
 
     def __init__(self, table: QTensor, n_layer: int, dim: int, mode: str = "mmap", cache_mb: float = 64.0,
-                 region: TableRegion | None = None):
+                 region: TableRegion | None = None, prefetch: bool = True):
         if table.shape[1] != n_layer * dim:
             raise PLEError(f"PLE table has {table.shape[1]} columns, expected {n_layer} x {dim}")
         if mode not in MODES:
@@ -74,6 +75,8 @@ class PLEStore:
         self.scale = np.float32(dim ** 0.5)  # Gemma4TextScaledWordEmbedding's embed_scale
         self._lock = threading.Lock()
         self._latency = collections.deque(maxlen=10000)
+        self._waits = collections.deque(maxlen=10000)
+        self.prefetch = prefetch
         self.lookups = self.cache_hits = self.rows_read = self.bytes_read = 0
         self._pool: ThreadPoolExecutor | None = None
         if region is not None:
@@ -103,16 +106,33 @@ class PLEStore:
         t0 = time.perf_counter()
         ids = self._check(ids)
         raw = self._raw_rows(ids)
-        out = (dequantize(raw, self.table.qtype, self.table.shape[1]) * self.scale).reshape(len(ids), self.n_layer,
-                                                                                          self.dim)
+        out = dequantize(raw, self.table.qtype, self.table.shape[1]) * self.scale
+        out = out.reshape(len(ids), self.n_layer, self.dim)
         self._latency.append(time.perf_counter() - t0)
         return out
 
     def fetch(self, ids) -> Future:
-        """Start reading rows on a background thread; `.result()` gives what `rows` would."""
+        """Start reading rows on a background thread (with prefetch off: read them now);
+        `wait` on the handle gives what `rows` would."""
+        if not self.prefetch:
+            done: Future = Future()
+            done.set_result(self.rows(ids))
+            done.started = time.perf_counter()
+            return done
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ple")
-        return self._pool.submit(self.rows, np.array(ids, dtype=np.int64))
+        pending = self._pool.submit(self.rows, np.array(ids, dtype=np.int64))
+        pending.started = time.perf_counter()
+        return pending
+
+    def wait(self, pending: Future) -> np.ndarray:
+        """The rows of a `fetch`, recording how long the caller was held up by them: the
+        read's whole time without prefetch, only what compute did not cover with it."""
+        t0 = time.perf_counter()
+        rows = pending.result()
+        blocked = time.perf_counter() - t0
+        self._waits.append(blocked if self.prefetch else self._latency[-1])
+        return rows
 
     def _check(self, ids) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -180,10 +200,14 @@ class PLEStore:
         return int(np.frombuffer(vec, dtype=np.uint8).astype(bool).sum()) * PAGE
 
     def stats(self) -> PLEStats:
-        lat = np.array(self._latency) * 1e6
-        pct = {f"p{p}": float(np.percentile(lat, p)) for p in (50, 90, 99)} if len(lat) else {}
+        def percentiles(seconds) -> dict:
+            us = np.array(seconds) * 1e6
+            return {f"p{p}": float(np.percentile(us, p)) for p in (50, 90, 99)} | {"mean": float(us.mean())} \
+                if len(us) else {}
+
         return PLEStats(self.mode, self.lookups, self.cache_hits, self.rows_read, self.bytes_read,
-                        self.resident_bytes(), self.n_rows * self.row_bytes, pct)
+                        self.resident_bytes(), self.n_rows * self.row_bytes, percentiles(self._latency),
+                        percentiles(self._waits))
 
     def close(self) -> None:
         if self._pool is not None:

@@ -15,7 +15,6 @@ from edgert.errors import ArchitectureError, CheckpointError, UnsupportedTypeErr
 from tests.reference import published
 
 
-
 @pytest.mark.parametrize("kind", ["e2b", "e4b"])
 def test_manifest_names_are_llama_cpp_gemma4_names(kind):
     """Every tensor name is one llama.cpp's gemma4 architecture declares."""
@@ -145,7 +144,7 @@ def test_truncated_safetensors(checkpoints, tmp_path):
 def test_bf16_checkpoint_converts_like_f32(checkpoints, tmp_path):
     """A bf16 checkpoint (as released) reads without torch and gives the same file contents
     as the f32 one rounded to bf16."""
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file
 
     from edgert.loader import open_model
     from quant import QType, dequantize, quantize

@@ -1,7 +1,5 @@
 """Bad model files and bad requests get typed errors that say what to do."""
 
-import shutil
-
 import gguf
 import numpy as np
 import pytest

@@ -42,7 +42,7 @@ def test_stats_count_hits_and_reads(checkpoints):
     assert (s.lookups, s.rows_read, s.cache_hits) == (4, 2, 2)
     assert s.bytes_read == 2 * store.row_bytes
     assert s.resident_bytes == 2 * store.row_bytes
-    assert set(s.latency_us) == {"p50", "p90", "p99"} and s.latency_us["p50"] > 0
+    assert set(s.latency_us) == {"p50", "p90", "p99", "mean"} and s.latency_us["p50"] > 0
 
 
 def test_bad_requests(checkpoints, tmp_path):
@@ -127,3 +127,18 @@ def test_block_rows_match_the_float_rows():
         want = dequantize(raw, qtype, 128).reshape(10, 2, 64) * np.float32(8.0)
         np.testing.assert_array_equal(store.rows(np.arange(10)), want)
         assert BLOCKS[qtype].values in (1, 32)
+
+
+def test_prefetch_records_what_the_step_waited(checkpoints):
+    """With prefetch the forward pass waits only for what layer 0 did not cover; without it,
+    for the whole read. Either way the logits are the same."""
+    path = checkpoints.gguf("e2b", "q8_0")
+    logits, waits = {}, {}
+    for prefetch in (False, True):
+        model = edgert.load(path, n_ctx=64, ple_prefetch=prefetch)
+        logits[prefetch] = model.forward([2, 40, 41, 42])
+        s = model.ple_stats()
+        waits[prefetch] = s.wait_us
+        assert s.wait_us["mean"] >= 0
+    np.testing.assert_array_equal(logits[False], logits[True])
+    assert waits[True]["mean"] <= waits[False]["mean"] + 50  # the hidden read costs the step no more

@@ -90,3 +90,5 @@ def test_bench_writes_a_report(tiny_synthetic, tmp_path):
     row = next(line for line in report.splitlines() if line.startswith("| decode tok/s"))
     assert float(row.split("|")[2]) > 0
     assert "| first-ever kernel compile (s)" in report
+    held = next(line for line in report.splitlines() if line.startswith("| step held up by its rows, mean"))
+    assert all(float(v) >= 0 for v in held.split("|")[2:4])

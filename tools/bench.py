@@ -42,6 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument("--ctx", type=int, default=4096, help="context length both engines allocate (default 4096)")
     p.add_argument("--models-dir", default=None, help="where synthetic models live (default ~/.cache/edgert/bench)")
     p.add_argument("--no-llama", action="store_true", help="skip the llama.cpp comparison")
+    p.add_argument("--no-ple", action="store_true", help="skip the cold-cache PLE table measurement")
     p.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="the report to write ('' for none)")
     p.set_defaults(func=main)
 
@@ -126,23 +127,56 @@ def _worker_llama(args) -> dict:
                 decode_tps=(args.gen - 1) / decode_s, tokens=tokens, version=llama_cpp.__version__, **_memory())
 
 
+PLE_TOKENS, PLE_DECODE = 1000, 64
+
+
+def _worker_ple(args) -> dict:
+    """The PLE table from a cold page cache: decode PLE_DECODE tokens (random ids, so no row
+    repeats) and record how long each step waited for its rows; then look up rows up to
+    PLE_TOKENS tokens in all and report how much of the table is resident."""
+    import edgert
+    from edgert.gguf_file import GGUFFile
+
+    info = GGUFFile(args.file).tensors["per_layer_token_embd.weight"]
+    fd = os.open(args.file, os.O_RDONLY)
+    os.posix_fadvise(fd, info.offset, info.nbytes, os.POSIX_FADV_DONTNEED)  # drop the table from the page cache
+    os.close(fd)
+    model = edgert.load(args.file, n_ctx=max(args.ctx, PLE_DECODE + 16), threads=args.threads,
+                        ple_prefetch=bool(args.prefetch))
+    ids = np.random.default_rng(99).choice(model.config.n_vocab_ple, min(PLE_TOKENS, model.config.n_vocab_ple),
+                                           replace=False)
+    state = model.new_state()
+    model.prefill(state, ids[:8].tolist())
+    t = time.perf_counter()
+    for tok in ids[8:8 + PLE_DECODE]:
+        model.decode_step(state, int(tok))
+    decode_tps = PLE_DECODE / (time.perf_counter() - t)
+    during = model.ple_stats()
+    for tok in ids[8 + PLE_DECODE:]:
+        model.weights.ple.rows([int(tok)])
+    after = model.ple_stats()
+    return dict(wait_us=during.wait_us, row_us=during.latency_us, decode_tps=decode_tps,
+                resident_mb=after.resident_bytes / 2**20, table_mb=after.table_bytes / 2**20, lookups=after.lookups)
+
+
 def worker(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("engine", choices=("edgert", "llama"))
+    p.add_argument("engine", choices=("edgert", "llama", "ple"))
+    p.add_argument("--prefetch", type=int, default=1)
     for name in ("file",):
         p.add_argument("--" + name, required=True)
     for name in ("threads", "prompt", "gen", "ctx"):
         p.add_argument("--" + name, type=int, required=True)
     args = p.parse_args(argv)
-    result = (_worker_edgert if args.engine == "edgert" else _worker_llama)(args)
+    result = {"edgert": _worker_edgert, "llama": _worker_llama, "ple": _worker_ple}[args.engine](args)
     print(json.dumps(result), flush=True)
 
 
 # --- the parent -----------------------------------------------------------------------------------
 
-def _run_worker(engine: str, file: Path, args, threads: int, env: dict | None = None) -> dict:
+def _run_worker(engine: str, file: Path, args, threads: int, env: dict | None = None, extra=()) -> dict:
     cmd = [sys.executable, "-m", "tools.bench", "--worker", engine, "--file", str(file), "--threads", str(threads),
-           "--prompt", str(args.prompt), "--gen", str(args.gen), "--ctx", str(args.ctx)]
+           "--prompt", str(args.prompt), "--gen", str(args.gen), "--ctx", str(args.ctx), *extra]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
@@ -250,8 +284,13 @@ def measure(spec: str, args, threads: int, bandwidth: float, log) -> dict:
     if not args.no_llama and _llama_available():
         log(f"{spec}: llama.cpp ...")
         llama = _run_worker("llama", path, args, threads)
+    ple = {}
+    if not args.no_ple:
+        for prefetch in (0, 1):
+            log(f"{spec}: PLE table from a cold page cache, prefetch {'on' if prefetch else 'off'} ...")
+            ple[prefetch] = _run_worker("ple", path, args, threads, extra=("--prefetch", str(prefetch)))
     return dict(model=spec, file=str(path), file_mb=path.stat().st_size / 2**20, bytes_per_token=per_token,
-                limit_tps=bandwidth * 1e9 / per_token, edgert=warm, llama=llama)
+                limit_tps=bandwidth * 1e9 / per_token, edgert=warm, llama=llama, ple=ple)
 
 
 def _rows(r: dict) -> list[tuple[str, str, str, str]]:
@@ -289,6 +328,30 @@ def _rows(r: dict) -> list[tuple[str, str, str, str]]:
     return out
 
 
+def _ple_lines(ple: dict) -> list[str]:
+    if not ple:
+        return []
+    off, on = ple[0], ple[1]
+
+    def us(d, key):
+        return f"{d[key]:.0f}" if key in d else "—"
+
+    return [
+        f"PLE table (mmap mode) from a cold page cache: {PLE_DECODE} decode steps on random token ids, then "
+        f"row lookups up to {PLE_TOKENS} tokens.",
+        "",
+        "| PLE | prefetch off | prefetch on |",
+        "| --- | ---: | ---: |",
+        f"| step held up by its rows, mean (µs) | {us(off['wait_us'], 'mean')} | {us(on['wait_us'], 'mean')} |",
+        f"| step held up by its rows, p99 (µs) | {us(off['wait_us'], 'p99')} | {us(on['wait_us'], 'p99')} |",
+        f"| reading one token's rows, p50 (µs) | {us(off['row_us'], 'p50')} | {us(on['row_us'], 'p50')} |",
+        f"| decode tok/s | {off['decode_tps']:.2f} | {on['decode_tps']:.2f} |",
+        f"| table resident after {on['lookups']} tokens (MB of {on['table_mb']:.0f}) | {off['resident_mb']:.1f} | "
+        f"{on['resident_mb']:.1f} |",
+        "",
+    ]
+
+
 def report(results: list[dict], meta: dict) -> str:
     lines = [
         "# Benchmarks",
@@ -318,6 +381,7 @@ def report(results: list[dict], meta: dict) -> str:
         ]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _rows(r)]
         lines += ["", f"KV cache held by edgert: {r['edgert']['kv_mb']:.0f} MB at a context of {r['ctx']}.", ""]
+        lines += _ple_lines(r["ple"])
     return "\n".join(lines)
 
 
