@@ -28,7 +28,7 @@ import numpy as np
 from edgert.config import ARCH, ModelConfig, config_from_hf, rope_freqs_factors, tensor_manifest
 from edgert.errors import CheckpointError, UnsupportedTypeError
 from edgert.tokenizer import TokenizerData
-from quant import QType, quantize, row_bytes
+from quant import QType, dequantize, quantize, row_bytes
 from quant.formats import BLOCKS
 
 TYPES = {"f32": QType.F32, "f16": QType.F16, "bf16": QType.BF16, "q8_0": QType.Q8_0, "q4_0": QType.Q4_0}
@@ -180,6 +180,9 @@ def read_vocab(directory: Path) -> TokenizerData:
 
 # --- the conversion -----------------------------------------------------------------------------
 
+PLE_TABLE = "per_layer_token_embd.weight"
+
+
 def matrix_type(name: str, shape: tuple[int, ...], qtype: QType) -> QType:
     """The stored type of one tensor: 1-D stays f32; matrices take `qtype`, except that the tied
     embedding / LM head keeps Q8_0 under Q4_0 (llama.cpp likewise keeps its output tensor at
@@ -199,11 +202,23 @@ class _ChunkedTensor:
 
     def __init__(self, source: SafeTensor, rows: int, qtype: QType, nbytes: int, rows_per_chunk: int):
         self.source, self.rows, self.qtype, self.nbytes, self.chunk = source, rows, qtype, nbytes, rows_per_chunk
+        self.err2 = self.ref2 = 0.0  # squared error and squared values over the rows sampled
 
     def tofile(self, fout) -> None:
         for start in range(0, self.rows, self.chunk):
             x = self.source.rows_f32(start, min(start + self.chunk, self.rows))
-            fout.write(quantize(x.reshape(x.shape[0], -1), self.qtype).tobytes())
+            x = x.reshape(x.shape[0], -1)
+            stored = quantize(x, self.qtype)
+            sample = slice(0, 64)  # the error is measured on the first rows of each chunk
+            back = dequantize(stored[sample], self.qtype, x.shape[1])
+            self.err2 += float(np.sum((back.astype(np.float64) - x[sample]) ** 2))
+            self.ref2 += float(np.sum(x[sample].astype(np.float64) ** 2))
+            fout.write(stored.tobytes())
+
+    @property
+    def relative_error(self) -> float:
+        """RMS error over RMS value of the sampled rows, once written."""
+        return (self.err2 / self.ref2) ** 0.5 if self.ref2 else 0.0
 
 
 def convert(
@@ -211,11 +226,18 @@ def convert(
     out_path: str | os.PathLike,
     qtype: str = "q8_0",
     progress: Progress | None = None,
+    ple_type: str | None = None,
+    errors: dict[str, float] | None = None,
 ) -> Path:
-    """Convert the checkpoint in `hf_dir` to a GGUF file at `out_path`; returns its path."""
+    """Convert the checkpoint in `hf_dir` to a GGUF file at `out_path`; returns its path.
+
+    ple_type: store the per-layer embedding table in another type than `qtype` (it is read
+    a row per token from disk, so a smaller type saves flash and I/O, not compute).
+    errors: if given, filled with each quantized matrix's relative RMS error (sampled rows)."""
     hf_dir, out_path = Path(hf_dir), Path(out_path)
-    if qtype not in TYPES:
-        raise UnsupportedTypeError(f"--type {qtype!r} is not supported; choose one of {', '.join(TYPES)}")
+    for flag, value in (("--type", qtype), ("--ple-type", ple_type)):
+        if value is not None and value not in TYPES:
+            raise UnsupportedTypeError(f"{flag} {value!r} is not supported; choose one of {', '.join(TYPES)}")
     if not (hf_dir / "config.json").is_file():
         raise CheckpointError(f"{hf_dir} has no config.json; point at a Hugging Face checkpoint directory")
     hf_config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
@@ -248,7 +270,8 @@ def convert(
             st_shape = (n_vocab_tok, st_shape[1])
         if tuple(st_shape) != tuple(want):
             raise CheckpointError(f"{name} has shape {tuple(st.shape)} but config.json implies {shape}")
-        plan.append((name, st, want, matrix_type(name, want, TYPES[qtype])))
+        chosen = TYPES[ple_type] if ple_type and name == PLE_TABLE else TYPES[qtype]
+        plan.append((name, st, want, matrix_type(name, want, chosen)))
 
     extra = sorted(set(found) - set(manifest))
     if extra:
@@ -264,8 +287,12 @@ def convert(
         rows, cols = (shape[0] if len(shape) > 1 else 1), shape[-1]
         chunk = max(1, (64 << 20) // max(1, cols * 4))
         tensors.append((name, shape, t, _ChunkedTensor(st, rows, t, rows * row_bytes(t, cols), chunk)))
-    return write_gguf(out_path, cfg_out, vocab, tensors, hf_config.get("_name_or_path") or "gemma4",
-                      TYPES[qtype], progress)
+    out = write_gguf(out_path, cfg_out, vocab, tensors, hf_config.get("_name_or_path") or "gemma4",
+                     TYPES[qtype], progress)
+    if errors is not None:
+        errors.update({name: p.relative_error for name, _, t, p in tensors
+                       if isinstance(p, _ChunkedTensor) and t not in (QType.F32,)})
+    return out
 
 
 def write_gguf(out_path: str | os.PathLike, cfg: ModelConfig, vocab: TokenizerData, tensors, name: str,

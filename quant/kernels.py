@@ -29,27 +29,46 @@ ROW_TILE = 16  # weight rows per work item
 TOKEN_TILE = 64  # tokens multiplied with a row while it is in L1: 64 x 12288 int8 stays within L2
 
 
+@kernel
+def _quantize_row(x, t, xq, xd, xs):
+    for blk in range(x.shape[1] // 32):
+        amax = np.float32(0.0)
+        for j in range(blk * 32, blk * 32 + 32):
+            amax = max(amax, abs(x[t, j]))
+        d = amax / np.float32(127.0)
+        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+        total = 0
+        for j in range(blk * 32, blk * 32 + 32):
+            q = np.int32(np.rint(x[t, j] * inv))
+            xq[t, j] = q
+            total += q
+        xd[t, blk] = d
+        xs[t, blk] = d * np.float32(total)
+
+
 @kernel(parallel=True)
 def quantize_q8(x, xq, xd, xs):
     """x (n, K) float32 -> xq (n, K) int8, xd (n, K/32) scale, xs (n, K/32) scale * sum(xq).
 
     As ggml's quantize_row_q8_0: d = max|x| / 127, q = round(x / d), rounding half to even
     as its SIMD paths do."""
+    for t in prange(x.shape[0]):
+        _quantize_row(x, t, xq, xd, xs)
+
+
+@kernel
+def matmul_blocks(fmt, values_per_block, w, x, out):
+    """x (n, K) float32 @ w.T into out (n, rows): activations quantized here, then gemm_blocks.
+    One call from Python per product: in decode, dispatch costs as much as a small matrix."""
     n, k = x.shape
-    for t in prange(n):
-        for blk in range(k // 32):
-            amax = np.float32(0.0)
-            for j in range(blk * 32, blk * 32 + 32):
-                amax = max(amax, abs(x[t, j]))
-            d = amax / np.float32(127.0)
-            inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-            total = 0
-            for j in range(blk * 32, blk * 32 + 32):
-                q = np.int32(np.rint(x[t, j] * inv))
-                xq[t, j] = q
-                total += q
-            xd[t, blk] = d
-            xs[t, blk] = d * np.float32(total)
+    xq = np.empty((n, k), dtype=np.int8)
+    xd = np.empty((n, k // 32), dtype=np.float32)
+    xs = np.empty((n, k // 32), dtype=np.float32)
+    if n == 1:
+        _quantize_row(x, 0, xq, xd, xs)  # a thread launch would cost more than the work
+    else:
+        quantize_q8(x, xq, xd, xs)
+    gemm_blocks(fmt, values_per_block, w, xq, xd, xs, out)
 
 
 @kernel

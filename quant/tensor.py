@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quant import kernels  # compiled, or loaded from the on-disk cache, on first call
 from quant.formats import BLOCKS, QType
 from quant.ref import dequantize, matmul_q8
 
@@ -34,8 +35,6 @@ class QTensor:
 
 def matmul(x: np.ndarray, w: QTensor) -> np.ndarray:
     """x (n, cols) @ w.T -> (n, rows) float32, through the Numba kernels, reading w in place."""
-    from quant import kernels  # compiled (or loaded from the on-disk cache) on first use
-
     x = np.ascontiguousarray(x, dtype=np.float32)
     rows, cols = w.shape
     if x.ndim != 2 or x.shape[1] != cols:
@@ -46,12 +45,8 @@ def matmul(x: np.ndarray, w: QTensor) -> np.ndarray:
         bits = raw.view(np.uint32 if w.qtype == QType.F32 else np.uint16).reshape(rows, cols)
         kernels.gemm_float(_FLOAT_KERNEL[w.qtype], bits, x, out)
         return out
-    xq = np.empty(x.shape, dtype=np.int8)
-    xd = np.empty((x.shape[0], cols // 32), dtype=np.float32)
-    xs = np.empty_like(xd)
-    kernels.quantize_q8(x, xq, xd, xs)
-    kernels.gemm_blocks(_BLOCK_KERNEL[w.qtype], BLOCKS[w.qtype].values, raw.view(np.uint8).reshape(rows, -1),
-                        xq, xd, xs, out)
+    kernels.matmul_blocks(_BLOCK_KERNEL[w.qtype], BLOCKS[w.qtype].values, raw.view(np.uint8).reshape(rows, -1),
+                          x, out)
     return out
 
 

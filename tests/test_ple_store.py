@@ -142,3 +142,21 @@ def test_prefetch_records_what_the_step_waited(checkpoints):
         assert s.wait_us["mean"] >= 0
     np.testing.assert_array_equal(logits[False], logits[True])
     assert waits[True]["mean"] <= waits[False]["mean"] + 50  # the hidden read costs the step no more
+
+
+def test_converter_writes_the_table_at_its_own_precision(checkpoints, tmp_path):
+    """--ple-type: the table alone in Q4_0, its added error reported, the rest untouched."""
+    from edgert.convert import PLE_TABLE, convert
+
+    _, hf_dir = checkpoints.hf("e4b")  # its table rows (12 layers x 16) fill whole 32-value blocks
+    errors: dict[str, float] = {}
+    path = convert(hf_dir, tmp_path / "ple-q4.gguf", "q8_0", ple_type="q4_0", errors=errors)
+    model = edgert.load(path)
+    assert model.file.tensors[PLE_TABLE].qtype == QType.Q4_0
+    assert model.file.tensors["blk.0.ffn_up.weight"].qtype == QType.Q8_0
+    assert 0.03 < errors[PLE_TABLE] < 0.2  # 4-bit: about 0.1; 8-bit matrices below 0.01
+    assert errors["blk.0.ffn_up.weight"] < 0.01
+    reference = edgert.load(checkpoints.gguf("e4b", "f32"))
+    rows, exact = model.weights.ple.rows([7, 9]), reference.weights.ple.rows([7, 9])
+    measured = np.sqrt(np.mean((rows - exact) ** 2) / np.mean(exact ** 2))
+    assert abs(measured - errors[PLE_TABLE]) < 0.5 * errors[PLE_TABLE]

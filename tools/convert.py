@@ -1,6 +1,6 @@
 """edgert convert HF_DIR -o OUT.gguf --type q8_0"""
 
-from edgert.convert import TYPES, convert
+from edgert.convert import PLE_TABLE, TYPES, convert
 from tools.common import ProgressBar
 
 
@@ -9,10 +9,19 @@ def add_parser(sub) -> None:
     p.add_argument("hf_dir", help="directory with config.json, *.safetensors, tokenizer.json")
     p.add_argument("-o", "--output", required=True, help="the GGUF file to write")
     p.add_argument("--type", default="q8_0", choices=sorted(TYPES), help="type of the large matrices")
+    p.add_argument("--ple-type", default=None, choices=sorted(TYPES),
+                   help="type of the per-layer embedding table, if not --type (it stays on disk: q4_0 halves it)")
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
-    out = convert(args.hf_dir, args.output, args.type, progress=ProgressBar("converting"))
+    errors: dict[str, float] = {}
+    out = convert(args.hf_dir, args.output, args.type, progress=ProgressBar("converting"), ple_type=args.ple_type,
+                  errors=errors)
     print(f"wrote {out}")
+    if errors:
+        worst = max(errors, key=errors.get)
+        print(f"relative RMS error of the stored matrices: worst {errors[worst]:.4f} ({worst})")
+        if PLE_TABLE in errors:
+            print(f"per-layer embedding table ({args.ple_type or args.type}): {errors[PLE_TABLE]:.4f}")
     return 0
