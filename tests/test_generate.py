@@ -107,6 +107,12 @@ def test_cli_run_and_chat(checkpoints):
                           timeout=120)
     assert chat.returncode == 0, chat.stderr
     assert "system prompt set" in chat.stderr
+    verbose = subprocess.run([sys.executable, "-m", "tools.cli", "run", path, "-p", "Hello", "-n", "4", "--temperature",
+                              "0", "--ple", "pread", "--ple-cache-mb", "1", "-t", "1", "-v"], capture_output=True,
+                             text=True, timeout=120)
+    assert verbose.returncode == 0, verbose.stderr
+    assert run.stdout.strip().startswith(verbose.stdout.strip())  # greedy: the 4-token answer begins the 8-token one
+    assert "1 threads" in verbose.stderr and "PLE pread:" in verbose.stderr and "rows (" in verbose.stderr
 
 
 def test_cli_without_model_says_none_is_installed():

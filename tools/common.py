@@ -12,6 +12,11 @@ from edgert.errors import EdgeRTError
 def add_model_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="a GGUF model file (default: the embedded default model)")
     p.add_argument("--ctx", type=int, default=4096, help="context length (default 4096)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: physical cores)")
+    p.add_argument("--ple", default="mmap", choices=("mmap", "pread", "ram"),
+                   help="how the per-layer embedding table is held (default mmap: rows read from the file)")
+    p.add_argument("--ple-cache-mb", type=float, default=64.0, help="row cache of --ple pread (default 64)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print timings and PLE table statistics")
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,9 +49,22 @@ def load_model(args):
     path = resolve_model(args.model)
     t0 = time.perf_counter()
     print(f"loading {path} ...", file=sys.stderr, end="", flush=True)
-    model = edgert.load(path, n_ctx=args.ctx)
+    model = edgert.load(path, n_ctx=args.ctx, threads=args.threads, ple=args.ple, ple_cache_mb=args.ple_cache_mb)
     print(f" {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     return model
+
+
+def print_stats(model, n_tokens: int, seconds: float) -> None:
+    """The --verbose lines: generation speed and the PLE table's statistics."""
+    print(f"{n_tokens} pieces in {seconds:.2f} s ({n_tokens / max(seconds, 1e-9):.2f}/s), "
+          f"{model.threads} threads", file=sys.stderr)
+    s = model.ple_stats()
+    if s is not None:
+        lat = " ".join(f"{k} {v:.0f}" for k, v in s.latency_us.items())
+        wait = " ".join(f"{k} {v:.0f}" for k, v in s.wait_us.items())
+        print(f"PLE {s.mode}: {s.lookups} lookups, {s.cache_hits} cache hits, {s.rows_read} rows "
+              f"({s.bytes_read / 2**20:.1f} MB) read, {s.resident_bytes / 2**20:.1f} of {s.table_bytes / 2**20:.0f} MB "
+              f"resident; lookup us {lat}; step waited us {wait}", file=sys.stderr)
 
 
 class ProgressBar:

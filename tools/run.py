@@ -1,8 +1,9 @@
 """edgert run MODEL -p TEXT: stream one answer."""
 
 import sys
+import time
 
-from tools.common import add_model_argument, add_sampling_arguments, load_model, sampling
+from tools.common import add_model_argument, add_sampling_arguments, load_model, print_stats, sampling
 
 
 def add_parser(sub) -> None:
@@ -16,11 +17,15 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     model = load_model(args)
+    t0, n = time.perf_counter(), 0
     try:
         for piece in model.generate(args.prompt, max_new_tokens=args.max_new_tokens, raw=args.raw,
                                     **sampling(args)):
             sys.stdout.write(piece)
             sys.stdout.flush()
+            n += 1
     finally:
         sys.stdout.write("\n")
+        if args.verbose:
+            print_stats(model, n, time.perf_counter() - t0)
     return 0
