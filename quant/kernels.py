@@ -18,8 +18,9 @@ import numpy as np
 from numba import prange
 
 from quant.cpu import kernel
-from quant.simd import (bf16_to_float, f32_from_bits, half_to_float, q4_0_row_dot, q4_0_row_dots, q4_k_row_dot,
-                        q4_k_row_dots, q6_k_row_dot, q6_k_row_dots, q8_0_row_dot, q8_0_row_dots)
+from quant.simd import (bf16_to_float, f32_from_bits, half_to_float, q4_0_row_dot, q4_0_row_dots, q4_0_tokens_dot,
+                        q4_k_row_dot, q4_k_row_dots, q4_k_tokens_dot, q6_k_row_dot, q6_k_row_dots, q6_k_tokens_dot,
+                        q8_0_row_dot, q8_0_row_dots, q8_0_tokens_dot)
 
 # weight formats of `_gemm_blocks`; the dispatch in quant.tensor maps QType to these
 Q4_0, Q8_0, Q4_K, Q6_K = 0, 1, 2, 3
@@ -94,28 +95,50 @@ def _row_dots(fmt, w, w_off, row_bytes, xq, x_off, xd, xs, xb, n):
     return q6_k_row_dots(w, w_off, row_bytes, xq, x_off, xd, xs, xb, n)
 
 
+@kernel
+def _tokens_dot(fmt, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n):
+    """One row against four consecutive tokens: a tuple of four dots."""
+    if fmt == Q4_0:
+        return q4_0_tokens_dot(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n)
+    if fmt == Q8_0:
+        return q8_0_tokens_dot(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n)
+    if fmt == Q4_K:
+        return q4_k_tokens_dot(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n)
+    return q6_k_tokens_dot(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n)
+
+
 @kernel(parallel=True)
 def gemm_blocks(fmt, values_per_block, w, xq, xd, xs, out):
-    """w (rows, row_bytes) uint8 blocks of format `fmt`; xq, xd, xs from quantize_q8; out (n, rows)."""
+    """w (rows, row_bytes) uint8 blocks of format `fmt`; xq, xd, xs from quantize_q8; out (n, rows).
+
+    One token (decode): four rows per call, walked in memory order. Many (prefill): each row
+    meets four tokens per call, so its blocks are unpacked once for the four."""
     rows, row_bytes = w.shape
     n, k = xq.shape
     n_blocks = k // values_per_block
     n_xb = xd.shape[1]
     for tile in prange((rows + ROW_TILE - 1) // ROW_TILE):
         r_end = min(rows, (tile + 1) * ROW_TILE)
-        for t0 in range(0, n, TOKEN_TILE):
-            t_end = min(n, t0 + TOKEN_TILE)
+        if n == 1:
             r = tile * ROW_TILE
-            # four rows per call, then what is left one by one
             while r + 4 <= r_end:
-                for t in range(t0, t_end):
-                    d0, d1, d2, d3 = _row_dots(fmt, w, r * row_bytes, row_bytes, xq, t * k, xd, xs, t * n_xb,
-                                               n_blocks)
-                    out[t, r], out[t, r + 1], out[t, r + 2], out[t, r + 3] = d0, d1, d2, d3
+                d0, d1, d2, d3 = _row_dots(fmt, w, r * row_bytes, row_bytes, xq, 0, xd, xs, 0, n_blocks)
+                out[0, r], out[0, r + 1], out[0, r + 2], out[0, r + 3] = d0, d1, d2, d3
                 r += 4
             for rr in range(r, r_end):
-                for t in range(t0, t_end):
-                    out[t, rr] = _row_dot(fmt, w, rr * row_bytes, xq, t * k, xd, xs, t * n_xb, n_blocks)
+                out[0, rr] = _row_dot(fmt, w, rr * row_bytes, xq, 0, xd, xs, 0, n_blocks)
+            continue
+        for t0 in range(0, n, TOKEN_TILE):
+            t_end = min(n, t0 + TOKEN_TILE)
+            for r in range(tile * ROW_TILE, r_end):
+                t = t0
+                while t + 4 <= t_end:
+                    d0, d1, d2, d3 = _tokens_dot(fmt, w, r * row_bytes, xq, t * k, k, xd, xs, t * n_xb, n_xb,
+                                                 n_blocks)
+                    out[t, r], out[t + 1, r], out[t + 2, r], out[t + 3, r] = d0, d1, d2, d3
+                    t += 4
+                for tt in range(t, t_end):
+                    out[tt, r] = _row_dot(fmt, w, r * row_bytes, xq, tt * k, xd, xs, tt * n_xb, n_blocks)
 
 
 @kernel

@@ -185,39 +185,52 @@ class RowFormat:
     unroll: int
 
 
-def emit_row_dot(builder, flavor: str, fmt: RowFormat, w_ptr, w_off, xq_ptr, x_off, xd_ptr, xs_ptr, xb, n):
-    """Emit the loop over one row's `n` blocks and return its dot (pure llvmlite: the
-    intrinsics call it, and the tests compile it for other targets). Pointers: i8* weights
-    and activations, float* scales; offsets and counts: intp."""
+def emit_row_dot(builder, flavor: str, fmt: RowFormat, w_ptr, w_off, xq_ptr, x_offs, xd_ptr, xs_ptr, xbs, n):
+    """Emit the loop over one row's `n` blocks against one or more activation rows (x_offs,
+    xbs: each token's first value and first scale index) and return one dot per token. Pure
+    llvmlite: the intrinsics call it, and the tests compile it for other targets. Pointers:
+    i8* weights and activations, float* scales; offsets and counts: intp. Several tokens share
+    each weight block's loads and unpacking (LLVM merges the repeated ones)."""
     walk = fmt.walk
 
     def const(v):
         return ir.Constant(cgutils.intp_t, v)
 
-    ctx = _Ctx(builder, _FLAVOR_CLASS[flavor](builder), xd_ptr, xs_ptr)
+    n_acc = N_ACC if len(x_offs) == 1 else 1  # several tokens already give independent FMA chains
+    ctxs = [_Ctx(builder, _FLAVOR_CLASS[flavor](builder), xd_ptr, xs_ptr, n_acc) for _ in x_offs]
     grouped = getattr(walk, "group_" + flavor, None)
 
     def blocks(first, count):
         """Emit blocks first .. first + count - 1 (first: an IR index)."""
-        group = []
+        groups = [[] for _ in ctxs]  # per token: (block bytes, activations, scale index)
         for u in range(count):
             i = builder.add(first, const(u))
             blk = _Bytes(builder, builder.gep(w_ptr, [builder.add(w_off, builder.mul(i, const(fmt.block_bytes)))]))
-            x = _Bytes(builder, builder.gep(xq_ptr, [builder.add(x_off, builder.mul(i, const(walk.values_per_block)))]))
-            k = builder.add(xb, builder.mul(i, const(walk.values_per_block // 32)))
-            group.append((blk, x, k))
+            for group, x_off, xb in zip(groups, x_offs, xbs):
+                x = _Bytes(builder, builder.gep(xq_ptr, [builder.add(x_off, builder.mul(
+                    i, const(walk.values_per_block)))]))
+                group.append((blk, x, builder.add(xb, builder.mul(i, const(walk.values_per_block // 32)))))
         if grouped is not None and count == fmt.unroll:
-            grouped(ctx, group)
+            grouped(ctxs, groups)
         else:
-            for blk, x, k in group:
-                walk(ctx, blk, x, k)
+            for ctx, group in zip(ctxs, groups):
+                for blk, x, k in group:
+                    walk(ctx, blk, x, k)
 
     n_main = builder.mul(builder.sdiv(n, const(fmt.unroll)), const(fmt.unroll))
-    with cgutils.for_range_slice(builder, const(0), n_main, const(fmt.unroll)) as (i, _), ctx.registers():
+    with cgutils.for_range_slice(builder, const(0), n_main, const(fmt.unroll)) as (i, _), _registers(ctxs):
         blocks(i, fmt.unroll)
-    with cgutils.for_range_slice(builder, n_main, n, const(1)) as (i, _), ctx.registers():
+    with cgutils.for_range_slice(builder, n_main, n, const(1)) as (i, _), _registers(ctxs):
         blocks(i, 1)
-    return ctx.result()
+    return [ctx.result() for ctx in ctxs]
+
+
+@contextlib.contextmanager
+def _registers(ctxs):
+    with contextlib.ExitStack() as stack:
+        for ctx in ctxs:
+            stack.enter_context(ctx.registers())
+        yield
 
 
 def _row_intrinsic(fmt: RowFormat, n_rows: int):
@@ -244,8 +257,8 @@ def _row_intrinsic(fmt: RowFormat, n_rows: int):
             dots = []
             for r in range(n_rows):
                 w_off = builder.add(w_off_v, builder.mul(stride_v, ir.Constant(cgutils.intp_t, r)))
-                dots.append(emit_row_dot(builder, FLAVOR, fmt, w_ptr, w_off, xq_ptr, x_off_v, data(5, xd_v),
-                                         data(6, xs_v), xb_v, n_v))
+                dots += emit_row_dot(builder, FLAVOR, fmt, w_ptr, w_off, xq_ptr, [x_off_v], data(5, xd_v),
+                                     data(6, xs_v), [xb_v], n_v)
             return dots[0] if n_rows == 1 else context.make_tuple(builder, signature.return_type, dots)
 
         return sig, codegen
@@ -253,14 +266,44 @@ def _row_intrinsic(fmt: RowFormat, n_rows: int):
     return row_dot
 
 
+def _tokens_intrinsic(fmt: RowFormat, n_tokens: int):
+    """A Numba intrinsic computing one row against `n_tokens` consecutive activation rows,
+    for prefill: tokens_dot(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n) -> tuple.
+    Each weight block is loaded and unpacked once for all of them."""
+
+    @intrinsic
+    def tokens_dot(typingctx, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n):
+        sig = types.UniTuple(types.float32, n_tokens)(w, types.intp, xq, types.intp, types.intp, xd, xs,
+                                                      types.intp, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            w_v, w_off_v, xq_v, x_off_v, x_stride_v, xd_v, xs_v, xb_v, xb_stride_v, n_v = args
+
+            def data(i, value):
+                return context.make_array(signature.args[i])(context, builder, value).data
+
+            def nth(base, stride, j):
+                return builder.add(base, builder.mul(stride, ir.Constant(cgutils.intp_t, j)))
+
+            dots = emit_row_dot(builder, FLAVOR, fmt, builder.bitcast(data(0, w_v), I8.as_pointer()), w_off_v,
+                                builder.bitcast(data(2, xq_v), I8.as_pointer()),
+                                [nth(x_off_v, x_stride_v, j) for j in range(n_tokens)], data(5, xd_v), data(6, xs_v),
+                                [nth(xb_v, xb_stride_v, j) for j in range(n_tokens)], n_v)
+            return context.make_tuple(builder, signature.return_type, dots)
+
+        return sig, codegen
+
+    return tokens_dot
+
+
 class _Ctx:
     """What a block walker needs: the builder, the flavor, the activation scales, and
     N_ACC accumulators (and offset corrections) that successive FMAs take in turn."""
 
-    def __init__(self, builder, flavor, xd, xs):
-        self.b, self.f, self._xd, self._xs = builder, flavor, xd, xs
-        self._acc_slots = [cgutils.alloca_once_value(builder, flavor.zero()) for _ in range(N_ACC)]
-        self._corr_slots = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(N_ACC)]
+    def __init__(self, builder, flavor, xd, xs, n_acc: int = N_ACC):
+        self.b, self.f, self._xd, self._xs, self.n_acc = builder, flavor, xd, xs, n_acc
+        self._acc_slots = [cgutils.alloca_once_value(builder, flavor.zero()) for _ in range(n_acc)]
+        self._corr_slots = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(n_acc)]
         self._acc = self._corr = None
         self._next_acc = self._next_corr = 0
 
@@ -275,7 +318,7 @@ class _Ctx:
 
     def fma(self, partial, scale):
         """acc += partial * scale (partial: the flavor's integer dot)."""
-        i = self._next_acc = (self._next_acc + 1) % N_ACC
+        i = self._next_acc = (self._next_acc + 1) % self.n_acc
         self._acc[i] = self.f.fma(partial, scale, self._acc[i])
 
     def nibble_dot(self, u, x):
@@ -288,12 +331,12 @@ class _Ctx:
 
     def fma_lanes(self, values, scales):
         """acc += values * scales, lane by lane (float vectors of the accumulator's width)."""
-        i = self._next_acc = (self._next_acc + 1) % N_ACC
+        i = self._next_acc = (self._next_acc + 1) % self.n_acc
         self._acc[i] = self.b.call(self.f._fma, [values, scales, self._acc[i]])
 
     def sub(self, value):
         """Subtract a float from the row's result (the offset of unsigned formats)."""
-        i = self._next_corr = (self._next_corr + 1) % N_ACC
+        i = self._next_corr = (self._next_corr + 1) % self.n_acc
         self._corr[i] = self.b.fadd(self._corr[i], value)
 
     def result(self):
@@ -355,28 +398,30 @@ def _q4_0_values(b, qs):
     return b.and_(b.bitcast(shifted, _vec(I8, 32)), _const_vec(I8, 32, 0x0F))
 
 
-def _q4_0_groups_avx2(ctx, group):
-    for i in range(0, len(group), 8):
-        _q4_0_group_avx2(ctx, group[i:i + 8])
+def _q4_0_groups_avx2(ctxs, groups):
+    for i in range(0, len(groups[0]), 8):
+        _q4_0_group_avx2(ctxs, [group[i:i + 8] for group in groups])
 
 
-def _q4_0_group_avx2(ctx, group):
+def _q4_0_group_avx2(ctxs, groups):
     """Eight Q4_0 blocks at once: their eight f16 scales become one vector (vcvtph2ps), the
     eight integer dots are summed across lanes into one vector, and one FMA applies all
     scales; the offset of 8 comes off with one more. Per block this saves the scalar scale
     work that otherwise costs as much as the dot itself (what llama.cpp gets by repacking
-    rows, here without a copy of the weights)."""
-    b, f = ctx.b, ctx.f
-    parts, scales = [], ir.Constant(_vec(I16, 8), ir.Undefined)
-    for u, (blk, x, _) in enumerate(group):
-        parts.append(f.dot_u(_q4_0_values(b, blk.load(2, _vec(I8, 16))), x.bytes32(0)))
+    rows, here without a copy of the weights). The unpacked blocks serve every token."""
+    b = ctxs[0].b
+    values, scales = [], ir.Constant(_vec(I16, 8), ir.Undefined)
+    for u, (blk, _, _) in enumerate(groups[0]):
+        values.append(_q4_0_values(b, blk.load(2, _vec(I8, 16))))
         scales = b.insert_element(scales, blk.load(0, I16), ir.Constant(I32, u))
     d = b.fpext(b.bitcast(scales, _vec(HALF, 8)), _vec(F32, 8))
-    k = group[0][2]
-    xd = b.load(b.bitcast(b.gep(ctx._xd, [k]), _vec(F32, 8).as_pointer()), align=4)
-    xs = b.load(b.bitcast(b.gep(ctx._xs, [k]), _vec(F32, 8).as_pointer()), align=4)
-    ctx.fma_lanes(b.sitofp(_lane_totals(b, parts), _vec(F32, 8)), b.fmul(d, xd))
-    ctx.fma_lanes(d, b.fmul(xs, _const_vec(F32, 8, -8.0)))
+    for ctx, group in zip(ctxs, groups):
+        parts = [ctx.f.dot_u(v, x.bytes32(0)) for v, (_, x, _) in zip(values, group)]
+        k = group[0][2]
+        xd = b.load(b.bitcast(b.gep(ctx._xd, [k]), _vec(F32, 8).as_pointer()), align=4)
+        xs = b.load(b.bitcast(b.gep(ctx._xs, [k]), _vec(F32, 8).as_pointer()), align=4)
+        ctx.fma_lanes(b.sitofp(_lane_totals(b, parts), _vec(F32, 8)), b.fmul(d, xd))
+        ctx.fma_lanes(d, b.fmul(xs, _const_vec(F32, 8, -8.0)))
 
 
 _walk_q4_0.group_avx2 = _q4_0_groups_avx2
@@ -460,6 +505,11 @@ q4_0_row_dot, q4_0_row_dots = _row_intrinsic(FORMATS["q4_0"], 1), _row_intrinsic
 q8_0_row_dot, q8_0_row_dots = _row_intrinsic(FORMATS["q8_0"], 1), _row_intrinsic(FORMATS["q8_0"], ROWS)
 q4_k_row_dot, q4_k_row_dots = _row_intrinsic(FORMATS["q4_k"], 1), _row_intrinsic(FORMATS["q4_k"], ROWS)
 q6_k_row_dot, q6_k_row_dots = _row_intrinsic(FORMATS["q6_k"], 1), _row_intrinsic(FORMATS["q6_k"], ROWS)
+TOKENS = 4  # activation rows per call of the *_tokens_dot intrinsics
+q4_0_tokens_dot = _tokens_intrinsic(FORMATS["q4_0"], TOKENS)
+q8_0_tokens_dot = _tokens_intrinsic(FORMATS["q8_0"], TOKENS)
+q4_k_tokens_dot = _tokens_intrinsic(FORMATS["q4_k"], TOKENS)
+q6_k_tokens_dot = _tokens_intrinsic(FORMATS["q6_k"], TOKENS)
 
 
 def _resize(builder, v, ty):

@@ -162,7 +162,7 @@ def _compile_row_dot(triple: str, cpu: str, features: str, flavor: str, fmt: str
     builder = ir.IRBuilder(fn.append_basic_block())
     w, x, xd, xs, n = fn.args
     zero = ir.Constant(i64, 0)
-    builder.ret(simd.emit_row_dot(builder, flavor, simd.FORMATS[fmt], w, zero, x, zero, xd, xs, zero, n))
+    builder.ret(simd.emit_row_dot(builder, flavor, simd.FORMATS[fmt], w, zero, x, [zero], xd, xs, [zero], n)[0])
     parsed = llvm.parse_assembly(str(module))
     target = llvm.Target.from_triple(triple).create_target_machine(cpu=cpu, features=features, opt=3)
     builder = llvm.create_pass_builder(target, llvm.create_pipeline_tuning_options(speed_level=3))
