@@ -117,13 +117,10 @@ class PLEStore:
         if not self.prefetch:
             done: Future = Future()
             done.set_result(self.rows(ids))
-            done.started = time.perf_counter()
             return done
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ple")
-        pending = self._pool.submit(self.rows, np.array(ids, dtype=np.int64))
-        pending.started = time.perf_counter()
-        return pending
+        return self._pool.submit(self.rows, np.array(ids, dtype=np.int64))
 
     def wait(self, pending: Future) -> np.ndarray:
         """The rows of a `fetch`, recording how long the caller was held up by them: the
