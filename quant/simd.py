@@ -1,7 +1,8 @@
 """Row dot products over the file's own block layouts, as Numba intrinsics in LLVM IR.
 
-Each `*_row_dot` intrinsic computes one weight row times one activation row, and
-each `*_row_dots` four consecutive rows (a tuple):
+Each `*_row_dot` intrinsic computes one weight row times one activation row,
+each `*_row_dots` four consecutive rows (a tuple, for decode), and each
+`*_tokens_dot` one row against four consecutive activation rows (for prefill):
 
     row_dot(w, w_off, row_bytes, xq, x_off, xd, xs, xb, n) -> float32
 
@@ -20,7 +21,8 @@ block_q8_0 keeps an f16 scale; f32 costs nothing here and loses nothing).
 Weights of the 4-bit formats are stored unsigned (0..15 or 0..63); the dot is
 taken on the unsigned values and the offset comes back through `xs`:
 sum((q - 8) x) = sum(q x) - 8 sum(x). That is what lets the AVX2 flavor use
-vpmaddubsw (unsigned x signed bytes) without sign tricks.
+vpmaddubsw (unsigned x signed bytes) without sign tricks. The generic flavor
+takes q - 8 instead, so that LLVM sees signed x signed bytes (sdot on ARM).
 
 The flavor (quant.cpu.FLAVOR) fixes how an 8-bit dot is emitted; the block
 layouts are walked by the same code for both. Counterparts: ggml's
