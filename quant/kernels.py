@@ -19,11 +19,12 @@ from numba import prange
 
 from quant.cpu import kernel
 from quant.simd import (bf16_to_float, f32_from_bits, half_to_float, q4_0_row_dot, q4_0_row_dots, q4_0_tokens_dot,
+                        q5_0_row_dot, q5_0_row_dots, q5_0_tokens_dot,
                         q4_k_row_dot, q4_k_row_dots, q4_k_tokens_dot, q6_k_row_dot, q6_k_row_dots, q6_k_tokens_dot,
                         q8_0_row_dot, q8_0_row_dots, q8_0_tokens_dot)
 
 # weight formats of `_gemm_blocks`; the dispatch in quant.tensor maps QType to these
-Q4_0, Q8_0, Q4_K, Q6_K = 0, 1, 2, 3
+Q4_0, Q8_0, Q4_K, Q6_K, Q5_0 = 0, 1, 2, 3, 4
 # and of `gemm_float`
 F32, F16, BF16 = 0, 1, 2
 ROW_TILE = 16  # weight rows per work item
@@ -80,6 +81,8 @@ def _row_dot(fmt, w, w_off, xq, x_off, xd, xs, xb, n):
         return q8_0_row_dot(w, w_off, 0, xq, x_off, xd, xs, xb, n)
     if fmt == Q4_K:
         return q4_k_row_dot(w, w_off, 0, xq, x_off, xd, xs, xb, n)
+    if fmt == Q5_0:
+        return q5_0_row_dot(w, w_off, 0, xq, x_off, xd, xs, xb, n)
     return q6_k_row_dot(w, w_off, 0, xq, x_off, xd, xs, xb, n)
 
 
@@ -92,6 +95,8 @@ def _row_dots(fmt, w, w_off, row_bytes, xq, x_off, xd, xs, xb, n):
         return q8_0_row_dots(w, w_off, row_bytes, xq, x_off, xd, xs, xb, n)
     if fmt == Q4_K:
         return q4_k_row_dots(w, w_off, row_bytes, xq, x_off, xd, xs, xb, n)
+    if fmt == Q5_0:
+        return q5_0_row_dots(w, w_off, row_bytes, xq, x_off, xd, xs, xb, n)
     return q6_k_row_dots(w, w_off, row_bytes, xq, x_off, xd, xs, xb, n)
 
 
@@ -104,6 +109,8 @@ def _tokens_dot(fmt, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n):
         return q8_0_tokens_dot(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n)
     if fmt == Q4_K:
         return q4_k_tokens_dot(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n)
+    if fmt == Q5_0:
+        return q5_0_tokens_dot(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n)
     return q6_k_tokens_dot(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n)
 
 

@@ -42,14 +42,17 @@ def quantize(x: np.ndarray, qtype: QType) -> np.ndarray:
         with np.errstate(divide="ignore"):
             inv = np.where(d == 0, 0, 1 / d)
         qs = _round_half_away(blocks * inv).astype(np.int8).view(np.uint8)
-    elif qtype == QType.Q4_0:
+    elif qtype in (QType.Q4_0, QType.Q5_0):
+        half = 8 if qtype == QType.Q4_0 else 16  # the offset: values are q - half
         imax = np.abs(blocks).argmax(axis=1)[:, None]
-        d = np.take_along_axis(blocks, imax, axis=1) / -8
+        d = np.take_along_axis(blocks, imax, axis=1) / -half
         # a tiny d overflows 1/d to inf, as in ggml's C; the bytes still match it exactly
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             inv = np.where(d == 0, 0, 1 / d)
-            q = np.trunc(blocks * inv + np.float32(8.5)).astype(np.uint8).clip(0, 15)
-        qs = q[:, :16] | (q[:, 16:] << np.uint8(4))
+            q = np.trunc(blocks * inv + np.float32(half + 0.5)).astype(np.uint8).clip(0, 2 * half - 1)
+        qs = (q[:, :16] & np.uint8(0x0F)) | ((q[:, 16:] & np.uint8(0x0F)) << np.uint8(4))
+        if qtype == QType.Q5_0:  # the fifth bits, bit j of a little-endian uint32 for value j
+            qs = np.concatenate([np.packbits(q >> np.uint8(4), axis=1, bitorder="little"), qs], axis=1)
     else:
         raise ValueError(f"no quantizer for {qtype.name}")
     out = np.concatenate([d.astype(np.float16).view(np.uint8), qs], axis=1)
@@ -79,6 +82,10 @@ def dequantize(raw: np.ndarray, qtype: QType, n: int) -> np.ndarray:
     elif qtype == QType.Q4_0:
         qs = blocks[:, 2:]
         q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32) - 8
+    elif qtype == QType.Q5_0:
+        qs = blocks[:, 6:]
+        high = np.unpackbits(blocks[:, 2:6], axis=1, bitorder="little") << 4  # (blocks, 32)
+        q = (np.concatenate([qs & 0x0F, qs >> 4], axis=1) | high).astype(np.float32) - 16
     else:
         raise ValueError(f"no dequantizer for {qtype.name}")
     return (d * q).reshape(rows, n)

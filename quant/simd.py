@@ -26,7 +26,7 @@ takes q - 8 instead, so that LLVM sees signed x signed bytes (sdot on ARM).
 
 The flavor (quant.cpu.FLAVOR) fixes how an 8-bit dot is emitted; the block
 layouts are walked by the same code for both. Counterparts: ggml's
-ggml_vec_dot_q4_0_q8_0, _q8_0_q8_0, _q4_K_q8_K, _q6_K_q8_K.
+ggml_vec_dot_q4_0_q8_0, _q5_0_q8_0, _q8_0_q8_0, _q4_K_q8_K, _q6_K_q8_K.
 """
 
 from __future__ import annotations
@@ -323,12 +323,12 @@ class _Ctx:
         i = self._next_acc = (self._next_acc + 1) % self.n_acc
         self._acc[i] = self.f.fma(partial, scale, self._acc[i])
 
-    def nibble_dot(self, u, x):
-        """(partial, shift) with sum(u x) = partial + shift * sum(x), for 4-bit u in 0..15.
-        The generic flavor takes u - 8 so that both factors stay signed bytes: LLVM keeps
+    def nibble_dot(self, u, x, half: int = 8):
+        """(partial, shift) with sum(u x) = partial + shift * sum(x), for u in 0..2*half-1.
+        The generic flavor takes u - half so that both factors stay signed bytes: LLVM keeps
         sext x sext, which it lowers to sdot, where 0..15 would read as a zext."""
         if self.f.signed_nibbles:
-            return self.f.dot_s(self.b.sub(u, _const_vec(I8, u.type.count, 8)), x), 8
+            return self.f.dot_s(self.b.sub(u, _const_vec(I8, u.type.count, half)), x), half
         return self.f.dot_u(u, x), 0
 
     def fma_lanes(self, values, scales):
@@ -429,6 +429,25 @@ def _q4_0_group_avx2(ctxs, groups):
 _walk_q4_0.group_avx2 = _q4_0_groups_avx2
 
 
+def _fifth_bits(b, qh):
+    """4 bytes of Q5_0 high bits -> <32 x i8> holding 16 where value j's bit j is set."""
+    spread = _shuffle(b, qh, qh, [i // 8 for i in range(32)])
+    bit = b.and_(spread, ir.Constant(_vec(I8, 32), [1 << (i % 8) for i in range(32)]))
+    return b.select(b.icmp_unsigned("!=", bit, _const_vec(I8, 32, 0)), _const_vec(I8, 32, 16), _const_vec(I8, 32, 0))
+
+
+@_walker(32)
+def _walk_q5_0(ctx, blk, x, k):
+    # block_q5_0: d (f16), qh (bit j: the fifth bit of value j), qs[16] as in Q4_0; value = d * (q - 16)
+    b = ctx.b
+    d = blk.f16(0)
+    u = b.or_(_q4_0_values(b, blk.load(6, _vec(I8, 16))), _fifth_bits(b, blk.load(2, _vec(I8, 4))))
+    partial, shift = ctx.nibble_dot(u, x.bytes32(0), half=16)
+    ctx.fma(partial, b.fmul(d, ctx.xd(k)))
+    if shift != 16:  # sum((u - 16) x) = partial + (shift - 16) sum(x)
+        ctx.sub(b.fmul(b.fmul(d, ir.Constant(F32, 16.0 - shift)), ctx.xs(k)))
+
+
 @_walker(32)
 def _walk_q8_0(ctx, blk, x, k):
     # block_q8_0: d (f16), qs[32] signed
@@ -498,17 +517,20 @@ def _walk_q6_k(ctx, blk, x, k):
 
 FORMATS = {
     "q4_0": RowFormat(18, _walk_q4_0, unroll=16),
+    "q5_0": RowFormat(22, _walk_q5_0, unroll=4),
     "q8_0": RowFormat(34, _walk_q8_0, unroll=4),
     "q4_k": RowFormat(144, _walk_q4_k, unroll=1),
     "q6_k": RowFormat(210, _walk_q6_k, unroll=1),
 }
 ROWS = 4  # rows per call of the *_row_dots intrinsics
 q4_0_row_dot, q4_0_row_dots = _row_intrinsic(FORMATS["q4_0"], 1), _row_intrinsic(FORMATS["q4_0"], ROWS)
+q5_0_row_dot, q5_0_row_dots = _row_intrinsic(FORMATS["q5_0"], 1), _row_intrinsic(FORMATS["q5_0"], ROWS)
 q8_0_row_dot, q8_0_row_dots = _row_intrinsic(FORMATS["q8_0"], 1), _row_intrinsic(FORMATS["q8_0"], ROWS)
 q4_k_row_dot, q4_k_row_dots = _row_intrinsic(FORMATS["q4_k"], 1), _row_intrinsic(FORMATS["q4_k"], ROWS)
 q6_k_row_dot, q6_k_row_dots = _row_intrinsic(FORMATS["q6_k"], 1), _row_intrinsic(FORMATS["q6_k"], ROWS)
 TOKENS = 4  # activation rows per call of the *_tokens_dot intrinsics
 q4_0_tokens_dot = _tokens_intrinsic(FORMATS["q4_0"], TOKENS)
+q5_0_tokens_dot = _tokens_intrinsic(FORMATS["q5_0"], TOKENS)
 q8_0_tokens_dot = _tokens_intrinsic(FORMATS["q8_0"], TOKENS)
 q4_k_tokens_dot = _tokens_intrinsic(FORMATS["q4_k"], TOKENS)
 q6_k_tokens_dot = _tokens_intrinsic(FORMATS["q6_k"], TOKENS)

@@ -51,7 +51,7 @@ def matmul(x: np.ndarray, w: QTensor) -> np.ndarray:
 
 
 _FLOAT_KERNEL = {QType.F32: 0, QType.F16: 1, QType.BF16: 2}  # quant.kernels.F32, F16, BF16
-_BLOCK_KERNEL = {QType.Q4_0: 0, QType.Q8_0: 1, QType.Q4_K: 2, QType.Q6_K: 3}  # quant.kernels.Q4_0, ...
+_BLOCK_KERNEL = {QType.Q4_0: 0, QType.Q8_0: 1, QType.Q4_K: 2, QType.Q6_K: 3, QType.Q5_0: 4}  # quant.kernels.Q4_0, ...
 
 
 def matmul_ref(x: np.ndarray, w: QTensor) -> np.ndarray:

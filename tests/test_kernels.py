@@ -19,7 +19,7 @@ from quant import BLOCKS, QTensor, QType, quantize, ref
 from quant.tensor import matmul, matmul_ref
 
 REPO = Path(__file__).resolve().parent.parent
-FORMATS = [QType.Q4_0, QType.Q8_0, QType.Q4_K, QType.Q6_K, QType.F32, QType.F16, QType.BF16]
+FORMATS = [QType.Q4_0, QType.Q5_0, QType.Q8_0, QType.Q4_K, QType.Q6_K, QType.F32, QType.F16, QType.BF16]
 
 
 def random_blocks(rng, qtype: QType, rows: int, cols: int, scale: float = 0.01) -> np.ndarray:
@@ -170,7 +170,7 @@ def _compile_row_dot(triple: str, cpu: str, features: str, flavor: str, fmt: str
     return target.emit_assembly(parsed)
 
 
-@pytest.mark.parametrize("fmt", ["q4_0", "q8_0"])
+@pytest.mark.parametrize("fmt", ["q4_0", "q5_0", "q8_0"])
 def test_generic_flavor_becomes_sdot_on_the_raspberry_pi_5(fmt):
     """On a Cortex-A76 (ARMv8.2 with the dot-product extension) LLVM turns the generic
     widen-multiply-reduce into sdot, as llama.cpp's NEON path uses by hand."""

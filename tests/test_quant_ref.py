@@ -10,7 +10,7 @@ from hypothesis.extra.numpy import arrays
 from quant import QType, dequantize, quantize, row_bytes
 from quant.formats import BLOCKS
 
-TYPES = [QType.F16, QType.BF16, QType.Q8_0, QType.Q4_0]
+TYPES = [QType.F16, QType.BF16, QType.Q8_0, QType.Q4_0, QType.Q5_0]
 
 rows_of_blocks = st.integers(1, 4).flatmap(
     lambda r: st.integers(1, 5).flatmap(
@@ -46,7 +46,7 @@ def test_zeros_and_extremes(qtype):
 
 def test_block_sizes():
     assert row_bytes(QType.Q8_0, 64) == 68 and row_bytes(QType.Q4_0, 64) == 36
-    for q in (QType.Q8_0, QType.Q4_0):
+    for q in (QType.Q8_0, QType.Q4_0, QType.Q5_0, QType.Q4_K, QType.Q6_K):
         assert gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(q))] == (BLOCKS[q].values, BLOCKS[q].nbytes)
     with pytest.raises(ValueError, match="whole Q4_0 blocks"):
         row_bytes(QType.Q4_0, 33)
