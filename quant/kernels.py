@@ -2,8 +2,9 @@
 
     out[t, r] = sum_k x[t, k] * w[r, k]
 
-Block weights (Q4_0, Q8_0, Q4_K, Q6_K) take activations quantized to 8-bit
-blocks (`quantize_q8`) and integer dot products (quant.simd); float weights
+Block weights (Q4_0, Q5_0, Q8_0, Q4_K, Q6_K) take activations quantized to 8-bit
+blocks as llama.cpp quantizes them (`quantize_q8`) and integer dot products
+(quant.simd); float weights
 (F32, F16, BF16) take float32 activations. One kernel serves decode (one
 token: a GEMV) and prefill (many: a GEMM): threads split the weight rows, and
 each row is multiplied with a tile of tokens while it sits in L1, so every
@@ -13,6 +14,8 @@ Each kernel has a numpy twin in quant.ref that the tests compare against.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import prange
@@ -32,13 +35,54 @@ TOKEN_TILE = 64  # tokens multiplied with a row while it is in L1: 64 x 12288 in
 
 
 @kernel
-def _quantize_row(x, t, xq, xd, xs):
-    for blk in range(x.shape[1] // 32):
+def _f16_round(v):
+    """v rounded to the nearest float16 value, ties to even (as F16C's vcvtps2ph)."""
+    a = abs(v)
+    if a == 0:
+        return v
+    if a < 6.103515625e-05:  # below float16's normal range: a fixed quantum of 2^-24
+        quantum = 5.9604644775390625e-08
+    else:
+        _, e = math.frexp(a)  # a in [2^(e-1), 2^e): 10 mantissa bits below the leading one
+        quantum = math.ldexp(1.0, e - 11)
+    return np.float32(np.rint(np.float64(v) / quantum) * quantum)
+
+
+@kernel
+def _quantize_row(x, t, xq, xd, xs, super_blocks):
+    """Token t's activations in 8-bit blocks of 32 (xq), each with its scale (xd) and scale
+    times its sum (xs), the way llama.cpp quantizes them for the weight's dot product:
+
+    - for Q4_0, Q5_0, Q8_0 (its Q8_0, AVX2 path): d = max|x| / 127 stored as float16,
+      q = round(x * (127 / max|x|));
+    - for Q4_K, Q6_K (`super_blocks`, its Q8_K): one scale per 256, from the value of largest
+      magnitude m: q = min(127, round(x * (-127 / m))), d = 1 / (-127 / m).
+
+    Rounding is half to even, as its SIMD and nearest_int paths do."""
+    k = x.shape[1]
+    if super_blocks:
+        for sb in range(k // 256):
+            amax, vmax = np.float32(0.0), np.float32(0.0)
+            for j in range(sb * 256, sb * 256 + 256):
+                if abs(x[t, j]) > amax:  # the first of equal magnitudes, as llama.cpp
+                    amax, vmax = abs(x[t, j]), x[t, j]
+            iscale = np.float32(-127.0) / vmax if amax != 0 else np.float32(0.0)
+            d = np.float32(1.0) / iscale if amax != 0 else np.float32(0.0)
+            for blk in range(sb * 8, sb * 8 + 8):
+                total = 0
+                for j in range(blk * 32, blk * 32 + 32):
+                    q = min(np.int32(127), np.int32(np.rint(x[t, j] * iscale)))
+                    xq[t, j] = q
+                    total += q
+                xd[t, blk] = d
+                xs[t, blk] = d * np.float32(total)
+        return
+    for blk in range(k // 32):
         amax = np.float32(0.0)
         for j in range(blk * 32, blk * 32 + 32):
             amax = max(amax, abs(x[t, j]))
-        d = amax / np.float32(127.0)
-        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+        d = _f16_round(amax / np.float32(127.0))
+        inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
         total = 0
         for j in range(blk * 32, blk * 32 + 32):
             q = np.int32(np.rint(x[t, j] * inv))
@@ -49,13 +93,11 @@ def _quantize_row(x, t, xq, xd, xs):
 
 
 @kernel(parallel=True)
-def quantize_q8(x, xq, xd, xs):
-    """x (n, K) float32 -> xq (n, K) int8, xd (n, K/32) scale, xs (n, K/32) scale * sum(xq).
-
-    As ggml's quantize_row_q8_0: d = max|x| / 127, q = round(x / d), rounding half to even
-    as its SIMD paths do."""
+def quantize_q8(x, xq, xd, xs, super_blocks):
+    """x (n, K) float32 -> xq (n, K) int8, xd (n, K/32) scale, xs (n, K/32) scale * sum(xq);
+    per 32 (Q8_0) or, with super_blocks, one scale per 256 (Q8_K): see _quantize_row."""
     for t in prange(x.shape[0]):
-        _quantize_row(x, t, xq, xd, xs)
+        _quantize_row(x, t, xq, xd, xs, super_blocks)
 
 
 @kernel
@@ -66,10 +108,11 @@ def matmul_blocks(fmt, values_per_block, w, x, out):
     xq = np.empty((n, k), dtype=np.int8)
     xd = np.empty((n, k // 32), dtype=np.float32)
     xs = np.empty((n, k // 32), dtype=np.float32)
+    super_blocks = fmt == Q4_K or fmt == Q6_K
     if n == 1:
-        _quantize_row(x, 0, xq, xd, xs)  # a thread launch would cost more than the work
+        _quantize_row(x, 0, xq, xd, xs, super_blocks)  # a thread launch would cost more than the work
     else:
-        quantize_q8(x, xq, xd, xs)
+        quantize_q8(x, xq, xd, xs, super_blocks)
     gemm_blocks(fmt, values_per_block, w, xq, xd, xs, out)
 
 

@@ -131,22 +131,35 @@ def _dequantize_q6_k(blocks: np.ndarray) -> np.ndarray:
     return (d * scale * q).reshape(-1, 256)
 
 
-def quantize_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def quantize_q8(x: np.ndarray, super_blocks: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Activations (n, K) float32 -> int8 values (n, K), block scales (n, K/32) and
-    scale * sum of each block (n, K/32): the twin of quant.kernels.quantize_q8."""
+    scale * sum of each block (n, K/32): the twin of quant.kernels.quantize_q8.
+
+    As llama.cpp: per 32, d = max|x| / 127 rounded to float16 and q = round(x * 127 / max|x|)
+    (its Q8_0); with super_blocks, one scale per 256 from the value m of largest magnitude,
+    q = min(127, round(x * (-127 / m))) and d = 1 / (-127 / m) (its Q8_K)."""
     x = np.asarray(x, dtype=np.float32)
     n, k = x.shape
-    blocks = x.reshape(n, k // 32, 32)
-    d = np.abs(blocks).max(axis=2) / np.float32(127)
-    with np.errstate(divide="ignore"):
-        inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
-    q = np.rint(blocks * inv[:, :, None]).astype(np.int8)
+    f32 = np.float32
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if super_blocks:
+            sb = x.reshape(n, k // 256, 256)
+            m = np.take_along_axis(sb, np.abs(sb).argmax(axis=2)[:, :, None], axis=2)[:, :, 0]  # first of ties
+            iscale = np.where(m == 0, f32(0), f32(-127) / m).astype(f32)
+            q = np.minimum(127, np.rint(sb * iscale[:, :, None])).astype(np.int8).reshape(n, k // 32, 32)
+            d = np.repeat(np.where(m == 0, f32(0), f32(1) / iscale).astype(f32), 8, axis=1)
+        else:
+            blocks = x.reshape(n, k // 32, 32)
+            amax = np.abs(blocks).max(axis=2)
+            d = (amax / f32(127)).astype(np.float16).astype(f32)
+            inv = np.where(amax == 0, f32(0), f32(127) / amax).astype(f32)
+            q = np.rint(blocks * inv[:, :, None]).astype(np.int8)
     return q.reshape(n, k), d, (d * q.sum(axis=2, dtype=np.int32)).astype(np.float32)
 
 
 def matmul_q8(x: np.ndarray, raw: np.ndarray, qtype: QType, k: int) -> np.ndarray:
     """x (n, K) @ w.T with x first quantized to 8-bit blocks, in float64: the twin of
     quant.kernels.gemm_blocks, which must agree to float32 rounding."""
-    xq, xd, _ = quantize_q8(x)
+    xq, xd, _ = quantize_q8(x, super_blocks=qtype in (QType.Q4_K, QType.Q6_K))
     xr = (xq.reshape(len(xq), -1, 32).astype(np.float64) * xd[:, :, None]).reshape(len(xq), k)
     return (xr @ dequantize(raw, qtype, k).astype(np.float64).T).astype(np.float32)

@@ -102,19 +102,22 @@ def test_block_kernels_approximate_the_float_product():
     assert np.abs(got - exact).max() < 0.02 * np.abs(exact).max()
 
 
-def test_activation_quantizer_matches_reference():
+@pytest.mark.parametrize("super_blocks", [False, True], ids=["q8_0", "q8_k"])
+def test_activation_quantizer_matches_reference(super_blocks):
     from quant import kernels as qk
 
     rng = np.random.default_rng(5)
-    x = (rng.standard_normal((5, 320)) * np.logspace(-3, 3, 320)).astype(np.float32)
+    x = (rng.standard_normal((5, 512)) * np.logspace(-9, 3, 512)).astype(np.float32)  # f16 subnormal scales too
     x[1] = 0
     x[2, :32] = 0.5  # exact halves after scaling: round half to even in both
-    xq, xd, xs = np.empty(x.shape, np.int8), np.empty((5, 10), np.float32), np.empty((5, 10), np.float32)
-    qk.quantize_q8(x, xq, xd, xs)
-    rq, rd, rs = ref.quantize_q8(x)
+    x[3, 5], x[3, 9] = -1e4, 1e4  # equal magnitudes: the first one sets the sign of the Q8_K scale
+    xq, xd, xs = np.empty(x.shape, np.int8), np.empty((5, 16), np.float32), np.empty((5, 16), np.float32)
+    qk.quantize_q8(x, xq, xd, xs, super_blocks)
+    rq, rd, rs = ref.quantize_q8(x, super_blocks)
     np.testing.assert_array_equal(xq, rq)
     np.testing.assert_array_equal(xd, rd)
     np.testing.assert_allclose(xs, rs, rtol=1e-6)
+    assert np.abs(xq.astype(np.float32) * np.repeat(xd, 32, axis=1) - x).max() <= 1.01 * np.abs(x).max() / 254
 
 
 @settings(max_examples=25, deadline=None)
