@@ -400,33 +400,40 @@ def _q4_0_values(b, qs):
     return b.and_(b.bitcast(shifted, _vec(I8, 32)), _const_vec(I8, 32, 0x0F))
 
 
-def _q4_0_groups_avx2(ctxs, groups):
-    for i in range(0, len(groups[0]), 8):
-        _q4_0_group_avx2(ctxs, [group[i:i + 8] for group in groups])
-
-
-def _q4_0_group_avx2(ctxs, groups):
-    """Eight Q4_0 blocks at once: their eight f16 scales become one vector (vcvtph2ps), the
-    eight integer dots are summed across lanes into one vector, and one FMA applies all
-    scales; the offset of 8 comes off with one more. Per block this saves the scalar scale
+def _grouped_avx2(unpack, offset: float):
+    """The AVX2 path over eight blocks of a 32-value format with one f16 scale at byte 0
+    (Q4_0, Q5_0, Q8_0): their eight scales become one vector (vcvtph2ps), the eight integer
+    dots are summed across lanes into one vector, and one FMA applies all scales; an offset
+    (8 in Q4_0, 16 in Q5_0) comes off with one more. Per block this saves the scalar scale
     work that otherwise costs as much as the dot itself (what llama.cpp gets by repacking
-    rows, here without a copy of the weights). The unpacked blocks serve every token."""
-    b = ctxs[0].b
-    values, scales = [], ir.Constant(_vec(I16, 8), ir.Undefined)
-    for u, (blk, _, _) in enumerate(groups[0]):
-        values.append(_q4_0_values(b, blk.load(2, _vec(I8, 16))))
-        scales = b.insert_element(scales, blk.load(0, I16), ir.Constant(I32, u))
-    d = b.fpext(b.bitcast(scales, _vec(HALF, 8)), _vec(F32, 8))
-    for ctx, group in zip(ctxs, groups):
-        parts = [ctx.f.dot_u(v, x.bytes32(0)) for v, (_, x, _) in zip(values, group)]
-        k = group[0][2]
-        xd = b.load(b.bitcast(b.gep(ctx._xd, [k]), _vec(F32, 8).as_pointer()), align=4)
-        xs = b.load(b.bitcast(b.gep(ctx._xs, [k]), _vec(F32, 8).as_pointer()), align=4)
-        ctx.fma_lanes(b.sitofp(_lane_totals(b, parts), _vec(F32, 8)), b.fmul(d, xd))
-        ctx.fma_lanes(d, b.fmul(xs, _const_vec(F32, 8, -8.0)))
+    rows, here without a copy of the weights). The unpacked blocks serve every token.
+    unpack(b, blk) -> <32 x i8>: unsigned values below 128 if offset, else signed."""
+
+    def groups_fn(ctxs, groups):
+        for i in range(0, len(groups[0]), 8):
+            group8(ctxs, [group[i:i + 8] for group in groups])
+
+    def group8(ctxs, groups):
+        b = ctxs[0].b
+        values, scales = [], ir.Constant(_vec(I16, 8), ir.Undefined)
+        for u, (blk, _, _) in enumerate(groups[0]):
+            values.append(unpack(b, blk))
+            scales = b.insert_element(scales, blk.load(0, I16), ir.Constant(I32, u))
+        d = b.fpext(b.bitcast(scales, _vec(HALF, 8)), _vec(F32, 8))
+        for ctx, group in zip(ctxs, groups):
+            dot = ctx.f.dot_u if offset else ctx.f.dot_s
+            parts = [dot(v, x.bytes32(0)) for v, (_, x, _) in zip(values, group)]
+            k = group[0][2]
+            xd = b.load(b.bitcast(b.gep(ctx._xd, [k]), _vec(F32, 8).as_pointer()), align=4)
+            ctx.fma_lanes(b.sitofp(_lane_totals(b, parts), _vec(F32, 8)), b.fmul(d, xd))
+            if offset:
+                xs = b.load(b.bitcast(b.gep(ctx._xs, [k]), _vec(F32, 8).as_pointer()), align=4)
+                ctx.fma_lanes(d, b.fmul(xs, _const_vec(F32, 8, -offset)))
+
+    return groups_fn
 
 
-_walk_q4_0.group_avx2 = _q4_0_groups_avx2
+_walk_q4_0.group_avx2 = _grouped_avx2(lambda b, blk: _q4_0_values(b, blk.load(2, _vec(I8, 16))), 8.0)
 
 
 def _fifth_bits(b, qh):
@@ -441,17 +448,27 @@ def _walk_q5_0(ctx, blk, x, k):
     # block_q5_0: d (f16), qh (bit j: the fifth bit of value j), qs[16] as in Q4_0; value = d * (q - 16)
     b = ctx.b
     d = blk.f16(0)
-    u = b.or_(_q4_0_values(b, blk.load(6, _vec(I8, 16))), _fifth_bits(b, blk.load(2, _vec(I8, 4))))
-    partial, shift = ctx.nibble_dot(u, x.bytes32(0), half=16)
+    partial, shift = ctx.nibble_dot(_q5_0_values(b, blk), x.bytes32(0), half=16)
     ctx.fma(partial, b.fmul(d, ctx.xd(k)))
     if shift != 16:  # sum((u - 16) x) = partial + (shift - 16) sum(x)
         ctx.sub(b.fmul(b.fmul(d, ir.Constant(F32, 16.0 - shift)), ctx.xs(k)))
+
+
+def _q5_0_values(b, blk):
+    """A Q5_0 block's 32 values, 0..31."""
+    return b.or_(_q4_0_values(b, blk.load(6, _vec(I8, 16))), _fifth_bits(b, blk.load(2, _vec(I8, 4))))
+
+
+_walk_q5_0.group_avx2 = _grouped_avx2(_q5_0_values, 16.0)
 
 
 @_walker(32)
 def _walk_q8_0(ctx, blk, x, k):
     # block_q8_0: d (f16), qs[32] signed
     ctx.fma(ctx.f.dot_s(blk.bytes32(2), x.bytes32(0)), ctx.b.fmul(blk.f16(0), ctx.xd(k)))
+
+
+_walk_q8_0.group_avx2 = _grouped_avx2(lambda b, blk: blk.bytes32(2), 0.0)
 
 
 def _q4_k_scale_min(b, scales, j):
@@ -517,8 +534,8 @@ def _walk_q6_k(ctx, blk, x, k):
 
 FORMATS = {
     "q4_0": RowFormat(18, _walk_q4_0, unroll=16),
-    "q5_0": RowFormat(22, _walk_q5_0, unroll=4),
-    "q8_0": RowFormat(34, _walk_q8_0, unroll=4),
+    "q5_0": RowFormat(22, _walk_q5_0, unroll=8),
+    "q8_0": RowFormat(34, _walk_q8_0, unroll=8),
     "q4_k": RowFormat(144, _walk_q4_k, unroll=1),
     "q6_k": RowFormat(210, _walk_q6_k, unroll=1),
 }
