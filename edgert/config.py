@@ -4,6 +4,11 @@ Two sources give the same `ModelConfig`: a Hugging Face `config.json` (in the
 converter) and a GGUF file's metadata (in the loader). No other module reads
 raw metadata. `tensor_manifest` says which tensors a config needs and their
 shapes; the converter and the loader both check against it.
+
+Two architectures share the decoder: Gemma 4 (E2B, E4B) and Gemma 3, whose text
+model is Gemma 4's without per-layer embeddings, KV sharing, the value norm and
+the layer scalar, and with attention scaled by 1/sqrt(head_dim) instead of 1.
+Those differences are facts in the config; the forward pass has no Gemma 3 branch.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from dataclasses import dataclass
 
 from edgert.errors import ArchitectureError
 
-ARCH = "gemma4"
+ARCH = "gemma4"  # what `edgert convert` writes
+ARCHS = ("gemma4", "gemma3")  # what the loader runs
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,7 @@ class LayerSpec:
     head_dim: int  # 256 on sliding layers, 512 on global ones (E2B/E4B)
     n_kv_heads: int
     rope_theta: float
+    rope_scale: float  # position multiplier: 1, or 1/factor under linear RoPE scaling (Gemma 3 4B+, global)
     rope_dims: int  # leading dims of each half that rotate: head_dim/2 sliding, 64 of 256 global
     owns_kv: bool  # computes K/V and keeps a cache
     kv_source: int  # the layer whose K/V it attends to (itself when owns_kv)
@@ -32,6 +39,7 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    arch: str  # "gemma4" or "gemma3"
     n_vocab: int
     n_embd: int  # hidden size H
     n_layer: int
@@ -43,6 +51,9 @@ class ModelConfig:
     n_vocab_ple: int
     rms_eps: float
     final_softcap: float  # 0.0: none
+    attn_scale: float  # on q before q.k: 1 in Gemma 4 (its q/k norms replace it), 1/sqrt(head_dim) in Gemma 3
+    v_norm: bool  # Gemma 4 RMS-normalises V (no weight); Gemma 3 does not
+    layer_scalar: bool  # Gemma 4 scales each layer's output by a learned scalar
     layers: tuple[LayerSpec, ...]
 
     @property
@@ -52,6 +63,9 @@ class ModelConfig:
     @property
     def kv_layers(self) -> tuple[LayerSpec, ...]:
         return tuple(s for s in self.layers if s.owns_kv)
+
+
+_GEMMA4_FACTS = dict(attn_scale=1.0, v_norm=True, layer_scalar=True)
 
 
 def _resolve_layers(
@@ -66,6 +80,7 @@ def _resolve_layers(
     rope_dims_full: int,
     ffn: list[int],
     n_kv_shared: int,
+    rope_scale_full: float = 1.0,
 ) -> tuple[LayerSpec, ...]:
     n_layer = len(sliding)
     first_shared = n_layer - n_kv_shared
@@ -89,6 +104,7 @@ def _resolve_layers(
                 head_dim=head_dim_swa if sliding[i] else head_dim_full,
                 n_kv_heads=kv_heads[i],
                 rope_theta=theta_swa if sliding[i] else theta_full,
+                rope_scale=1.0 if sliding[i] else rope_scale_full,
                 rope_dims=rope_dims_swa if sliding[i] else rope_dims_full,
                 owns_kv=owns,
                 kv_source=i if owns else last_of_type[sliding[i]],
@@ -135,6 +151,7 @@ def config_from_hf(config: dict) -> ModelConfig:
     ffn = [n_ff * 2 if double and i >= n_layer - n_kv_shared else n_ff for i in range(n_layer)]
     ple_dim = int(text.get("hidden_size_per_layer_input") or 0)
     return ModelConfig(
+        arch="gemma4",
         n_vocab=int(text["vocab_size"]),
         n_embd=int(text["hidden_size"]),
         n_layer=n_layer,
@@ -146,6 +163,7 @@ def config_from_hf(config: dict) -> ModelConfig:
         n_vocab_ple=int(text.get("vocab_size_per_layer_input", text["vocab_size"])) if ple_dim else 0,
         rms_eps=float(text.get("rms_norm_eps", 1e-6)),
         final_softcap=float(text.get("final_logit_softcapping") or 0.0),
+        **_GEMMA4_FACTS,
         layers=_resolve_layers(
             sliding=sliding,
             head_dim_swa=head_dim_swa,
@@ -170,9 +188,63 @@ def rope_freqs_factors(cfg: ModelConfig) -> list[float]:
     return [1.0] * glob.rope_dims + [1e30] * (glob.head_dim // 2 - glob.rope_dims)
 
 
-def config_from_gguf(meta: dict, rope_freqs: list[float] | None, n_vocab: int, n_vocab_ple: int) -> ModelConfig:
-    """From GGUF metadata as llama.cpp's gemma4 loader reads it. `meta` maps
-    keys without the `gemma4.` prefix to values; `rope_freqs` is that tensor;
+def config_from_gguf(arch: str, meta: dict, rope_freqs: list[float] | None, n_vocab: int,
+                     n_vocab_ple: int) -> ModelConfig:
+    """From GGUF metadata as llama.cpp's loader reads it, for either architecture.
+    `meta` maps keys without the `{arch}.` prefix to values."""
+    if arch == "gemma3":
+        return _config_from_gguf_gemma3(meta, n_vocab)
+    return _config_from_gguf_gemma4(meta, rope_freqs, n_vocab, n_vocab_ple)
+
+
+def _config_from_gguf_gemma3(meta: dict, n_vocab: int) -> ModelConfig:
+    """Gemma 3 as llama.cpp's `gemma3` loader reads it. Some facts are not in the file and
+    llama.cpp hard-codes them: every sixth layer is global, the others slide with RoPE base
+    10000; the attention scale is 1/sqrt(head_dim), or 1/sqrt(n_embd/n_head) on the 27B
+    (62 layers), after gemma_pytorch. Norm weights are stored with Gemma's `1 +` folded in."""
+    n_layer, n_embd, n_head = int(meta["block_count"]), int(meta["embedding_length"]), int(meta["attention.head_count"])
+    window = int(meta.get("attention.sliding_window", 0))
+    sliding = [bool(window) and (i + 1) % 6 != 0 for i in range(n_layer)]
+    head_dim = int(meta.get("attention.key_length", n_embd // n_head))
+    kv = meta.get("attention.head_count_kv", n_head)
+    scale = 1.0
+    if meta.get("rope.scaling.type", "none") == "linear":
+        scale = 1.0 / float(meta.get("rope.scaling.factor", 1.0))
+    ffn = meta["feed_forward_length"]
+    return ModelConfig(
+        arch="gemma3",
+        n_vocab=n_vocab,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_ctx_train=int(meta.get("context_length", 131072)),
+        sliding_window=window,
+        n_kv_shared=0,
+        ple_dim=0,
+        n_vocab_ple=0,
+        rms_eps=float(meta.get("attention.layer_norm_rms_epsilon", 1e-6)),
+        final_softcap=float(meta.get("final_logit_softcapping", 0.0)),
+        attn_scale=(n_embd // n_head if n_layer == 62 else head_dim) ** -0.5,
+        v_norm=False,
+        layer_scalar=False,
+        layers=_resolve_layers(
+            sliding=sliding,
+            head_dim_swa=head_dim,
+            head_dim_full=head_dim,
+            kv_heads=[int(v) for v in kv] if isinstance(kv, list) else [int(kv)] * n_layer,
+            theta_swa=10000.0,
+            theta_full=float(meta.get("rope.freq_base", 10000.0)),
+            rope_dims_swa=head_dim // 2,
+            rope_dims_full=head_dim // 2,
+            ffn=[int(v) for v in ffn] if isinstance(ffn, list) else [int(ffn)] * n_layer,
+            n_kv_shared=0,
+            rope_scale_full=scale,
+        ),
+    )
+
+
+def _config_from_gguf_gemma4(meta: dict, rope_freqs: list[float] | None, n_vocab: int, n_vocab_ple: int) -> ModelConfig:
+    """From GGUF metadata as llama.cpp's gemma4 loader reads it. `rope_freqs` is that tensor;
     the vocabulary sizes come from the embedding tables' shapes, as in llama.cpp."""
     n_layer = int(meta["block_count"])
 
@@ -193,6 +265,7 @@ def config_from_gguf(meta: dict, rope_freqs: list[float] | None, n_vocab: int, n
         rope_full = sum(1 for f in rope_freqs[:rope_full] if f < 1e20)
     ple_dim = int(meta.get("embedding_length_per_layer_input", 0))
     return ModelConfig(
+        arch="gemma4",
         n_vocab=n_vocab,
         n_embd=int(meta["embedding_length"]),
         n_layer=n_layer,
@@ -204,6 +277,7 @@ def config_from_gguf(meta: dict, rope_freqs: list[float] | None, n_vocab: int, n
         n_vocab_ple=n_vocab_ple if ple_dim else 0,
         rms_eps=float(meta.get("attention.layer_norm_rms_epsilon", 1e-6)),
         final_softcap=float(meta.get("final_logit_softcapping", 0.0)),
+        **_GEMMA4_FACTS,
         layers=_resolve_layers(
             sliding=sliding,
             head_dim_swa=head_dim_swa,
@@ -221,13 +295,14 @@ def config_from_gguf(meta: dict, rope_freqs: list[float] | None, n_vocab: int, n
 
 def tensor_manifest(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """GGUF tensor name -> logical shape (numpy order: rows, cols) for this config.
-    Names are llama.cpp's gemma4 names (gguf.MODEL_TENSORS[MODEL_ARCH.GEMMA4])."""
+    Names are llama.cpp's (gguf.MODEL_TENSORS[MODEL_ARCH.GEMMA4] and GEMMA3). A separate
+    `output.weight` (an untied LM head) is optional and not listed."""
     H, P, L = cfg.n_embd, cfg.ple_dim, cfg.n_layer
     m: dict[str, tuple[int, ...]] = {
         "token_embd.weight": (cfg.n_vocab, H),
         "output_norm.weight": (H,),
     }
-    if any(not s.sliding for s in cfg.layers):
+    if cfg.arch == "gemma4" and any(not s.sliding for s in cfg.layers):
         m["rope_freqs.weight"] = (cfg.layers[next(i for i, s in enumerate(cfg.layers) if not s.sliding)].head_dim // 2,)
     if P:
         m["per_layer_token_embd.weight"] = (cfg.n_vocab_ple, L * P)
@@ -249,7 +324,8 @@ def tensor_manifest(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         m[b + "ffn_up.weight"] = (s.ffn_dim, H)
         m[b + "ffn_down.weight"] = (H, s.ffn_dim)
         m[b + "post_ffw_norm.weight"] = (H,)
-        m[b + "layer_output_scale.weight"] = (1,)
+        if cfg.layer_scalar:
+            m[b + "layer_output_scale.weight"] = (1,)
         if P:
             m[b + "inp_gate.weight"] = (P, H)
             m[b + "proj.weight"] = (H, P)

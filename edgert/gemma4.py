@@ -3,6 +3,10 @@
 Counterpart: transformers.models.gemma4.modeling_gemma4 (Gemma4TextModel,
 Gemma4TextDecoderLayer, Gemma4TextAttention). Per-layer facts come resolved in
 `LayerSpec`; the loop below only follows them.
+
+Gemma 3's text model (llama.cpp's `gemma3` graph) runs through the same code: it has
+no PLE and no KV sharing, so those steps fall away; its attention scale is folded into
+the q-norm weight at load; it has no value norm (`cfg.v_norm`) and no layer scalar (1).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ F32 = np.float32
 class LayerWeights:
     attn_norm: np.ndarray  # (H,)
     wq: QTensor  # (n_head * head_dim, H)
-    q_norm: np.ndarray  # (head_dim,)
+    q_norm: np.ndarray  # (head_dim,), times the attention scale (1 in Gemma 4)
     wk: QTensor | None  # (n_kv * head_dim, H); None on KV-shared layers
     wv: QTensor | None  # (n_kv * head_dim, H)
     k_norm: np.ndarray | None  # (head_dim,); v_norm has no weight
@@ -39,13 +43,14 @@ class LayerWeights:
     ple_gate: QTensor | None  # (P, H)
     ple_proj: QTensor | None  # (H, P)
     ple_norm: np.ndarray | None  # (H,)
-    scalar: np.float32  # layer_scalar
+    scalar: np.float32  # layer_scalar (1 in Gemma 3)
     inv_freq: np.ndarray  # (head_dim / 2,) RoPE inverse frequencies, 0 where a pair does not rotate
 
 
 @dataclass(frozen=True)
 class Weights:
-    token_embd: QTensor  # (n_vocab, H), also the tied LM head
+    token_embd: QTensor  # (n_vocab, H)
+    output: QTensor  # (n_vocab, H), the LM head: token_embd itself when tied
     ple: PLEStore | None  # rows of (n_vocab_ple, L * P), on disk
     ple_model_proj: QTensor | None  # (L * P, H)
     ple_proj_norm: np.ndarray | None  # (P,)
@@ -69,7 +74,8 @@ def load_weights(cfg: ModelConfig, t: dict[str, QTensor], ple: PLEStore | None =
         layers.append(LayerWeights(
             attn_norm=vec(b + "attn_norm.weight"),
             wq=t[b + "attn_q.weight"],
-            q_norm=vec(b + "attn_q_norm.weight"),
+            # exact where the scale is a power of two (1; 1/16 at head_dim 256), one rounding otherwise
+            q_norm=vec(b + "attn_q_norm.weight") * F32(cfg.attn_scale),
             wk=opt(b + "attn_k.weight") if s.owns_kv else None,
             wv=opt(b + "attn_v.weight") if s.owns_kv else None,
             k_norm=vec(b + "attn_k_norm.weight") if s.owns_kv else None,
@@ -83,11 +89,12 @@ def load_weights(cfg: ModelConfig, t: dict[str, QTensor], ple: PLEStore | None =
             ple_gate=opt(b + "inp_gate.weight") if cfg.ple_dim else None,
             ple_proj=opt(b + "proj.weight") if cfg.ple_dim else None,
             ple_norm=vec(b + "post_norm.weight") if cfg.ple_dim else None,
-            scalar=F32(vec(b + "layer_output_scale.weight")[0]),
-            inv_freq=ops.rope_inv_freq(s.head_dim, s.rope_dims, s.rope_theta),
+            scalar=F32(vec(b + "layer_output_scale.weight")[0]) if cfg.layer_scalar else F32(1.0),
+            inv_freq=ops.rope_inv_freq(s.head_dim, s.rope_dims, s.rope_theta) * F32(s.rope_scale),
         ))
     return Weights(
         token_embd=t["token_embd.weight"],
+        output=t.get("output.weight", t["token_embd.weight"]),
         ple=(ple or PLEStore(t["per_layer_token_embd.weight"], cfg.n_layer, cfg.ple_dim)) if cfg.ple_dim else None,
         ple_model_proj=opt("per_layer_model_proj.weight"),
         ple_proj_norm=vec("per_layer_proj_norm.weight") if cfg.ple_dim else None,
@@ -138,7 +145,9 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
         if s.owns_kv:
             k = matmul(h, lw.wk).reshape(n, s.n_kv_heads, s.head_dim)
             k = rope(rms_norm(k, lw.k_norm, cfg.rms_eps), pos, lw.inv_freq)
-            v = rms_norm(matmul(h, lw.wv).reshape(n, s.n_kv_heads, s.head_dim), None, cfg.rms_eps)
+            v = matmul(h, lw.wv).reshape(n, s.n_kv_heads, s.head_dim)
+            if cfg.v_norm:
+                v = rms_norm(v, None, cfg.rms_eps)
             views[s.index] = caches[s.index].update(k, v, pos)
         k_all, v_all, k_pos = views[s.kv_source]  # KV-shared layers reuse an earlier layer's K/V
         a = attention(q, k_all, v_all, pos, k_pos, cfg.sliding_window if s.sliding else 0)
@@ -163,5 +172,5 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
     if cfg.first_shared >= cfg.n_layer:  # no shared layers: select at the end
         x = x[keep]
     x = rms_norm(x, w.output_norm, cfg.rms_eps)
-    logits = matmul(x, w.token_embd)  # tied LM head: (k, n_vocab)
+    logits = matmul(x, w.output)  # (k, n_vocab)
     return softcap(logits, cfg.final_softcap)

@@ -11,7 +11,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from edgert.config import ARCH, ModelConfig, config_from_gguf, tensor_manifest
+from edgert.config import ARCHS, ModelConfig, config_from_gguf, tensor_manifest
 from edgert.gguf_file import GGUFFile, GGUFFormatError, TensorInfo
 from edgert.errors import ArchitectureError, ModelFileError, UnsupportedTypeError
 from edgert.tokenizer import TokenizerData
@@ -41,10 +41,10 @@ def open_model(path: str | os.PathLike) -> ModelFile:
         ) from None
     meta = file.metadata
     arch = meta.get("general.architecture")
-    if arch != ARCH:
+    if arch not in ARCHS:
         raise ArchitectureError(
-            f"{path} holds a {arch!r} model; edgert runs Gemma 4 ('{ARCH}') files such as those "
-            "`edgert convert` writes"
+            f"{path} holds a {arch!r} model; edgert runs Gemma 4 files ('gemma4', as `edgert convert` "
+            "writes them) and llama.cpp's Gemma 3 files ('gemma3')"
         )
 
     present = file.tensors
@@ -56,7 +56,7 @@ def open_model(path: str | os.PathLike) -> ModelFile:
                 "convert or download it again"
             )
 
-    prefix = ARCH + "."
+    prefix = arch + "."
     arch_meta = {k[len(prefix):]: v for k, v in meta.items() if k.startswith(prefix)}
 
     def tensor(name: str) -> TensorInfo:
@@ -71,6 +71,7 @@ def open_model(path: str | os.PathLike) -> ModelFile:
     rope = present.get("rope_freqs.weight")
     try:
         cfg = config_from_gguf(
+            arch,
             arch_meta,
             rope_freqs=file.array(rope).view(np.float32).tolist() if rope is not None else None,
             n_vocab=n_rows("token_embd.weight"),
@@ -79,8 +80,11 @@ def open_model(path: str | os.PathLike) -> ModelFile:
     except KeyError as e:
         raise ArchitectureError(f"{path} lacks the metadata key {prefix}{e.args[0]}; convert it again") from None
 
+    manifest = tensor_manifest(cfg)
+    if "output.weight" in present:  # an untied LM head
+        manifest["output.weight"] = (cfg.n_vocab, cfg.n_embd)
     tensors: dict[str, QTensor] = {}
-    for name, shape in tensor_manifest(cfg).items():
+    for name, shape in manifest.items():
         t = tensor(name)
         file_shape = t.shape
         if file_shape != shape and not (len(shape) == 1 and int(np.prod(file_shape)) == shape[0]):
@@ -103,6 +107,7 @@ def open_model(path: str | os.PathLike) -> ModelFile:
     tok = TokenizerData(
         model=get("tokenizer.ggml.model", ""),
         tokens=list(get("tokenizer.ggml.tokens", [])),
+        scores=get("tokenizer.ggml.scores"),
         types=[int(v) for v in get("tokenizer.ggml.token_type", [])],
         merges=list(get("tokenizer.ggml.merges", [])),
         bos=get("tokenizer.ggml.bos_token_id"),
@@ -111,6 +116,7 @@ def open_model(path: str | os.PathLike) -> ModelFile:
         pad=get("tokenizer.ggml.padding_token_id"),
         unk=get("tokenizer.ggml.unknown_token_id"),
         add_bos=bool(get("tokenizer.ggml.add_bos_token", True)),
+        add_space_prefix=bool(get("tokenizer.ggml.add_space_prefix", False)),
         chat_template=get("tokenizer.chat_template"),
     )
     if not tok.tokens:

@@ -76,8 +76,9 @@ class Model:
         self.tokenizer = Tokenizer(file.tokenizer)
         ple_store = self._ple_store(ple, ple_cache_mb, ple_prefetch)
         self.weights = gemma4.load_weights(self.config, file.tensors, ple_store)
+        self.format = chat_format.FORMATS[self.config.arch]
         tok = self.tokenizer
-        self.stop_ids = {i for i in (tok.eos, tok.eot, tok.ids.get("<turn|>")) if i is not None}
+        self.stop_ids = {i for i in (tok.eos, tok.eot, tok.ids.get(self.format.close)) if i is not None}
         self.channel_ids = (tok.ids.get(chat_format.CHANNEL_OPEN), tok.ids.get(chat_format.CHANNEL_CLOSE))
 
     def _ple_store(self, mode: str, cache_mb: float, prefetch: bool) -> PLEStore | None:
@@ -196,11 +197,11 @@ class Model:
                  truncate: bool = False) -> Iterator[str]:
         """Stream the continuation of `prompt` as text pieces (always whole UTF-8 characters).
 
-        A string prompt is sent as one user turn in Gemma 4's chat format, unless raw=True;
-        a list of ids is fed as it is. Stops at <eos>/<turn|>, at any of `stop`, after
+        A string prompt is sent as one user turn in the model's chat format, unless raw=True;
+        a list of ids is fed as it is. Stops at <eos> or the end of the turn, at any of `stop`, after
         `max_new_tokens`, or when the context is full."""
         if isinstance(prompt, str):
-            text = prompt if raw else chat_format.render([{"role": "user", "content": prompt}])
+            text = prompt if raw else self.format.render([{"role": "user", "content": prompt}])
             ids = self.tokenizer.encode(text, add_bos=raw and self.tokenizer.add_bos)
         else:
             ids = [int(i) for i in prompt]
@@ -213,7 +214,7 @@ class Model:
              truncate: bool = False, **sampling) -> "Reply":
         """Answer `messages` ([{"role", "content"}]); iterate the result for the answer's pieces,
         then read `.text` and `.thought` (the thought channel, never mixed into the answer)."""
-        ids = self.tokenizer.encode(chat_format.render(messages, think=think))
+        ids = self.tokenizer.encode(self.format.render(messages, think=think))
         ids = self._fit(ids, max_new_tokens, truncate)
         sampler = _sampler(sampling)
         return Reply(self, self.generate_ids(self.new_state(), ids, max_new_tokens, sampler, self.stop_ids))
@@ -324,19 +325,21 @@ class ChatSession:
         if system is not None:
             self.system = system or None
         self.state = self.model.new_state()
-        self._opening = self.model.tokenizer.encode("<bos>" + chat_format.system_turn(self.system, self.think))
+        fmt = self.model.format
+        self._opening = self.model.tokenizer.encode("<bos>" + fmt.system_turn(self.system, self.think))
 
     def stream(self, message: str, max_new_tokens: int = 1024) -> Reply:
         """Send a user message; iterate the reply for its pieces."""
-        tok = self.model.tokenizer
-        text = chat_format.turn("user", message) + f"{chat_format.TURN}model\n"
-        prefix = self._opening if not self.state.tokens else []
+        tok, fmt = self.model.tokenizer, self.model.format
+        first = not self.state.tokens
+        text = fmt.turn("user", message, fmt.first_turn_prefix(self.system) if first else "") + fmt.generation_prompt()
+        prefix = self._opening if first else []
         if self.state.tokens:
             # close the previous model turn with "<turn|>\n"; a last sampled id that was not
             # fed (the budget ran out, or the reader stopped) goes in first, a stop id does not
             if self.state.pending and self.state.pending[0] in self.model.stop_ids:
                 self.state.pending = []
-            text = f"{chat_format.END}\n" + text
+            text = f"{fmt.close}\n" + text
         ids = prefix + tok.encode(text)
         if self.state.pos + len(self.state.pending) + len(ids) + 1 > self.model.n_ctx:
             raise ContextOverflowError(
