@@ -77,6 +77,9 @@ class Model:
         ple_store = self._ple_store(ple, ple_cache_mb, ple_prefetch)
         self.weights = gemma4.load_weights(self.config, file.tensors, ple_store)
         self.format = chat_format.FORMATS[self.config.arch]
+        # a file without a chat template is taken for a base (pretrained) model: `generate`
+        # continues its text rather than answering it as a user turn
+        self.has_chat_template = self.config.arch == "gemma4" or bool(file.tokenizer.chat_template)
         tok = self.tokenizer
         self.stop_ids = {i for i in (tok.eos, tok.eot, tok.ids.get(self.format.close)) if i is not None}
         self.channel_ids = (tok.ids.get(chat_format.CHANNEL_OPEN), tok.ids.get(chat_format.CHANNEL_CLOSE))
@@ -197,10 +200,12 @@ class Model:
                  truncate: bool = False) -> Iterator[str]:
         """Stream the continuation of `prompt` as text pieces (always whole UTF-8 characters).
 
-        A string prompt is sent as one user turn in the model's chat format, unless raw=True;
+        A string prompt is sent as one user turn in the model's chat format, unless raw=True
+        or the model file carries no chat template (a base model: its text is continued);
         a list of ids is fed as it is. Stops at <eos> or the end of the turn, at any of `stop`, after
         `max_new_tokens`, or when the context is full."""
         if isinstance(prompt, str):
+            raw = raw or not self.has_chat_template
             text = prompt if raw else self.format.render([{"role": "user", "content": prompt}])
             ids = self.tokenizer.encode(text, add_bos=raw and self.tokenizer.add_bos)
         else:

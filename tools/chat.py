@@ -19,6 +19,9 @@ def add_parser(sub) -> None:
 def main(args) -> int:
     model = load_model(args)
     session = model.chat_session(system=args.system, think=args.think, **sampling(args))
+    if not model.has_chat_template:
+        print("note: this model file carries no chat template, so it is probably a base (pretrained) model; "
+              "its replies will read as continuations", file=sys.stderr)
     print(HELP, file=sys.stderr)
     while True:
         try:

@@ -6,7 +6,6 @@ import argparse
 import sys
 import time
 
-from edgert.errors import EdgeRTError
 
 
 def add_model_argument(p: argparse.ArgumentParser) -> None:
@@ -35,12 +34,12 @@ def sampling(args) -> dict:
 
 
 def resolve_model(path: str | None) -> str:
+    """The model file to open: the one given, else the embedded default (edgert[demo])."""
     if path:
         return path
-    raise EdgeRTError(
-        "no model given and no default model is installed yet. Convert a Gemma 4 checkpoint with "
-        "`edgert convert HF_DIR -o model.gguf` and pass model.gguf"
-    )
+    from edgert.demo import demo_model
+
+    return str(demo_model(lambda msg: print(msg, file=sys.stderr)))
 
 
 def load_model(args):

@@ -10,7 +10,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("run", help="answer one prompt, streaming")
     add_model_argument(p)
     p.add_argument("-p", "--prompt", required=True)
-    p.add_argument("--raw", action="store_true", help="send the prompt as it is, without the chat format")
+    p.add_argument("--raw", action="store_true",
+                   help="send the prompt as it is, without the chat format (always so for a base model)")
     add_sampling_arguments(p)
     p.set_defaults(func=main)
 
