@@ -6,10 +6,11 @@ start, compile included), then warm; speed figures come from the warm run.
 llama.cpp runs through llama-cpp-python (`pip install llama-cpp-python`); when
 it is missing the bench says so and reports edgert alone.
 
-The models are synthetic (tools.synth): the published E2B/E4B shapes with random
-weights, since no Gemma 4 weights can be downloaded here. Absolute times on a
-shared machine are noisy; the ratios beside llama.cpp, measured in the same run,
-are the figures to quote.
+The Gemma 4 models are synthetic (tools.synth): the published E2B/E4B shapes with
+random weights, since no Gemma 4 weights can be downloaded here. `gemma3-270m` is
+the embedded default model, real weights in llama.cpp's own Q4_K_M file. Absolute
+times on a shared machine are noisy; the ratios beside llama.cpp, measured in the
+same run, are the figures to quote.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ FIRST = "FIRST-TOKEN"  # printed by a worker when its first token is out
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="measure speed and memory beside llama.cpp")
     p.add_argument("--model", default="e2b",
-                   help="e2b, e4b (synthetic full-size models, made on first use), a comma list, or a GGUF path")
+                   help="e2b, e4b (synthetic full-size models, made on first use), gemma3-270m (the default "
+                        "model, real weights), a GGUF path, or a comma list of these")
     p.add_argument("--type", default="q4_0", choices=("q4_0", "q8_0", "f16"), help="weights of a synthetic model")
     p.add_argument("--threads", type=int, default=None, help="threads for both engines (default: physical cores)")
     p.add_argument("--prompt", type=int, default=512, help="prompt tokens for prefill (default 512)")
@@ -216,15 +218,25 @@ def decode_bytes(path: Path) -> int:
     from edgert.loader import open_model
 
     f = open_model(path)
-    skip = {"token_embd.weight", "per_layer_token_embd.weight"}
+    skip = {"token_embd.weight", "per_layer_token_embd.weight", "output.weight"}
     total = sum(t.nbytes for name, t in f.tensors.items() if len(t.shape) == 2 and name not in skip)
-    return total + f.tensors["token_embd.weight"].nbytes  # the LM head reads the whole table
+    head = f.tensors.get("output.weight", f.tensors["token_embd.weight"])  # the LM head reads the whole table
+    return total + head.nbytes
+
+
+def has_ple(path: Path) -> bool:
+    from edgert.gguf_file import GGUFFile
+
+    return "per_layer_token_embd.weight" in GGUFFile(path).tensors
 
 
 def _model_file(spec: str, qtype: str, models_dir: Path) -> Path:
+    from edgert import demo
     from tools.common import ProgressBar
     from tools.synth import KINDS, write_synthetic
 
+    if spec == demo.NAME:
+        return demo.demo_model(lambda msg: print(msg, file=sys.stderr))
     if spec not in KINDS:
         return Path(spec)
     path = models_dir / f"gemma4-{spec}-synthetic-{qtype}.gguf"
@@ -285,7 +297,7 @@ def measure(spec: str, args, threads: int, bandwidth: float, log) -> dict:
         log(f"{spec}: llama.cpp ...")
         llama = _run_worker("llama", path, args, threads)
     ple = {}
-    if not args.no_ple:
+    if not args.no_ple and has_ple(path):
         for prefetch in (0, 1):
             log(f"{spec}: PLE table from a cold page cache, prefetch {'on' if prefetch else 'off'} ...")
             ple[prefetch] = _run_worker("ple", path, args, threads, extra=("--prefetch", str(prefetch)))
@@ -357,7 +369,9 @@ def report(results: list[dict], meta: dict) -> str:
         "# Benchmarks",
         "",
         "Written by `edgert bench` (tools/bench.py); rerun it to refresh. Synthetic models: the published",
-        "Gemma 4 shapes with random weights (tools/synth.py), the same file for both engines.",
+        "Gemma 4 shapes with random weights (tools/synth.py). gemma3-270m: the embedded default model, real",
+        "weights in llama.cpp's own Q4_K_M file. Each engine reads the same file, prompt (random token ids)",
+        "and thread count.",
         "Absolute times on a shared machine are noisy: quote the ratios, measured in the same run.",
         "",
         f"- date: {meta['date']}",
