@@ -1,6 +1,7 @@
 """A weight as it lies in the file, and the reference matrix product over it."""
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -24,6 +25,16 @@ class QTensor:
     def nbytes(self) -> int:
         return int(self.raw.nbytes)
 
+    @cached_property
+    def kernel_args(self) -> tuple:
+        """What `matmul` hands the kernels, made once: (float?, format id, values per block, data)."""
+        raw = np.ascontiguousarray(self.raw)
+        rows, cols = self.shape
+        if self.qtype in _FLOAT_KERNEL:
+            bits = raw.view(np.uint32 if self.qtype == QType.F32 else np.uint16).reshape(rows, cols)
+            return True, _FLOAT_KERNEL[self.qtype], 0, bits
+        return False, _BLOCK_KERNEL[self.qtype], BLOCKS[self.qtype].values, raw.view(np.uint8).reshape(rows, -1)
+
     def rows(self, index) -> np.ndarray:
         """Rows `index` (ints or an int array) as float32: (len(index), cols)."""
         return dequantize(self.raw[index], self.qtype, self.shape[-1])
@@ -36,17 +47,14 @@ class QTensor:
 def matmul(x: np.ndarray, w: QTensor) -> np.ndarray:
     """x (n, cols) @ w.T -> (n, rows) float32, through the Numba kernels, reading w in place."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    rows, cols = w.shape
-    if x.ndim != 2 or x.shape[1] != cols:
+    if x.ndim != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"matmul: activations {x.shape} do not fit a weight of {w.shape}")
-    out = np.empty((x.shape[0], rows), dtype=np.float32)
-    raw = np.ascontiguousarray(w.raw)
-    if w.qtype in _FLOAT_KERNEL:
-        bits = raw.view(np.uint32 if w.qtype == QType.F32 else np.uint16).reshape(rows, cols)
-        kernels.gemm_float(_FLOAT_KERNEL[w.qtype], bits, x, out)
-        return out
-    kernels.matmul_blocks(_BLOCK_KERNEL[w.qtype], BLOCKS[w.qtype].values, raw.view(np.uint8).reshape(rows, -1),
-                          x, out)
+    out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
+    is_float, fmt, values_per_block, data = w.kernel_args
+    if is_float:
+        kernels.gemm_float(fmt, data, x, out)
+    else:
+        kernels.matmul_blocks(fmt, values_per_block, data, x, out)
     return out
 
 
