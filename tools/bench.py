@@ -63,9 +63,32 @@ def _memory() -> dict:
             "file_mb": fields.get("RssFile", 0) + fields.get("RssShmem", 0)}
 
 
-def _prompts(n_vocab: int, n: int) -> tuple[list[int], list[int]]:
-    rng = np.random.default_rng(1234)
-    return [2] + rng.integers(1000, n_vocab, 31).tolist(), [2] + rng.integers(1000, n_vocab, n - 1).tolist()
+PASSAGE = (
+    "The lighthouse keeper climbed the spiral stairs at dusk, as he had done every evening for thirty "
+    "years. From the gallery he could see the fishing boats turning for home, their wakes drawing pale "
+    "lines across the darkening water. He trimmed the wick, wound the clockwork that turned the lens, "
+    "and wrote the time, the wind and the state of the sea in the logbook. Then he sat by the window "
+    "with a cup of tea and watched the beam sweep the rocks below, counting the seconds between flashes "
+    "the way his father had taught him. "
+)
+
+
+def write_prompts(path: Path, n: int, out: Path) -> None:
+    """The prompts both engines read (ids, so that they read the same ones): <bos> and the
+    passage, repeated, cut to n tokens; and its first 32 tokens for the start-up figure."""
+    from edgert.loader import open_model
+    from edgert.tokenizer import Tokenizer
+
+    tok = Tokenizer(open_model(path).tokenizer)
+    ids = [tok.bos]
+    while len(ids) < n:
+        ids += tok.encode(PASSAGE, parse_special=False)
+    out.write_text(json.dumps({"short": ids[:32], "prompt": ids[:n]}))
+
+
+def _prompts(args) -> tuple[list[int], list[int]]:
+    p = json.loads(Path(args.prompts).read_text())
+    return p["short"], p["prompt"]
 
 
 def _worker_edgert(args) -> dict:
@@ -75,7 +98,7 @@ def _worker_edgert(args) -> dict:
 
     model = edgert.load(args.file, n_ctx=args.ctx, threads=args.threads)
     load_s = time.perf_counter() - t0
-    short, prompt = _prompts(model.config.n_vocab, args.prompt)
+    short, prompt = _prompts(args)
     state = model.new_state()
     int(np.argmax(model.prefill(state, short)))
     print(FIRST, flush=True)
@@ -103,7 +126,7 @@ def _worker_llama(args) -> dict:
     llm = llama_cpp.Llama(model_path=args.file, n_ctx=args.ctx, n_batch=512, n_ubatch=512, n_threads=args.threads,
                           n_threads_batch=args.threads, logits_all=False, verbose=False)
     load_s = time.perf_counter() - t0
-    short, prompt = _prompts(llm.n_vocab(), args.prompt)
+    short, prompt = _prompts(args)
 
     def last_logits():
         return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
@@ -165,7 +188,7 @@ def worker(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("engine", choices=("edgert", "llama", "ple"))
     p.add_argument("--prefetch", type=int, default=1)
-    for name in ("file",):
+    for name in ("file", "prompts"):
         p.add_argument("--" + name, required=True)
     for name in ("threads", "prompt", "gen", "ctx"):
         p.add_argument("--" + name, type=int, required=True)
@@ -176,9 +199,11 @@ def worker(argv: list[str]) -> None:
 
 # --- the parent -----------------------------------------------------------------------------------
 
-def _run_worker(engine: str, file: Path, args, threads: int, env: dict | None = None, extra=()) -> dict:
-    cmd = [sys.executable, "-m", "tools.bench", "--worker", engine, "--file", str(file), "--threads", str(threads),
-           "--prompt", str(args.prompt), "--gen", str(args.gen), "--ctx", str(args.ctx), *extra]
+def _run_worker(engine: str, file: Path, prompts: Path, args, threads: int, env: dict | None = None,
+                extra=()) -> dict:
+    cmd = [sys.executable, "-m", "tools.bench", "--worker", engine, "--file", str(file), "--prompts", str(prompts),
+           "--threads", str(threads), "--prompt", str(args.prompt), "--gen", str(args.gen), "--ctx", str(args.ctx),
+           *extra]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
@@ -286,21 +311,23 @@ def _agreement(a: list[int], b: list[int]) -> int:
 def measure(spec: str, args, threads: int, bandwidth: float, log) -> dict:
     path = _model_file(spec, args.type, Path(args.models_dir or Path.home() / ".cache" / "edgert" / "bench"))
     per_token = decode_bytes(path)
-    with tempfile.TemporaryDirectory(prefix="edgert-cold-jit-") as cold:
+    with tempfile.TemporaryDirectory(prefix="edgert-bench-") as tmp:
+        prompts, cold = Path(tmp) / "prompts.json", Path(tmp) / "numba"
+        write_prompts(path, args.prompt, prompts)
         log(f"{spec}: edgert, first start (empty kernel cache) ...")
-        cold_run = _run_worker("edgert", path, args, threads, env={"NUMBA_CACHE_DIR": cold})
+        cold_run = _run_worker("edgert", path, prompts, args, threads, env={"NUMBA_CACHE_DIR": str(cold)})
         log(f"{spec}: edgert, warm start ...")
-        warm = _run_worker("edgert", path, args, threads, env={"NUMBA_CACHE_DIR": cold})
-    warm["compile_s"] = cold_run["process_to_first_token_s"] - warm["process_to_first_token_s"]
-    llama = None
-    if not args.no_llama and _llama_available():
-        log(f"{spec}: llama.cpp ...")
-        llama = _run_worker("llama", path, args, threads)
-    ple = {}
-    if not args.no_ple and has_ple(path):
-        for prefetch in (0, 1):
-            log(f"{spec}: PLE table from a cold page cache, prefetch {'on' if prefetch else 'off'} ...")
-            ple[prefetch] = _run_worker("ple", path, args, threads, extra=("--prefetch", str(prefetch)))
+        warm = _run_worker("edgert", path, prompts, args, threads, env={"NUMBA_CACHE_DIR": str(cold)})
+        warm["compile_s"] = cold_run["process_to_first_token_s"] - warm["process_to_first_token_s"]
+        llama = None
+        if not args.no_llama and _llama_available():
+            log(f"{spec}: llama.cpp ...")
+            llama = _run_worker("llama", path, prompts, args, threads)
+        ple = {}
+        if not args.no_ple and has_ple(path):
+            for prefetch in (0, 1):
+                log(f"{spec}: PLE table from a cold page cache, prefetch {'on' if prefetch else 'off'} ...")
+                ple[prefetch] = _run_worker("ple", path, prompts, args, threads, extra=("--prefetch", str(prefetch)))
     return dict(model=spec, file=str(path), file_mb=path.stat().st_size / 2**20, bytes_per_token=per_token,
                 limit_tps=bandwidth * 1e9 / per_token, edgert=warm, llama=llama, ple=ple)
 
@@ -370,8 +397,8 @@ def report(results: list[dict], meta: dict) -> str:
         "",
         "Written by `edgert bench` (tools/bench.py); rerun it to refresh. Synthetic models: the published",
         "Gemma 4 shapes with random weights (tools/synth.py). gemma3-270m: the embedded default model, real",
-        "weights in llama.cpp's own Q4_K_M file. Each engine reads the same file, prompt (random token ids)",
-        "and thread count.",
+        "weights in llama.cpp's own Q4_K_M file. Each engine reads the same file, prompt (a passage of",
+        "English, repeated, as token ids) and thread count.",
         "Absolute times on a shared machine are noisy: quote the ratios, measured in the same run.",
         "",
         f"- date: {meta['date']}",
