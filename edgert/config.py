@@ -13,12 +13,22 @@ Those differences are facts in the config; the forward pass has no Gemma 3 branc
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgert.errors import ArchitectureError
 
 ARCH = "gemma4"  # what `edgert convert` writes
 ARCHS = ("gemma4", "gemma3")  # what the loader runs
+PUBLISHED = ("e2b", "e4b")  # the published configs shipped in edgert/data
+
+
+def published(kind: str) -> dict:
+    """The published Gemma 4 config.json of 'e2b' or 'e4b' (copied from the model cards)."""
+    if kind not in PUBLISHED:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(PUBLISHED)}")
+    return json.loads((Path(__file__).resolve().parent / "data" / f"gemma4-{kind}.config.json").read_text())
 
 
 @dataclass(frozen=True)

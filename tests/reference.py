@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.synth import published  # noqa: F401  (the published E2B/E4B configs, shared with the bench)
+from edgert.config import published  # noqa: F401  (the published E2B/E4B configs)
 
 # Gemma's id layout for the ids that matter: 0 pad, 1 eos, 2 bos, 3 unk, 105 <|turn>, 106 <turn|>.
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]

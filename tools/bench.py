@@ -257,12 +257,13 @@ def has_ple(path: Path) -> bool:
 
 def _model_file(spec: str, qtype: str, models_dir: Path) -> Path:
     from edgert import demo
+    from edgert.config import PUBLISHED
     from tools.common import ProgressBar
-    from tools.synth import KINDS, write_synthetic
+    from tools.synth import write_synthetic
 
     if spec == demo.NAME:
         return demo.demo_model(lambda msg: print(msg, file=sys.stderr))
-    if spec not in KINDS:
+    if spec not in PUBLISHED:
         return Path(spec)
     path = models_dir / f"gemma4-{spec}-synthetic-{qtype}.gguf"
     if not path.exists():

@@ -14,26 +14,16 @@ through all layers; norms and layer scalars are 1.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from edgert.config import config_from_hf, rope_freqs_factors, tensor_manifest
+from edgert.config import config_from_hf, published, rope_freqs_factors, tensor_manifest
 from edgert.convert import Progress, write_gguf
 from edgert.tokenizer import BYTE, CONTROL, NORMAL, UNUSED, TokenizerData
 from quant import BLOCKS, QType, row_bytes
 
-DATA = Path(__file__).resolve().parent / "data"
-KINDS = ("e2b", "e4b")
 TYPES = {"q4_0": QType.Q4_0, "q8_0": QType.Q8_0, "f16": QType.F16}
-
-
-def published(kind: str) -> dict:
-    """The published Gemma 4 config.json of 'e2b' or 'e4b' (copied from the model cards)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(KINDS)}")
-    return json.loads((DATA / f"gemma4-{kind}.config.json").read_text())
 
 
 def synthetic_vocab(n_vocab: int) -> TokenizerData:
