@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from edgert.errors import EdgeRTError
-from tools import bench, chat, convert, run
+from tools import bench, chat, convert, profile, run
 
-COMMANDS = (convert, run, chat, bench)
+COMMANDS = (convert, run, chat, bench, profile)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,6 @@ import sys
 import time
 
 
-
 def add_model_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="a GGUF model file (default: the embedded default model)")
     p.add_argument("--ctx", type=int, default=4096, help="context length (default 4096)")
