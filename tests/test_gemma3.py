@@ -195,6 +195,15 @@ def test_exact_arithmetic_matches_transformers_past_the_window(model, monkeypatc
     assert (got.argmax(1) == expected.argmax(1)).all()
 
 
+def test_default_model_is_joined_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGERT_CACHE", str(tmp_path))
+    said = []
+    path = demo_model(said.append)
+    assert path.parent == tmp_path / "models" and path.is_file() and len(said) == 1
+    assert not list(path.parent.glob(".*.tmp"))  # joined under a temporary name, then renamed
+    assert demo_model(said.append) == path and len(said) == 1  # the second time: no join
+
+
 def test_demo_model_is_the_default_of_the_cli(capsys):
     from tools.cli import main
 

