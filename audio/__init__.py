@@ -1,3 +1,9 @@
-"""Speech input through Gemma 4's own audio encoder (built in the audio issue):
-WAV and microphone input, resampling to 16 kHz, log-mel features, the conformer
-run by onnxruntime. Knows nothing of sampling or chat."""
+"""Speech input for Gemma 4's own audio encoder. Knows nothing of sampling or chat.
+
+- `wav`: WAV files of any common rate, depth and channel count, or arrays, as 16 kHz
+  mono float32 clips, with clear errors for what cannot be used;
+- `resample`: rational-factor Kaiser-windowed sinc resampling;
+- `features`: log-mel features exactly as transformers' Gemma4AudioFeatureExtractor.
+
+The conformer encoder (run by onnxruntime), streaming and the voice assistant are to come.
+"""

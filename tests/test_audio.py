@@ -1,0 +1,141 @@
+"""Audio in: WAV reading in every common format, resampling, and log-mel features against
+transformers' Gemma4AudioFeatureExtractor on real speech (espeak-ng makes it)."""
+
+from __future__ import annotations
+
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audio.features import log_mel
+from audio.resample import resample
+from audio.wav import RATE, AudioError, load_audio, read_wav
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> Path:
+    """A sentence spoken by espeak-ng: 22050 Hz, 16-bit, mono."""
+    path = tmp_path_factory.mktemp("speech") / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), "The quick brown fox jumps over the lazy dog."], check=True)
+    return path
+
+
+def _sox(src: Path, dst: Path, *options: str) -> Path:
+    subprocess.run(["sox", str(src), *options, str(dst)], check=True)
+    return dst
+
+
+def test_features_equal_transformers_on_speech(speech):
+    from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
+
+    clip = load_audio(speech)
+    assert clip.source_rate == 22050 and abs(clip.seconds - len(read_wav(speech)[0]) / 22050) < 1e-3
+    expected = Gemma4AudioFeatureExtractor()([clip.samples], return_tensors="np")
+    features, mask = log_mel(clip.samples)
+    np.testing.assert_array_equal(mask, expected["input_features_mask"][0])
+    np.testing.assert_allclose(features, expected["input_features"][0], atol=1e-4)
+    assert features[mask].std() > 1.0  # speech, not silence
+
+
+@pytest.mark.parametrize("n", [1, 127, 128, 161, 16000, 16001])
+def test_features_equal_transformers_at_awkward_lengths(n):
+    from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
+
+    x = np.random.default_rng(n).uniform(-0.5, 0.5, n).astype(np.float32)
+    expected = Gemma4AudioFeatureExtractor()([x], return_tensors="np")
+    features, mask = log_mel(x)
+    assert features.shape == expected["input_features"][0].shape
+    np.testing.assert_array_equal(mask, expected["input_features_mask"][0])
+    np.testing.assert_allclose(features, expected["input_features"][0], atol=1e-4)
+
+
+def _tone(freq: float, rate: int, seconds: float = 1.0, amplitude: float = 0.5) -> np.ndarray:
+    return amplitude * np.sin(2 * np.pi * freq * np.arange(int(rate * seconds)) / rate)
+
+
+@pytest.mark.parametrize("src", [8000, 22050, 44100, 48000])
+def test_resampling_keeps_a_tone_and_its_level(src):
+    y = resample(_tone(1000.0, src), src, RATE)
+    assert len(y) == -(-src // src * RATE)  # ceil(n * dst / src) for one second
+    middle = y[2000:-2000]  # away from the edges, where the filter sees the zero padding
+    spectrum = np.abs(np.fft.rfft(middle * np.hanning(len(middle))))
+    assert abs(np.argmax(spectrum) * RATE / len(middle) - 1000.0) < 2.0
+    assert abs(np.sqrt(2) * middle.std() - 0.5) < 0.5 * 0.005  # level within 0.5%
+
+
+def test_resampling_removes_what_16_khz_cannot_hold():
+    y = resample(_tone(12000.0, 44100), 44100, RATE)  # would alias to 4 kHz
+    assert 20 * np.log10(y[2000:-2000].std() / (0.5 / np.sqrt(2))) < -60
+    np.testing.assert_allclose(resample(np.ones(44100), 44100, RATE)[100:-100], 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [["-b", "8"], ["-b", "24"], ["-b", "32"], ["-e", "floating-point", "-b", "32"],
+                                     ["-e", "floating-point", "-b", "64"], ["-c", "2"], ["-r", "48000"]],
+                         ids=["8-bit", "24-bit", "32-bit", "float32", "float64", "stereo", "48k"])
+def test_every_common_wav_format_reads_the_same(speech, tmp_path, options):
+    reference = load_audio(speech).samples
+    other = load_audio(_sox(speech, tmp_path / "other.wav", *options))
+    n = min(len(reference), len(other.samples))
+    error = np.abs(other.samples[:n] - reference[:n]).max()
+    assert error < (0.02 if "8" in options else 0.002), error
+
+
+def test_8_khz_audio_is_upsampled(speech, tmp_path):
+    clip = load_audio(_sox(speech, tmp_path / "8k.wav", "-r", "8000"))
+    assert clip.source_rate == 8000 and abs(clip.seconds - load_audio(speech).seconds) < 0.01
+
+
+def test_arrays_in_and_stereo_mixed_down():
+    x = np.stack([_tone(440, RATE), -_tone(440, RATE) * 0.5], axis=1).astype(np.float32)
+    clip = load_audio(x, rate=RATE)
+    np.testing.assert_allclose(clip.samples, (x[:, 0] + x[:, 1]) / 2, atol=1e-6)
+    assert load_audio((x[:, 0] * 32767).astype(np.int16), rate=RATE).samples.max() == pytest.approx(0.5, abs=1e-3)
+
+
+def test_truncated_wav_keeps_what_it_has(speech, tmp_path):
+    data = speech.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[:len(data) // 2 + 1])  # an odd byte count: half a sample at the end
+    assert 0.4 < load_audio(cut).seconds / load_audio(speech).seconds < 0.6
+
+
+def test_clipped_audio_warns_and_loud_float_audio_is_scaled(tmp_path):
+    x = np.clip(_tone(300, RATE, amplitude=3.0), -1, 1)
+    with pytest.warns(UserWarning, match="clipped"):
+        clip = load_audio(x, rate=RATE)
+    assert clip.clipped > 0.01
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert np.abs(load_audio(_tone(300, RATE, amplitude=4.0), rate=RATE).samples).max() <= 1.0
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x80\x3e\x00\x00"
+                             b"\x00\x7d\x00\x00\x02\x00\x10\x00data\x00\x00\x00\x00"), "no samples"),
+    (lambda p: p.write_bytes(b"ID3 this is an mp3"), "not a WAV file"),
+    (lambda p: p.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x02\x00\x01\x00\x80\x3e\x00\x00"
+                             b"\x00\x7d\x00\x00\x02\x00\x04\x00data\x02\x00\x00\x00\x00\x00"), "does not read"),
+    (lambda p: None, "cannot read"),
+])
+def test_bad_files_get_clear_errors(tmp_path, make, message):
+    path = tmp_path / "bad.wav"
+    make(path)
+    with pytest.raises(AudioError, match=message):
+        load_audio(path)
+
+
+def test_bad_arrays_get_clear_errors():
+    with pytest.raises(AudioError, match="sample rate"):
+        load_audio(np.zeros(100))
+    with pytest.raises(AudioError, match="NaN"):
+        load_audio(np.full(100, np.nan), rate=RATE)
+    with pytest.raises(AudioError, match="no samples"):
+        load_audio(np.zeros(0), rate=RATE)
+
+
+def test_silence_is_valid_audio():
+    features, mask = log_mel(load_audio(np.zeros(RATE), rate=RATE).samples)
+    assert mask.sum() == 99 and np.allclose(features[mask], np.log(1e-3))
