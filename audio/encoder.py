@@ -1,0 +1,254 @@
+"""Gemma 4's audio encoder (transformers' Gemma4AudioModel) and its projection into the
+text model (embed_audio), as an ONNX graph built from the weights with the `onnx`
+package and run by onnxruntime: no torch at run time.
+
+    features (frames, 128) --subsample: two 3x3 stride-2 convolutions--> (T, hidden)
+    x 12 conformer layers:
+        x = x + ffw(x) / 2                        (RMSNorm, 4x SiLU MLP, RMSNorm)
+        x = x + norm(attention(norm(x)))          (local: itself and 11 frames back, relative
+                                                   positions, logits soft-capped at 50)
+        x = x + light_conv(x)                     (GLU, causal depthwise conv of 5, SiLU)
+        x = norm(x + ffw(x) / 2)
+    soft tokens = output_proj(x); embeddings = W(rms_norm(soft tokens))   (T, text hidden)
+
+The attention is written per frame rather than per block of 12 as in transformers: frame t
+gathers the `window` keys t-window+1 .. t (transformers' mask keeps distances below
+attention_context_left - 1), whose validity (start of clip, padding) the caller's index and
+mask inputs carry. Linear layers clamp their inputs and outputs to the ranges the checkpoint
+stores ("clipped linears").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+OPSET = 18
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    hidden: int
+    layers: int
+    heads: int
+    channels: tuple[int, int]
+    kernel: int
+    window: int  # keys each frame attends to, itself included (attention_context_left - 1)
+    logit_cap: float
+    invalid_logit: float
+    residual_weight: float
+    clipping: float
+    eps: float
+    out_dims: int
+    text_hidden: int
+
+    @staticmethod
+    def from_hf(audio: dict, text_hidden: int) -> "AudioConfig":
+        if audio.get("attention_context_right", 0):
+            raise ValueError("an audio encoder that looks ahead is not supported")
+        return AudioConfig(
+            hidden=int(audio["hidden_size"]), layers=int(audio["num_hidden_layers"]),
+            heads=int(audio["num_attention_heads"]), channels=tuple(audio.get("subsampling_conv_channels", (128, 32))),
+            kernel=int(audio.get("conv_kernel_size", 5)), window=int(audio.get("attention_context_left", 13)) - 1,
+            logit_cap=float(audio.get("attention_logit_cap", 50.0)),
+            invalid_logit=float(audio.get("attention_invalid_logits_value", -1e9)),
+            residual_weight=float(audio.get("residual_weight", 0.5)),
+            clipping=float(audio.get("gradient_clipping", 1e10)), eps=float(audio.get("rms_norm_eps", 1e-6)),
+            out_dims=int(audio.get("output_proj_dims", audio["hidden_size"])), text_hidden=text_hidden)
+
+
+class _Graph:
+    """Nodes and initializers, with fresh names."""
+
+    def __init__(self):
+        self.nodes, self.inits, self._n = [], [], 0
+
+    def const(self, value, dtype=np.float32) -> str:
+        from onnx import numpy_helper
+
+        self._n += 1
+        name = f"c{self._n}"
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs):
+        from onnx import helper
+
+        names = [f"t{self._n + i + 1}" for i in range(outputs)]
+        self._n += outputs
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
+        return names[0] if outputs == 1 else names
+
+
+def _rms_norm(g: _Graph, x: str, weight, eps: float) -> str:
+    mean = g.op("ReduceMean", g.op("Mul", x, x), g.const([-1], np.int64), keepdims=1)
+    y = g.op("Mul", x, g.op("Pow", g.op("Add", mean, g.const(eps)), g.const(-0.5)))
+    return g.op("Mul", y, g.const(weight)) if weight is not None else y
+
+
+def _linear(g: _Graph, x: str, w: dict, name: str) -> str:
+    """A (clipped) linear layer: name.linear.weight, or name.weight; optional bias and bounds."""
+    weight = w.get(f"{name}.linear.weight", w.get(f"{name}.weight"))
+    bounds = [w.get(f"{name}.{b}") for b in ("input_min", "input_max", "output_min", "output_max")]
+    if bounds[0] is not None:
+        x = g.op("Clip", x, g.const(bounds[0]), g.const(bounds[1]))
+    y = g.op("MatMul", x, g.const(np.ascontiguousarray(weight.T)))
+    if f"{name}.bias" in w:
+        y = g.op("Add", y, g.const(w[f"{name}.bias"]))
+    if bounds[2] is not None:
+        y = g.op("Clip", y, g.const(bounds[2]), g.const(bounds[3]))
+    return y
+
+
+def _silu(g: _Graph, x: str) -> str:
+    return g.op("Mul", x, g.op("Sigmoid", x))
+
+
+def _clamp(g: _Graph, x: str, c: AudioConfig) -> str:
+    return g.op("Clip", x, g.const(-c.clipping), g.const(c.clipping))
+
+
+def _feed_forward(g: _Graph, x: str, w: dict, p: str, c: AudioConfig) -> str:
+    h = _rms_norm(g, _clamp(g, x, c), w[f"{p}.pre_layer_norm.weight"], c.eps)
+    h = _linear(g, _silu(g, _linear(g, h, w, f"{p}.ffw_layer_1")), w, f"{p}.ffw_layer_2")
+    h = _rms_norm(g, _clamp(g, h, c), w[f"{p}.post_layer_norm.weight"], c.eps)
+    return g.op("Add", g.op("Mul", h, g.const(c.residual_weight)), x)
+
+
+def relative_keys(w: dict, p: str, c: AudioConfig) -> np.ndarray:
+    """(window, heads, head_dim): relative_k_proj of the sinusoidal embedding of the distance
+    window - 1 - j of context slot j (transformers' Gemma4AudioRelPositionalEncoding)."""
+    n = c.hidden // 2
+    inv = np.exp(np.arange(n) * -(math.log(10000.0) / max(n - 1, 1)))
+    distance = np.arange(c.window - 1, -1, -1)[:, None] * inv[None, :]
+    embedding = np.concatenate([np.sin(distance), np.cos(distance)], axis=-1).astype(np.float32)
+    keys = embedding @ w[f"{p}.relative_k_proj.weight"].T
+    return keys.reshape(c.window, c.heads, c.hidden // c.heads).astype(np.float32)
+
+
+def _attention(g: _Graph, x: str, w: dict, p: str, c: AudioConfig, key_index: str, key_valid: str) -> str:
+    d = c.hidden // c.heads
+    shape = g.const([-1, c.heads, d], np.int64)
+    per_dim = np.log1p(np.exp(w[f"{p}.per_dim_scale"].astype(np.float64)))  # softplus
+    q = g.op("Mul", g.op("Reshape", _linear(g, x, w, f"{p}.q_proj"), shape),
+             g.const(per_dim * d ** -0.5 / math.log(2)))
+    k_scale = g.const(math.log(1 + math.e) / math.log(2))
+    k = g.op("Mul", g.op("Reshape", _linear(g, x, w, f"{p}.k_proj"), shape), k_scale)
+    v = g.op("Reshape", _linear(g, x, w, f"{p}.v_proj"), shape)
+    front = g.const([c.window - 1, 0, 0, 0, 0, 0], np.int64)  # zero frames before the first
+    k_ctx = g.op("Gather", g.op("Pad", k, front), key_index, axis=0)  # (T, window, heads, d)
+    v_ctx = g.op("Gather", g.op("Pad", v, front), key_index, axis=0)
+    logits = g.op("Add", g.op("Einsum", q, k_ctx, equation="thd,tjhd->thj"),
+                  g.op("Einsum", q, g.const(relative_keys(w, p, c)), equation="thd,jhd->thj"))
+    cap = g.const(c.logit_cap)
+    logits = g.op("Mul", g.op("Tanh", g.op("Div", logits, cap)), cap)
+    logits = g.op("Where", key_valid, logits, g.const(c.invalid_logit))  # key_valid: (T, 1, window)
+    out = g.op("Einsum", g.op("Softmax", logits, axis=-1), v_ctx, equation="thj,tjhd->thd")
+    return _linear(g, g.op("Reshape", out, g.const([-1, c.hidden], np.int64)), w, f"{p}.post")
+
+
+def _light_conv(g: _Graph, x: str, w: dict, p: str, c: AudioConfig) -> str:
+    h = _linear(g, _rms_norm(g, x, w[f"{p}.pre_layer_norm.weight"], c.eps), w, f"{p}.linear_start")
+    a, b = g.op("Split", h, g.const([c.hidden, c.hidden], np.int64), axis=-1, outputs=2)
+    h = g.op("Mul", a, g.op("Sigmoid", b))  # GLU
+    h = g.op("Unsqueeze", g.op("Transpose", h, perm=[1, 0]), g.const([0], np.int64))  # (1, hidden, T)
+    h = g.op("Pad", h, g.const([0, 0, c.kernel - 1, 0, 0, 0], np.int64))  # causal: all padding in front
+    h = g.op("Conv", h, g.const(w[f"{p}.depthwise_conv1d.weight"]), group=c.hidden)
+    h = g.op("Transpose", g.op("Squeeze", h, g.const([0], np.int64)), perm=[1, 0])
+    h = _rms_norm(g, _clamp(g, h, c), w[f"{p}.conv_norm.weight"], c.eps)
+    return g.op("Add", _linear(g, _silu(g, h), w, f"{p}.linear_end"), x)
+
+
+def _subsample(g: _Graph, features: str, mask0: str, mask1: str, w: dict, c: AudioConfig) -> str:
+    """(F, 128) features, masks of F and ceil(F/2) frames -> (T, hidden)."""
+    x = g.op("Unsqueeze", g.op("Mul", features, mask0), g.const([0, 1], np.int64))  # (1, 1, F, 128)
+    for i, mask in enumerate((None, mask1)):
+        p = f"subsample_conv_projection.layer{i}"
+        if mask is not None:
+            x = g.op("Mul", x, mask)  # mask1: (1, 1, F/2, 1)
+        x = g.op("Conv", x, g.const(w[f"{p}.conv.weight"]), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+        x = g.op("Transpose", x, perm=[0, 2, 3, 1])  # channels last for the norm
+        x = g.op("LayerNormalization", x, g.const(w[f"{p}.norm.weight"]), axis=-1, epsilon=c.eps)
+        x = g.op("Transpose", g.op("Relu", x), perm=[0, 3, 1, 2])
+    x = g.op("Transpose", x, perm=[0, 2, 3, 1])  # (1, T, freq, channels)
+    x = g.op("Reshape", x, g.const([-1, (128 // 4) * c.channels[1]], np.int64))
+    return _linear(g, x, w, "subsample_conv_projection.input_proj_linear")
+
+
+def build(weights: dict[str, np.ndarray], c: AudioConfig, embed: dict[str, np.ndarray] | None = None):
+    """The ONNX model. weights: Gemma4AudioModel's state dict (numpy, float32); embed: the
+    embed_audio projection's (embedding_projection.weight), or None to output soft tokens.
+    Inputs: features (F, 128), mask0 (F, 1), mask1 (1, 1, ceil(F/2), 1) float, key_index
+    (T, window) int64, key_valid (T, 1, window) bool. Output: (T, out_dims or text hidden)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+    g = _Graph()
+    x = _subsample(g, "features", "mask0", "mask1", w, c)
+    for i in range(c.layers):
+        p = f"layers.{i}"
+        x = _feed_forward(g, x, w, f"{p}.feed_forward1", c)
+        h = _rms_norm(g, _clamp(g, x, c), w[f"{p}.norm_pre_attn.weight"], c.eps)
+        h = _attention(g, h, w, f"{p}.self_attn", c, "key_index", "key_valid")
+        x = g.op("Add", _rms_norm(g, _clamp(g, h, c), w[f"{p}.norm_post_attn.weight"], c.eps), x)
+        x = _light_conv(g, x, w, f"{p}.lconv1d", c)
+        x = _feed_forward(g, x, w, f"{p}.feed_forward2", c)
+        x = _rms_norm(g, _clamp(g, x, c), w[f"{p}.norm_out.weight"], c.eps)
+    x = _linear(g, x, w, "output_proj")
+    if embed is not None:  # Gemma4MultimodalEmbedder: a norm without weight, then the projection
+        x = g.op("MatMul", _rms_norm(g, x, None, c.eps), g.const(np.ascontiguousarray(
+            np.asarray(embed["embedding_projection.weight"], dtype=np.float32).T)))
+    g.nodes.append(helper.make_node("Identity", [x], ["output"]))
+    f32 = TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info("features", f32, ["F", 128]),
+              helper.make_tensor_value_info("mask0", f32, ["F", 1]),
+              helper.make_tensor_value_info("mask1", f32, [1, 1, "F2", 1]),
+              helper.make_tensor_value_info("key_index", TensorProto.INT64, ["T", c.window]),
+              helper.make_tensor_value_info("key_valid", TensorProto.BOOL, ["T", 1, c.window])]
+    out = helper.make_tensor_value_info("output", f32, ["T", c.text_hidden if embed is not None else c.out_dims])
+    graph = helper.make_graph(g.nodes, "gemma4_audio_encoder", inputs, [out], g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgert")
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+def encoder_inputs(features: np.ndarray, mask: np.ndarray, window: int) -> tuple[dict, np.ndarray]:
+    """The graph's inputs for features (F, 128) with frame mask (F,), and the mask of its T
+    output frames (transformers keeps every second frame's flag, twice)."""
+    f = len(features)
+    mask0 = mask.astype(np.float32)
+    mask1 = mask[::2].astype(np.float32)
+    out_mask = mask[::2][::2]
+    t = len(out_mask)
+    j = np.arange(window)
+    key = np.arange(t)[:, None] - (window - 1) + j[None, :]  # key frame of each context slot
+    valid = (key >= 0) & out_mask[np.clip(key, 0, t - 1)]
+    inputs = {"features": np.ascontiguousarray(features, dtype=np.float32), "mask0": mask0.reshape(f, 1),
+              "mask1": mask1.reshape(1, 1, -1, 1), "key_index": (key + window - 1).astype(np.int64),
+              "key_valid": valid[:, None, :]}
+    return inputs, out_mask
+
+
+class AudioEncoder:
+    """An onnxruntime session over the built graph."""
+
+    def __init__(self, model, config: AudioConfig, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        data = model if isinstance(model, (bytes, str)) else model.SerializeToString()
+        self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        self.config = config
+
+    def __call__(self, features: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """features (F, 128) -> (T, dims) float32 for the T = ceil(ceil(F/2)/2) frames, and their mask."""
+        mask = np.ones(len(features), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        inputs, out_mask = encoder_inputs(features, mask, self.config.window)
+        return self.session.run(["output"], inputs)[0], out_mask
