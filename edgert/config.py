@@ -22,6 +22,8 @@ from edgert.errors import ArchitectureError
 ARCH = "gemma4"  # what `edgert convert` writes
 ARCHS = ("gemma4", "gemma3")  # what the loader runs
 PUBLISHED = ("e2b", "e4b")  # the published configs shipped in edgert/data
+# edgert's own keys for the audio tower (JSON strings): its config, its tensors' shapes, its token ids
+AUDIO_CONFIG, AUDIO_SHAPES, AUDIO_TOKENS = "edgert.audio.config", "edgert.audio.shapes", "edgert.audio.tokens"
 
 
 def published(kind: str) -> dict:

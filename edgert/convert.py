@@ -25,7 +25,8 @@ from typing import Callable
 import gguf
 import numpy as np
 
-from edgert.config import ARCH, ModelConfig, config_from_hf, rope_freqs_factors, tensor_manifest
+from edgert.config import (ARCH, AUDIO_CONFIG, AUDIO_SHAPES, AUDIO_TOKENS, ModelConfig, config_from_hf,
+                           rope_freqs_factors, tensor_manifest)
 from edgert.errors import CheckpointError, UnsupportedTypeError
 from edgert.tokenizer import TokenizerData
 from quant import QType, dequantize, quantize, row_bytes
@@ -221,6 +222,22 @@ class _ChunkedTensor:
         return (self.err2 / self.ref2) ** 0.5 if self.ref2 else 0.0
 
 
+class _FlatTensor:
+    """A tensor of the audio tower, written flat: f16 for matrices (f32 in an f32 file), f32 for
+    the rest."""
+
+    def __init__(self, source: SafeTensor, matrices: QType):
+        self.source = source
+        self.size = int(np.prod(source.shape)) if source.shape else 1
+        self.qtype = matrices if len(source.shape) > 1 else QType.F32
+        self.nbytes = row_bytes(self.qtype, self.size)
+
+    def tofile(self, fout) -> None:
+        x = self.source.array().reshape(1, -1)
+        x = (x.astype(np.uint32) << 16).view(np.float32) if self.source.dtype == "BF16" else x.astype(np.float32)
+        fout.write(quantize(x, self.qtype).tobytes())
+
+
 def convert(
     hf_dir: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -276,6 +293,7 @@ def convert(
     extra = sorted(set(found) - set(manifest))
     if extra:
         raise CheckpointError(f"the checkpoint has tensors this config does not use: {extra[:5]}")
+    audio, audio_meta = _audio_tower(hf_config, sources)
 
     n_vocab = next(shape[0] for name, _, shape, _ in plan if name == "token_embd.weight")
     cfg_out = dataclasses.replace(cfg, n_vocab=n_vocab)  # after trimming rows past the tokenizer
@@ -287,26 +305,58 @@ def convert(
         rows, cols = (shape[0] if len(shape) > 1 else 1), shape[-1]
         chunk = max(1, (64 << 20) // max(1, cols * 4))
         tensors.append((name, shape, t, _ChunkedTensor(st, rows, t, rows * row_bytes(t, cols), chunk)))
+    for name, st in audio:  # flat: the shapes are in the metadata
+        flat = _FlatTensor(st, QType.F32 if TYPES[qtype] == QType.F32 else QType.F16)
+        tensors.append((name, (flat.size,), flat.qtype, flat))
     out = write_gguf(out_path, cfg_out, vocab, tensors, hf_config.get("_name_or_path") or "gemma4",
-                     TYPES[qtype], progress)
+                     TYPES[qtype], progress, audio_meta)
     if errors is not None:
         errors.update({name: p.relative_error for name, _, t, p in tensors
                        if isinstance(p, _ChunkedTensor) and t not in (QType.F32,)})
     return out
 
 
+AUDIO_PREFIXES = {"model.audio_tower.": "audio.", "model.embed_audio.": "audio_embed."}
+
+
+def _audio_tower(hf_config: dict, sources: dict[str, SafeTensor]) -> tuple[list, dict]:
+    """The audio encoder's tensors, renamed audio.* (Gemma4AudioModel) and audio_embed.*
+    (embed_audio), and the metadata that describes them: the audio config, each tensor's
+    shape and the audio token ids."""
+    audio_cfg = hf_config.get("audio_config")
+    if not audio_cfg:
+        return [], {}
+    tensors = []
+    for hf_name, st in sources.items():
+        for prefix, short in AUDIO_PREFIXES.items():
+            if hf_name.startswith(prefix):
+                tensors.append((short + hf_name[len(prefix):], st))
+    if not any(name.startswith("audio_embed.") for name, _ in tensors):
+        raise CheckpointError("config.json has an audio_config but the checkpoint has no audio tower weights")
+    tensors.sort(key=lambda item: item[0])
+    text_hidden = int((hf_config.get("text_config") or {}).get("hidden_size", 0))
+    tokens = {"boa": hf_config.get("boa_token_id"), "eoa": hf_config.get("eoa_token_index",
+                                                                          hf_config.get("eoa_token_id")),
+              "audio": hf_config.get("audio_token_id")}
+    meta = {AUDIO_CONFIG: json.dumps({**audio_cfg, "text_hidden_size": text_hidden}),
+            AUDIO_SHAPES: json.dumps({name: list(st.shape) for name, st in tensors}),
+            AUDIO_TOKENS: json.dumps(tokens)}
+    return tensors, meta
+
+
 def write_gguf(out_path: str | os.PathLike, cfg: ModelConfig, vocab: TokenizerData, tensors, name: str,
-               qtype: QType, progress: Progress | None = None) -> Path:
+               qtype: QType, progress: Progress | None = None, extra: dict[str, str] | None = None) -> Path:
     """Write a gemma4 GGUF with llama.cpp's keys and names; returns its path.
 
     tensors: (gguf name, logical shape, stored QType, payload) in file order; a payload is a
     numpy array or has `nbytes` and `tofile(f)`, writing the stored bytes. The file is written
-    beside `out_path` under a temporary name and renamed when complete."""
+    beside `out_path` under a temporary name and renamed when complete. extra: more string
+    metadata (edgert's own keys, such as the audio tower's)."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     try:
-        _write(tmp, cfg, vocab, tensors, name, qtype, progress)
+        _write(tmp, cfg, vocab, tensors, name, qtype, progress, extra or {})
         os.replace(tmp, out_path)
     finally:
         if tmp.exists():
@@ -315,7 +365,7 @@ def write_gguf(out_path: str | os.PathLike, cfg: ModelConfig, vocab: TokenizerDa
 
 
 def _write(tmp: Path, cfg: ModelConfig, vocab: TokenizerData, tensors, name: str, qtype: QType,
-           progress: Progress | None) -> None:
+           progress: Progress | None, extra: dict[str, str]) -> None:
     w = gguf.GGUFWriter(tmp, ARCH)
     w.add_name(name)
     w.add_file_type({QType.F32: gguf.LlamaFileType.ALL_F32, QType.F16: gguf.LlamaFileType.MOSTLY_F16,
@@ -362,6 +412,8 @@ def _write(tmp: Path, cfg: ModelConfig, vocab: TokenizerData, tensors, name: str
     w.add_add_space_prefix(False)
     if vocab.chat_template:
         w.add_chat_template(vocab.chat_template)
+    for key, value in extra.items():
+        w.add_string(key, value)
 
     payloads = []
     for tensor_name, shape, t, payload in tensors:

@@ -4,6 +4,7 @@ metadata describes."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,11 +12,26 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from edgert.config import ARCHS, ModelConfig, config_from_gguf, tensor_manifest
+from edgert.config import AUDIO_CONFIG, AUDIO_SHAPES, AUDIO_TOKENS, ARCHS, ModelConfig, config_from_gguf, tensor_manifest
 from edgert.gguf_file import GGUFFile, GGUFFormatError, TensorInfo
 from edgert.errors import ArchitectureError, ModelFileError, UnsupportedTypeError
 from edgert.tokenizer import TokenizerData
 from quant import QTensor, QType
+
+
+@dataclass(frozen=True)
+class AudioTower:
+    """Gemma 4's audio encoder as `edgert convert` stores it: flat tensors named audio.* and
+    audio_embed.*, their shapes, the audio config and the audio token ids."""
+
+    config: dict  # the checkpoint's audio_config, plus text_hidden_size
+    tokens: dict  # "boa", "eoa", "audio" -> token id
+    tensors: dict[str, tuple[QTensor, tuple[int, ...]]]
+
+    def weights(self, prefix: str) -> dict[str, np.ndarray]:
+        """The tensors under `prefix` ("audio." or "audio_embed."), float32, in their shapes."""
+        return {name[len(prefix):]: t.dequantize().reshape(shape) for name, (t, shape) in self.tensors.items()
+                if name.startswith(prefix)}
 
 
 @dataclass(frozen=True)
@@ -25,6 +41,7 @@ class ModelFile:
     tensors: dict[str, QTensor]  # views into the mapped file
     tokenizer: TokenizerData
     gguf: GGUFFile  # owns the memory map
+    audio: AudioTower | None = None
 
 
 def open_model(path: str | os.PathLike) -> ModelFile:
@@ -121,7 +138,27 @@ def open_model(path: str | os.PathLike) -> ModelFile:
     )
     if not tok.tokens:
         raise ModelFileError(f"{path} carries no tokenizer; convert it again with `edgert convert`")
-    return ModelFile(path=path, config=cfg, tensors=tensors, tokenizer=tok, gguf=file)
+    return ModelFile(path=path, config=cfg, tensors=tensors, tokenizer=tok, gguf=file, audio=_audio(file, tensor))
+
+
+def _audio(file: GGUFFile, tensor) -> AudioTower | None:
+    meta = file.metadata
+    if AUDIO_CONFIG not in meta:
+        return None
+    try:
+        shapes = json.loads(meta[AUDIO_SHAPES])
+        config, tokens = json.loads(meta[AUDIO_CONFIG]), json.loads(meta[AUDIO_TOKENS])
+    except (KeyError, ValueError) as e:
+        raise ModelFileError(f"{file.path}: the audio tower's metadata is damaged ({e}); convert it again") from None
+    tensors = {}
+    for name, shape in shapes.items():
+        t = tensor(name)
+        qtype = QType(t.ggml_type)
+        raw = file.array(t)
+        if qtype in _FLOAT_DTYPES:
+            raw = raw.view(_FLOAT_DTYPES[qtype])
+        tensors[name] = (QTensor(raw.reshape(-1), qtype, (int(np.prod(shape)) if shape else 1,)), tuple(shape))
+    return AudioTower(config=config, tokens=tokens, tensors=tensors)
 
 
 _FLOAT_DTYPES = {QType.F32: np.float32, QType.F16: np.float16, QType.BF16: np.uint16}
