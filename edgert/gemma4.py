@@ -118,15 +118,20 @@ def per_layer_inputs(cfg: ModelConfig, w: Weights, x: np.ndarray, rows: np.ndarr
 
 
 def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.ndarray, pos: np.ndarray,
-            keep: np.ndarray | None) -> np.ndarray | None:
+            keep: np.ndarray | None, soft: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:
     """One step over `ids` at positions `pos`, writing K/V of the owning layers to `caches`.
 
     keep: indices of the positions whose logits are wanted (None: none). From the first
     KV-shared layer on, only those positions are computed: shared layers write no cache,
-    so the rest of the prompt has no further use there. Returns (len(keep), n_vocab) logits."""
+    so the rest of the prompt has no further use there. Returns (len(keep), n_vocab) logits.
+    soft: (mask (n,), rows (mask.sum(), H)): embeddings that replace those of the masked
+    positions (audio soft tokens; their ids are the pad id, which their PLE rows use), as
+    Gemma4Model.forward merges multimodal features."""
     # PLE rows come off the disk on a background thread; the first layer needs them at its end
     ple_rows = w.ple.fetch(ids) if w.ple is not None else None
     x = embed(cfg, w, ids)  # (n, H)
+    if soft is not None:
+        x[soft[0]] = soft[1]
     x0, ple = x, None  # ple: (n, L, P) per-layer inputs, made when first needed
     views: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # layer -> (k, v, k_pos)
 

@@ -77,6 +77,7 @@ class Model:
         ple_store = self._ple_store(ple, ple_cache_mb, ple_prefetch)
         self.weights = gemma4.load_weights(self.config, file.tensors, ple_store)
         self.format = chat_format.FORMATS[self.config.arch]
+        self._audio_encoder = None
         # a file without a chat template is taken for a base (pretrained) model: `generate`
         # continues its text rather than answering it as a user turn
         self.has_chat_template = self.config.arch == "gemma4" or bool(file.tokenizer.chat_template)
@@ -103,10 +104,18 @@ class Model:
     def new_state(self) -> State:
         return State(make_caches(self.config, self.n_ctx))
 
-    def prefill(self, state: State, ids: Sequence[int], logits: str = "last") -> np.ndarray | None:
+    def prefill(self, state: State, ids: Sequence[int], logits: str = "last",
+                soft: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:
         """Feed `ids` after what `state` holds, in steps of n_batch. logits: "last" -> (n_vocab,),
-        "all" -> (len(ids), n_vocab), "none" -> None."""
+        "all" -> (len(ids), n_vocab), "none" -> None. soft: (mask (len(ids),), rows (mask.sum(), H)),
+        embeddings that take the place of the masked ids (audio soft tokens)."""
         ids = np.asarray(ids, dtype=np.int64)
+        if soft is not None:
+            mask = np.asarray(soft[0], dtype=bool)
+            if len(mask) != len(ids) or mask.sum() != len(soft[1]):
+                raise EdgeRTError(f"{int(mask.sum())} soft-token positions but {len(soft[1])} soft tokens")
+            ids = np.where(mask, self.tokenizer.pad if self.tokenizer.pad is not None else 0, ids)
+            first_row = np.concatenate([[0], np.cumsum(mask)])  # rows before each position
         if state.pos + len(ids) > self.n_ctx:
             raise ContextOverflowError(
                 f"{state.pos + len(ids)} tokens do not fit in the context of {self.n_ctx}; "
@@ -125,9 +134,13 @@ class Model:
             else:
                 keep = None
             pos = np.arange(state.pos, state.pos + len(chunk))
+            chunk_soft = None
+            if soft is not None and mask[start:start + len(chunk)].any():
+                chunk_soft = (mask[start:start + len(chunk)],
+                              np.asarray(soft[1][first_row[start]:first_row[start + len(chunk)]], dtype=np.float32))
             numba.set_num_threads(self.threads)  # a per-thread setting: the caller may be any thread
             try:
-                step = gemma4.forward(self.config, self.weights, state.caches, chunk, pos, keep)
+                step = gemma4.forward(self.config, self.weights, state.caches, chunk, pos, keep, chunk_soft)
             except BaseException:  # Ctrl-C mid-step: undo its partial cache writes
                 for cache in state.caches.values():
                     cache.rollback(state.pos)
@@ -152,17 +165,20 @@ class Model:
     # --- generation -------------------------------------------------------------------------
 
     def generate_ids(self, state: State, prompt: Sequence[int], max_new_tokens: int,
-                     sampler: Callable, stop_ids: set[int]) -> Iterator[int]:
+                     sampler: Callable, stop_ids: set[int], soft: tuple | None = None) -> Iterator[int]:
         """Prefill `prompt` (after any pending ids), then sample until a stop id, the token
         budget or the context runs out. Sampled ids are yielded before they are fed, so a
-        consumer that stops early leaves the last one in `state.pending`."""
+        consumer that stops early leaves the last one in `state.pending`. soft: soft tokens
+        of the prompt, as `prefill` takes them."""
         feed = state.pending + list(prompt)
+        if soft is not None:
+            soft = (np.concatenate([np.zeros(len(state.pending), dtype=bool), soft[0]]), soft[1])
         state.pending = []
         start = state.pos
         try:
-            logits = self.prefill(state, feed)
-        except BaseException:  # interrupted: what was not fed is fed next time
-            state.pending = feed[state.pos - start:]
+            logits = self.prefill(state, feed, soft=soft)
+        except BaseException:  # interrupted: what was not fed is fed next time (soft tokens cannot be)
+            state.pending = feed[state.pos - start:] if soft is None else []
             raise
         history = list(state.tokens)
         for n in range(max_new_tokens):
@@ -219,10 +235,57 @@ class Model:
              truncate: bool = False, **sampling) -> "Reply":
         """Answer `messages` ([{"role", "content"}]); iterate the result for the answer's pieces,
         then read `.text` and `.thought` (the thought channel, never mixed into the answer)."""
+        messages, rows = self._hear(messages)
         ids = self.tokenizer.encode(self.format.render(messages, think=think))
+        soft = None
+        if rows is not None:
+            if truncate:
+                raise EdgeRTError("truncate=True cannot drop part of a prompt that holds audio; shorten it instead")
+            soft = (np.asarray(ids) == self.file.audio.tokens["audio"], rows)
         ids = self._fit(ids, max_new_tokens, truncate)
         sampler = _sampler(sampling)
-        return Reply(self, self.generate_ids(self.new_state(), ids, max_new_tokens, sampler, self.stop_ids))
+        return Reply(self, self.generate_ids(self.new_state(), ids, max_new_tokens, sampler, self.stop_ids, soft))
+
+    # --- audio --------------------------------------------------------------------------------
+
+    @property
+    def audio_encoder(self):
+        """The audio encoder of the model file (an onnxruntime session), built on first use."""
+        if self._audio_encoder is None:
+            from edgert.speech import open_encoder
+
+            self._audio_encoder = open_encoder(self.file, self.threads)
+        return self._audio_encoder
+
+    def hear(self, audio, rate: int | None = None) -> np.ndarray:
+        """Audio (a WAV path, or an array with its rate) -> its soft tokens in the text model's
+        space: (n, H), one per 40 ms, at most 750 (30 s)."""
+        from edgert.speech import soft_tokens
+
+        return soft_tokens(self.audio_encoder, audio, rate)
+
+    def _hear(self, messages: Sequence[dict]) -> tuple[list[dict], np.ndarray | None]:
+        """Messages whose audio parts are replaced by their placeholders (<boa>, one audio token
+        per soft token, <eoa>), and the soft tokens in order (None if there is no audio)."""
+        out, rows = [], []
+        for m in messages:
+            content = m.get("content")
+            if isinstance(content, str) or not any(p.get("type") == "audio" for p in content or []):
+                out.append(m)
+                continue
+            if self.file.audio is None:
+                raise EdgeRTError(f"{self.file.path} has no audio encoder: convert a checkpoint with an audio tower")
+            parts = []
+            for part in content:
+                if part.get("type") != "audio":
+                    parts.append(part)
+                    continue
+                tokens = self.hear(part.get("audio"), part.get("rate"))
+                names = {k: self.tokenizer.tokens[v] for k, v in self.file.audio.tokens.items()}
+                parts.append({"type": "text", "text": names["boa"] + names["audio"] * len(tokens) + names["eoa"]})
+                rows.append(tokens)
+            out.append({**m, "content": parts})
+        return out, (np.concatenate(rows) if rows else None)
 
     def chat_session(self, system: str | None = None, think: bool = False, **sampling) -> "ChatSession":
         """A conversation that keeps its KV cache between turns."""

@@ -162,3 +162,24 @@ def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
             out_ids.append(t)
             out = model(torch.tensor([[t]]), past_key_values=out.past_key_values, use_cache=True)
     return out_ids
+
+
+AUDIO_IDS = dict(boa_token_id=110, eoa_token_index=111, audio_token_id=112)  # <boa>, <eoa>, <|audio|> above
+
+
+def build_audio_checkpoint(directory: Path, seed: int = 3):
+    """Save a random-weight Gemma4ForConditionalGeneration with an E2B-like text model and a
+    narrow audio tower of the real structure; return the torch model (eval)."""
+    import torch
+    from transformers import Gemma4AudioConfig, Gemma4Config, Gemma4ForConditionalGeneration, Gemma4TextConfig
+
+    vocab = build_tokenizer(directory)
+    audio = Gemma4AudioConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              subsampling_conv_channels=[128, 8], output_proj_dims=48)
+    config = Gemma4Config(text_config=Gemma4TextConfig(**text_config("e2b", vocab)).to_dict(),
+                          audio_config=audio.to_dict(), vision_config=None, **AUDIO_IDS)
+    torch.manual_seed(seed)
+    model = Gemma4ForConditionalGeneration(config).eval()
+    randomize(model, seed)
+    model.save_pretrained(directory)
+    return model

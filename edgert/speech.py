@@ -1,0 +1,71 @@
+"""Speech in: the model file's audio tower as an onnxruntime encoder, and audio turned into
+soft tokens in the text model's space.
+
+The ONNX graph (audio.encoder) is built from the file's weights on first use and cached
+next to the model file as `<model>.audio.onnx`, tagged with the model file's size and
+modification time so that a re-converted model rebuilds it. Where that folder cannot be
+written, the graph lives in memory only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from audio.encoder import AudioConfig, AudioEncoder, build
+from audio.features import log_mel
+from audio.wav import AudioError, load_audio
+from edgert.errors import EdgeRTError
+
+MAX_SOFT_TOKENS = 750  # Gemma 4 hears at most 30 s per clip: one soft token per 40 ms
+
+
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def open_encoder(model_file, threads: int | None = None) -> AudioEncoder:
+    """The audio encoder of an opened model file (edgert.loader.ModelFile)."""
+    import onnx
+
+    tower = model_file.audio
+    if tower is None:
+        raise EdgeRTError(f"{model_file.path} has no audio encoder: convert a checkpoint with an audio tower")
+    config = AudioConfig.from_hf(tower.config, text_hidden=int(tower.config["text_hidden_size"]))
+    cache = Path(f"{model_file.path}.audio.onnx")
+    stamp = _stamp(Path(model_file.path))
+    if cache.is_file():
+        model = onnx.load(str(cache))
+        if {p.key: p.value for p in model.metadata_props}.get("edgert.model") == stamp:
+            return AudioEncoder(model, config, threads)
+    model = build(tower.weights("audio."), config, embed=tower.weights("audio_embed."))
+    onnx.helper.set_model_props(model, {"edgert.model": stamp})
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only folder: keep it in memory
+    finally:
+        tmp.unlink(missing_ok=True)
+    return AudioEncoder(model, config, threads)
+
+
+def soft_tokens(encoder: AudioEncoder, audio, rate: int | None = None) -> np.ndarray:
+    """Audio (a WAV path or an array with its rate) -> (n, H) soft tokens, one per 40 ms."""
+    try:
+        clip = load_audio(audio, rate)
+    except AudioError as e:
+        raise EdgeRTError(str(e)) from None
+    features, mask = log_mel(clip.samples)
+    if len(features) == 0:
+        raise EdgeRTError("the audio is too short to hear (under 10 ms)")
+    out, out_mask = encoder(features, mask)
+    rows = out[out_mask]
+    if len(rows) > MAX_SOFT_TOKENS:
+        raise EdgeRTError(f"the audio lasts {clip.seconds:.1f} s; Gemma 4 hears at most 30 s per clip: "
+                          "trim it or send it in parts")
+    return rows

@@ -1,0 +1,100 @@
+"""Speech through the model: an audio message's logits against transformers'
+Gemma4ForConditionalGeneration on a small random model with an audio tower, converted by
+`edgert convert`; the encoder's cache; and bad audio."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgert
+from audio.features import log_mel
+from audio.wav import load_audio
+from edgert.convert import convert
+from edgert.errors import EdgeRTError
+from tests.reference import AUDIO_IDS, build_audio_checkpoint
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("speech") / "hf"
+    return build_audio_checkpoint(directory), directory
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("wav") / "hello.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), "Hello there, how are you?"], check=True)
+    return path
+
+
+def _message(path) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "audio", "audio": str(path)},
+                                         {"type": "text", "text": "What did I say?"}]}]
+
+
+@pytest.mark.parametrize("qtype, tolerance", [("f32", 1e-4), ("f16", 2e-2)])
+def test_audio_message_logits_equal_transformers(checkpoint, speech, tmp_path, qtype, tolerance):
+    hf, directory = checkpoint
+    model = edgert.load(convert(directory, tmp_path / f"m-{qtype}.gguf", qtype))
+    messages, rows = model._hear(_message(speech))
+    ids = model.tokenizer.encode(model.format.render(messages))
+    mask = np.asarray(ids) == AUDIO_IDS["audio_token_id"]
+    assert mask.sum() == len(rows) > 10 and "<boa>" in messages[0]["content"][0]["text"]
+    got = model.prefill(model.new_state(), ids, logits="all", soft=(mask, rows))
+    features, feature_mask = log_mel(load_audio(speech).samples)
+    with torch.no_grad():
+        expected = hf(input_ids=torch.tensor([ids]), input_features=torch.from_numpy(features)[None],
+                      input_features_mask=torch.from_numpy(feature_mask)[None]).logits[0].numpy()
+    assert np.abs(got - expected).max() < tolerance * np.abs(expected).max()
+
+
+def test_chat_with_audio_answers_from_the_soft_tokens(checkpoint, speech, tmp_path):
+    _, directory = checkpoint
+    model = edgert.load(convert(directory, tmp_path / "m.gguf", "q8_0"))
+    messages, rows = model._hear(_message(speech))
+    ids = model.tokenizer.encode(model.format.render(messages))
+    logits = model.prefill(model.new_state(), ids, soft=(np.asarray(ids) == AUDIO_IDS["audio_token_id"], rows))
+    first = int(np.argmax(logits))
+    reply = model.chat(_message(speech), max_new_tokens=8, temperature=0)
+    tokens = list(reply._tokens)
+    assert tokens[:1] == ([] if first in model.stop_ids else [first])
+
+
+def test_encoder_is_cached_beside_the_model_and_rebuilt_when_it_changes(checkpoint, tmp_path):
+    _, directory = checkpoint
+    path = convert(directory, tmp_path / "m.gguf", "q8_0")
+    model = edgert.load(path)
+    first = model.hear(np.zeros(16000, dtype=np.float32), rate=16000)
+    cache = Path(f"{path}.audio.onnx")
+    assert cache.is_file()
+    built = cache.stat().st_mtime_ns
+    again = edgert.load(path).hear(np.zeros(16000, dtype=np.float32), rate=16000)
+    np.testing.assert_array_equal(first, again)
+    assert cache.stat().st_mtime_ns == built  # read, not rebuilt
+    os.utime(path, ns=(built + 10**9, built + 10**9))  # the model file changed
+    edgert.load(path).hear(np.zeros(8000, dtype=np.float32), rate=16000)
+    assert cache.stat().st_mtime_ns != built
+
+
+def test_audio_that_cannot_be_heard_gets_clear_errors(checkpoint, tmp_path):
+    _, directory = checkpoint
+    model = edgert.load(convert(directory, tmp_path / "m.gguf", "q8_0"))
+    with pytest.raises(EdgeRTError, match="at most 30 s"):
+        model.hear(np.zeros(16000 * 31, dtype=np.float32), rate=16000)
+    with pytest.raises(EdgeRTError, match="no samples"):
+        model.hear(np.zeros(0, dtype=np.float32), rate=16000)
+    with pytest.raises(EdgeRTError, match="too short"):
+        model.hear(np.zeros(40, dtype=np.float32), rate=16000)
+
+
+def test_a_model_without_an_audio_tower_says_so(checkpoints, speech):
+    model = edgert.load(checkpoints.gguf("e2b", "q8_0"))
+    with pytest.raises(EdgeRTError, match="no audio encoder"):
+        model.chat(_message(speech))
