@@ -110,11 +110,12 @@ class Model:
         "all" -> (len(ids), n_vocab), "none" -> None. soft: (mask (len(ids),), rows (mask.sum(), H)),
         embeddings that take the place of the masked ids (audio soft tokens)."""
         ids = np.asarray(ids, dtype=np.int64)
+        feed = ids  # what the model reads: soft-token positions read the pad id
         if soft is not None:
             mask = np.asarray(soft[0], dtype=bool)
             if len(mask) != len(ids) or mask.sum() != len(soft[1]):
                 raise EdgeRTError(f"{int(mask.sum())} soft-token positions but {len(soft[1])} soft tokens")
-            ids = np.where(mask, self.tokenizer.pad if self.tokenizer.pad is not None else 0, ids)
+            feed = np.where(mask, self.tokenizer.pad if self.tokenizer.pad is not None else 0, ids)
             first_row = np.concatenate([[0], np.cumsum(mask)])  # rows before each position
         if state.pos + len(ids) > self.n_ctx:
             raise ContextOverflowError(
@@ -140,7 +141,8 @@ class Model:
                               np.asarray(soft[1][first_row[start]:first_row[start + len(chunk)]], dtype=np.float32))
             numba.set_num_threads(self.threads)  # a per-thread setting: the caller may be any thread
             try:
-                step = gemma4.forward(self.config, self.weights, state.caches, chunk, pos, keep, chunk_soft)
+                step = gemma4.forward(self.config, self.weights, state.caches, feed[start:start + len(chunk)], pos,
+                                      keep, chunk_soft)
             except BaseException:  # Ctrl-C mid-step: undo its partial cache writes
                 for cache in state.caches.values():
                     cache.rollback(state.pos)
@@ -266,7 +268,9 @@ class Model:
 
     def _hear(self, messages: Sequence[dict]) -> tuple[list[dict], np.ndarray | None]:
         """Messages whose audio parts are replaced by their placeholders (<boa>, one audio token
-        per soft token, <eoa>), and the soft tokens in order (None if there is no audio)."""
+        per soft token, <eoa>), and the soft tokens in order (None if there is no audio). An audio
+        part is {"type": "audio", "audio": path_or_array, "rate": ...}, or {"type": "audio",
+        "soft_tokens": model.hear(...)} when it was heard already."""
         out, rows = [], []
         for m in messages:
             content = m.get("content")
@@ -280,7 +284,7 @@ class Model:
                 if part.get("type") != "audio":
                     parts.append(part)
                     continue
-                tokens = self.hear(part.get("audio"), part.get("rate"))
+                tokens = part["soft_tokens"] if "soft_tokens" in part else self.hear(part.get("audio"), part.get("rate"))
                 names = {k: self.tokenizer.tokens[v] for k, v in self.file.audio.tokens.items()}
                 parts.append({"type": "text", "text": names["boa"] + names["audio"] * len(tokens) + names["eoa"]})
                 rows.append(tokens)
@@ -396,9 +400,14 @@ class ChatSession:
         fmt = self.model.format
         self._opening = self.model.tokenizer.encode("<bos>" + fmt.system_turn(self.system, self.think))
 
-    def stream(self, message: str, max_new_tokens: int = 1024) -> Reply:
-        """Send a user message; iterate the reply for its pieces."""
+    def stream(self, message, max_new_tokens: int = 1024) -> Reply:
+        """Send a user message (text, or a list of parts: {"type": "text", "text": ...},
+        {"type": "audio", "audio": path_or_array, "rate": ...}); iterate the reply for its pieces."""
         tok, fmt = self.model.tokenizer, self.model.format
+        rows = None
+        if not isinstance(message, str):
+            [heard], rows = self.model._hear([{"role": "user", "content": message}])
+            message = heard["content"]
         first = not self.state.tokens
         text = fmt.turn("user", message, fmt.first_turn_prefix(self.system) if first else "") + fmt.generation_prompt()
         prefix = self._opening if first else []
@@ -415,10 +424,11 @@ class ChatSession:
                 "start again with reset() or load with a larger n_ctx"
             )
         budget = min(max_new_tokens, self.model.n_ctx - self.state.pos - len(self.state.pending) - len(ids))
+        soft = (np.asarray(ids) == self.model.file.audio.tokens["audio"], rows) if rows is not None else None
         reply = Reply(self.model, self.model.generate_ids(self.state, ids, budget, _sampler(dict(self.sampling)),
-                                                          self.model.stop_ids))
+                                                          self.model.stop_ids, soft))
         return reply
 
-    def send(self, message: str, max_new_tokens: int = 1024) -> str:
+    def send(self, message, max_new_tokens: int = 1024) -> str:
         """Send a user message and return the whole answer."""
         return self.stream(message, max_new_tokens).result()

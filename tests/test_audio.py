@@ -139,3 +139,29 @@ def test_bad_arrays_get_clear_errors():
 def test_silence_is_valid_audio():
     features, mask = log_mel(load_audio(np.zeros(RATE), rate=RATE).samples)
     assert mask.sum() == 99 and np.allclose(features[mask], np.log(1e-3))
+
+
+def test_voice_activity_cuts_two_utterances(speech):
+    from audio.vad import Segmenter
+
+    voice = load_audio(speech).samples
+    rng = np.random.default_rng(0)
+    silence = (rng.standard_normal(RATE * 3 // 2) * 1e-3).astype(np.float32)  # -60 dBFS of noise
+    stream = np.concatenate([silence, voice, silence, voice, silence])
+    segmenter = Segmenter()
+    found = []
+    for start in range(0, len(stream), 1600):  # 100 ms blocks, as a microphone delivers them
+        found += segmenter.push(stream[start:start + 1600])
+    found += segmenter.flush()
+    assert len(found) == 2
+    for utterance in found:
+        assert len(voice) <= len(utterance) <= len(voice) + RATE  # all of it, and less than a second more
+
+
+def test_voice_activity_ignores_silence_and_clicks():
+    from audio.vad import Segmenter
+
+    quiet = (np.random.default_rng(1).standard_normal(RATE * 3) * 1e-3).astype(np.float32)
+    quiet[RATE:RATE + 800] = 0.5  # a 50 ms click
+    segmenter = Segmenter()
+    assert segmenter.push(quiet) == [] and segmenter.flush() == []

@@ -98,3 +98,43 @@ def test_a_model_without_an_audio_tower_says_so(checkpoints, speech):
     model = edgert.load(checkpoints.gguf("e2b", "q8_0"))
     with pytest.raises(EdgeRTError, match="no audio encoder"):
         model.chat(_message(speech))
+
+
+def _cli(*argv, hide_sounddevice=False) -> subprocess.CompletedProcess:
+    import sys
+
+    pre = "import sys; sys.modules['sounddevice'] = None; " if hide_sounddevice else "import sys; "
+    code = pre + f"from tools.cli import main; sys.exit(main({list(argv)!r}))"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_voice_answers_a_wav_with_timings(checkpoint, speech, tmp_path):
+    _, directory = checkpoint
+    path = convert(directory, tmp_path / "m.gguf", "q8_0")
+    done = _cli("voice", str(path), "--wav", str(speech), "-v", "--temperature", "0", "-n", "6")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "speech end to first token" in done.stderr and "real-time factor" in done.stderr
+
+
+def test_voice_without_a_microphone_suggests_wav(checkpoint, tmp_path):
+    _, directory = checkpoint
+    path = convert(directory, tmp_path / "m.gguf", "q8_0")
+    done = _cli("voice", str(path), hide_sounddevice=True)
+    assert done.returncode == 2 and "--wav FILE" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_voice_on_a_model_without_audio_says_so(checkpoints, speech):
+    done = _cli("voice", str(checkpoints.gguf("e2b", "q8_0")), "--wav", str(speech))
+    assert done.returncode == 2 and "no audio encoder" in done.stderr
+
+
+def test_session_keeps_audio_turns(checkpoint, speech, tmp_path):
+    _, directory = checkpoint
+    model = edgert.load(convert(directory, tmp_path / "m.gguf", "q8_0"))
+    session = model.chat_session(temperature=0)
+    session.send([{"type": "audio", "audio": str(speech)}], max_new_tokens=4)
+    heard = int(np.sum(np.asarray(session.state.tokens) == AUDIO_IDS["audio_token_id"]))
+    assert heard == len(model.hear(speech)) > 0
+    session.send("And again?", max_new_tokens=4)
+    assert session.state.pos > heard

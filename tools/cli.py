@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from edgert.errors import EdgeRTError
-from tools import bench, chat, convert, profile, run
+from tools import bench, chat, convert, profile, run, voice
 
-COMMANDS = (convert, run, chat, bench, profile)
+COMMANDS = (convert, run, chat, voice, bench, profile)
 
 
 def main(argv: list[str] | None = None) -> int:
