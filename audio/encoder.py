@@ -233,6 +233,15 @@ def encoder_inputs(features: np.ndarray, mask: np.ndarray, window: int) -> tuple
     return inputs, out_mask
 
 
+def quantize_int8(model_path, out_path) -> None:
+    """onnxruntime's dynamic quantization of the graph's matrix products: int8 weights
+    (per output channel), activations quantized per call."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(model_path), str(out_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                     per_channel=True)
+
+
 class AudioEncoder:
     """An onnxruntime session over the built graph."""
 

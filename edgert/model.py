@@ -46,7 +46,7 @@ class State:
 
 def load(path: str | os.PathLike, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAULT_BATCH,
          threads: int | None = None, ple: str = "mmap", ple_cache_mb: float = 64.0,
-         ple_prefetch: bool = True) -> "Model":
+         ple_prefetch: bool = True, audio_int8: bool = False) -> "Model":
     """Open a GGUF model file (memory-mapped) and make it ready to generate.
 
     n_ctx: the context length the caches hold (capped at the model's trained length);
@@ -54,15 +54,16 @@ def load(path: str | os.PathLike, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAU
     threads: kernel threads (default: the physical cores);
     ple: how the per-layer embedding table is held: "mmap" (rows read from the mapping),
     "pread" (rows read into a cache of ple_cache_mb, nothing else in DRAM) or "ram";
-    ple_prefetch: read a step's rows on a background thread while the first layer runs."""
+    ple_prefetch: read a step's rows on a background thread while the first layer runs;
+    audio_int8: run the audio encoder's matrix products in int8."""
     return Model(open_model(path), n_ctx=n_ctx, n_batch=n_batch, threads=threads, ple=ple,
-                 ple_cache_mb=ple_cache_mb, ple_prefetch=ple_prefetch)
+                 ple_cache_mb=ple_cache_mb, ple_prefetch=ple_prefetch, audio_int8=audio_int8)
 
 
 class Model:
     def __init__(self, file: ModelFile, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAULT_BATCH,
                  threads: int | None = None, ple: str = "mmap", ple_cache_mb: float = 64.0,
-                 ple_prefetch: bool = True):
+                 ple_prefetch: bool = True, audio_int8: bool = False):
         if n_ctx < 1 or n_batch < 1:
             raise EdgeRTError(f"n_ctx and n_batch must be positive (got {n_ctx}, {n_batch})")
         try:
@@ -78,6 +79,7 @@ class Model:
         self.weights = gemma4.load_weights(self.config, file.tensors, ple_store)
         self.format = chat_format.FORMATS[self.config.arch]
         self._audio_encoder = None
+        self.audio_int8 = audio_int8
         # a file without a chat template is taken for a base (pretrained) model: `generate`
         # continues its text rather than answering it as a user turn
         self.has_chat_template = self.config.arch == "gemma4" or bool(file.tokenizer.chat_template)
@@ -256,7 +258,7 @@ class Model:
         if self._audio_encoder is None:
             from edgert.speech import open_encoder
 
-            self._audio_encoder = open_encoder(self.file, self.threads)
+            self._audio_encoder = open_encoder(self.file, self.threads, int8=self.audio_int8)
         return self._audio_encoder
 
     def hear(self, audio, rate: int | None = None) -> np.ndarray:

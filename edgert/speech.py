@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audio.encoder import AudioConfig, AudioEncoder, build
+from audio.encoder import AudioConfig, AudioEncoder, build, quantize_int8
 from audio.features import log_mel
 from audio.wav import AudioError, load_audio
 from edgert.errors import EdgeRTError
@@ -27,15 +27,16 @@ def _stamp(path: Path) -> str:
     return f"{st.st_size}-{st.st_mtime_ns}"
 
 
-def open_encoder(model_file, threads: int | None = None) -> AudioEncoder:
-    """The audio encoder of an opened model file (edgert.loader.ModelFile)."""
+def open_encoder(model_file, threads: int | None = None, int8: bool = False) -> AudioEncoder:
+    """The audio encoder of an opened model file (edgert.loader.ModelFile); int8: with its
+    matrix products in int8 (onnxruntime's dynamic quantization), cached apart."""
     import onnx
 
     tower = model_file.audio
     if tower is None:
         raise EdgeRTError(f"{model_file.path} has no audio encoder: convert a checkpoint with an audio tower")
     config = AudioConfig.from_hf(tower.config, text_hidden=int(tower.config["text_hidden_size"]))
-    cache = Path(f"{model_file.path}.audio.onnx")
+    cache = Path(f"{model_file.path}.audio{'-int8' if int8 else ''}.onnx")
     stamp = _stamp(Path(model_file.path))
     if cache.is_file():
         model = onnx.load(str(cache))
@@ -45,10 +46,20 @@ def open_encoder(model_file, threads: int | None = None) -> AudioEncoder:
     onnx.helper.set_model_props(model, {"edgert.model": stamp})
     tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
     try:
+        if int8:
+            f32 = cache.with_name(f".{cache.name}.{os.getpid()}.f32.tmp")
+            onnx.save(model, str(f32))
+            try:
+                quantize_int8(f32, tmp)
+            finally:
+                f32.unlink(missing_ok=True)
+            model = onnx.load(str(tmp))
+            onnx.helper.set_model_props(model, {"edgert.model": stamp})
         onnx.save(model, str(tmp))
         os.replace(tmp, cache)
     except OSError:
-        pass  # a read-only folder: keep it in memory
+        if int8:
+            raise EdgeRTError(f"the int8 audio encoder is made on disk, and {cache.parent} is not writable") from None
     finally:
         tmp.unlink(missing_ok=True)
     return AudioEncoder(model, config, threads)

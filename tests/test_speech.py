@@ -138,3 +138,13 @@ def test_session_keeps_audio_turns(checkpoint, speech, tmp_path):
     assert heard == len(model.hear(speech)) > 0
     session.send("And again?", max_new_tokens=4)
     assert session.state.pos > heard
+
+
+def test_int8_encoder_stays_close_to_f32(checkpoint, speech, tmp_path):
+    _, directory = checkpoint
+    path = convert(directory, tmp_path / "m.gguf", "f32")
+    exact = edgert.load(path).hear(speech)
+    small = edgert.load(path, audio_int8=True).hear(speech)
+    assert Path(f"{path}.audio-int8.onnx").is_file()
+    error = np.sqrt(np.mean((small - exact) ** 2) / np.mean(exact ** 2))
+    assert 0 < error < 0.25, error  # quantized (about 0.1 on this random tower), and not broken
