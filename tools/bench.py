@@ -45,6 +45,8 @@ def add_parser(sub) -> None:
     p.add_argument("--models-dir", default=None, help="where synthetic models live (default ~/.cache/edgert/bench)")
     p.add_argument("--no-llama", action="store_true", help="skip the llama.cpp comparison")
     p.add_argument("--no-ple", action="store_true", help="skip the cold-cache PLE table measurement")
+    p.add_argument("--audio", action="store_true",
+                   help="also time the full-size audio encoder (random weights): f32, int8 and transformers")
     p.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="the report to write ('' for none)")
     p.set_defaults(func=main)
 
@@ -184,16 +186,104 @@ def _worker_ple(args) -> dict:
                 resident_mb=after.resident_bytes / 2**20, table_mb=after.table_bytes / 2**20, lookups=after.lookups)
 
 
+AUDIO_SECONDS, UTTERANCE_SECONDS = 10.0, 5.0
+
+
+def _worker_audio(args) -> dict:
+    """The full-size Gemma 4 audio tower (published config, random weights): real-time factor
+    on 10 s of audio through onnxruntime in f32 and int8 and through transformers (torch, f32);
+    the error int8 adds; and, with E2B, the time from the end of a 5 s utterance to the first
+    token: encoder, then the prefill of its soft tokens and the chat turn around them."""
+    import tempfile
+
+    import onnx
+    import torch
+    from transformers import Gemma4AudioConfig
+    from transformers.models.gemma4.modeling_gemma4 import Gemma4AudioModel
+
+    import edgert
+    from audio.encoder import AudioConfig, AudioEncoder, build, quantize_int8
+    from audio.features import log_mel
+    from edgert.config import published
+    from quant import cpu
+
+    hf = published("e2b")
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    tower = Gemma4AudioModel(Gemma4AudioConfig(**hf["audio_config"])).eval()
+    with torch.no_grad():
+        for p in tower.parameters():
+            p.normal_(0.0, p.shape[-1] ** -0.5 if p.ndim > 1 else 0.1).add_(1.0 if p.ndim == 1 else 0.0)
+    weights = {k: v.detach().float().numpy() for k, v in tower.state_dict().items()}
+    text_hidden = hf["text_config"]["hidden_size"]
+    c = AudioConfig.from_hf(hf["audio_config"], text_hidden)
+    rng = np.random.default_rng(0)
+    t = np.arange(int(16000 * AUDIO_SECONDS)) / 16000
+    wave = (0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.1 * np.sin(3 * t))) + 0.01 * rng.standard_normal(len(t)))
+    features, mask = log_mel(wave.astype(np.float32))
+    params = sum(v.size for v in weights.values())
+
+    def best(f, n=3):
+        f()
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        f32_path, int8_path = Path(tmp) / "f32.onnx", Path(tmp) / "int8.onnx"
+        t0 = time.perf_counter()
+        onnx.save(build(weights, c), str(f32_path), save_as_external_data=True)
+        build_s = time.perf_counter() - t0
+        quantize_int8(f32_path, int8_path)
+        f32 = AudioEncoder(str(f32_path), c, args.threads)
+        int8 = AudioEncoder(str(int8_path), c, args.threads)
+        exact, _ = f32(features, mask)
+        small, _ = int8(features, mask)
+        f32_s, int8_s = best(lambda: f32(features, mask)), best(lambda: int8(features, mask))
+        with torch.no_grad():
+            x, m = torch.from_numpy(features)[None], torch.from_numpy(mask)[None]
+            torch_s = best(lambda: tower(x, attention_mask=m))
+            torch_out = tower(x, attention_mask=m).last_hidden_state[0].numpy()
+        result = dict(params=params, build_s=build_s, f32_rtf=f32_s / AUDIO_SECONDS, int8_rtf=int8_s / AUDIO_SECONDS,
+                      torch_rtf=torch_s / AUDIO_SECONDS, soft_tokens=len(exact),
+                      int8_error=float(np.sqrt(np.mean((small - exact) ** 2) / np.mean(exact ** 2))),
+                      f32_vs_torch=float(np.abs(exact - torch_out).max() / np.abs(torch_out).max()))
+        if args.file:
+            model = edgert.load(args.file, n_ctx=args.ctx, threads=args.threads)
+            n_utt = int(16000 * UTTERANCE_SECONDS)
+            utt_features, utt_mask = log_mel(wave[:n_utt].astype(np.float32))
+            tok = model.tokenizer
+            cpu.set_threads(args.threads)
+
+            def speech_end_to_first_token():
+                t0 = time.perf_counter()
+                soft, soft_mask = f32(utt_features, utt_mask)
+                rows = (soft[soft_mask] * 0.02).astype(np.float32)  # scaled: the tower's weights are random
+                head, tail = tok.encode("<bos><|turn>user\n"), tok.encode("<turn|>\n<|turn>model\n")
+                ids = head + [tok.pad] * len(rows) + tail
+                where = np.array([False] * len(head) + [True] * len(rows) + [False] * len(tail))
+                int(np.argmax(model.prefill(model.new_state(), ids, soft=(where, rows))))
+                return time.perf_counter() - t0
+
+            result["ttft_s"] = best(speech_end_to_first_token, n=2)
+            result["utterance_tokens"] = int(np.sum(utt_mask[::2][::2]))
+    return result
+
+
 def worker(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("engine", choices=("edgert", "llama", "ple"))
+    p.add_argument("engine", choices=("edgert", "llama", "ple", "audio"))
     p.add_argument("--prefetch", type=int, default=1)
-    for name in ("file", "prompts"):
-        p.add_argument("--" + name, required=True)
+    p.add_argument("--file", default=None)
+    p.add_argument("--prompts", default=None)
     for name in ("threads", "prompt", "gen", "ctx"):
         p.add_argument("--" + name, type=int, required=True)
     args = p.parse_args(argv)
-    result = {"edgert": _worker_edgert, "llama": _worker_llama, "ple": _worker_ple}[args.engine](args)
+    result = {"edgert": _worker_edgert, "llama": _worker_llama, "ple": _worker_ple,
+              "audio": _worker_audio}[args.engine](args)
     print(json.dumps(result), flush=True)
 
 
@@ -392,7 +482,30 @@ def _ple_lines(ple: dict) -> list[str]:
     ]
 
 
-def report(results: list[dict], meta: dict) -> str:
+def _audio_lines(a: dict | None) -> list[str]:
+    if not a:
+        return []
+    lines = [
+        f"## audio encoder (Gemma 4 E2B's, {a['params'] / 1e6:.0f}M parameters, random weights)",
+        "",
+        f"{AUDIO_SECONDS:.0f} s of audio ({a['soft_tokens']} soft tokens). Real-time factor: encoder seconds per "
+        "second of audio, lower is faster. transformers runs the same weights in torch (f32) as the comparison.",
+        "",
+        "| | onnxruntime f32 | onnxruntime int8 | transformers (torch f32) |",
+        "| --- | ---: | ---: | ---: |",
+        f"| real-time factor | {a['f32_rtf']:.3f} | {a['int8_rtf']:.3f} | {a['torch_rtf']:.3f} |",
+        f"| error (relative RMS against f32) | — | {a['int8_error']:.3f} | "
+        f"{a['f32_vs_torch']:.1e} (max, relative) |",
+        "",
+        f"Building the ONNX graph from the weights: {a['build_s']:.1f} s (once; it is cached beside the model).",
+    ]
+    if "ttft_s" in a:
+        lines += ["", f"Speech end to first token, {UTTERANCE_SECONDS:.0f} s utterance ({a['utterance_tokens']} soft "
+                      f"tokens) with E2B, no streaming: {a['ttft_s']:.2f} s (encoder, then the prefill)."]
+    return lines + [""]
+
+
+def report(results: list[dict], meta: dict, audio: dict | None = None) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -424,6 +537,7 @@ def report(results: list[dict], meta: dict) -> str:
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _rows(r)]
         lines += ["", f"KV cache held by edgert: {r['edgert']['kv_mb']:.0f} MB at a context of {r['ctx']}.", ""]
         lines += _ple_lines(r["ple"])
+    lines += _audio_lines(audio)
     return "\n".join(lines)
 
 
@@ -449,7 +563,12 @@ def main(args) -> int:
     meta = dict(date=datetime.date.today().isoformat(), commit=_commit(), cpu=_cpu_name(), kernels=cpu.describe(),
                 threads=threads, bandwidth=bandwidth,
                 llama=f"llama-cpp-python {llama}" if llama and not args.no_llama else "not run")
-    text = report(results, meta)
+    audio = None
+    if args.audio:
+        e2b = next((r["file"] for r in results if r["model"] == "e2b"), None)
+        log("audio encoder, full size, random weights ...")
+        audio = _run_worker("audio", Path(e2b) if e2b else "", Path(""), args, threads)
+    text = report(results, meta, audio)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

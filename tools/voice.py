@@ -32,6 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--prompt", default=None, help="text sent after the audio (default: none)")
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--say", action="store_true", help="speak the reply with espeak-ng")
+    p.add_argument("--audio-int8", action="store_true", help="run the audio encoder in int8")
     p.add_argument("--push-to-talk", action="store_true",
                    help="Enter starts and ends an utterance, instead of voice-activity detection")
     add_sampling_arguments(p)
@@ -138,6 +139,7 @@ def _listen(session, args) -> int:
 
 def main(args) -> int:
     model = load_model(args)
+    model.audio_int8 = args.audio_int8
     if model.file.audio is None:
         raise EdgeRTError(f"{model.file.path} has no audio encoder; convert a Gemma 4 checkpoint that has one "
                           "(E2B and E4B do)")
