@@ -386,6 +386,57 @@ class Reply:
         return self.text
 
 
+def fmt_content(fmt, content) -> str:
+    """A user message's text as its turn holds it (the chat format's own rendering)."""
+    return fmt.turn("user", content)[len(f"{fmt.open}user\n"):-len(f"{fmt.close}\n")]
+
+
+class AudioTurn:
+    """A user turn of speech, prefilled while it is spoken (ChatSession.listen)."""
+
+    def __init__(self, session: "ChatSession"):
+        from edgert.speech import StreamingEncoder
+
+        model = session.model
+        if model.file.audio is None:
+            raise EdgeRTError(f"{model.file.path} has no audio encoder: convert a checkpoint with an audio tower")
+        self.session, self.model = session, model
+        self.stream = StreamingEncoder(model.audio_encoder)
+        self.audio_id = model.file.audio.tokens["audio"]
+        boa = model.tokenizer.tokens[model.file.audio.tokens["boa"]]
+        head, opened = session._head()
+        self._feed(head + model.tokenizer.encode(opened + boa))
+        self.soft_tokens = 0
+
+    def _feed(self, ids: list[int], rows: np.ndarray | None = None) -> None:
+        state = self.session.state
+        if state.pos + len(state.pending) + len(ids) + 1 > self.model.n_ctx:
+            raise ContextOverflowError(f"the conversation has reached the context of {self.model.n_ctx} tokens")
+        feed, state.pending = state.pending + ids, []
+        soft = None
+        if rows is not None:
+            soft = (np.array([False] * (len(feed) - len(ids)) + [True] * len(ids)), rows)
+        self.model.prefill(state, feed, logits="none", soft=soft)
+
+    def push(self, samples: np.ndarray) -> int:
+        """Append 16 kHz samples; returns how many soft tokens were prefilled."""
+        rows = self.stream.push(samples)
+        if len(rows):
+            self._feed([self.audio_id] * len(rows), rows)
+            self.soft_tokens += len(rows)
+        return len(rows)
+
+    def finish(self, text: str | None = None, max_new_tokens: int = 1024) -> Reply:
+        """The speaker stopped: the last soft tokens, `text` after the audio, and the reply."""
+        rows = self.stream.finish()
+        if len(rows):
+            self._feed([self.audio_id] * len(rows), rows)
+            self.soft_tokens += len(rows)
+        eoa = self.model.tokenizer.tokens[self.model.file.audio.tokens["eoa"]]
+        after = eoa + (fmt_content(self.model.format, text) if text else "") + self.session._tail()
+        return self.session._reply(self.model.tokenizer.encode(after), max_new_tokens)
+
+
 class ChatSession:
     """Turns appended to one KV cache: only each new turn is prefilled."""
 
@@ -405,31 +456,49 @@ class ChatSession:
     def stream(self, message, max_new_tokens: int = 1024) -> Reply:
         """Send a user message (text, or a list of parts: {"type": "text", "text": ...},
         {"type": "audio", "audio": path_or_array, "rate": ...}); iterate the reply for its pieces."""
-        tok, fmt = self.model.tokenizer, self.model.format
         rows = None
         if not isinstance(message, str):
             [heard], rows = self.model._hear([{"role": "user", "content": message}])
             message = heard["content"]
+        head, opened = self._head()
+        text = opened + fmt_content(self.model.format, message) + self._tail()
+        ids = head + self.model.tokenizer.encode(text)
+        soft = (np.asarray(ids) == self.model.file.audio.tokens["audio"], rows) if rows is not None else None
+        return self._reply(ids, max_new_tokens, soft)
+
+    def listen(self) -> "AudioTurn":
+        """Start a user turn whose audio arrives while it is spoken: push() samples as they
+        come (their soft tokens are encoded and prefilled at once), then finish() for the reply;
+        only the tail is left to compute when the speaker stops."""
+        return AudioTurn(self)
+
+    def _head(self) -> tuple[list[int], str]:
+        """What opens a user turn: ids (the conversation's opening) and text (closing the
+        previous model turn, then the user turn's header)."""
+        fmt = self.model.format
         first = not self.state.tokens
-        text = fmt.turn("user", message, fmt.first_turn_prefix(self.system) if first else "") + fmt.generation_prompt()
-        prefix = self._opening if first else []
-        if self.state.tokens:
+        text = f"{fmt.open}user\n" + (fmt.first_turn_prefix(self.system) if first else "")
+        if not first:
             # close the previous model turn with "<turn|>\n"; a last sampled id that was not
             # fed (the budget ran out, or the reader stopped) goes in first, a stop id does not
             if self.state.pending and self.state.pending[0] in self.model.stop_ids:
                 self.state.pending = []
             text = f"{fmt.close}\n" + text
-        ids = prefix + tok.encode(text)
+        return (self._opening if first else []), text
+
+    def _tail(self) -> str:
+        fmt = self.model.format
+        return f"{fmt.close}\n" + fmt.generation_prompt()
+
+    def _reply(self, ids: list[int], max_new_tokens: int, soft=None) -> Reply:
         if self.state.pos + len(self.state.pending) + len(ids) + 1 > self.model.n_ctx:
             raise ContextOverflowError(
                 f"the conversation has reached the context of {self.model.n_ctx} tokens; "
                 "start again with reset() or load with a larger n_ctx"
             )
         budget = min(max_new_tokens, self.model.n_ctx - self.state.pos - len(self.state.pending) - len(ids))
-        soft = (np.asarray(ids) == self.model.file.audio.tokens["audio"], rows) if rows is not None else None
-        reply = Reply(self.model, self.model.generate_ids(self.state, ids, budget, _sampler(dict(self.sampling)),
-                                                          self.model.stop_ids, soft))
-        return reply
+        return Reply(self.model, self.model.generate_ids(self.state, ids, budget, _sampler(dict(self.sampling)),
+                                                         self.model.stop_ids, soft))
 
     def send(self, message, max_new_tokens: int = 1024) -> str:
         """Send a user message and return the whole answer."""

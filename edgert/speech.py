@@ -80,3 +80,49 @@ def soft_tokens(encoder: AudioEncoder, audio, rate: int | None = None) -> np.nda
         raise EdgeRTError(f"the audio lasts {clip.seconds:.1f} s; Gemma 4 hears at most 30 s per clip: "
                           "trim it or send it in parts")
     return rows
+
+
+class StreamingEncoder:
+    """Soft tokens while the audio arrives, equal to those of the whole clip.
+
+    Every layer of the encoder looks back only (attention: 11 frames, convolution: 4), and the
+    subsampling convolutions look one frame ahead at each of their two stages, so soft token t
+    is final once feature frame 4t + 3 exists, and it depends on nothing older than
+    CONTEXT soft tokens back. Each push re-runs the encoder over that much context before the
+    new frames and keeps what is final; `finish` encodes the tail exactly as the whole clip
+    would (its padding and mask included)."""
+
+    CONTEXT = 12 * (11 + 4)  # soft tokens of left context: 12 layers of attention and convolution
+
+    def __init__(self, encoder: AudioEncoder):
+        self.encoder = encoder
+        self.samples = np.zeros(0, dtype=np.float32)
+        self.done = 0  # soft tokens handed out so far
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Append 16 kHz samples; the soft tokens that became final, (k, H)."""
+        self.samples = np.concatenate([self.samples, np.asarray(samples, dtype=np.float32)])
+        # feature frame i is final when its window [160 i - 160, 160 i + 160] has arrived, and the
+        # whole-clip padding to 128 samples does not reach it
+        n_final = max(0, (len(self.samples) - 160 - 128) // 160 + 1)
+        final_tokens = max(0, (n_final - 4) // 4 + 1)  # token t needs feature frames up to 4t + 3
+        if final_tokens <= self.done:
+            return np.zeros((0, self.encoder.config.text_hidden), dtype=np.float32)
+        start = max(0, self.done - self.CONTEXT)  # in soft tokens; its features start at 4 * start
+        features, _ = log_mel(self.samples)
+        window = features[4 * start:4 * final_tokens + 4]
+        out, _ = self.encoder(window, np.ones(len(window), dtype=bool))
+        rows = out[self.done - start:final_tokens - start]
+        self.done = final_tokens
+        return rows
+
+    def finish(self) -> np.ndarray:
+        """The remaining soft tokens, once the audio has ended."""
+        features, mask = log_mel(self.samples)
+        start = max(0, self.done - self.CONTEXT)
+        out, out_mask = self.encoder(features[4 * start:], mask[4 * start:])
+        rows = out[self.done - start:][out_mask[self.done - start:]]
+        self.done += len(rows)
+        if self.done > MAX_SOFT_TOKENS:
+            raise EdgeRTError("the utterance lasted over 30 s; Gemma 4 hears at most 30 s per clip")
+        return rows

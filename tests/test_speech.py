@@ -148,3 +148,34 @@ def test_int8_encoder_stays_close_to_f32(checkpoint, speech, tmp_path):
     assert Path(f"{path}.audio-int8.onnx").is_file()
     error = np.sqrt(np.mean((small - exact) ** 2) / np.mean(exact ** 2))
     assert 0 < error < 0.25, error  # quantized (about 0.1 on this random tower), and not broken
+
+
+def test_streamed_soft_tokens_equal_the_whole_clip(checkpoint, speech, tmp_path):
+    from edgert.speech import StreamingEncoder
+
+    _, directory = checkpoint
+    model = edgert.load(convert(directory, tmp_path / "m.gguf", "f32"))
+    samples = np.concatenate([load_audio(speech).samples] * 6)  # ~12 s: windows past the 7.2 s of context
+    whole = model.hear(samples, rate=16000)
+    stream = StreamingEncoder(model.audio_encoder)
+    parts = [stream.push(samples[i:i + 3200]) for i in range(0, len(samples), 3200)]  # 200 ms at a time
+    parts.append(stream.finish())
+    assert sum(len(p) > 0 for p in parts) > 10  # they did come while the audio arrived
+    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-5 * np.abs(whole).max())
+
+
+def test_streamed_turn_equals_the_whole_turn(checkpoint, speech, tmp_path):
+    _, directory = checkpoint
+    model = edgert.load(convert(directory, tmp_path / "m.gguf", "f32"))
+    samples = load_audio(speech).samples
+    batch = model.chat_session(system="Listen.", temperature=0)
+    batch_tokens = list(batch.stream([{"type": "audio", "audio": samples, "rate": 16000},
+                                      {"type": "text", "text": "Answer."}], max_new_tokens=6)._tokens)
+    streamed = model.chat_session(system="Listen.", temperature=0)
+    turn = streamed.listen()
+    for i in range(0, len(samples), 1600):
+        turn.push(samples[i:i + 1600])
+    assert turn.soft_tokens > 0  # prefilled before the end of speech
+    tokens = list(turn.finish("Answer.", max_new_tokens=6)._tokens)
+    assert tokens == batch_tokens
+    assert streamed.state.tokens == batch.state.tokens and len(batch.state.tokens) > turn.soft_tokens
