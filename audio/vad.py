@@ -22,12 +22,20 @@ def level_db(frame: np.ndarray) -> float:
 
 
 class Segmenter:
-    """push(samples) -> the utterances that finished, each (n,) float32."""
+    """push(samples) -> events, in order:
+
+    - ("speech", samples): the newest samples of an utterance, once it has enough speech not
+      to be a click (the first such event starts at its pre-roll), so that a listener can
+      encode it while it is spoken;
+    - ("end", utterance): the whole utterance, when it has ended.
+
+    The "speech" events of an utterance add up to its "end" event."""
 
     def __init__(self):
         self._pending = np.zeros(0, dtype=np.float32)  # samples short of a whole frame
         self._history: list[np.ndarray] = []  # recent frames before an utterance (pre-roll)
         self._utterance: list[np.ndarray] = []
+        self._given = 0  # frames of the utterance already sent as "speech"
         self._speech_frames = 0
         self._silent = 0
         self.noise_db = None  # the running noise floor
@@ -36,11 +44,22 @@ class Segmenter:
     def in_speech(self) -> bool:
         return bool(self._utterance)
 
-    def push(self, samples: np.ndarray) -> list[np.ndarray]:
+    def _give(self, events: list) -> None:
+        if self._speech_frames >= MIN_SPEECH and self._given < len(self._utterance):
+            events.append(("speech", np.concatenate(self._utterance[self._given:])))
+            self._given = len(self._utterance)
+
+    def _end(self, events: list) -> None:
+        if self._speech_frames >= MIN_SPEECH:
+            self._give(events)
+            events.append(("end", np.concatenate(self._utterance)))
+        self._utterance, self._history, self._given, self._speech_frames = [], [], 0, 0
+
+    def push(self, samples: np.ndarray) -> list[tuple[str, np.ndarray]]:
         data = np.concatenate([self._pending, np.asarray(samples, dtype=np.float32)])
         n = len(data) // FRAME
         self._pending = data[n * FRAME:]
-        done = []
+        events: list = []
         for i in range(n):
             frame = data[i * FRAME:(i + 1) * FRAME]
             db = level_db(frame)
@@ -60,13 +79,17 @@ class Segmenter:
             else:
                 self._silent += 1
                 if self._silent >= HANGOVER:
-                    if self._speech_frames >= MIN_SPEECH:
-                        done.append(np.concatenate(self._utterance))
-                    self._utterance, self._history = [], []
-        return done
+                    self._end(events)
+        self._give(events)
+        return events
 
-    def flush(self) -> list[np.ndarray]:
-        """The utterance in progress, if any (the stream ended)."""
-        out = [np.concatenate(self._utterance)] if self._utterance and self._speech_frames >= MIN_SPEECH else []
-        self._utterance, self._history = [], []
-        return out
+    def flush(self) -> list[tuple[str, np.ndarray]]:
+        """The events of the utterance in progress, if any, as if it ended now."""
+        events: list = []
+        if self._utterance:
+            self._end(events)
+        return events
+
+
+def utterances(events) -> list[np.ndarray]:
+    return [samples for kind, samples in events if kind == "end"]

@@ -142,20 +142,25 @@ def test_silence_is_valid_audio():
 
 
 def test_voice_activity_cuts_two_utterances(speech):
-    from audio.vad import Segmenter
+    from audio.vad import Segmenter, utterances
 
     voice = load_audio(speech).samples
     rng = np.random.default_rng(0)
     silence = (rng.standard_normal(RATE * 3 // 2) * 1e-3).astype(np.float32)  # -60 dBFS of noise
     stream = np.concatenate([silence, voice, silence, voice, silence])
     segmenter = Segmenter()
-    found = []
+    events = []
     for start in range(0, len(stream), 1600):  # 100 ms blocks, as a microphone delivers them
-        found += segmenter.push(stream[start:start + 1600])
-    found += segmenter.flush()
+        events += segmenter.push(stream[start:start + 1600])
+    events += segmenter.flush()
+    found = utterances(events)
     assert len(found) == 2
     for utterance in found:
         assert len(voice) <= len(utterance) <= len(voice) + RATE  # all of it, and less than a second more
+    # the speech came out while it was spoken, and adds up to the utterance
+    first_end = next(i for i, (kind, _) in enumerate(events) if kind == "end")
+    assert sum(kind == "speech" for kind, _ in events[:first_end]) > 5
+    np.testing.assert_array_equal(np.concatenate([s for k, s in events[:first_end] if k == "speech"]), found[0])
 
 
 def test_voice_activity_ignores_silence_and_clicks():

@@ -179,3 +179,52 @@ def test_streamed_turn_equals_the_whole_turn(checkpoint, speech, tmp_path):
     tokens = list(turn.finish("Answer.", max_new_tokens=6)._tokens)
     assert tokens == batch_tokens
     assert streamed.state.tokens == batch.state.tokens and len(batch.state.tokens) > turn.soft_tokens
+
+
+FAKE_SOUNDDEVICE = '''
+"""A stand-in for sounddevice: its input stream plays a WAV file, 100 ms a block, then Ctrl-C."""
+import os, signal, threading, time
+import numpy as np
+from audio.wav import load_audio
+
+class PortAudioError(Exception):
+    pass
+
+def query_devices(kind=None):
+    return {"name": "fake microphone"}
+
+class InputStream:
+    def __init__(self, samplerate, channels, dtype, blocksize, callback):
+        self.callback, self.blocksize = callback, blocksize
+
+    def __enter__(self):
+        samples = load_audio(os.environ["FAKE_MIC_WAV"]).samples
+        samples = np.concatenate([np.zeros(8000, np.float32), samples, np.zeros(24000, np.float32)])
+        def play():
+            for i in range(0, len(samples), self.blocksize):
+                self.callback(samples[i:i + self.blocksize, None], self.blocksize, None, None)
+            time.sleep(float(os.environ.get("FAKE_MIC_LINGER", "20")))
+            os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C
+        threading.Thread(target=play, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        return False
+'''
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streaming", "not-streaming"])
+def test_voice_from_a_microphone(checkpoint, speech, tmp_path, stream):
+    import sys
+
+    _, directory = checkpoint
+    path = convert(directory, tmp_path / "m.gguf", "q8_0")
+    (tmp_path / "sounddevice.py").write_text(FAKE_SOUNDDEVICE)
+    argv = ["voice", str(path), "-v", "--temperature", "0", "-n", "4"] + ([] if stream else ["--no-stream"])
+    env = {**os.environ, "FAKE_MIC_WAV": str(speech), "FAKE_MIC_LINGER": "8",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parent.parent)])}
+    done = subprocess.run([sys.executable, "-m", "tools.cli", *argv], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "listening on fake microphone" in done.stderr
+    assert done.stderr.count("speech end to first token") == 1

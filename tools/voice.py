@@ -2,7 +2,7 @@
 audio encoder (no speech recogniser); the reply streams as text, and is spoken with
 espeak-ng when asked and installed.
 
-    edgert voice model.gguf                 # microphone: speak, pause; or press Enter to talk
+    edgert voice model.gguf                 # microphone: speak, then pause
     edgert voice model.gguf --wav q.wav -v  # answer a recorded file, with timings
 """
 
@@ -12,7 +12,6 @@ import queue
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -33,24 +32,15 @@ def add_parser(sub) -> None:
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--say", action="store_true", help="speak the reply with espeak-ng")
     p.add_argument("--audio-int8", action="store_true", help="run the audio encoder in int8")
-    p.add_argument("--push-to-talk", action="store_true",
-                   help="Enter starts and ends an utterance, instead of voice-activity detection")
+    p.add_argument("--no-stream", dest="stream", action="store_false",
+                   help="encode an utterance only once it has ended (default: while it is spoken)")
     add_sampling_arguments(p)
     p.set_defaults(func=main)
 
 
-def _answer(session, samples: np.ndarray, args, speech_end: float) -> None:
-    """Send one utterance and stream the reply, with --verbose timings."""
-    model = session.model
-    t0 = time.perf_counter()
-    rows = model.hear(samples, rate=RATE)
-    encode_s = time.perf_counter() - t0
-    parts = [{"type": "audio", "soft_tokens": rows}]  # heard above, so that the encoder is timed apart
-    if args.prompt:
-        parts.append({"type": "text", "text": args.prompt})
-    reply = session.stream(parts, max_new_tokens=args.max_new_tokens)
-    first, n = None, 0
-    text = []
+def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float) -> None:
+    """Stream the reply's text, then the --verbose timings and the --say speech."""
+    first, n, text = None, 0, []
     try:
         for piece in reply:
             if first is None:
@@ -64,14 +54,46 @@ def _answer(session, samples: np.ndarray, args, speech_end: float) -> None:
     sys.stdout.write("\n")
     done = time.perf_counter()
     if args.verbose:
-        seconds = len(samples) / RATE
-        ttft = (first or done) - speech_end
         decode = (n - 1) / (done - first) if first and n > 1 and done > first else 0.0
-        print(f"speech end to first token {ttft:.2f} s; encoder {encode_s:.2f} s for {seconds:.1f} s of audio "
-              f"(real-time factor {encode_s / max(seconds, 1e-9):.3f}); {n} pieces, decode {decode:.1f}/s",
-              file=sys.stderr)
+        print(f"speech end to first token {(first or done) - speech_end:.2f} s; encoder {encode_s:.2f} s for "
+              f"{seconds:.1f} s of audio (real-time factor {encode_s / max(seconds, 1e-9):.3f}); "
+              f"{n} pieces, decode {decode:.1f}/s", file=sys.stderr)
     if args.say:
         _say("".join(text))
+
+
+def converse(session, blocks, args) -> int:
+    """Answer the utterances in a stream of 16 kHz blocks (a microphone's, or a file's cut to
+    100 ms). Voice-activity detection cuts them; with streaming (the default), each is encoded
+    and prefilled while it is spoken, so that its end leaves only the tail to compute. Returns
+    the number of utterances answered."""
+    from audio.vad import Segmenter
+
+    segmenter, turn, encode_s, answered = Segmenter(), None, 0.0, 0
+
+    def handle(events):
+        nonlocal turn, encode_s, answered
+        for kind, samples in events:
+            if kind == "speech" and args.stream:
+                t0 = time.perf_counter()
+                turn = turn or session.listen()
+                turn.push(samples)
+                encode_s += time.perf_counter() - t0
+            elif kind == "end":
+                speech_end = time.perf_counter()
+                if args.stream:
+                    reply = turn.finish(args.prompt, max_new_tokens=args.max_new_tokens)
+                else:
+                    parts = [{"type": "audio", "audio": samples, "rate": RATE}]
+                    parts += [{"type": "text", "text": args.prompt}] if args.prompt else []
+                    reply = session.stream(parts, max_new_tokens=args.max_new_tokens)
+                _speak_reply(reply, args, speech_end, encode_s, len(samples) / RATE)
+                turn, encode_s, answered = None, 0.0, answered + 1
+
+    for block in blocks:
+        handle(segmenter.push(block))
+    handle(segmenter.flush())
+    return answered
 
 
 def _say(text: str) -> None:
@@ -100,41 +122,34 @@ def _microphone():
 
 
 def _listen(session, args) -> int:
-    from audio.vad import Segmenter
-
     sd, device = _microphone()
-    chunks: queue.Queue = queue.Queue()
+    blocks: queue.Queue = queue.Queue()
+    stop = object()
 
     def callback(indata, frames, at, status):
-        chunks.put(indata[:, 0].copy())
+        blocks.put(indata[:, 0].copy())
 
-    print(f"listening on {device['name']} ({'Enter to talk' if args.push_to_talk else 'speak, then pause'}; "
-          "Ctrl-C to leave)", file=sys.stderr)
-    talking = threading.Event()
-    if args.push_to_talk:
-        def keys():
-            for _ in sys.stdin:
-                talking.clear() if talking.is_set() else talking.set()
-        threading.Thread(target=keys, daemon=True).start()
-    segmenter, held = Segmenter(), []
+    print(f"listening on {device['name']} (speak, then pause; Ctrl-C to leave)", file=sys.stderr)
+
+    def stream():
+        while True:
+            try:
+                block = blocks.get(timeout=0.2)  # a timeout keeps Ctrl-C responsive
+            except queue.Empty:
+                continue
+            if block is stop:
+                return
+            yield block
+
     try:
-        with sd.InputStream(samplerate=RATE, channels=1, dtype="float32", callback=callback):
-            while True:
-                block = chunks.get()
-                if args.push_to_talk:
-                    if talking.is_set():
-                        held.append(block)
-                    elif held:
-                        utterance, held = np.concatenate(held), []
-                        _answer(session, utterance, args, time.perf_counter())
-                    continue
-                for utterance in segmenter.push(block):
-                    _answer(session, utterance, args, time.perf_counter())
+        with sd.InputStream(samplerate=RATE, channels=1, dtype="float32", blocksize=RATE // 10, callback=callback):
+            converse(session, stream(), args)
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 0
     except sd.PortAudioError as e:
         raise EdgeRTError(NO_MIC.format(why=str(e))) from None
+    return 0
 
 
 def main(args) -> int:
@@ -147,8 +162,11 @@ def main(args) -> int:
     if args.wav:
         from audio.wav import load_audio
 
-        start = time.perf_counter()
-        clip = load_audio(args.wav)
-        _answer(session, clip.samples, args, start)
+        samples = load_audio(args.wav).samples
+        # the file as a microphone would deliver it: 100 ms at a time, then a second of silence
+        samples = np.concatenate([samples, np.zeros(RATE, dtype=np.float32)])
+        blocks = (samples[i:i + RATE // 10] for i in range(0, len(samples), RATE // 10))
+        if not converse(session, blocks, args):
+            print("(no speech found in the recording)", file=sys.stderr)
         return 0
     return _listen(session, args)
