@@ -249,6 +249,9 @@ class AudioEncoder:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        # no busy-waiting between runs: in streaming the encoder takes turns with the decoder's
+        # kernel threads on the same cores, and spinning threads starved them 30-fold
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

@@ -88,14 +88,18 @@ class StreamingEncoder:
     Every layer of the encoder looks back only (attention: 11 frames, convolution: 4), and the
     subsampling convolutions look one frame ahead at each of their two stages, so soft token t
     is final once feature frame 4t + 3 exists, and it depends on nothing older than
-    CONTEXT soft tokens back. Each push re-runs the encoder over that much context before the
-    new frames and keeps what is final; `finish` encodes the tail exactly as the whole clip
-    would (its padding and mask included)."""
+    CONTEXT soft tokens back. A push that makes `every` more tokens final re-runs the encoder
+    over that much context before them and keeps what is final; `finish` encodes the tail
+    exactly as the whole clip would (its padding and mask included). Exact, but each run pays
+    for the context again: a stateful encoder (each layer's last keys, values and convolution
+    inputs kept between runs) would pay for the new frames only."""
 
     CONTEXT = 12 * (11 + 4)  # soft tokens of left context: 12 layers of attention and convolution
 
-    def __init__(self, encoder: AudioEncoder):
+    def __init__(self, encoder: AudioEncoder, every: int = 25):
         self.encoder = encoder
+        self.every = every  # encode once this many soft tokens (40 ms each) are final: re-encoding
+        # the context costs as much as CONTEXT tokens, so each run should bring enough new ones
         self.samples = np.zeros(0, dtype=np.float32)
         self.done = 0  # soft tokens handed out so far
 
@@ -106,7 +110,7 @@ class StreamingEncoder:
         # whole-clip padding to 128 samples does not reach it
         n_final = max(0, (len(self.samples) - 160 - 128) // 160 + 1)
         final_tokens = max(0, (n_final - 4) // 4 + 1)  # token t needs feature frames up to 4t + 3
-        if final_tokens <= self.done:
+        if final_tokens < self.done + self.every:
             return np.zeros((0, self.encoder.config.text_hidden), dtype=np.float32)
         start = max(0, self.done - self.CONTEXT)  # in soft tokens; its features start at 4 * start
         features, _ = log_mel(self.samples)

@@ -160,7 +160,7 @@ def test_streamed_soft_tokens_equal_the_whole_clip(checkpoint, speech, tmp_path)
     stream = StreamingEncoder(model.audio_encoder)
     parts = [stream.push(samples[i:i + 3200]) for i in range(0, len(samples), 3200)]  # 200 ms at a time
     parts.append(stream.finish())
-    assert sum(len(p) > 0 for p in parts) > 10  # they did come while the audio arrived
+    assert sum(len(p) > 0 for p in parts) >= 8  # they came while the audio arrived, about each second
     np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-5 * np.abs(whole).max())
 
 
