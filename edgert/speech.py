@@ -71,6 +71,9 @@ def soft_tokens(encoder: AudioEncoder, audio, rate: int | None = None) -> np.nda
         clip = load_audio(audio, rate)
     except AudioError as e:
         raise EdgeRTError(str(e)) from None
+    if clip.seconds > MAX_SOFT_TOKENS * 0.04 + 0.04:  # refused before an hour of features is computed
+        raise EdgeRTError(f"the audio lasts {clip.seconds:.1f} s; Gemma 4 hears at most 30 s per clip: "
+                          "trim it or send it in parts")
     features, mask = log_mel(clip.samples)
     if len(features) == 0:
         raise EdgeRTError("the audio is too short to hear (under 10 ms)")

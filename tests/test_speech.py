@@ -228,3 +228,22 @@ def test_voice_from_a_microphone(checkpoint, speech, tmp_path, stream):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "listening on fake microphone" in done.stderr
     assert done.stderr.count("speech end to first token") == 1
+
+
+def test_push_to_talk_takes_what_is_said_between_two_enters():
+    import threading
+
+    from tools.voice import push_to_talk
+
+    talking = threading.Event()
+    blocks = [np.full(1600, i, dtype=np.float32) for i in range(10)]
+
+    def mic():
+        for i, block in enumerate(blocks):
+            if i in (3, 7):  # Enter, then Enter again
+                talking.clear() if talking.is_set() else talking.set()
+            yield block
+
+    events = [e for batch in push_to_talk(mic(), talking) for e in batch]
+    assert [kind for kind, _ in events] == ["speech"] * 4 + ["end"]
+    np.testing.assert_array_equal(events[-1][1], np.concatenate(blocks[3:7]))

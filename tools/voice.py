@@ -12,6 +12,7 @@ import queue
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -34,6 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--audio-int8", action="store_true", help="run the audio encoder in int8")
     p.add_argument("--no-stream", dest="stream", action="store_false",
                    help="encode an utterance only once it has ended (default: while it is spoken)")
+    p.add_argument("--push-to-talk", action="store_true",
+                   help="Enter starts and ends an utterance (microphone), instead of voice-activity detection")
     add_sampling_arguments(p)
     p.set_defaults(func=main)
 
@@ -62,14 +65,15 @@ def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float
         _say("".join(text))
 
 
-def converse(session, blocks, args) -> int:
+def converse(session, blocks, args, events=None) -> int:
     """Answer the utterances in a stream of 16 kHz blocks (a microphone's, or a file's cut to
-    100 ms). Voice-activity detection cuts them; with streaming (the default), each is encoded
-    and prefilled while it is spoken, so that its end leaves only the tail to compute. Returns
+    100 ms). Voice-activity detection cuts them (or `events`, a function from blocks to lists
+    of the same events, for push-to-talk); with streaming (the default), each is encoded and
+    prefilled while it is spoken, so that its end leaves only the tail to compute. Returns
     the number of utterances answered."""
     from audio.vad import Segmenter
 
-    segmenter, turn, encode_s, answered = Segmenter(), None, 0.0, 0
+    turn, encode_s, answered = None, 0.0, 0
 
     def handle(events):
         nonlocal turn, encode_s, answered
@@ -90,6 +94,11 @@ def converse(session, blocks, args) -> int:
                 _speak_reply(reply, args, speech_end, encode_s, len(samples) / RATE)
                 turn, encode_s, answered = None, 0.0, answered + 1
 
+    if events is not None:
+        for batch in events(blocks):
+            handle(batch)
+        return answered
+    segmenter = Segmenter()
     for block in blocks:
         handle(segmenter.push(block))
     handle(segmenter.flush())
@@ -121,6 +130,27 @@ def _microphone():
     return sd, device
 
 
+def push_to_talk(blocks, talking: threading.Event):
+    """The blocks that arrive while `talking` is set, as voice-activity events: ("speech",
+    block) each, then ("end", utterance) once it is cleared."""
+    held = []
+    for block in blocks:
+        if talking.is_set():
+            held.append(block)
+            yield [("speech", block)]
+        elif held:
+            yield [("end", np.concatenate(held))]
+            held = []
+    if held:
+        yield [("end", np.concatenate(held))]
+
+
+def _enter_toggles(talking: threading.Event) -> None:
+    for _ in sys.stdin:
+        talking.clear() if talking.is_set() else talking.set()
+        print("(talking: Enter to stop)" if talking.is_set() else "(stopped)", file=sys.stderr)
+
+
 def _listen(session, args) -> int:
     sd, device = _microphone()
     blocks: queue.Queue = queue.Queue()
@@ -129,7 +159,8 @@ def _listen(session, args) -> int:
     def callback(indata, frames, at, status):
         blocks.put(indata[:, 0].copy())
 
-    print(f"listening on {device['name']} (speak, then pause; Ctrl-C to leave)", file=sys.stderr)
+    how = "Enter to talk, Enter to stop" if args.push_to_talk else "speak, then pause"
+    print(f"listening on {device['name']} ({how}; Ctrl-C to leave)", file=sys.stderr)
 
     def stream():
         while True:
@@ -143,7 +174,12 @@ def _listen(session, args) -> int:
 
     try:
         with sd.InputStream(samplerate=RATE, channels=1, dtype="float32", blocksize=RATE // 10, callback=callback):
-            converse(session, stream(), args)
+            if args.push_to_talk:
+                talking = threading.Event()
+                threading.Thread(target=_enter_toggles, args=(talking,), daemon=True).start()
+                converse(session, stream(), args, events=lambda blocks: push_to_talk(blocks, talking))
+            else:
+                converse(session, stream(), args)
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 0
