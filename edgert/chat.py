@@ -97,4 +97,3 @@ def strip_thinking(text: str) -> str:
         b = text.index(CHANNEL_CLOSE, a) + len(CHANNEL_CLOSE)
         text = text[:a] + text[b:]
     return text.strip()
-
