@@ -174,10 +174,7 @@ class Model:
         budget or the context runs out. Sampled ids are yielded before they are fed, so a
         consumer that stops early leaves the last one in `state.pending`. soft: soft tokens
         of the prompt, as `prefill` takes them."""
-        feed = state.pending + list(prompt)
-        if soft is not None:
-            soft = (np.concatenate([np.zeros(len(state.pending), dtype=bool), soft[0]]), soft[1])
-        state.pending = []
+        feed, soft = _take_pending(state, list(prompt), soft)
         start = state.pos
         try:
             logits = self.prefill(state, feed, soft=soft)
@@ -281,13 +278,13 @@ class Model:
                 continue
             if self.file.audio is None:
                 raise EdgeRTError(f"{self.file.path} has no audio encoder: convert a checkpoint with an audio tower")
+            names = {k: self.tokenizer.tokens[v] for k, v in self.file.audio.tokens.items()}
             parts = []
             for part in content:
                 if part.get("type") != "audio":
                     parts.append(part)
                     continue
                 tokens = part["soft_tokens"] if "soft_tokens" in part else self.hear(part.get("audio"), part.get("rate"))
-                names = {k: self.tokenizer.tokens[v] for k, v in self.file.audio.tokens.items()}
                 parts.append({"type": "text", "text": names["boa"] + names["audio"] * len(tokens) + names["eoa"]})
                 rows.append(tokens)
             out.append({**m, "content": parts})
@@ -296,6 +293,16 @@ class Model:
     def chat_session(self, system: str | None = None, think: bool = False, **sampling) -> "ChatSession":
         """A conversation that keeps its KV cache between turns."""
         return ChatSession(self, system, think, sampling)
+
+
+def _take_pending(state: State, ids: list[int], soft: tuple | None) -> tuple[list[int], tuple | None]:
+    """The ids to feed: the state's pending ones (sampled, not yet fed), then `ids`; soft tokens,
+    given for `ids`, shifted past the pending ones. The state's pending list is emptied."""
+    feed = state.pending + ids
+    if soft is not None:
+        soft = (np.concatenate([np.zeros(len(state.pending), dtype=bool), soft[0]]), soft[1])
+    state.pending = []
+    return feed, soft
 
 
 def _sampler(sampling: dict):
@@ -398,10 +405,8 @@ class AudioTurn:
         from edgert.speech import StreamingEncoder
 
         model = session.model
-        if model.file.audio is None:
-            raise EdgeRTError(f"{model.file.path} has no audio encoder: convert a checkpoint with an audio tower")
         self.session, self.model = session, model
-        self.stream = StreamingEncoder(model.audio_encoder)
+        self.stream = StreamingEncoder(model.audio_encoder)  # says so if the file has no audio tower
         self.audio_id = model.file.audio.tokens["audio"]
         boa = model.tokenizer.tokens[model.file.audio.tokens["boa"]]
         head, opened = session._head()
@@ -409,14 +414,10 @@ class AudioTurn:
         self.soft_tokens = 0
 
     def _feed(self, ids: list[int], rows: np.ndarray | None = None) -> None:
-        state = self.session.state
-        if state.pos + len(state.pending) + len(ids) + 1 > self.model.n_ctx:
-            raise ContextOverflowError(f"the conversation has reached the context of {self.model.n_ctx} tokens")
-        feed, state.pending = state.pending + ids, []
-        soft = None
-        if rows is not None:
-            soft = (np.array([False] * (len(feed) - len(ids)) + [True] * len(ids)), rows)
-        self.model.prefill(state, feed, logits="none", soft=soft)
+        self.session._check_room(len(ids))
+        soft = (np.ones(len(ids), dtype=bool), rows) if rows is not None else None
+        feed, soft = _take_pending(self.session.state, ids, soft)
+        self.model.prefill(self.session.state, feed, logits="none", soft=soft)
 
     def push(self, samples: np.ndarray) -> int:
         """Append 16 kHz samples; returns how many soft tokens were prefilled."""
@@ -490,12 +491,16 @@ class ChatSession:
         fmt = self.model.format
         return f"{fmt.close}\n" + fmt.generation_prompt()
 
-    def _reply(self, ids: list[int], max_new_tokens: int, soft=None) -> Reply:
-        if self.state.pos + len(self.state.pending) + len(ids) + 1 > self.model.n_ctx:
+    def _check_room(self, n: int) -> None:
+        """n more ids, after what is pending, and one to answer with, must fit."""
+        if self.state.pos + len(self.state.pending) + n + 1 > self.model.n_ctx:
             raise ContextOverflowError(
                 f"the conversation has reached the context of {self.model.n_ctx} tokens; "
                 "start again with reset() or load with a larger n_ctx"
             )
+
+    def _reply(self, ids: list[int], max_new_tokens: int, soft=None) -> Reply:
+        self._check_room(len(ids))
         budget = min(max_new_tokens, self.model.n_ctx - self.state.pos - len(self.state.pending) - len(ids))
         return Reply(self.model, self.model.generate_ids(self.state, ids, budget, _sampler(dict(self.sampling)),
                                                          self.model.stop_ids, soft))

@@ -22,6 +22,11 @@ from edgert.errors import EdgeRTError
 MAX_SOFT_TOKENS = 750  # Gemma 4 hears at most 30 s per clip: one soft token per 40 ms
 
 
+def _too_long(seconds: float) -> EdgeRTError:
+    return EdgeRTError(f"the audio lasts {seconds:.1f} s; Gemma 4 hears at most 30 s per clip: "
+                       "trim it or send it in parts")
+
+
 def _stamp(path: Path) -> str:
     st = path.stat()
     return f"{st.st_size}-{st.st_mtime_ns}"
@@ -72,16 +77,14 @@ def soft_tokens(encoder: AudioEncoder, audio, rate: int | None = None) -> np.nda
     except AudioError as e:
         raise EdgeRTError(str(e)) from None
     if clip.seconds > MAX_SOFT_TOKENS * 0.04 + 0.04:  # refused before an hour of features is computed
-        raise EdgeRTError(f"the audio lasts {clip.seconds:.1f} s; Gemma 4 hears at most 30 s per clip: "
-                          "trim it or send it in parts")
+        raise _too_long(clip.seconds)
     features, mask = log_mel(clip.samples)
     if len(features) == 0:
         raise EdgeRTError("the audio is too short to hear (under 10 ms)")
     out, out_mask = encoder(features, mask)
     rows = out[out_mask]
     if len(rows) > MAX_SOFT_TOKENS:
-        raise EdgeRTError(f"the audio lasts {clip.seconds:.1f} s; Gemma 4 hears at most 30 s per clip: "
-                          "trim it or send it in parts")
+        raise _too_long(clip.seconds)
     return rows
 
 

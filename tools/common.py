@@ -41,13 +41,15 @@ def resolve_model(path: str | None) -> str:
     return str(demo_model(lambda msg: print(msg, file=sys.stderr)))
 
 
-def load_model(args):
+def load_model(args, **options):
+    """The model of the command line's arguments; options: more of edgert.load's."""
     import edgert
 
     path = resolve_model(args.model)
     t0 = time.perf_counter()
     print(f"loading {path} ...", file=sys.stderr, end="", flush=True)
-    model = edgert.load(path, n_ctx=args.ctx, threads=args.threads, ple=args.ple, ple_cache_mb=args.ple_cache_mb)
+    model = edgert.load(path, n_ctx=args.ctx, threads=args.threads, ple=args.ple, ple_cache_mb=args.ple_cache_mb,
+                        **options)
     print(f" {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     return model
 

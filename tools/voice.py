@@ -154,7 +154,6 @@ def _enter_toggles(talking: threading.Event) -> None:
 def _listen(session, args) -> int:
     sd, device = _microphone()
     blocks: queue.Queue = queue.Queue()
-    stop = object()
 
     def callback(indata, frames, at, status):
         blocks.put(indata[:, 0].copy())
@@ -168,8 +167,6 @@ def _listen(session, args) -> int:
                 block = blocks.get(timeout=0.2)  # a timeout keeps Ctrl-C responsive
             except queue.Empty:
                 continue
-            if block is stop:
-                return
             yield block
 
     try:
@@ -189,8 +186,7 @@ def _listen(session, args) -> int:
 
 
 def main(args) -> int:
-    model = load_model(args)
-    model.audio_int8 = args.audio_int8
+    model = load_model(args, audio_int8=args.audio_int8)
     if model.file.audio is None:
         raise EdgeRTError(f"{model.file.path} has no audio encoder; convert a Gemma 4 checkpoint that has one "
                           "(E2B and E4B do)")
