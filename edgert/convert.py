@@ -58,9 +58,10 @@ class SafeTensor:
         mm = np.memmap(self.path, dtype=_ST_DTYPES[self.dtype], mode="r", offset=self.offset, shape=(count,))
         return mm.reshape(self.shape) if self.shape else mm
 
-    def rows_f32(self, start: int, stop: int) -> np.ndarray:
+    def rows_f32(self, start: int, stop: int, flat: bool = False) -> np.ndarray:
+        """Rows start..stop as float32; a 1-D tensor is one row, and so is any tensor when flat."""
         a = self.array()
-        a = a.reshape(1, -1) if a.ndim < 2 else a  # a 1-D tensor is one row
+        a = a.reshape(1, -1) if a.ndim < 2 or flat else a
         part = np.asarray(a[start:stop])
         if self.dtype == "BF16":
             return (part.astype(np.uint32) << 16).view(np.float32)
@@ -233,9 +234,7 @@ class _FlatTensor:
         self.nbytes = row_bytes(self.qtype, self.size)
 
     def tofile(self, fout) -> None:
-        x = self.source.array().reshape(1, -1)
-        x = (x.astype(np.uint32) << 16).view(np.float32) if self.source.dtype == "BF16" else x.astype(np.float32)
-        fout.write(quantize(x, self.qtype).tobytes())
+        fout.write(quantize(self.source.rows_f32(0, 1, flat=True), self.qtype).tobytes())
 
 
 def convert(
