@@ -27,6 +27,7 @@ from pathlib import Path
 
 from edgert.config import ModelConfig, config_from_hf, published, tensor_manifest
 from edgert.errors import ArchitectureError, EdgeRTError
+from edgert.rss import memory
 from quant import QType, row_bytes
 
 MB = 2**20
@@ -322,17 +323,6 @@ class Measurement:
         return asdict(self)
 
 
-def _rss() -> tuple[int, int, int]:
-    """(anonymous, file-backed, peak) bytes of this process (Linux /proc)."""
-    fields = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "RssAnon", "RssFile", "RssShmem"):
-                fields[key] = int(value.split()[0]) * 1024
-    return fields.get("RssAnon", 0), fields.get("RssFile", 0) + fields.get("RssShmem", 0), fields.get("VmHWM", 0)
-
-
 def _drop_from_page_cache(path, offset: int, length: int) -> None:
     """Evict a region of a file from the page cache (written back first), so that what
     becomes resident is what the run reads, not what an earlier reader left there."""
@@ -366,7 +356,7 @@ def measure(path, prompt_tokens: int = 512, new_tokens: int = 128, n_ctx: int = 
     t0 = time.perf_counter()
 
     def sample():
-        anon, file, _ = _rss()
+        anon, file, _ = memory()
         model, state = box["model"], box["state"]
         ple = 0
         if model is not None and model.weights.ple is not None:
@@ -408,7 +398,7 @@ def measure(path, prompt_tokens: int = 512, new_tokens: int = 128, n_ctx: int = 
     sample()
     return Measurement(prompt_tokens=prompt_tokens, new_tokens=new_tokens, seconds=samples["seconds"],
                        anon=samples["anon"], file=samples["file"], ple_resident=samples["ple"], kv=samples["kv"],
-                       peak_rss=_rss()[2], phases=phases)
+                       peak_rss=memory().peak, phases=phases)
 
 
 # --- shown -------------------------------------------------------------------------------------

@@ -54,15 +54,11 @@ def add_parser(sub) -> None:
 # --- what runs inside a worker process ----------------------------------------------------------
 
 def _memory() -> dict:
-    """Peak RSS and its anonymous / file-backed split now, in MB (Linux /proc)."""
-    fields = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "RssAnon", "RssFile", "RssShmem"):
-                fields[key] = int(value.split()[0]) / 1024
-    return {"peak_rss_mb": fields.get("VmHWM"), "anon_mb": fields.get("RssAnon"),
-            "file_mb": fields.get("RssFile", 0) + fields.get("RssShmem", 0)}
+    """Peak RSS and its anonymous / file-backed split now, in MB."""
+    from edgert.rss import memory
+
+    m = memory()
+    return {"peak_rss_mb": m.peak / 2**20, "anon_mb": m.anon / 2**20, "file_mb": m.file / 2**20}
 
 
 PASSAGE = (
