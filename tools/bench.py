@@ -89,6 +89,30 @@ def _prompts(args) -> tuple[list[int], list[int]]:
     return p["short"], p["prompt"]
 
 
+def _generate(args, t0: float, reset, feed) -> dict:
+    """What both engines are timed on, the same way: a short prompt to the first token (from
+    process start t0), then the prompt's prefill and `gen` greedy tokens. reset() empties the
+    context; feed(ids) reads ids after it and returns the last position's logits."""
+    short, prompt = _prompts(args)
+    reset()
+    int(np.argmax(feed(short)))
+    print(FIRST, flush=True)
+    first_s = time.perf_counter() - t0
+
+    reset()
+    t = time.perf_counter()
+    tok = int(np.argmax(feed(prompt)))
+    ttft = time.perf_counter() - t
+    tokens = [tok]
+    t = time.perf_counter()
+    for _ in range(args.gen - 1):
+        tok = int(np.argmax(feed([tok])))
+        tokens.append(tok)
+    decode_s = time.perf_counter() - t
+    return dict(first_token_s=first_s, ttft_s=ttft, prefill_tps=len(prompt) / ttft,
+                decode_tps=(args.gen - 1) / decode_s, tokens=tokens)
+
+
 def _worker_edgert(args) -> dict:
     t0 = time.perf_counter()
     import edgert
@@ -96,25 +120,14 @@ def _worker_edgert(args) -> dict:
 
     model = edgert.load(args.file, n_ctx=args.ctx, threads=args.threads)
     load_s = time.perf_counter() - t0
-    short, prompt = _prompts(args)
-    state = model.new_state()
-    int(np.argmax(model.prefill(state, short)))
-    print(FIRST, flush=True)
-    first_s = time.perf_counter() - t0
+    box = {}
 
-    state = model.new_state()
-    t = time.perf_counter()
-    tok = int(np.argmax(model.prefill(state, prompt)))
-    ttft = time.perf_counter() - t
-    tokens = [tok]
-    t = time.perf_counter()
-    for _ in range(args.gen - 1):
-        tok = int(np.argmax(model.decode_step(state, tok)))
-        tokens.append(tok)
-    decode_s = time.perf_counter() - t
-    return dict(load_s=load_s, first_token_s=first_s, ttft_s=ttft, prefill_tps=len(prompt) / ttft,
-                decode_tps=(args.gen - 1) / decode_s, tokens=tokens, kernels=cpu.describe(),
-                threads=model.threads, kv_mb=state.kv_bytes / 2**20, **_memory())
+    def reset():
+        box["state"] = model.new_state()
+
+    result = _generate(args, t0, reset, lambda ids: model.prefill(box["state"], ids))
+    return dict(load_s=load_s, **result, kernels=cpu.describe(), threads=model.threads,
+                kv_mb=box["state"].kv_bytes / 2**20, **_memory())
 
 
 def _worker_llama(args) -> dict:
@@ -124,30 +137,13 @@ def _worker_llama(args) -> dict:
     llm = llama_cpp.Llama(model_path=args.file, n_ctx=args.ctx, n_batch=512, n_ubatch=512, n_threads=args.threads,
                           n_threads_batch=args.threads, logits_all=False, verbose=False)
     load_s = time.perf_counter() - t0
-    short, prompt = _prompts(args)
 
-    def last_logits():
+    def feed(ids):
+        llm.eval(ids)
         return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
 
-    llm.eval(short)
-    int(np.argmax(last_logits()))
-    print(FIRST, flush=True)
-    first_s = time.perf_counter() - t0
-
-    llm.reset()
-    t = time.perf_counter()
-    llm.eval(prompt)
-    tok = int(np.argmax(last_logits()))
-    ttft = time.perf_counter() - t
-    tokens = [tok]
-    t = time.perf_counter()
-    for _ in range(args.gen - 1):
-        llm.eval([tok])
-        tok = int(np.argmax(last_logits()))
-        tokens.append(tok)
-    decode_s = time.perf_counter() - t
-    return dict(load_s=load_s, first_token_s=first_s, ttft_s=ttft, prefill_tps=len(prompt) / ttft,
-                decode_tps=(args.gen - 1) / decode_s, tokens=tokens, version=llama_cpp.__version__, **_memory())
+    result = _generate(args, t0, llm.reset, feed)
+    return dict(load_s=load_s, **result, version=llama_cpp.__version__, **_memory())
 
 
 PLE_TOKENS, PLE_DECODE = 1000, 64
@@ -221,12 +217,7 @@ def _worker_audio(args) -> dict:
 
     def best(f, n=3):
         f()
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - t0)
-        return min(times)
+        return min(_timed(f) for _ in range(n))
 
     with tempfile.TemporaryDirectory() as tmp:
         f32_path, int8_path = Path(tmp) / "f32.onnx", Path(tmp) / "int8.onnx"
