@@ -150,7 +150,7 @@ class _Generic:
         return ir.Constant(F32, 0.0)
 
     def _products(self, w, x):
-        v = _vec(I32, 32)
+        v = _vec(I32, w.type.count)
         return self.b.mul(self.b.sext(w, v), self.b.sext(x, v))
 
     def dot_u(self, u, x):  # values below 128 read the same signed
@@ -159,9 +159,13 @@ class _Generic:
     dot_s = dot_u
 
     def dot_s2(self, w, x, scale_lo, scale_hi):
-        p = self._products(w, x)
-        lo = self.b.call(self._add16, [_shuffle(self.b, p, p, range(16))])
-        hi = self.b.call(self._add16, [_shuffle(self.b, p, p, range(16, 32))])
+        # The halves are split before widening: a reduction of sext(16 x i8) products is what
+        # LLVM matches to sdot; halves shuffled out of 32 widened products become smull.
+        def half(v, h):
+            return _shuffle(self.b, v, v, range(16 * h, 16 * h + 16))
+
+        lo = self.b.call(self._add16, [self._products(half(w, 0), half(x, 0))])
+        hi = self.b.call(self._add16, [self._products(half(w, 1), half(x, 1))])
         return self.b.add(self.b.mul(lo, self.b.sext(scale_lo, I32)), self.b.mul(hi, self.b.sext(scale_hi, I32)))
 
     def fma(self, partial, scale, acc):

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgert import kernels, ops
-from quant import BLOCKS, QTensor, QType, quantize, ref
+from quant import BLOCKS, QTensor, QType, asm, cpu, quantize, ref, simd
 from quant.tensor import matmul, matmul_ref
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,6 +129,8 @@ def test_k_quant_dequantize_is_bit_exact_with_gguf(qtype, n_blocks, seed):
     np.testing.assert_array_equal(ours, theirs)
 
 
+@pytest.mark.skipif(cpu.FLAVOR == "generic", reason="the kernels here are the generic flavor already: "
+                                                   "every other test in this file runs it")
 def test_generic_flavor_matches_reference():
     """The portable flavor (what an ARM board runs), forced on this host in a fresh process."""
     code = """
@@ -149,41 +151,48 @@ print("ok")
     assert done.stdout.strip() == "ok"
 
 
-def _compile_row_dot(triple: str, cpu: str, features: str, flavor: str, fmt: str) -> str:
-    """Assembly of one row-dot loop built for another target."""
-    import llvmlite.binding as llvm
+# Widening multiplies: what LLVM emits for the generic flavor's byte products when it does not
+# match them to sdot (each 16-byte product then costs four instructions instead of one)
+SCALAR_FALLBACK = {"smull", "smull2", "smlal", "smlal2", "sshll", "sshll2", "saddw", "saddw2", "sxtl", "sxtl2"}
+
+
+@pytest.mark.parametrize("tokens", [1, simd.TOKENS], ids=["gemv", "gemm"])
+@pytest.mark.parametrize("fmt", list(simd.FORMATS))
+def test_every_row_dot_is_sdot_on_the_raspberry_pi_5(fmt, tokens):
+    """On a Cortex-A76 (ARMv8.2 with the dot-product extension) LLVM turns the generic flavor's
+    widen-multiply-reduce into sdot, as llama.cpp's NEON path does by hand: one sdot per 16
+    weights per token in the main loop, and no widening multiply beside them."""
+    loop = asm.mnemonics(asm.main_loop(asm.row_dot_assembly(asm.PI5, fmt, tokens)))
+    f = simd.FORMATS[fmt]
+    assert loop.count("sdot") == f.unroll * f.walk.values_per_block // 16 * tokens
+    assert not SCALAR_FALLBACK & set(loop), sorted(SCALAR_FALLBACK & set(loop))
+
+
+def test_the_scalar_fallback_check_catches_a_widened_product():
+    """The check above can fail: products widened to 32 bits before the halves are split (as the
+    generic Q6_K dot once did) are lowered to smull, and counted as a fallback."""
     from llvmlite import ir
 
-    from quant import simd
+    class Widened(simd._Generic):
+        def dot_s2(self, w, x, scale_lo, scale_hi):
+            p = self._products(w, x)
+            lo = self.b.call(self._add16, [simd._shuffle(self.b, p, p, range(16))])
+            hi = self.b.call(self._add16, [simd._shuffle(self.b, p, p, range(16, 32))])
+            return self.b.add(self.b.mul(lo, self.b.sext(scale_lo, ir.IntType(32))),
+                              self.b.mul(hi, self.b.sext(scale_hi, ir.IntType(32))))
 
-    llvm.initialize_all_targets()
-    llvm.initialize_all_asmprinters()
-    module = ir.Module(name="row_dot")
-    module.triple = triple
-    i8p, f32p, i64 = ir.IntType(8).as_pointer(), ir.FloatType().as_pointer(), ir.IntType(64)
-    fn = ir.Function(module, ir.FunctionType(ir.FloatType(), [i8p, i8p, f32p, f32p, i64]), name="row_dot")
-    builder = ir.IRBuilder(fn.append_basic_block())
-    w, x, xd, xs, n = fn.args
-    zero = ir.Constant(i64, 0)
-    builder.ret(simd.emit_row_dot(builder, flavor, simd.FORMATS[fmt], w, zero, x, [zero], xd, xs, [zero], n)[0])
-    parsed = llvm.parse_assembly(str(module))
-    target = llvm.Target.from_triple(triple).create_target_machine(cpu=cpu, features=features, opt=3)
-    builder = llvm.create_pass_builder(target, llvm.create_pipeline_tuning_options(speed_level=3))
-    builder.getModulePassManager().run(parsed, builder)  # the -O3 pipeline Numba runs too
-    return target.emit_assembly(parsed)
-
-
-@pytest.mark.parametrize("fmt", ["q4_0", "q5_0", "q8_0"])
-def test_generic_flavor_becomes_sdot_on_the_raspberry_pi_5(fmt):
-    """On a Cortex-A76 (ARMv8.2 with the dot-product extension) LLVM turns the generic
-    widen-multiply-reduce into sdot, as llama.cpp's NEON path uses by hand."""
-    asm = _compile_row_dot("aarch64-unknown-linux-gnu", "cortex-a76", "+neon,+dotprod", "generic", fmt)
-    assert "sdot" in asm
+    original = simd._FLAVOR_CLASS["generic"]
+    simd._FLAVOR_CLASS["generic"] = Widened
+    try:
+        loop = asm.mnemonics(asm.main_loop(asm.row_dot_assembly(asm.PI5, "q6_k")))
+    finally:
+        simd._FLAVOR_CLASS["generic"] = original
+    assert SCALAR_FALLBACK & set(loop)
 
 
 def test_avx2_flavor_uses_byte_multiply_add():
-    asm = _compile_row_dot("x86_64-unknown-linux-gnu", "znver2", "+avx2,+f16c,+fma", "avx2", "q4_0")
-    assert "vpmaddubsw" in asm and "vcvtph2ps" in asm
+    code = asm.row_dot_assembly(asm.ZEN2_AVX2, "q4_0")
+    assert "vpmaddubsw" in code and "vcvtph2ps" in code
 
 
 # --- the forward pass's own kernels against edgert.ops ------------------------------------------
@@ -224,3 +233,4 @@ def test_attention_matches_ops(window):
         got = kernels.attention(q, k, v, q_pos, k_pos, window)
         want = ops.attention(q, k, v, q_pos, k_pos, window)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+

@@ -1,0 +1,92 @@
+"""The row-dot loops compiled for a named CPU, as assembly: what the tests read to check the
+instructions each flavor lowers to, and what the speed model feeds to llvm-mca.
+
+The loops are the ones the kernels inline (quant.simd.emit_row_dot), built in a module of
+their own for the target's triple and CPU and run through the same -O3 pipeline Numba uses.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from quant import simd
+
+
+@dataclass(frozen=True)
+class Target:
+    """A CPU to compile for: LLVM's triple, CPU name and features, and the kernel flavor it runs."""
+
+    triple: str
+    cpu: str
+    features: str
+    flavor: str
+
+
+# The Raspberry Pi 5's BCM2712: four Cortex-A76 cores, ARMv8.2-A with the dot-product extension.
+PI5 = Target("aarch64-unknown-linux-gnu", "cortex-a76", "+neon,+dotprod,+fp-armv8,+fullfp16,+rcpc,+lse,+crc", "generic")
+ZEN2_AVX2 = Target("x86_64-unknown-linux-gnu", "znver2", "+avx2,+f16c,+fma", "avx2")
+
+
+def row_dot_assembly(target: Target, fmt: str, tokens: int = 1) -> str:
+    """Assembly of a function that runs the row-dot loop of `fmt` ('q4_0', ..., 'q6_k' as in
+    quant.simd.FORMATS) over one weight row against `tokens` activation rows."""
+    import llvmlite.binding as llvm
+    from llvmlite import ir
+
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    module = ir.Module(name="row_dot")
+    module.triple = target.triple
+    i8p, f32p, i64 = ir.IntType(8).as_pointer(), ir.FloatType().as_pointer(), ir.IntType(64)
+    ret = ir.LiteralStructType([ir.FloatType()] * tokens)
+    fn = ir.Function(module, ir.FunctionType(ret, [i8p, i8p, f32p, f32p, i64, i64, i64]), name="row_dot")
+    builder = ir.IRBuilder(fn.append_basic_block())
+    w, x, xd, xs, n, x_stride, xb_stride = fn.args
+    zero = ir.Constant(i64, 0)
+    x_offs = [builder.mul(x_stride, ir.Constant(i64, j)) for j in range(tokens)]
+    xbs = [builder.mul(xb_stride, ir.Constant(i64, j)) for j in range(tokens)]
+    dots = simd.emit_row_dot(builder, target.flavor, simd.FORMATS[fmt], w, zero, x, x_offs, xd, xs, xbs, n)
+    out = ir.Constant(ret, None)
+    for j, d in enumerate(dots):
+        out = builder.insert_value(out, d, j)
+    builder.ret(out)
+    parsed = llvm.parse_assembly(str(module))
+    machine = llvm.Target.from_triple(target.triple).create_target_machine(
+        cpu=target.cpu, features=target.features, opt=3)
+    passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
+    passes.getModulePassManager().run(parsed, passes)
+    return machine.emit_assembly(parsed)
+
+
+_LABEL = re.compile(r"^(\.?L\w+|\w+):")
+_BRANCH = re.compile(r"^\s*(b\.\w+|cbnz|cbz|tbnz|tbz|b|j\w+)\s+(.*?)(\s*[;#].*)?$")
+
+
+def main_loop(asm: str) -> list[str]:
+    """The instructions of the longest loop in `asm`: from a label to the last branch back to it.
+    The row dot has two loops, the unrolled one and the one-block tail; this is the first."""
+    lines = [line.split("//")[0].rstrip() for line in asm.splitlines()]
+    best: list[str] = []
+    labels: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        m = _LABEL.match(line.strip())
+        if m:
+            labels[m.group(1)] = i
+            continue
+        b = _BRANCH.match(line)
+        if b and b.group(2).split(",")[-1].strip() in labels:
+            start = labels[b.group(2).split(",")[-1].strip()]
+            body = [s.strip() for s in lines[start + 1:i + 1] if _is_instruction(s)]
+            if len(body) > len(best):
+                best = body
+    return best
+
+
+def _is_instruction(line: str) -> bool:
+    s = line.strip()
+    return bool(s) and not s.startswith((".", "#", "//", ";")) and not _LABEL.match(s)
+
+
+def mnemonics(instructions: list[str]) -> list[str]:
+    return [s.split()[0] for s in instructions]
