@@ -183,3 +183,32 @@ def build_audio_checkpoint(directory: Path, seed: int = 3):
     randomize(model, seed)
     model.save_pretrained(directory)
     return model
+
+
+# --- committed golden output, for machines without torch (the emulated Raspberry Pi 5 job) -------
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "data" / "gemma4-e2b-tiny"
+GOLDEN_PROMPT, GOLDEN_STEPS, GOLDEN_GREEDY = 40, 24, 16  # prompt of five windows; decode past them
+
+
+def golden_ids(vocab: int) -> tuple[list[int], list[int]]:
+    """The golden case's prompt (<bos> + ordinary tokens) and the tokens fed in decode after it."""
+    rng = np.random.default_rng(11)
+    prompt = [2] + [int(i) for i in rng.integers(300, vocab, GOLDEN_PROMPT - 1)]
+    return prompt, [int(i) for i in rng.integers(300, vocab, GOLDEN_STEPS)]
+
+
+def write_golden(directory: Path = GOLDEN_DIR) -> None:
+    """Save the small E2B-like checkpoint of the parity tests (seed 1) with transformers' logits on
+    it: every prompt position, each decode step, and a greedy continuation (golden.npz)."""
+    model = build_checkpoint(directory, "e2b", seed=1)
+    vocab = model.config.vocab_size
+    prompt, steps = golden_ids(vocab)
+    np.savez_compressed(directory / "golden.npz", prompt=np.array(prompt), steps=np.array(steps),
+                        prefill=hf_logits(model, prompt), decode=hf_decode_logits(model, prompt, steps),
+                        greedy=np.array(hf_greedy(model, prompt, GOLDEN_GREEDY)))
+
+
+if __name__ == "__main__":  # python -m tests.reference: rewrite the committed golden output
+    write_golden()
+    print(f"wrote {GOLDEN_DIR}")

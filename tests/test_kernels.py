@@ -18,6 +18,8 @@ from edgert import kernels, ops
 from quant import BLOCKS, QTensor, QType, asm, cpu, quantize, ref, simd
 from quant.tensor import matmul, matmul_ref
 
+pytestmark = pytest.mark.aarch64
+
 REPO = Path(__file__).resolve().parent.parent
 FORMATS = [QType.Q4_0, QType.Q5_0, QType.Q8_0, QType.Q4_K, QType.Q6_K, QType.F32, QType.F16, QType.BF16]
 
@@ -234,3 +236,10 @@ def test_attention_matches_ops(window):
         want = ops.attention(q, k, v, q_pos, k_pos, window)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
+
+def test_the_emulated_pi_is_told_the_cpu_the_assembly_is_checked_for():
+    """tools/aarch64.sh names the Pi's CPU to Numba (LLVM cannot detect an emulated one): the
+    same CPU and features as quant.asm.PI5, which the sdot checks compile for."""
+    script = (REPO / "tools" / "aarch64.sh").read_text()
+    assert f"pi5_cpu={asm.PI5.cpu}\n" in script
+    assert f"pi5_features={asm.PI5.features}\n" in script

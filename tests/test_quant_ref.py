@@ -10,6 +10,8 @@ from hypothesis.extra.numpy import arrays
 from quant import QType, dequantize, quantize, row_bytes
 from quant.formats import BLOCKS
 
+pytestmark = pytest.mark.aarch64
+
 TYPES = [QType.F16, QType.BF16, QType.Q8_0, QType.Q4_0, QType.Q5_0]
 
 rows_of_blocks = st.integers(1, 4).flatmap(
