@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jsonschema
 import numpy as np
 import pytest
 
@@ -96,6 +95,8 @@ def _cli(*argv) -> subprocess.CompletedProcess:
 
 
 def test_json_validates_against_the_schema(tmp_path):
+    import jsonschema
+
     done = _cli("e2b", "--json", "--ctx", "4096,32768", "--device", "pi5-4gb")
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
@@ -104,6 +105,8 @@ def test_json_validates_against_the_schema(tmp_path):
 
 
 def test_measured_run_matches_the_prediction_and_the_picture_renders(small_model, tmp_path):
+    import jsonschema
+
     png = tmp_path / "profile.png"
     done = _cli(str(small_model), "--measure", "--prompt", "200", "--gen", "16", "--ctx", "512", "--json",
                 "--plot", str(png), "-t", "1")

@@ -24,7 +24,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${EDGERT_AARCH64:-$HOME/.cache/edgert/aarch64}
-# keep in step with quant.asm.PI5 (tests/test_aarch64.py checks)
+# keep in step with quant.asm.PI5 (tests/test_kernels.py checks)
 pi5_cpu=cortex-a76
 pi5_features=+neon,+dotprod,+fp-armv8,+fullfp16,+rcpc,+lse,+crc
 packages=python3,python3-venv,libpython3.11,libstdc++6,libgomp1,libgcc-s1,zlib1g,libportaudio2
@@ -36,7 +36,7 @@ need_tools() {
     # ldconfig (a subprocess, so not emulated); the aarch64 library of that name is then loaded
     # from the root, where qemu looks first
     command -v qemu-aarch64-static >/dev/null && command -v mmdebstrap >/dev/null \
-        && /sbin/ldconfig -p | grep -q libportaudio.so.2 && return
+        && /sbin/ldconfig -p | grep libportaudio.so.2 >/dev/null && return
     say "installing qemu-user-static, mmdebstrap and libportaudio2 (Debian's packages)"
     local sudo tools="qemu-user-static mmdebstrap libportaudio2"; sudo=$(command -v sudo || true)
     $sudo apt-get install -y -q $tools >/dev/null \
