@@ -127,7 +127,27 @@ def _worker_edgert(args) -> dict:
 
     result = _generate(args, t0, reset, lambda ids: model.prefill(box["state"], ids))
     return dict(load_s=load_s, **result, kernels=cpu.describe(), threads=model.threads,
-                kv_mb=box["state"].kv_bytes / 2**20, **_memory())
+                kv_mb=box["state"].kv_bytes / 2**20, **_memory(), trace=_trace(args, model))
+
+
+TRACE_STEPS = 16  # decode steps traced for the speed model
+
+
+def _trace(args, model) -> dict:
+    """After the timed run: the prompt's prefill and TRACE_STEPS decode steps again, with every
+    matrix product timed and recorded (the speed model's input)."""
+    from tools.speed_model import trace
+
+    _, prompt = _prompts(args)
+    state = model.new_state()
+    calls, wall = trace(model, lambda: model.prefill(state, prompt))
+    phases = {"prefill": dict(tokens=len(prompt), wall=wall, calls=calls)}
+    token = _prompts(args)[0][-1]
+    calls, wall = trace(model, lambda: [model.prefill(state, [token]) for _ in range(TRACE_STEPS)])
+    phases["decode"] = dict(tokens=TRACE_STEPS, wall=wall, calls=calls)
+    for phase in phases.values():
+        phase["calls"] = [[c.n, int(c.qtype), c.rows, c.cols, c.nbytes, c.seconds] for c in phase["calls"]]
+    return phases
 
 
 def _worker_llama(args) -> dict:
@@ -578,7 +598,9 @@ def main(args) -> int:
         e2b = next((r["file"] for r in results if r["model"] == "e2b"), None)
         log("audio encoder, full size, random weights ...")
         audio = _run_worker("audio", Path(e2b) if e2b else "", Path(""), args, threads)
-    text = report(results, meta, audio)
+    from tools.speed_model import section
+
+    text = report(results, meta, audio) + "\n".join(section(results, meta, log))
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -1,0 +1,64 @@
+"""The Pi 5 speed model's parts: the loop it reads from the assembly, the roofline it applies to
+each product, and llvm-mca's cycles where llvm-mca is installed."""
+
+import pytest
+
+from quant import QType, asm, simd
+from tools import speed_model
+from tools.speed_model import Call, Machine, Phase
+
+ASM = """row_dot:
+\tmov x8, xzr
+.LBB0_2:
+\tldr q0, [x0], #16
+\tsdot v1.4s, v0.16b, v2.16b
+\tadd x8, x8, #1
+\tcmp x8, x4
+\tb.lt .LBB0_2
+.LBB0_3:
+\tldrb w9, [x0]
+\tcbnz w9, .LBB0_3
+\tret
+"""
+
+
+def test_main_loop_is_the_longest_backward_branch():
+    assert asm.mnemonics(asm.main_loop(ASM)) == ["ldr", "sdot", "add", "cmp", "b.lt"]
+
+
+MACHINE = Machine("test", asm.PI5, "neoverse-n1", ghz=2.0, cores=4, bandwidth=10.0, slower=2.0)
+CYCLES = {fmt: (8.0, 4.0) for fmt in simd.FORMATS}  # per block: decode, prefill per token
+
+
+def test_a_product_costs_the_longer_of_compute_and_traffic():
+    rows, cols = 4096, 4096
+    blocks = rows * cols // 32
+    nbytes = blocks * 18
+    decode = Call(1, QType.Q4_0, rows, cols, nbytes, 0.0)
+    compute = blocks * 8.0 / (2.0e9 * 4)
+    traffic = nbytes / 10e9
+    assert speed_model.product_seconds(decode, MACHINE, CYCLES, 10.0) == pytest.approx(max(compute, traffic))
+    # prefill of 512 tokens: compute grows with the tokens, traffic with the 64-token tiles
+    prefill = Call(512, QType.Q4_0, rows, cols, nbytes, 0.0)
+    assert speed_model.product_seconds(prefill, MACHINE, CYCLES, 10.0) == pytest.approx(blocks * 4.0 * 512 / 8e9)
+    slow_memory = speed_model.product_seconds(decode, MACHINE, CYCLES, 0.01)
+    assert slow_memory == pytest.approx(nbytes / 0.01e9)
+    # float weights have no integer loop to count: their traffic alone
+    f16 = Call(1, QType.F16, rows, cols, rows * cols * 2, 0.0)
+    assert speed_model.product_seconds(f16, MACHINE, CYCLES, 10.0) == pytest.approx(rows * cols * 2 / 10e9)
+
+
+def test_prediction_adds_the_rest_of_the_step_scaled():
+    phase = Phase("decode", 2, [Call(1, QType.Q8_0, 64, 64, 64 * 2 * 34, 0.25)], wall=1.0)  # 0.75 s not in products
+    tps, kernel_s = speed_model.predict(phase, MACHINE, CYCLES, 10.0, slower=2.0)
+    assert tps == pytest.approx(2 / (kernel_s + 0.75 * 2.0))
+
+
+@pytest.mark.skipif(speed_model.llvm_mca() is None, reason="llvm-mca is not installed (Debian's llvm package)")
+def test_llvm_mca_counts_the_pi_loops():
+    """Sharing each unpacked block among four tokens makes a prefill token cheaper than a decode
+    token, and a 4-bit block costs more than an 8-bit one (the nibbles are unpacked)."""
+    cycles = speed_model.cycles_table(speed_model.llvm_mca(), asm.PI5, "neoverse-n1")
+    for fmt, (decode, prefill) in cycles.items():
+        assert 0 < prefill < decode, fmt
+    assert cycles["q8_0"][0] < cycles["q4_0"][0] < cycles["q5_0"][0]
