@@ -127,7 +127,7 @@ def _worker_edgert(args) -> dict:
 
     result = _generate(args, t0, reset, lambda ids: model.prefill(box["state"], ids))
     return dict(load_s=load_s, **result, kernels=cpu.describe(), threads=model.threads,
-                kv_mb=box["state"].kv_bytes / 2**20, **_memory(), trace=_trace(args, model))
+                kv_mb=box["state"].kv_bytes / 2**20, **_memory(), trace=_trace(args, model) if args.trace else None)
 
 
 TRACE_STEPS = 16  # decode steps traced for the speed model
@@ -138,11 +138,11 @@ def _trace(args, model) -> dict:
     matrix product timed and recorded (the speed model's input)."""
     from tools.speed_model import trace
 
-    _, prompt = _prompts(args)
+    short, prompt = _prompts(args)
     state = model.new_state()
     calls, wall = trace(model, lambda: model.prefill(state, prompt))
     phases = {"prefill": dict(tokens=len(prompt), wall=wall, calls=calls)}
-    token = _prompts(args)[0][-1]
+    token = short[-1]
     calls, wall = trace(model, lambda: [model.prefill(state, [token]) for _ in range(TRACE_STEPS)])
     phases["decode"] = dict(tokens=TRACE_STEPS, wall=wall, calls=calls)
     for phase in phases.values():
@@ -305,6 +305,7 @@ def worker(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("engine", choices=("edgert", "llama", "ple", "audio"))
     p.add_argument("--prefetch", type=int, default=1)
+    p.add_argument("--trace", type=int, default=0, help="also trace the matrix products (edgert)")
     p.add_argument("--file", default=None)
     p.add_argument("--prompts", default=None)
     for name in ("threads", "prompt", "gen", "ctx"):
@@ -436,7 +437,8 @@ def measure(spec: str, args, threads: int, bandwidth: float, log) -> dict:
         log(f"{spec}: edgert, first start (empty kernel cache) ...")
         cold_run = _run_worker("edgert", path, prompts, args, threads, env={"NUMBA_CACHE_DIR": str(cold)})
         log(f"{spec}: edgert, warm start ...")
-        warm = _run_worker("edgert", path, prompts, args, threads, env={"NUMBA_CACHE_DIR": str(cold)})
+        warm = _run_worker("edgert", path, prompts, args, threads, env={"NUMBA_CACHE_DIR": str(cold)},
+                           extra=("--trace", "1"))
         warm["compile_s"] = cold_run["process_to_first_token_s"] - warm["process_to_first_token_s"]
         llama = None
         if not args.no_llama and _llama_available():

@@ -17,6 +17,7 @@ is how far the model can be trusted.
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -62,8 +63,6 @@ def llvm_mca() -> str | None:
 
 
 def _on_path(prefix: str) -> list[str]:
-    import os
-
     names = set()
     for d in os.environ.get("PATH", "").split(os.pathsep):
         try:
