@@ -125,6 +125,11 @@ def build_checkpoint(directory: Path, kind: str, seed: int = 0, **overrides):
     return model
 
 
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest difference from the reference b, relative to b's largest magnitude."""
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
 def hf_logits(model, ids: list[int]) -> np.ndarray:
     """All-position logits (n, vocab) from transformers."""
     import torch

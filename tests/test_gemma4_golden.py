@@ -10,15 +10,11 @@ import pytest
 import edgert
 from edgert.convert import convert
 from edgert.sampling import make_sampler
-from tests.reference import GOLDEN_DIR, hf_decode_logits, hf_greedy, hf_logits
+from tests.reference import GOLDEN_DIR, hf_decode_logits, hf_greedy, hf_logits, rel_err
 
 pytestmark = pytest.mark.aarch64
 
 GOLDEN = dict(np.load(GOLDEN_DIR / "golden.npz"))
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,10 @@ import pytest
 
 import edgert
 from edgert.sampling import make_sampler
-from tests.reference import hf_decode_logits, hf_greedy, hf_logits
+from tests.reference import hf_decode_logits, hf_greedy, hf_logits, rel_err
 
 KINDS = ["e2b", "e4b"]
 PROMPT_LEN = 40  # five windows
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 def prompt(vocab: int, n: int = PROMPT_LEN, seed: int = 0) -> list[int]:
