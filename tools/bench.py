@@ -136,18 +136,14 @@ TRACE_STEPS = 16  # decode steps traced for the speed model
 def _trace(args, model) -> dict:
     """After the timed run: the prompt's prefill and TRACE_STEPS decode steps again, with every
     matrix product timed and recorded (the speed model's input)."""
-    from tools.speed_model import trace
+    from tools.speed_model import Phase, phases_to_json, trace
 
     short, prompt = _prompts(args)
     state = model.new_state()
-    calls, wall = trace(model, lambda: model.prefill(state, prompt))
-    phases = {"prefill": dict(tokens=len(prompt), wall=wall, calls=calls)}
-    token = short[-1]
-    calls, wall = trace(model, lambda: [model.prefill(state, [token]) for _ in range(TRACE_STEPS)])
-    phases["decode"] = dict(tokens=TRACE_STEPS, wall=wall, calls=calls)
-    for phase in phases.values():
-        phase["calls"] = [[c.n, int(c.qtype), c.rows, c.cols, c.nbytes, c.seconds] for c in phase["calls"]]
-    return phases
+    prefill = Phase("prefill", len(prompt), *trace(model, lambda: model.prefill(state, prompt)))
+    decode = Phase("decode", TRACE_STEPS,
+                   *trace(model, lambda: [model.prefill(state, [short[-1]]) for _ in range(TRACE_STEPS)]))
+    return phases_to_json([prefill, decode])
 
 
 def _worker_llama(args) -> dict:

@@ -203,6 +203,13 @@ def pi5() -> Machine:
     return Machine("Raspberry Pi 5", asm.PI5, "neoverse-n1", PI5_GHZ, PI5_CORES, PI5_BANDWIDTH[0], PI5_SLOWER[0])
 
 
+def phases_to_json(phases: list[Phase]) -> dict:
+    """Phases as the bench worker sends them to its parent; phases_of reads them back."""
+    return {p.name: dict(tokens=p.tokens, wall=p.wall,
+                         calls=[[c.n, int(c.qtype), c.rows, c.cols, c.nbytes, c.seconds] for c in p.calls])
+            for p in phases}
+
+
 def phases_of(traced: dict) -> dict[str, Phase]:
     """The bench worker's trace (JSON) as phases."""
     return {name: Phase(name, p["tokens"], [Call(c[0], QType(c[1]), *c[2:]) for c in p["calls"]], p["wall"])
