@@ -28,7 +28,7 @@ def __getattr__(name):
 
         return getattr(model, name)
     if name == "convert":
-        from edgert.convert import convert
+        from edgert.files.convert import convert
 
         return convert
     raise AttributeError(name)

@@ -17,7 +17,7 @@ from edgert import chat as chat_format
 from edgert import gemma4
 from edgert.errors import ContextOverflowError, EdgeRTError
 from edgert.kv_cache import KVCache, make_caches
-from edgert.loader import ModelFile, open_model
+from edgert.files.loader import ModelFile, open_model
 from edgert.sampling import make_sampler
 from edgert.tokenizer import StreamDecoder, Tokenizer
 from ple_store import PLEError, PLEStats, PLEStore, TableRegion

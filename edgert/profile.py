@@ -108,7 +108,7 @@ def _read_source(text: str, version) -> tuple[str, ModelConfig, dict | None, dic
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic == b"GGUF":
-        from edgert.loader import open_model
+        from edgert.files.loader import open_model
 
         mf = open_model(path)
         present = mf.gguf.tensors
@@ -343,7 +343,7 @@ def measure(path, prompt_tokens: int = 512, new_tokens: int = 128, n_ctx: int = 
     import numpy as np
 
     import edgert
-    from edgert.gguf_file import GGUFFile
+    from edgert.files.gguf_file import GGUFFile
 
     if not Path("/proc/self/status").exists():
         raise ProfileError("measuring needs Linux's /proc; use the estimate alone here")

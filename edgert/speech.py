@@ -33,7 +33,7 @@ def _stamp(path: Path) -> str:
 
 
 def open_encoder(model_file, threads: int | None = None, int8: bool = False) -> AudioEncoder:
-    """The audio encoder of an opened model file (edgert.loader.ModelFile); int8: with its
+    """The audio encoder of an opened model file (edgert.files.loader.ModelFile); int8: with its
     matrix products in int8 (onnxruntime's dynamic quantization), cached apart."""
     import onnx
 

@@ -23,7 +23,7 @@ class Checkpoints:
         return self._models[kind], self.root / kind
 
     def gguf(self, kind: str, qtype: str) -> Path:
-        from edgert.convert import convert
+        from edgert.files.convert import convert
 
         key = (kind, qtype)
         if key not in self._files:

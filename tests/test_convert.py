@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgert.config import config_from_hf, tensor_manifest
-from edgert.convert import convert
+from edgert.files.convert import convert
 from edgert.errors import ArchitectureError, CheckpointError, UnsupportedTypeError
 from tests.reference import published
 
@@ -146,7 +146,7 @@ def test_bf16_checkpoint_converts_like_f32(checkpoints, tmp_path):
     as the f32 one rounded to bf16."""
     from safetensors.numpy import load_file
 
-    from edgert.loader import open_model
+    from edgert.files.loader import open_model
     from quant import QType, dequantize, quantize
 
     d = _copy(checkpoints, tmp_path)

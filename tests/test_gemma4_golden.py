@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import edgert
-from edgert.convert import convert
+from edgert.files.convert import convert
 from edgert.sampling import make_sampler
 from tests.reference import GOLDEN_DIR, hf_decode_logits, hf_greedy, hf_logits, rel_err
 

@@ -108,7 +108,7 @@ def _broken(path, bug: str):
     """The same file read with a decoding bug: nibbles swapped, or scales 1.5x too large."""
     import dataclasses
 
-    from edgert.loader import open_model
+    from edgert.files.loader import open_model
     from edgert.model import Model
     from quant import QTensor, QType
     from quant.formats import BLOCKS

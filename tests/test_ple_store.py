@@ -146,7 +146,7 @@ def test_prefetch_records_what_the_step_waited(checkpoints):
 
 def test_converter_writes_the_table_at_its_own_precision(checkpoints, tmp_path):
     """--ple-type: the table alone in Q4_0, its added error reported, the rest untouched."""
-    from edgert.convert import PLE_TABLE, convert
+    from edgert.files.convert import PLE_TABLE, convert
 
     _, hf_dir = checkpoints.hf("e4b")  # its table rows (12 layers x 16) fill whole 32-value blocks
     errors: dict[str, float] = {}

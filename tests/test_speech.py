@@ -14,7 +14,7 @@ import pytest
 import edgert
 from audio.features import log_mel
 from audio.wav import load_audio
-from edgert.convert import convert
+from edgert.files.convert import convert
 from edgert.errors import EdgeRTError
 from tests.reference import AUDIO_IDS, build_audio_checkpoint
 

@@ -3,7 +3,7 @@ tokenizer.json, through what the converter stored in the GGUF file."""
 
 import pytest
 
-from edgert.loader import open_model
+from edgert.files.loader import open_model
 from edgert.tokenizer import Tokenizer
 
 CORPUS = [

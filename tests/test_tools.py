@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import edgert
-from edgert.gguf_file import GGUFFile, GGUFFormatError
+from edgert.files.gguf_file import GGUFFile, GGUFFormatError
 from quant import QType
 from tests.reference import text_config
 from tools.synth import synthetic_vocab, write_synthetic

@@ -74,7 +74,7 @@ PASSAGE = (
 def write_prompts(path: Path, n: int, out: Path) -> None:
     """The prompts both engines read (ids, so that they read the same ones): <bos> and the
     passage, repeated, cut to n tokens; and its first 32 tokens for the start-up figure."""
-    from edgert.loader import open_model
+    from edgert.files.loader import open_model
     from edgert.tokenizer import Tokenizer
 
     tok = Tokenizer(open_model(path).tokenizer)
@@ -170,7 +170,7 @@ def _worker_ple(args) -> dict:
     repeats) and record how long each step waited for its rows; then look up rows up to
     PLE_TOKENS tokens in all and report how much of the table is resident."""
     import edgert
-    from edgert.gguf_file import GGUFFile
+    from edgert.files.gguf_file import GGUFFile
 
     info = GGUFFile(args.file).tensors["per_layer_token_embd.weight"]
     fd = os.open(args.file, os.O_RDONLY)
@@ -355,7 +355,7 @@ def _timed(f, *a) -> float:
 def decode_bytes(path: Path) -> int:
     """Bytes of weights one decode step reads: every matrix the layers multiply, the PLE
     projection and the tied LM head; the embedding and PLE rows of one token are negligible."""
-    from edgert.loader import open_model
+    from edgert.files.loader import open_model
 
     f = open_model(path)
     skip = {"token_embd.weight", "per_layer_token_embd.weight", "output.weight"}
@@ -365,7 +365,7 @@ def decode_bytes(path: Path) -> int:
 
 
 def has_ple(path: Path) -> bool:
-    from edgert.gguf_file import GGUFFile
+    from edgert.files.gguf_file import GGUFFile
 
     return "per_layer_token_embd.weight" in GGUFFile(path).tensors
 

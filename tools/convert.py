@@ -1,6 +1,6 @@
 """edgert convert HF_DIR -o OUT.gguf --type q8_0"""
 
-from edgert.convert import PLE_TABLE, TYPES, convert
+from edgert.files.convert import PLE_TABLE, TYPES, convert
 from tools.common import ProgressBar
 
 

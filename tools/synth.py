@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgert.config import config_from_hf, published, rope_freqs_factors, tensor_manifest
-from edgert.convert import Progress, write_gguf
+from edgert.files.convert import Progress, write_gguf
 from edgert.tokenizer import BYTE, CONTROL, NORMAL, UNUSED, TokenizerData
 from quant import BLOCKS, QType, row_bytes
 

@@ -13,7 +13,7 @@ import gguf
 import numpy as np
 
 from edgert.config import AUDIO_CONFIG, AUDIO_SHAPES, AUDIO_TOKENS, ARCHS, ModelConfig, config_from_gguf, tensor_manifest
-from edgert.gguf_file import GGUFFile, GGUFFormatError, TensorInfo
+from edgert.files.gguf_file import GGUFFile, GGUFFormatError, TensorInfo
 from edgert.errors import ArchitectureError, ModelFileError, UnsupportedTypeError
 from edgert.tokenizer import TokenizerData
 from quant import QTensor, QType
