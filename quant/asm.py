@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from quant import simd
+from quant import layout, packed, simd
+from quant.formats import QType
 
 
 @dataclass(frozen=True)
@@ -26,27 +27,53 @@ class Target:
 # The Raspberry Pi 5's BCM2712: four Cortex-A76 cores, ARMv8.2-A with the dot-product extension.
 PI5 = Target("aarch64-unknown-linux-gnu", "cortex-a76", "+neon,+dotprod,+fp-armv8,+fullfp16,+rcpc,+lse,+crc", "generic")
 ZEN2_AVX2 = Target("x86_64-unknown-linux-gnu", "znver2", "+avx2,+f16c,+fma", "avx2")
+ZEN4_AVX512 = Target("x86_64-unknown-linux-gnu", "znver4", "+avx2,+f16c,+fma,+avx512f,+avx512bw,+avx512vl,+avx512vnni",
+                     "avx512")
+
+
+def _features(target: Target) -> frozenset[str]:
+    return frozenset(f[1:] for f in target.features.split(",") if f.startswith("+"))
 
 
 def row_dot_assembly(target: Target, fmt: str, tokens: int = 1) -> str:
     """Assembly of a function that runs the row-dot loop of `fmt` ('q4_0', ..., 'q6_k' as in
     quant.simd.FORMATS) over one weight row against `tokens` activation rows."""
+    def emit(builder, w, zero, x, x_offs, xd, xs, xbs, n):
+        return simd.emit_row_dot(builder, target.flavor, simd.FORMATS[fmt], w, zero, x, x_offs, xd, xs, xbs, n)
+
+    from llvmlite import ir
+    return _assembly(target, emit, [ir.FloatType()] * tokens, tokens)
+
+
+def tiles_dot_assembly(target: Target, qtype: QType, tokens: int = 1) -> str:
+    """Assembly of a function that runs the x8 layout's loop (quant.packed) for `qtype` over one
+    group of eight rows against `tokens` activation rows."""
+    def emit(builder, w, zero, x, x_offs, xd, xs, xbs, n):
+        return packed.emit_tiles_dot(builder, target.flavor, _features(target), layout.TILES[QType(qtype)], w,
+                                     zero, x, x_offs, xd, xs, xbs, n)
+
+    return _assembly(target, emit, [packed.V8F32] * tokens, tokens)
+
+
+def _assembly(target: Target, emit, results: list, tokens: int) -> str:
+    """Compile emit(builder, w, w_off, x, x_offs, xd, xs, xbs, n) -> one result per token, in a
+    function returning them as a struct, for the target."""
     import llvmlite.binding as llvm
     from llvmlite import ir
 
     llvm.initialize_all_targets()
     llvm.initialize_all_asmprinters()
-    module = ir.Module(name="row_dot")
+    module = ir.Module(name="dot")
     module.triple = target.triple
     i8p, f32p, i64 = ir.IntType(8).as_pointer(), ir.FloatType().as_pointer(), ir.IntType(64)
-    ret = ir.LiteralStructType([ir.FloatType()] * tokens)
-    fn = ir.Function(module, ir.FunctionType(ret, [i8p, i8p, f32p, f32p, i64, i64, i64]), name="row_dot")
+    ret = ir.LiteralStructType(results)
+    fn = ir.Function(module, ir.FunctionType(ret, [i8p, i8p, f32p, f32p, i64, i64, i64]), name="dot")
     builder = ir.IRBuilder(fn.append_basic_block())
     w, x, xd, xs, n, x_stride, xb_stride = fn.args
     zero = ir.Constant(i64, 0)
     x_offs = [builder.mul(x_stride, ir.Constant(i64, j)) for j in range(tokens)]
     xbs = [builder.mul(xb_stride, ir.Constant(i64, j)) for j in range(tokens)]
-    dots = simd.emit_row_dot(builder, target.flavor, simd.FORMATS[fmt], w, zero, x, x_offs, xd, xs, xbs, n)
+    dots = emit(builder, w, zero, x, x_offs, xd, xs, xbs, n)
     out = ir.Constant(ret, None)
     for j, d in enumerate(dots):
         out = builder.insert_value(out, d, j)

@@ -1,10 +1,13 @@
 """The host CPU, read once, and every Numba setting in one place.
 
-The kernels come in two SIMD flavors, chosen from what LLVM says the host has
-(`llvmlite.binding.get_host_cpu_features()`):
+The kernels come in three SIMD flavors, chosen here and nowhere else from what LLVM
+says the host has (`llvmlite.binding.get_host_cpu_features()`):
 
+- "avx512": x86 with AVX512-VNNI (Zen 4 and 5, Ice Lake and later Xeons): the x8 layout's
+  dot products are vpdpbusd; the row layout runs as in "avx2".
 - "avx2": x86 with AVX2 (and F16C). The 8-bit dot products call vpmaddubsw and
-  vpmaddwd directly, as llama.cpp's AVX2 path does.
+  vpmaddwd directly, as llama.cpp's AVX2 path does; the x8 layout's take the VEX form of
+  vpdpbusd where the CPU has AVX-VNNI (Alder Lake, Zen 5).
 - "generic": plain LLVM vector IR (widen, multiply, reduce) that any target
   compiles. On an ARMv8.2 core with the dot-product extension (the Raspberry
   Pi 5's Cortex-A76) LLVM turns that reduction into `sdot`; tests check it does.
@@ -25,7 +28,8 @@ from pathlib import Path
 import llvmlite.binding as llvm
 import numba
 
-FLAVORS = ("avx2", "generic")
+FLAVORS = ("avx512", "avx2", "generic")
+AVX512 = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512vnni"})
 
 
 def host_features() -> frozenset[str]:
@@ -35,7 +39,9 @@ def host_features() -> frozenset[str]:
 
 
 def pick_flavor(features: frozenset[str]) -> str:
-    return "avx2" if {"avx2", "f16c"} <= features else "generic"
+    if not {"avx2", "f16c", "fma"} <= features:
+        return "generic"
+    return "avx512" if AVX512 <= features else "avx2"
 
 
 def describe() -> str:

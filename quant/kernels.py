@@ -21,6 +21,8 @@ import numpy as np
 from numba import prange
 
 from quant.cpu import kernel
+from quant.packed import (TOKENS, q4_0_tiles_1, q4_0_tiles_4, q5_0_tiles_1, q5_0_tiles_4, q8_0_tiles_1,
+                          q8_0_tiles_4)
 from quant.simd import (bf16_to_float, f32_from_bits, half_to_float, q4_0_row_dot, q4_0_row_dots, q4_0_tokens_dot,
                         q5_0_row_dot, q5_0_row_dots, q5_0_tokens_dot,
                         q4_k_row_dot, q4_k_row_dots, q4_k_tokens_dot, q6_k_row_dot, q6_k_row_dots, q6_k_tokens_dot,
@@ -31,6 +33,7 @@ Q4_0, Q8_0, Q4_K, Q6_K, Q5_0 = 0, 1, 2, 3, 4
 # and of `gemm_float`
 F32, F16, BF16 = 0, 1, 2
 ROW_TILE = 16  # weight rows per work item
+GROUP_TILE = 2  # groups of eight rows per work item in the x8 layout
 TOKEN_TILE = 64  # tokens multiplied with a row while it is in L1: 64 x 12288 int8 stays within L2
 
 
@@ -101,19 +104,32 @@ def quantize_q8(x, xq, xd, xs, super_blocks):
 
 
 @kernel
-def matmul_blocks(fmt, values_per_block, w, x, out):
-    """x (n, K) float32 @ w.T into out (n, rows): activations quantized here, then gemm_blocks.
-    One call from Python per product: in decode, dispatch costs as much as a small matrix."""
+def _quantized(x, super_blocks):
+    """x (n, K) float32 -> (xq, xd, xs) as quantize_q8 makes them."""
     n, k = x.shape
     xq = np.empty((n, k), dtype=np.int8)
     xd = np.empty((n, k // 32), dtype=np.float32)
     xs = np.empty((n, k // 32), dtype=np.float32)
-    super_blocks = fmt == Q4_K or fmt == Q6_K
     if n == 1:
         _quantize_row(x, 0, xq, xd, xs, super_blocks)  # a thread launch would cost more than the work
     else:
         quantize_q8(x, xq, xd, xs, super_blocks)
+    return xq, xd, xs
+
+
+@kernel
+def matmul_blocks(fmt, values_per_block, w, x, out):
+    """x (n, K) float32 @ w.T into out (n, rows): activations quantized here, then gemm_blocks.
+    One call from Python per product: in decode, dispatch costs as much as a small matrix."""
+    xq, xd, xs = _quantized(x, fmt == Q4_K or fmt == Q6_K)
     gemm_blocks(fmt, values_per_block, w, xq, xd, xs, out)
+
+
+@kernel
+def matmul_packed(fmt, w, x, out):
+    """x (n, K) float32 @ w.T into out (n, rows), w in the x8 layout: see gemm_packed."""
+    xq, xd, xs = _quantized(x, False)
+    gemm_packed(fmt, w, xq, xd, xs, out)
 
 
 @kernel
@@ -189,6 +205,52 @@ def gemm_blocks(fmt, values_per_block, w, xq, xd, xs, out):
                     t += 4
                 for tt in range(t, t_end):
                     out[tt, r] = _row_dot(fmt, w, r * row_bytes, xq, tt * k, xd, xs, tt * n_xb, n_blocks)
+
+
+@kernel
+def _tiles(fmt, tokens, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride):
+    """One group of eight rows against 1 or TOKENS tokens, into out."""
+    if tokens == 1:
+        if fmt == Q4_0:
+            q4_0_tiles_1(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
+        elif fmt == Q8_0:
+            q8_0_tiles_1(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
+        else:
+            q5_0_tiles_1(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
+    elif fmt == Q4_0:
+        q4_0_tiles_4(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
+    elif fmt == Q8_0:
+        q8_0_tiles_4(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
+    else:
+        q5_0_tiles_4(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
+
+
+@kernel(parallel=True)
+def gemm_packed(fmt, w, xq, xd, xs, out):
+    """w (rows / 8, group bytes): the x8 layout of a Q4_0, Q5_0 or Q8_0 matrix (quant.layout);
+    xq, xd, xs from quantize_q8; out (n, rows).
+
+    Threads split the groups of eight rows, GROUP_TILE at a time. Each group meets the
+    tokens TOKENS at a time, within tiles of TOKEN_TILE tokens, so its tiles stay in L1
+    while the tokens pass."""
+    groups, group_bytes = w.shape
+    n, k = xq.shape
+    n_blocks = k // 32
+    n_xb = xd.shape[1]
+    rows = out.shape[1]
+    for tile in prange((groups + GROUP_TILE - 1) // GROUP_TILE):
+        g_end = min(groups, (tile + 1) * GROUP_TILE)
+        for t0 in range(0, n, TOKEN_TILE):
+            t_end = min(n, t0 + TOKEN_TILE)
+            for g in range(tile * GROUP_TILE, g_end):
+                t = t0
+                while t + TOKENS <= t_end:
+                    _tiles(fmt, TOKENS, w, g * group_bytes, xq, t * k, k, xd, xs, t * n_xb, n_xb, n_blocks,
+                           out, t * rows + 8 * g, rows)
+                    t += TOKENS
+                for tt in range(t, t_end):
+                    _tiles(fmt, 1, w, g * group_bytes, xq, tt * k, k, xd, xs, tt * n_xb, n_xb, n_blocks,
+                           out, tt * rows + 8 * g, rows)
 
 
 @kernel

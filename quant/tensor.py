@@ -5,7 +5,7 @@ from functools import cached_property
 
 import numpy as np
 
-from quant import kernels  # compiled, or loaded from the on-disk cache, on first call
+from quant import kernels, layout  # compiled, or loaded from the on-disk cache, on first call
 from quant.formats import BLOCKS, QType
 from quant.ref import dequantize, matmul_q8
 
@@ -15,11 +15,20 @@ class QTensor:
     """A matrix of `shape` = (rows, cols) stored row by row in `qtype` blocks.
 
     `raw` is usually a view into the memory-mapped model file: (rows, row_bytes)
-    uint8 for block types, or the typed (rows, cols) array for float types."""
+    uint8 for block types, or the typed (rows, cols) array for float types.
+    `packed`, when given, is the same matrix in the x8 layout (quant.layout), usually a
+    view into a mapped layout cache: the matrix products then read it and never `raw`."""
 
     raw: np.ndarray
     qtype: QType
     shape: tuple[int, ...]
+    packed: np.ndarray | None = None
+
+    def with_layout(self, packed: np.ndarray | None = None) -> "QTensor":
+        """This tensor with its x8 layout: `packed` as given, or built here in memory."""
+        if packed is None:
+            packed = layout.pack(self.raw, self.qtype)
+        return QTensor(self.raw, self.qtype, self.shape, packed)
 
     @property
     def nbytes(self) -> int:
@@ -27,13 +36,16 @@ class QTensor:
 
     @cached_property
     def kernel_args(self) -> tuple:
-        """What `matmul` hands the kernels, made once: (float?, format id, values per block, data)."""
+        """What `matmul` hands the kernels, made once: (kind, format id, values per block, data),
+        kind being "float", "blocks" (the file's rows) or "packed" (the x8 layout)."""
+        if self.packed is not None:
+            return "packed", _BLOCK_KERNEL[self.qtype], 32, self.packed
         raw = np.ascontiguousarray(self.raw)
         rows, cols = self.shape
         if self.qtype in _FLOAT_KERNEL:
             bits = raw.view(np.uint32 if self.qtype == QType.F32 else np.uint16).reshape(rows, cols)
-            return True, _FLOAT_KERNEL[self.qtype], 0, bits
-        return False, _BLOCK_KERNEL[self.qtype], BLOCKS[self.qtype].values, raw.view(np.uint8).reshape(rows, -1)
+            return "float", _FLOAT_KERNEL[self.qtype], 0, bits
+        return "blocks", _BLOCK_KERNEL[self.qtype], BLOCKS[self.qtype].values, raw.view(np.uint8).reshape(rows, -1)
 
     def rows(self, index) -> np.ndarray:
         """Rows `index` (ints or an int array) as float32: (len(index), cols)."""
@@ -50,8 +62,10 @@ def matmul(x: np.ndarray, w: QTensor) -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"matmul: activations {x.shape} do not fit a weight of {w.shape}")
     out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
-    is_float, fmt, values_per_block, data = w.kernel_args
-    if is_float:
+    kind, fmt, values_per_block, data = w.kernel_args
+    if kind == "packed":
+        kernels.matmul_packed(fmt, data, x, out)
+    elif kind == "float":
         kernels.gemm_float(fmt, data, x, out)
     else:
         kernels.matmul_blocks(fmt, values_per_block, data, x, out)

@@ -1,0 +1,123 @@
+"""edgert's interleaved weight layout ("x8"): eight rows side by side, block by block.
+
+The file stores a matrix row by row, so a kernel walking one row at a time loads each
+activation block once per row and turns every 32-value block into one scalar. Here the
+rows of a 32-value format (Q4_0, Q5_0, Q8_0) are taken eight at a time, and for each
+block column of such a group one *tile* holds what the eight blocks held:
+
+    scales  16 bytes   the eight rows' f16 scales, row 0 first
+    masks   32 bytes   (Q5_0 only) the fifth bits, as four pairs of 32-bit lane masks
+    values  S x 32     sub-vector L puts each row's bytes 4L..4L+3 side by side:
+                       byte 4r + j is row r's byte 4L + j
+
+One 32-byte load then holds four values of eight rows, and an integer dot product that
+sums groups of four bytes (VNNI's vpdpbusd, ARM's sdot) gives the eight rows' partial
+dots in eight lanes against one broadcast word of activations: one activation load
+serves eight rows, and the stream of weights stays linear. The bytes are the file's own,
+moved, never requantized: a tile has exactly the bytes of its eight blocks, so the layout
+costs no memory, and `unpack` gives the file's bytes back.
+
+Which activations a sub-vector meets follows from the block formats (quant.formats):
+- Q4_0, Q5_0 (S = 4): the low nibbles of sub-vector L are values 4L..4L+3 and the high
+  nibbles values 16+4L..16+4L+3, because the file puts value j in the low nibble of
+  byte j and value j + 16 in its high nibble;
+- Q8_0 (S = 8): sub-vector L is values 4L..4L+3.
+- Q5_0's masks: pair L is (low, high), bit 4r + j of `low` is the fifth bit of row r's
+  value 4L + j, of `high` that of value 16 + 4L + j, so that a mask expands to a byte
+  per lane with no shuffles.
+
+Counterpart: llama.cpp's block_q4_0x8 (ggml-cpu/repack.cpp), which interleaves eight
+blocks the same way but rewrites the nibbles; this layout keeps them and so needs no
+per-format repacking code in the kernels beyond the byte moves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from quant.formats import BLOCKS, QType
+
+VERSION = 1  # bump when a tile's bytes change: cached layouts of another version are rebuilt
+ROWS = 8  # rows per group
+
+
+@dataclass(frozen=True)
+class TileFormat:
+    """Where a block's parts lie (`qs`: its value bytes; `qh`: Q5_0's fifth bits) and how
+    many 32-byte sub-vectors a tile has."""
+
+    qs: int  # offset of the value bytes in the file's block
+    sub_vectors: int
+    qh: int | None = None
+
+    @property
+    def header(self) -> int:
+        """Bytes before the values in a tile: the scales, and Q5_0's masks."""
+        return 2 * ROWS + (32 if self.qh is not None else 0)
+
+    @property
+    def tile_bytes(self) -> int:
+        return self.header + 32 * self.sub_vectors
+
+
+TILES: dict[QType, TileFormat] = {
+    QType.Q4_0: TileFormat(qs=2, sub_vectors=4),
+    QType.Q5_0: TileFormat(qs=6, sub_vectors=4, qh=2),
+    QType.Q8_0: TileFormat(qs=2, sub_vectors=8),
+}
+for _q, _t in TILES.items():
+    assert _t.tile_bytes == ROWS * BLOCKS[_q].nbytes, _q  # the layout costs no memory
+
+
+def packable(qtype: QType, shape: tuple[int, ...]) -> bool:
+    """Whether a (rows, cols) matrix of `qtype` has an x8 layout: a tiled format and whole groups."""
+    return QType(qtype) in TILES and len(shape) == 2 and shape[0] % ROWS == 0
+
+
+def pack(raw: np.ndarray, qtype: QType) -> np.ndarray:
+    """(rows, row_bytes) file blocks -> (rows / 8, row_bytes * 8) tiles, group by group."""
+    fmt, block = TILES[QType(qtype)], BLOCKS[QType(qtype)]
+    rows = raw.shape[0]
+    blocks = np.asarray(raw, dtype=np.uint8).reshape(rows // ROWS, ROWS, -1, block.nbytes)  # (g, r, b, bytes)
+    g, _, nb, _ = blocks.shape
+    by_block = blocks.transpose(0, 2, 1, 3)  # (g, b, r, bytes)
+    parts = [by_block[..., 0:2].reshape(g, nb, 2 * ROWS)]
+    if fmt.qh is not None:
+        parts.append(_masks(by_block[..., fmt.qh:fmt.qh + 4]))
+    values = by_block[..., fmt.qs:fmt.qs + 4 * fmt.sub_vectors].reshape(g, nb, ROWS, fmt.sub_vectors, 4)
+    parts.append(values.transpose(0, 1, 3, 2, 4).reshape(g, nb, 32 * fmt.sub_vectors))  # (g, b, L, r, 4)
+    return np.concatenate(parts, axis=-1).reshape(g, nb * fmt.tile_bytes)
+
+
+def unpack(tiles: np.ndarray, qtype: QType, row_bytes: int) -> np.ndarray:
+    """The inverse of `pack`: (groups, group bytes) tiles -> (rows, row_bytes) file blocks."""
+    fmt, block = TILES[QType(qtype)], BLOCKS[QType(qtype)]
+    g = tiles.shape[0]
+    nb = row_bytes // block.nbytes
+    t = np.asarray(tiles, dtype=np.uint8).reshape(g, nb, fmt.tile_bytes)
+    out = np.zeros((g, nb, ROWS, block.nbytes), dtype=np.uint8)  # (g, b, r, bytes)
+    out[..., 0:2] = t[..., :2 * ROWS].reshape(g, nb, ROWS, 2)
+    if fmt.qh is not None:
+        out[..., fmt.qh:fmt.qh + 4] = _fifth_bits(t[..., 2 * ROWS:2 * ROWS + 32])
+    values = t[..., fmt.header:].reshape(g, nb, fmt.sub_vectors, ROWS, 4).transpose(0, 1, 3, 2, 4)
+    out[..., fmt.qs:fmt.qs + 4 * fmt.sub_vectors] = values.reshape(g, nb, ROWS, 4 * fmt.sub_vectors)
+    return out.transpose(0, 2, 1, 3).reshape(g * ROWS, row_bytes)
+
+
+def _masks(qh: np.ndarray) -> np.ndarray:
+    """(g, b, r, 4) bytes of Q5_0 fifth bits -> (g, b, 32): per L, the low and high lane masks."""
+    bits = np.unpackbits(qh, axis=-1, bitorder="little")  # (g, b, r, 32): bit v of row r
+    g, nb = qh.shape[:2]
+    by_value = bits.reshape(g, nb, ROWS, 2, 4, 4)  # (g, b, r, high?, L, j): value 16 high + 4L + j
+    lanes = by_value.transpose(0, 1, 4, 3, 2, 5)  # (g, b, L, high?, r, j): lane 4r + j
+    return np.packbits(lanes.reshape(g, nb, 4, 2, 32), axis=-1, bitorder="little").reshape(g, nb, 32)
+
+
+def _fifth_bits(masks: np.ndarray) -> np.ndarray:
+    """The inverse of `_masks`: (g, b, 32) -> (g, b, r, 4) bytes of qh per row."""
+    g, nb = masks.shape[:2]
+    lanes = np.unpackbits(masks.reshape(g, nb, 4, 2, 4), axis=-1, bitorder="little")  # (g, b, L, high?, 32)
+    by_value = lanes.reshape(g, nb, 4, 2, ROWS, 4).transpose(0, 1, 4, 3, 2, 5)  # (g, b, r, high?, L, j)
+    return np.packbits(by_value.reshape(g, nb, ROWS, 32), axis=-1, bitorder="little")

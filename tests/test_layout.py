@@ -1,0 +1,185 @@
+"""The x8 layout (quant.layout) and its kernels (quant.packed) against the file's own layout:
+the bytes go back unchanged, integer dots are exact, float results differ from the row
+kernels and the numpy reference by summation order only, in every flavor this host can run,
+and on the Pi's instruction set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quant import BLOCKS, QTensor, QType, asm, cpu, layout, packed, quantize
+from quant.tensor import matmul, matmul_ref
+from tests.test_kernels import SCALAR_FALLBACK, assert_matches
+
+pytestmark = pytest.mark.aarch64
+
+TILED = list(layout.TILES)
+
+
+def tiled(rng, qtype: QType, rows: int, cols: int, values: np.ndarray | None = None) -> tuple[QTensor, QTensor]:
+    """A matrix in the file's layout and the same with its x8 layout."""
+    w = values if values is not None else rng.standard_normal((rows, cols)).astype(np.float32)
+    t = QTensor(quantize(w, qtype), qtype, (rows, cols))
+    return t, t.with_layout()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(TILED), st.integers(1, 4), st.integers(1, 5), st.integers(0, 2**32 - 1))
+def test_pack_moves_bytes_and_unpack_puts_them_back(qtype, groups, n_blocks, seed):
+    raw = np.random.default_rng(seed).integers(0, 256, (8 * groups, n_blocks * BLOCKS[qtype].nbytes), dtype=np.uint8)
+    tiles = layout.pack(raw, qtype)
+    assert tiles.shape == (groups, raw.shape[1] * 8)  # no byte more or less than the file
+    if layout.TILES[qtype].qh is None:  # bytes moved, not rewritten (Q5_0's fifth bits are regrouped)
+        assert sorted(tiles.ravel()) == sorted(raw.ravel())
+    np.testing.assert_array_equal(layout.unpack(tiles, qtype, raw.shape[1]), raw)
+
+
+def test_a_tile_is_laid_out_as_documented():
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, (8, 2 * 22), dtype=np.uint8)  # two Q5_0 blocks per row
+    tile = layout.pack(raw, QType.Q5_0).reshape(2, 176)[1]  # the second block column
+    block = raw[:, 22:]  # (r, 22): d, qh, qs
+    np.testing.assert_array_equal(tile[:16].reshape(8, 2), block[:, :2])  # the scales, row by row
+    sub = tile[48:].reshape(4, 8, 4)  # (L, r, j)
+    np.testing.assert_array_equal(sub[2, 5], block[5, 6 + 8:6 + 12])  # row 5's bytes 8..11
+    qh = block[:, 2:6].copy().view("<u4")[:, 0]
+    masks = tile[16:48].copy().view("<u4").reshape(4, 2)  # (L, low/high)
+    for L in range(4):
+        for r in range(8):
+            for j in range(4):
+                assert (masks[L, 0] >> (4 * r + j)) & 1 == (qh[r] >> (4 * L + j)) & 1
+                assert (masks[L, 1] >> (4 * r + j)) & 1 == (qh[r] >> (16 + 4 * L + j)) & 1
+
+
+@pytest.mark.parametrize("qtype", TILED, ids=lambda q: q.name)
+def test_packed_matches_rows_and_reference_on_odd_shapes(qtype):
+    rng = np.random.default_rng(int(qtype))
+    for cols in (32, 96, 1568):  # one block, a few, an odd count past the unroll
+        for rows in (8, 24, 48):  # one group, an odd number of groups (a half work tile), several
+            for n in (1, 3, 4, 9, 70):  # GEMV, below/at/past the 4-token step, past the 64-token tile
+                w, p = tiled(rng, qtype, rows, cols)
+                x = rng.standard_normal((n, cols)).astype(np.float32)
+                assert_matches(x, p)
+                magnitude = np.abs(x) @ np.abs(w.dequantize()).T
+                np.testing.assert_array_less(np.abs(matmul(x, p) - matmul(x, w)), 2e-5 * magnitude + 1e-30)
+
+
+@pytest.mark.parametrize("qtype", TILED, ids=lambda q: q.name)
+def test_packed_integer_dots_are_exact(qtype):
+    """With every scale 1, each result is an integer below 2^24, exact in float: the x8 kernels
+    must give exactly the reference's integer dot, offsets included."""
+    rng = np.random.default_rng(1)
+    rows, cols = 16, 256
+    lo, hi = {QType.Q4_0: (-8, 8), QType.Q5_0: (-16, 16), QType.Q8_0: (-128, 128)}[qtype]
+    raw = quantize(np.zeros((rows, cols), np.float32), qtype).reshape(rows, -1, BLOCKS[qtype].nbytes)
+    raw[:, :, 0:2] = np.array([1.0], np.float16).view(np.uint8)  # d = 1 in every block
+    raw[:, :, 2:] = rng.integers(0, 256, raw[:, :, 2:].shape)
+    w = QTensor(raw.reshape(rows, -1), qtype, (rows, cols))
+    x = rng.integers(-127, 128, (5, cols)).astype(np.float32)
+    x[:, ::32] = 127  # max |x| = 127 in each block: activation scale 1, values kept as they are
+    values = w.dequantize()
+    assert values.min() >= lo and values.max() < hi
+    exact = x.astype(np.int64) @ values.astype(np.int64).T
+    np.testing.assert_array_equal(matmul(x, w.with_layout()), exact.astype(np.float32))
+    np.testing.assert_array_equal(matmul(x, w), exact.astype(np.float32))
+
+
+@pytest.mark.parametrize("qtype", TILED, ids=lambda q: q.name)
+def test_packed_zeros_and_extremes(qtype):
+    rng = np.random.default_rng(7)
+    cols = 544
+    x = rng.standard_normal((6, cols)).astype(np.float32)
+    x[0] = 0  # an all-zero activation row: scale 0, no division by it
+    x[1, ::7] = 3e4  # a few huge values next to small ones
+    x[2] = -1e-30  # tiny values
+    values = rng.standard_normal((16, cols)).astype(np.float32)
+    values[0] = 0
+    values[1, 0] = 1e4
+    _, p = tiled(rng, qtype, 16, cols, values)
+    out = matmul(x, p)
+    assert np.isfinite(out).all()
+    assert (out[0] == 0).all() and (out[:, 0] == 0).all()
+    assert_matches(x, p)
+
+
+def _run_flavor(flavor: str, features: frozenset[str], qtype: QType, w: QTensor, x: np.ndarray) -> np.ndarray:
+    """The x8 loop of another flavor, compiled here in a small Numba function of its own."""
+    from numba import njit
+
+    from quant import kernels as qk
+
+    fmt = layout.TILES[qtype]
+    one, four = packed.tiles_intrinsic(fmt, 1, flavor, features), packed.tiles_intrinsic(fmt, 4, flavor, features)
+
+    @njit
+    def run(wp, xq, xd, xs, out):
+        n, k = xq.shape
+        rows = out.shape[1]
+        for g in range(wp.shape[0]):
+            t = 0
+            while t + 4 <= n:
+                four(wp, g * wp.shape[1], xq, t * k, k, xd, xs, t * xd.shape[1], xd.shape[1], k // 32, out,
+                     t * rows + 8 * g, rows)
+                t += 4
+            for tt in range(t, n):
+                one(wp, g * wp.shape[1], xq, tt * k, k, xd, xs, tt * xd.shape[1], xd.shape[1], k // 32, out,
+                    tt * rows + 8 * g, rows)
+
+    xq, xd, xs = qk._quantized(x, False)
+    out = np.zeros((x.shape[0], w.shape[0]), np.float32)
+    run(w.with_layout().packed, xq, xd, xs, out)
+    return out
+
+
+def host_flavors() -> list[tuple[str, frozenset[str]]]:
+    """(flavor, features) pairs whose instructions this host has."""
+    have = cpu.FEATURES
+    runs = [("generic", have & {"dotprod"})]  # sdot where the CPU has it, plain vectors elsewhere
+    if {"avx2", "f16c", "fma"} <= have:
+        runs += [("avx2", frozenset({"avx2", "f16c", "fma"}))]  # vpmaddubsw
+        if "avxvnni" in have:
+            runs += [("avx2", have)]  # vpdpbusd, VEX
+    if cpu.AVX512 <= have:
+        runs += [("avx512", have)]
+    return runs
+
+
+@pytest.mark.parametrize("flavor,features", host_flavors(),
+                         ids=lambda v: v if isinstance(v, str) else "+".join(sorted(v & {"avxvnni", "dotprod"})))
+@pytest.mark.parametrize("qtype", TILED, ids=lambda q: q.name)
+def test_every_flavor_the_host_runs_matches_the_reference(flavor, features, qtype):
+    """vpdpbusd (AVX512-VNNI, AVX-VNNI), vpmaddubsw (AVX2 without VNNI) and the portable form
+    (plain vectors; sdot on ARM) give the reference's results on this host."""
+    rng = np.random.default_rng(3)
+    w, _ = tiled(rng, qtype, 24, 544)
+    x = rng.standard_normal((7, 544)).astype(np.float32)
+    x[1, ::5] = 40.0  # large activations: the most negative Q8_0 byte meets 127 in the sign trick
+    got, want = _run_flavor(flavor, features, qtype, w, x), matmul_ref(x, w)
+    np.testing.assert_array_less(np.abs(got - want), 2e-5 * (np.abs(x) @ np.abs(w.dequantize()).T) + 1e-30)
+
+
+@pytest.mark.parametrize("tokens", [1, packed.TOKENS], ids=["gemv", "gemm"])
+@pytest.mark.parametrize("qtype", TILED, ids=lambda q: q.name)
+def test_every_tile_dot_is_sdot_on_the_raspberry_pi_5(qtype, tokens):
+    """On a Cortex-A76, eight rows' 32 values take two sdot per sub-vector of 32 bytes per token
+    (four rows each), and nothing is widened beside them."""
+    loop = asm.mnemonics(asm.main_loop(asm.tiles_dot_assembly(asm.PI5, qtype, tokens)))
+    blocks = 2 if tokens == 1 else 1  # the GEMV loop takes two blocks per iteration
+    assert loop.count("sdot") == 2 * 8 * blocks * tokens  # 8 sub-vectors of values per block
+    assert not SCALAR_FALLBACK & set(loop), sorted(SCALAR_FALLBACK & set(loop))
+
+
+@pytest.mark.parametrize("target,instruction", [(asm.ZEN4_AVX512, "vpdpbusd"), (asm.ZEN2_AVX2, "vpmaddubsw")],
+                         ids=["avx512", "avx2"])
+def test_x86_flavors_use_their_byte_dot(target, instruction):
+    loop = asm.mnemonics(asm.main_loop(asm.tiles_dot_assembly(target, QType.Q4_0, 1)))
+    assert loop.count(instruction) == 16  # two blocks, eight sub-vector dots each
+
+
+def test_flavor_choice():
+    assert cpu.pick_flavor(frozenset({"avx2", "f16c", "fma"})) == "avx2"
+    assert cpu.pick_flavor(frozenset({"avx2", "f16c", "fma"}) | cpu.AVX512) == "avx512"
+    assert cpu.pick_flavor(frozenset({"neon", "dotprod"})) == "generic"
