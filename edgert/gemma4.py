@@ -58,6 +58,10 @@ class Weights:
     layers: tuple[LayerWeights, ...]
 
 
+# tables only ever read a row at a time: they keep the file's layout (the PLE table stays on disk)
+LOOKUP_ONLY = ("per_layer_token_embd.weight",)
+
+
 def load_weights(cfg: ModelConfig, t: dict[str, QTensor], ple: PLEStore | None = None) -> Weights:
     """Plain named arrays from the loader's tensors; small vectors are read into DRAM.
     ple: how the PLE table is held (default: rows read from the mapping)."""

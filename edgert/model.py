@@ -17,6 +17,7 @@ from edgert import chat as chat_format
 from edgert import gemma4
 from edgert.errors import ContextOverflowError, EdgeRTError
 from edgert.kv_cache import KVCache, make_caches
+from edgert.files import layouts
 from edgert.files.loader import ModelFile, open_model
 from edgert.sampling import make_sampler
 from edgert.tokenizer import StreamDecoder, Tokenizer
@@ -44,9 +45,13 @@ class State:
         return sum(c.nbytes for c in self.caches.values())
 
 
+LAYOUTS = ("x8", "rows")
+
+
 def load(path: str | os.PathLike, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAULT_BATCH,
          threads: int | None = None, ple: str = "mmap", ple_cache_mb: float = 64.0,
-         ple_prefetch: bool = True, audio_int8: bool = False) -> "Model":
+         ple_prefetch: bool = True, audio_int8: bool = False, layout: str = "x8",
+         progress: Callable[[int, int, str], None] | None = None) -> "Model":
     """Open a GGUF model file (memory-mapped) and make it ready to generate.
 
     n_ctx: the context length the caches hold (capped at the model's trained length);
@@ -55,17 +60,25 @@ def load(path: str | os.PathLike, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAU
     ple: how the per-layer embedding table is held: "mmap" (rows read from the mapping),
     "pread" (rows read into a cache of ple_cache_mb, nothing else in DRAM) or "ram";
     ple_prefetch: read a step's rows on a background thread while the first layer runs;
-    audio_int8: run the audio encoder's matrix products in int8."""
+    audio_int8: run the audio encoder's matrix products in int8;
+    layout: "x8" (the matrices that have it are read in edgert's interleaved layout, built
+    once into a cache file under ~/.cache/edgert/layouts: see edgert.files.layouts) or
+    "rows" (every matrix read in the file's own layout);
+    progress(done, total, what): called while the layout cache is built, the first time."""
     return Model(open_model(path), n_ctx=n_ctx, n_batch=n_batch, threads=threads, ple=ple,
-                 ple_cache_mb=ple_cache_mb, ple_prefetch=ple_prefetch, audio_int8=audio_int8)
+                 ple_cache_mb=ple_cache_mb, ple_prefetch=ple_prefetch, audio_int8=audio_int8, layout=layout,
+                 progress=progress)
 
 
 class Model:
     def __init__(self, file: ModelFile, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAULT_BATCH,
                  threads: int | None = None, ple: str = "mmap", ple_cache_mb: float = 64.0,
-                 ple_prefetch: bool = True, audio_int8: bool = False):
+                 ple_prefetch: bool = True, audio_int8: bool = False, layout: str = "x8",
+                 progress: Callable[[int, int, str], None] | None = None):
         if n_ctx < 1 or n_batch < 1:
             raise EdgeRTError(f"n_ctx and n_batch must be positive (got {n_ctx}, {n_batch})")
+        if layout not in LAYOUTS:
+            raise EdgeRTError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         try:
             self.threads = cpu.set_threads(threads)
         except ValueError as e:
@@ -76,7 +89,15 @@ class Model:
         self.n_batch = n_batch
         self.tokenizer = Tokenizer(file.tokenizer)
         ple_store = self._ple_store(ple, ple_cache_mb, ple_prefetch)
-        self.weights = gemma4.load_weights(self.config, file.tensors, ple_store)
+        tensors, self.layout_cache = file.tensors, None
+        if layout == "x8":
+            try:
+                tensors, self.layout_cache = layouts.with_layouts(
+                    file.path, tensors, layouts.packable(tensors, skip=gemma4.LOOKUP_ONLY), file.gguf.data, progress)
+            except OSError as e:
+                raise EdgeRTError(f"the weight layout cache could not be built ({e}); "
+                                  "free some disk space or load with layout='rows'") from None
+        self.weights = gemma4.load_weights(self.config, tensors, ple_store)
         self.format = chat_format.FORMATS[self.config.arch]
         self._audio_encoder = None
         self.audio_int8 = audio_int8

@@ -29,7 +29,12 @@ from edgert.demo import demo_model
 from edgert.model import Model
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "gemma3_270m_golden.json").read_text(encoding="utf-8"))
-TIE = 0.5  # a choice may differ from llama.cpp's only where its top two logits are closer than this
+# A choice may differ from llama.cpp's only at a near-tie: where llama.cpp put our token within
+# TIE of its own, or within SPREAD times what its own logits move at that step between its
+# batch and its one-by-one reading of the same tokens (raw-5's step 3: four tokens within
+# 0.53, which llama.cpp itself moves by 0.40; a change of summation order alone, the x8
+# layout's or the generic flavor's, moves this model's logits by as much)
+TIE = 0.5
 SPREAD = 2.0  # top-10 logits may differ from llama.cpp's by at most this times its own batch/decode spread
 PI = pytest.mark.aarch64  # what the emulated Raspberry Pi 5 job runs too: not the torch test, not the controls
 
@@ -88,6 +93,11 @@ def _llama_margin(step_top: list, token: int) -> float:
     return step_top[0][1] - logits[token] if token in logits else float("inf")
 
 
+def _near_tie(case: dict, step: int, token: int) -> bool:
+    own = np.abs(np.array(case["top_batch"][step]) - np.array([v for _, v in case["top"][step]])).max()
+    return _llama_margin(case["top"][step], token) < max(TIE, SPREAD * own)
+
+
 def _teacher_forced(model: Model, case: dict) -> np.ndarray:
     """Our logits at each step of llama.cpp's continuation, fed one token at a time as it did."""
     state = model.new_state()
@@ -118,7 +128,7 @@ def test_greedy_follows_llama_cpp(model, case):
         token = int(np.argmax(logits))
         if token != expected:
             margin = _llama_margin(case["top"][step], token)
-            assert margin < TIE, f"step {step}: chose {token} where llama.cpp chose {expected} by {margin:.2f}"
+            assert _near_tie(case, step, token), f"step {step}: chose {token} where llama.cpp chose {expected} by {margin:.2f}"
             return  # from here the contexts differ
         logits = model.decode_step(state, token)
 
@@ -130,7 +140,7 @@ def test_logits_along_llama_cpps_tokens(model, case):
     logits = _teacher_forced(model, case)
     for step, expected in enumerate(case["ids"]):
         token = int(np.argmax(logits[step]))
-        assert token == expected or _llama_margin(case["top"][step], token) < TIE, f"step {step}"
+        assert token == expected or _near_tie(case, step, token), f"step {step}"
     ours, own = _spread(case, logits)
     assert ours <= SPREAD * own, f"top-10 logits differ by {ours:.2f} on average; llama.cpp from itself {own:.2f}"
 

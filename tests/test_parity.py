@@ -125,7 +125,8 @@ def _broken(path, bug: str):
                 d = blocks[:, :2].copy().view(np.float16) * np.float16(1.5)
                 blocks[:, :2] = d.view(np.uint8)
         tensors[name] = QTensor(raw, t.qtype, t.shape)
-    return Model(dataclasses.replace(mf, tensors=tensors), n_ctx=256)
+    # the file's layout: a layout cache is keyed by the file, and would hold the unbroken bytes
+    return Model(dataclasses.replace(mf, tensors=tensors), n_ctx=256, layout="rows")
 
 
 @pytest.mark.parametrize("qtype,bug", [("q8_0", "scale"), ("q4_0", "scale"), ("q4_0", "nibbles")])

@@ -48,8 +48,9 @@ def load_model(args, **options):
     path = resolve_model(args.model)
     t0 = time.perf_counter()
     print(f"loading {path} ...", file=sys.stderr, end="", flush=True)
+    building = ProgressBar("building the weight layout cache (once per model file)")
     model = edgert.load(path, n_ctx=args.ctx, threads=args.threads, ple=args.ple, ple_cache_mb=args.ple_cache_mb,
-                        **options)
+                        progress=building, **options)
     print(f" {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     return model
 
