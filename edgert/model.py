@@ -95,8 +95,8 @@ class Model:
                 tensors, self.layout_cache = layouts.with_layouts(
                     file.path, tensors, layouts.packable(tensors, skip=gemma4.LOOKUP_ONLY), file.gguf.data, progress)
             except OSError as e:
-                raise EdgeRTError(f"the weight layout cache could not be built ({e}); "
-                                  "free some disk space or load with layout='rows'") from None
+                raise EdgeRTError(f"the weight layout cache could not be mapped ({e}); "
+                                  "load again, or load with layout='rows'") from None
         self.weights = gemma4.load_weights(self.config, tensors, ple_store)
         self.format = chat_format.FORMATS[self.config.arch]
         self._audio_encoder = None

@@ -1,8 +1,9 @@
-"""The row-dot loops compiled for a named CPU, as assembly: what the tests read to check the
-instructions each flavor lowers to, and what the speed model feeds to llvm-mca.
+"""The kernels' inner loops compiled for a named CPU, as assembly: what the tests read to check
+the instructions each flavor lowers to, and what the speed model feeds to llvm-mca.
 
-The loops are the ones the kernels inline (quant.simd.emit_row_dot), built in a module of
-their own for the target's triple and CPU and run through the same -O3 pipeline Numba uses.
+The loops are the ones the kernels inline (quant.simd.emit_row_dot for the file's row layout,
+quant.packed.emit_tiles_dot for the x8 layout), built in a module of their own for the target's
+triple and CPU and run through the same -O3 pipeline Numba uses.
 """
 
 from __future__ import annotations

@@ -76,7 +76,17 @@ class _Madd:
         return b.add(acc, b.call(self._maddwd, [pairs, _const_vec(I16, 16, 1)]))
 
 
-class _Sdot:
+class _Signed:
+    """Dots of signed bytes: the bias comes off the values before the dot, none after it."""
+
+    def bias(self, bias):
+        return 0
+
+    def signed(self, values, bias):
+        return values if bias is None else self.b.sub(values, _const_vec(I8, 32, bias))
+
+
+class _Sdot(_Signed):
     """ARMv8.2 with the dot-product extension: sdot, four signed byte products summed into each
     i32 lane, on the two 128-bit halves (rows 0-3, rows 4-7)."""
 
@@ -85,12 +95,9 @@ class _Sdot:
         v4i32, v16i8 = _vec(I32, 4), _vec(I8, 16)
         self._sdot = _declare(builder, "llvm.aarch64.neon.sdot.v4i32.v16i8", v4i32, [v4i32, v16i8, v16i8])
 
-    def bias(self, bias):
-        return 0
-
     def dot(self, acc, values, bias, x):
         b = self.b
-        s = values if bias is None else b.sub(values, _const_vec(I8, 32, bias))
+        s = self.signed(values, bias)
         halves = []
         for h in range(2):
             def half(v, n):
@@ -99,7 +106,7 @@ class _Sdot:
         return _shuffle(b, halves[0], halves[1], range(8))
 
 
-class _Widen:
+class _Widen(_Signed):
     """Any other target: sext x sext products, then lane r sums products 4r..4r+3. (LLVM's
     partial-reduction intrinsic would be shorter, but it leaves which products meet in
     which lane unspecified, and its x86 lowering does not group them four by four.)"""
@@ -107,12 +114,9 @@ class _Widen:
     def __init__(self, builder):
         self.b = builder
 
-    def bias(self, bias):
-        return 0
-
     def dot(self, acc, values, bias, x):
         b = self.b
-        s = values if bias is None else b.sub(values, _const_vec(I8, 32, bias))
+        s = self.signed(values, bias)
         v32i32 = _vec(I32, 32)
         products = b.mul(b.sext(s, v32i32), b.sext(x, v32i32))
         for j in range(4):
@@ -176,6 +180,7 @@ def emit_tiles_dot(builder, flavor: str, features: frozenset[str], fmt: TileForm
         tile = _Bytes(b, b.gep(w_ptr, [b.add(w_off, b.mul(i, const(fmt.tile_bytes)))]))
         dw = b.fpext(b.bitcast(tile.load(0, _vec(I16, ROWS)), _vec(HALF, ROWS)), V8F32)
         subs = _sub_vectors(b, fmt, tile)
+        correction = dots.bias(subs[0][1])  # every sub-vector of a format has the same bias
         for t, (x_off, xb) in enumerate(zip(x_offs, xbs)):
             x = _Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, const(32)))]))
             chains = [zero, zero]  # two dependency chains of integer dots
@@ -185,7 +190,6 @@ def emit_tiles_dot(builder, flavor: str, features: frozenset[str], fmt: TileForm
             total = b.sitofp(b.add(*chains), V8F32)
             k = b.add(xb, i)
             xd = _splat(b, b.load(b.gep(xd_ptr, [k])), 8)
-            correction = dots.bias(subs[0][1])
             if correction:  # dw * (xd * dot - bias * xd * sum(xq))
                 xs = b.fmul(b.load(b.gep(xs_ptr, [k])), ir.Constant(F32, -float(correction)))
                 scaled = b.call(_fma(b), [total, xd, _splat(b, xs, 8)])

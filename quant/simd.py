@@ -175,8 +175,9 @@ class _Generic:
         return acc
 
 
+_FLAVOR_CLASS = {"avx2": _AVX2, "generic": _Generic}
 # The row layout has no AVX-512 emitter of its own: there the x8 layout (quant.packed) is the fast path.
-_FLAVOR_CLASS = {"avx512": _AVX2, "avx2": _AVX2, "generic": _Generic}
+_ROW_FLAVOR = {"avx512": "avx2"}
 
 
 N_ACC = 4  # independent accumulators: one FMA chain would wait out its latency on every block
@@ -199,13 +200,14 @@ def emit_row_dot(builder, flavor: str, fmt: RowFormat, w_ptr, w_off, xq_ptr, x_o
     i8* weights and activations, float* scales; offsets and counts: intp. Several tokens share
     each weight block's loads and unpacking (LLVM merges the repeated ones)."""
     walk = fmt.walk
+    flavor = _ROW_FLAVOR.get(flavor, flavor)
 
     def const(v):
         return ir.Constant(cgutils.intp_t, v)
 
     n_acc = N_ACC if len(x_offs) == 1 else 1  # several tokens already give independent FMA chains
     ctxs = [_Ctx(builder, _FLAVOR_CLASS[flavor](builder), xd_ptr, xs_ptr, n_acc) for _ in x_offs]
-    grouped = getattr(walk, "group_" + ("avx2" if flavor == "avx512" else flavor), None)
+    grouped = getattr(walk, "group_" + flavor, None)
 
     def blocks(first, count):
         """Emit blocks first .. first + count - 1 (first: an IR index)."""

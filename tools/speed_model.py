@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from quant import QType, asm, simd
+from quant.kernels import TOKEN_TILE  # prefill reads each weight row once per tile of tokens
 
 FORMAT_OF = {QType.Q4_0: "q4_0", QType.Q5_0: "q5_0", QType.Q8_0: "q8_0", QType.Q4_K: "q4_k", QType.Q6_K: "q6_k"}
-TOKEN_TILE = 64  # quant.kernels.TOKEN_TILE: prefill reads each weight row once per 64 tokens
 
 
 @dataclass(frozen=True)

@@ -69,12 +69,9 @@ def with_layouts(model: Path, tensors: dict[str, QTensor], names: list[str], dat
     index = _read_index(path, model)
     if index is None or set(index) != set(names):
         try:
-            _build(path, model, tensors, names, data, progress)
+            index = _build(path, model, tensors, names, data, progress)
         except OSError:
             return {**tensors, **{n: tensors[n].with_layout() for n in names}}, None
-        index = _read_index(path, model)
-        if index is None:
-            raise OSError(f"the layout cache {path} was written but does not read back; delete it and load again")
     mapped = np.memmap(path, dtype=np.uint8, mode="r")
     out = dict(tensors)
     for name in names:
@@ -108,9 +105,9 @@ def _read_index(path: Path, model: Path) -> dict[str, list[int]] | None:
 
 
 def _build(path: Path, model: Path, tensors: dict[str, QTensor], names: list[str], data: np.memmap | None,
-           progress: Progress | None) -> None:
+           progress: Progress | None) -> dict[str, list[int]]:
     """Write the cache to a temporary file beside it, then rename it into place: a build that
-    is cut off leaves no cache that looks whole."""
+    is cut off leaves no cache that looks whole. Returns the index it wrote."""
     index, offset = {}, PAGE
     for name in names:
         t = tensors[name]
@@ -141,6 +138,7 @@ def _build(path: Path, model: Path, tensors: dict[str, QTensor], names: list[str
         tmp.unlink(missing_ok=True)
     if progress:
         progress(len(names), len(names), "done")
+    return index
 
 
 def _drop(data: np.memmap, view: np.ndarray) -> None:
