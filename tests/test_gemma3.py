@@ -93,9 +93,13 @@ def _llama_margin(step_top: list, token: int) -> float:
     return step_top[0][1] - logits[token] if token in logits else float("inf")
 
 
+def _own_spread(case: dict, step: int) -> float:
+    """How far llama.cpp's batch reading of a step's top-10 logits lies from its one-by-one reading."""
+    return float(np.abs(np.array(case["top_batch"][step]) - np.array([v for _, v in case["top"][step]])).max())
+
+
 def _near_tie(case: dict, step: int, token: int) -> bool:
-    own = np.abs(np.array(case["top_batch"][step]) - np.array([v for _, v in case["top"][step]])).max()
-    return _llama_margin(case["top"][step], token) < max(TIE, SPREAD * own)
+    return _llama_margin(case["top"][step], token) < max(TIE, SPREAD * _own_spread(case, step))
 
 
 def _teacher_forced(model: Model, case: dict) -> np.ndarray:
@@ -110,11 +114,11 @@ def _teacher_forced(model: Model, case: dict) -> np.ndarray:
 def _spread(case: dict, logits: np.ndarray) -> tuple[float, float]:
     """(ours, llama.cpp's own): mean over steps of the largest top-10 logit difference from
     llama.cpp's decode; its own is its batch reading of the same tokens."""
-    ours, own = [], []
-    for step, (top, batch) in enumerate(zip(case["top"], case["top_batch"])):
+    ours = []
+    for step, top in enumerate(case["top"]):
         ids, values = [i for i, _ in top], np.array([v for _, v in top])
         ours.append(np.abs(logits[step, ids] - values).max())
-        own.append(np.abs(np.array(batch) - values).max())
+    own = [_own_spread(case, step) for step in range(len(case["top"]))]
     return float(np.mean(ours)), float(np.mean(own))
 
 

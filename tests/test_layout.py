@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from quant import BLOCKS, QTensor, QType, asm, cpu, layout, packed, quantize
 from quant.tensor import matmul, matmul_ref
-from tests.test_kernels import SCALAR_FALLBACK, assert_matches
+from tests.test_kernels import SCALAR_FALLBACK, assert_matches, check_zeros_and_extremes
 
 pytestmark = pytest.mark.aarch64
 
@@ -90,19 +90,7 @@ def test_packed_integer_dots_are_exact(qtype):
 @pytest.mark.parametrize("qtype", TILED, ids=lambda q: q.name)
 def test_packed_zeros_and_extremes(qtype):
     rng = np.random.default_rng(7)
-    cols = 544
-    x = rng.standard_normal((6, cols)).astype(np.float32)
-    x[0] = 0  # an all-zero activation row: scale 0, no division by it
-    x[1, ::7] = 3e4  # a few huge values next to small ones
-    x[2] = -1e-30  # tiny values
-    values = rng.standard_normal((16, cols)).astype(np.float32)
-    values[0] = 0
-    values[1, 0] = 1e4
-    _, p = tiled(rng, qtype, 16, cols, values)
-    out = matmul(x, p)
-    assert np.isfinite(out).all()
-    assert (out[0] == 0).all() and (out[:, 0] == 0).all()
-    assert_matches(x, p)
+    check_zeros_and_extremes(rng, 16, 544, lambda values: tiled(rng, qtype, 16, 544, values)[1])
 
 
 def _run_flavor(flavor: str, features: frozenset[str], qtype: QType, w: QTensor, x: np.ndarray) -> np.ndarray:
