@@ -244,6 +244,27 @@ def test_attention_matches_ops(window):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_attention_with_scores_far_apart_matches_ops():
+    """Scores hundreds apart, as peaked heads give: weights that would be subnormal floats
+    are dropped by the kernel (below e^-30 of the largest), and what that drops stays far
+    below float32 rounding of the result."""
+    rng = np.random.default_rng(3)
+    n_head, n_kv, d, m = 4, 1, 64, 300
+    k = rng.standard_normal((m, n_kv, d)).astype(np.float32)
+    v = rng.standard_normal((m, n_kv, d)).astype(np.float32)
+    q = (rng.standard_normal((2, n_head, d)) * 8).astype(np.float32)  # scores spread over about +-200
+    q_pos, k_pos = np.array([m - 2, m - 1]), np.arange(m)
+    scores = np.einsum("thd,md->thm", q, k[:, 0])
+    assert (scores.max(-1) - scores.min(-1)).min() > 100  # e^-100: far into subnormals and below
+    got = kernels.attention(q, k, v, q_pos, k_pos, 0)
+    # scores of +-200 carry float32 rounding that the weights magnify, so the truth here is
+    # float64 (ops.attention, in float32, is itself 6e-6 from it)
+    s = np.einsum("thd,md->thm", q.astype(np.float64), k[:, 0].astype(np.float64))
+    p = np.exp(s - s.max(-1, keepdims=True))
+    exact = np.einsum("thm,md->thd", p / p.sum(-1, keepdims=True), v[:, 0]).reshape(len(q), -1)
+    np.testing.assert_allclose(got, exact, rtol=0, atol=1e-6)
+
+
 def test_the_emulated_pi_is_told_the_cpu_the_assembly_is_checked_for():
     """tools/aarch64.sh names the Pi's CPU to Numba (LLVM cannot detect an emulated one): the
     same CPU and features as quant.asm.PI5, which the sdot checks compile for."""
