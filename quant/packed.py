@@ -38,6 +38,8 @@ from quant.layout import ROWS, TILES, TileFormat
 from quant.simd import F32, HALF, I8, I16, I32, _Bytes, _const_vec, _declare, _shuffle, _splat, _vec
 
 V8I32, V32I8, V8F32 = _vec(I32, 8), _vec(I8, 32), _vec(F32, 8)
+PREFETCH_FLAVORS = ("avx512", "avx2")  # GEMV prefetches; measured on x86 only (+14% E2B decode matmuls)
+AHEAD = 4096  # bytes ahead of the tile being read: 2-8 KB measured alike
 
 
 class _Vnni:
@@ -173,11 +175,14 @@ def emit_tiles_dot(builder, flavor: str, features: frozenset[str], fmt: TileForm
         return ir.Constant(cgutils.intp_t, v)
 
     unroll = 2 if len(x_offs) == 1 else 1  # one token: two accumulators hide the FMA latency
+    prefetch = len(x_offs) == 1 and flavor in PREFETCH_FLAVORS
     acc = [[cgutils.alloca_once_value(b, ir.Constant(V8F32, None)) for _ in range(unroll)] for _ in x_offs]
     zero = ir.Constant(V8I32, None)
 
     def block(i, slot):
         tile = _Bytes(b, b.gep(w_ptr, [b.add(w_off, b.mul(i, const(fmt.tile_bytes)))]))
+        if prefetch:
+            _prefetch(b, tile.base, AHEAD, fmt.tile_bytes)
         dw = b.fpext(b.bitcast(tile.load(0, _vec(I16, ROWS)), _vec(HALF, ROWS)), V8F32)
         subs = _sub_vectors(b, fmt, tile)
         correction = dots.bias(subs[0][1])  # every sub-vector of a format has the same bias
@@ -208,6 +213,15 @@ def emit_tiles_dot(builder, flavor: str, features: frozenset[str], fmt: TileForm
         values = [b.load(s) for s in slots]
         results.append(values[0] if len(values) == 1 else b.fadd(values[0], values[1]))
     return results
+
+
+def _prefetch(b, ptr, ahead: int, n_bytes: int):
+    """Ask for the cache lines of n_bytes at ptr + ahead to come into L2 (prefetcht1 on x86).
+    Tiles lie back to back, so a line every 64 bytes of each tile covers the stream."""
+    fn = _declare(b, "llvm.prefetch.p0", ir.VoidType(), [I8.as_pointer(), I32, I32, I32])
+    for off in range(0, n_bytes, 64):
+        where = b.gep(ptr, [ir.Constant(cgutils.intp_t, ahead + off)])
+        b.call(fn, [where, ir.Constant(I32, 0), ir.Constant(I32, 2), ir.Constant(I32, 1)])  # read, L2, data
 
 
 def _fma(b):

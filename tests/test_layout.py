@@ -165,6 +165,10 @@ def test_every_tile_dot_is_sdot_on_the_raspberry_pi_5(qtype, tokens):
 def test_x86_flavors_use_their_byte_dot(target, instruction):
     loop = asm.mnemonics(asm.main_loop(asm.tiles_dot_assembly(target, QType.Q4_0, 1)))
     assert loop.count(instruction) == 16  # two blocks, eight sub-vector dots each
+    # the GEMV asks for the stream a few KB ahead into L2: a line per 64 bytes of each 144-byte tile
+    assert loop.count("prefetcht1") == 2 * 3
+    prefill = asm.mnemonics(asm.main_loop(asm.tiles_dot_assembly(target, QType.Q4_0, 4)))
+    assert "prefetcht1" not in prefill  # the GEMM reads each tile for many tokens: no stream to run ahead of
 
 
 def test_flavor_choice():
