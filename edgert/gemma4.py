@@ -18,7 +18,7 @@ import numpy as np
 from edgert import ops
 from edgert.kernels import attention, gelu_mul, rms_norm, rope, softcap
 from edgert.config import ModelConfig
-from edgert.kv_cache import KVCache
+from edgert.kv_cache import KVCache, KVView
 from ple_store import PLEStore
 from quant import QTensor, matmul
 
@@ -137,7 +137,7 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
     if soft is not None:
         x[soft[0]] = soft[1]
     x0, ple = x, None  # ple: (n, L, P) per-layer inputs, made when first needed
-    views: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # layer -> (k, v, k_pos)
+    views: dict[int, KVView] = {}  # layer -> the K/V its queries may attend to
 
     for s, lw in zip(cfg.layers, w.layers):
         if s.index == cfg.first_shared:
@@ -158,8 +158,8 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
             if cfg.v_norm:
                 v = rms_norm(v, None, cfg.rms_eps)
             views[s.index] = caches[s.index].update(k, v, pos)
-        k_all, v_all, k_pos = views[s.kv_source]  # KV-shared layers reuse an earlier layer's K/V
-        a = attention(q, k_all, v_all, pos, k_pos, cfg.sliding_window if s.sliding else 0)
+        # KV-shared layers reuse an earlier layer's K/V
+        a = attention(q, views[s.kv_source], pos, cfg.sliding_window if s.sliding else 0)
         h = rms_norm(matmul(a, lw.wo), lw.post_attn_norm, cfg.rms_eps)
         x = x + h
 

@@ -10,13 +10,20 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import prange
+import numba
+from numba import prange, types
+from numba.extending import overload
 
+from edgert.kv_cache import KVView
 from quant.cpu import kernel
+from quant.simd import half_to_float
 
 
 F32 = np.float32
 NEGLIGIBLE = np.float32(-30.0)  # log of the smallest attention weight kept, relative to the largest
+QUERY_ROWS = 32  # (query, head) pairs of one KV head per work item
+KEY_BLOCK = 32  # keys decoded and scored together
+SPAN_KEYS = 64  # fewest keys per span when few queries split the keys among threads
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray | None, eps: float) -> np.ndarray:
@@ -52,11 +59,32 @@ def softcap(x: np.ndarray, cap: float) -> np.ndarray:
     return out
 
 
-def attention(q, k, v, q_pos, k_pos, window: int) -> np.ndarray:
-    """ops.attention: (n, n_head, d) queries -> (n, n_head * d)."""
-    out = np.empty(q.shape, dtype=F32)
-    _attention(np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v), q_pos, k_pos, window, out)
-    return out.reshape(len(q), -1)
+def attention(q: np.ndarray, kv: KVView, q_pos: np.ndarray, window: int, threads: int | None = None) -> np.ndarray:
+    """ops.attention over a cache view (edgert.kv_cache.KVView, entries of any kv_type):
+    (n, n_head, d) queries -> (n, n_head * d).
+
+    Work items are (KV head, tile of queries, span of keys). The queries of a tile that share
+    a KV head meet each key once: its row is decoded to float32 once for all of them, and
+    the softmax runs online (flash attention), so no query keeps more than a block of scores,
+    whatever the context. Few queries (decode) split the keys into spans, merged at the end
+    as flash-decoding does, so that every thread has work."""
+    n, n_head, d = q.shape
+    m, n_kv = kv.k.shape[0], kv.k.shape[1]
+    group = n_head // n_kv
+    tile = max(1, QUERY_ROWS // group)
+    tiles = -(-n // tile)
+    threads = threads or numba.get_num_threads()
+    spans = max(1, min(-(-m // SPAN_KEYS), -(-2 * threads // (n_kv * tiles))))
+    acc = np.empty((spans, n, n_head, d), dtype=F32)
+    best = np.empty((spans, n, n_head), dtype=F32)
+    total = np.empty((spans, n, n_head), dtype=F32)
+    _attention_spans(np.ascontiguousarray(q, dtype=F32), kv.k, kv.k_scale, kv.v, kv.v_scale, q_pos, kv.pos, window,
+                     tile, spans, acc, best, total)
+    if spans == 1:  # normalized in place already
+        return acc[0].reshape(n, n_head * d)
+    out = np.empty((n, n_head, d), dtype=F32)
+    _attention_merge(acc, best, total, out)
+    return out.reshape(n, n_head * d)
 
 
 @kernel(inline="always")
@@ -119,41 +147,132 @@ def _softcap(x, cap, out):
         out[i] = _tanh(x[i] / cap) * cap
 
 
+def _decode_row(values, scales, j, g, out, row):
+    """Cache row (j, g) as float32 into out[row]: see edgert.kv_cache for the three types."""
+
+
+@overload(_decode_row, inline="always")
+def _decode_row_typed(values, scales, j, g, out, row):
+    if values.dtype == types.float32:
+        def f32(values, scales, j, g, out, row):
+            for c in range(values.shape[2]):
+                out[row, c] = values[j, g, c]
+        return f32
+    if values.dtype == types.uint16:
+        def f16(values, scales, j, g, out, row):
+            for c in range(values.shape[2]):
+                out[row, c] = half_to_float(values[j, g, c])
+        return f16
+
+    def q8_0(values, scales, j, g, out, row):
+        for b in range(scales.shape[2]):
+            scale = half_to_float(scales[j, g, b])
+            for c in range(b * 32, b * 32 + 32):
+                out[row, c] = np.float32(values[j, g, c]) * scale
+    return q8_0
+
+
+@kernel(inline="always")
+def _sees(q_pos, t, k_pos, window):
+    dist = q_pos[t] - k_pos
+    return k_pos >= 0 and dist >= 0 and (window <= 0 or dist < window)
+
+
 @kernel(parallel=True)
-def _attention(q, k, v, q_pos, k_pos, window, out):
-    """Causal GQA attention with scale 1, as ops.attention: q (n, n_head, d); k, v (m, n_kv, d)
-    with positions k_pos (m,), -1 for an empty slot; out (n, n_head, d). Threads split
-    (query, head) pairs; each keeps its scores in a row of m floats."""
+def _attention_spans(q, k, k_scale, v, v_scale, q_pos, k_pos, window, tile, spans, acc, best, total):
+    """Causal GQA attention with scale 1, as ops.attention, over the keys of each span: per
+    (span, query, head), the span's largest score (best), the sum of exp(score - best)
+    (total) and those weights times the values (acc; divided by total already when there
+    is one span). q (n, n_head, d); K and V as
+    edgert.kv_cache stores them, positions k_pos (m,), -1 for an empty slot."""
     n, n_head, d = q.shape
     m, n_kv = k.shape[0], k.shape[1]
     group = n_head // n_kv
+    tiles = (n + tile - 1) // tile
+    for item in prange(n_kv * tiles * spans):
+        g, qt, span = item // (tiles * spans), (item // spans) % tiles, item % spans
+        t0, t1 = qt * tile, min(n, qt * tile + tile)
+        rows = (t1 - t0) * group
+        j0, j1 = span * m // spans, (span + 1) * m // spans
+        a = np.zeros((rows, d), dtype=np.float32)
+        mx = np.full(rows, -np.inf, dtype=np.float32)
+        tot = np.zeros(rows, dtype=np.float32)
+        kb = np.empty((KEY_BLOCK, d), dtype=np.float32)
+        vb = np.empty((KEY_BLOCK, d), dtype=np.float32)
+        sc = np.empty(KEY_BLOCK, dtype=np.float32)
+        seen = np.zeros(KEY_BLOCK, dtype=np.bool_)
+        for b0 in range(j0, j1, KEY_BLOCK):
+            nb = min(j1, b0 + KEY_BLOCK) - b0
+            anyone = False
+            for jj in range(nb):
+                seen[jj] = False
+                for t in range(t0, t1):
+                    if _sees(q_pos, t, k_pos[b0 + jj], window):
+                        seen[jj] = True
+                        anyone = True
+                        break
+                if seen[jj]:
+                    _decode_row(k, k_scale, b0 + jj, g, kb, jj)
+                    _decode_row(v, v_scale, b0 + jj, g, vb, jj)
+            if not anyone:
+                continue
+            for r in range(rows):
+                t, h = t0 + r // group, g * group + r % group
+                block_best = -np.inf
+                for jj in range(nb):
+                    if not (seen[jj] and _sees(q_pos, t, k_pos[b0 + jj], window)):
+                        sc[jj] = -np.inf
+                        continue
+                    s = np.float32(0.0)
+                    for c in range(d):
+                        s += q[t, h, c] * kb[jj, c]
+                    sc[jj] = s
+                    block_best = max(block_best, s)
+                if block_best == -np.inf:
+                    continue
+                if block_best > mx[r]:  # a new largest score: what came before is rescaled
+                    shift = mx[r] - block_best
+                    scale = np.float32(math.exp(shift)) if shift > NEGLIGIBLE else np.float32(0.0)
+                    for c in range(d):
+                        a[r, c] *= scale
+                    tot[r] *= scale
+                    mx[r] = block_best
+                for jj in range(nb):
+                    # weights below e^-30 of the largest are dropped: with at most 2^15 keys they
+                    # add up to under 3e-9 of the sum, and left in they become subnormal floats,
+                    # which cost x86 a microcode assist on every multiply (4x the whole decode
+                    # attention, measured)
+                    if sc[jj] - mx[r] > NEGLIGIBLE:
+                        e = np.float32(math.exp(sc[jj] - mx[r]))
+                        tot[r] += e
+                        for c in range(d):
+                            a[r, c] += e * vb[jj, c]
+        for r in range(rows):
+            t, h = t0 + r // group, g * group + r % group
+            best[span, t, h], total[span, t, h] = mx[r], tot[r]
+            norm = np.float32(1.0) / tot[r] if spans == 1 and tot[r] > 0 else np.float32(1.0)
+            for c in range(d):
+                acc[span, t, h, c] = a[r, c] * norm
+
+
+@kernel(parallel=True)
+def _attention_merge(acc, best, total, out):
+    """The spans' partial softmaxes as one: out (n, n_head, d)."""
+    spans, n, n_head, d = acc.shape
     for item in prange(n * n_head):
         t, h = item // n_head, item % n_head
-        g = h // group
-        scores = np.empty(m, dtype=np.float32)
-        best = -np.inf
-        for j in range(m):
-            dist = q_pos[t] - k_pos[j]
-            if k_pos[j] < 0 or dist < 0 or (window > 0 and dist >= window):
-                scores[j] = -np.inf
-                continue
-            s = np.float32(0.0)
-            for c in range(d):
-                s += q[t, h, c] * k[j, g, c]
-            scores[j] = s
-            best = max(best, s)
-        total = np.float32(0.0)
-        for j in range(m):
-            # weights below e^-30 are dropped: with at most 2^15 keys they add up to under
-            # 3e-9 of the sum, and left in they become subnormal floats, which cost x86
-            # a microcode assist on every multiply (4x the whole attention time, measured)
-            e = np.float32(math.exp(scores[j] - best)) if scores[j] - best > NEGLIGIBLE else np.float32(0.0)
-            scores[j] = e
-            total += e
+        mx = -np.inf
+        for sp in range(spans):
+            mx = max(mx, best[sp, t, h])
+        weight = np.float32(0.0)
         for c in range(d):
             out[t, h, c] = 0.0
-        for j in range(m):
-            if scores[j] != 0.0:
-                p = scores[j] / total
+        for sp in range(spans):
+            if best[sp, t, h] - mx > NEGLIGIBLE:
+                e = np.float32(math.exp(best[sp, t, h] - mx))
+                weight += e * total[sp, t, h]
                 for c in range(d):
-                    out[t, h, c] += p * v[j, g, c]
+                    out[t, h, c] += e * acc[sp, t, h, c]
+        if weight > 0:
+            for c in range(d):
+                out[t, h, c] /= weight

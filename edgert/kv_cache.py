@@ -1,49 +1,116 @@
 """KV caches: an append cache for global layers, a ring of `sliding_window`
-entries for sliding ones, and none at all for KV-shared layers."""
+entries for sliding ones, and none at all for KV-shared layers.
+
+Entries are stored in one of three types, chosen at load (`kv_type`), as llama.cpp's
+`--cache-type-k/-v`:
+
+- "f32": float32, exact;
+- "f16": IEEE half, kept as its 16 bits (uint16: Numba has no float16), the default;
+- "q8_0": blocks of 32 values along head_dim, int8 values and one half scale per block
+  (34 bytes per 32 values, llama.cpp's Q8_0): d = max|x| / 127, q = round(x / d).
+
+A layer's K (and V) is then a pair (values, scales): values (slots, n_kv, head_dim) of
+float32, uint16 or int8, and scales (slots, n_kv, head_dim / 32) of half bits for q8_0
+or (slots, n_kv, 0) for the others. edgert.kernels.attention reads all three."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
 from edgert.config import LayerSpec, ModelConfig
+
+KV_TYPES = ("f16", "q8_0", "f32")
+DEFAULT_KV = "f16"  # as llama.cpp
+Q8_BLOCK = 32
+
+
+class KVView(NamedTuple):
+    """What the queries of a step may attend to (masking is the attention's): K and V as
+    (values, scales) pairs, and the position each slot holds (-1: empty)."""
+
+    k: np.ndarray
+    k_scale: np.ndarray
+    v: np.ndarray
+    v_scale: np.ndarray
+    pos: np.ndarray
+
+
+def encode(x: np.ndarray, kv_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """(n, n_kv, head_dim) float32 -> (values, scales) as the cache stores them."""
+    x = np.asarray(x, dtype=np.float32)
+    if kv_type == "f32":
+        return x, np.empty(x.shape[:-1] + (0,), dtype=np.uint16)
+    if kv_type == "f16":
+        return x.astype(np.float16).view(np.uint16), np.empty(x.shape[:-1] + (0,), dtype=np.uint16)
+    blocks = x.reshape(x.shape[:-1] + (-1, Q8_BLOCK))
+    d = np.abs(blocks).max(axis=-1, keepdims=True) / np.float32(127)
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d > 0)
+    q = np.rint(blocks * inv).astype(np.int8).reshape(x.shape)
+    return q, d[..., 0].astype(np.float16).view(np.uint16)
+
+
+def decode(values: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The float32 entries that (values, scales) stand for: the attention kernel's reading."""
+    if values.dtype == np.float32:
+        return values
+    if values.dtype == np.uint16:
+        return values.view(np.float16).astype(np.float32)
+    blocks = values.reshape(values.shape[:-1] + (-1, Q8_BLOCK)).astype(np.float32)
+    return (blocks * scales.view(np.float16).astype(np.float32)[..., None]).reshape(values.shape)
 
 
 class KVCache:
     """K/V of one layer that owns them. `capacity` slots of (n_kv, head_dim);
     a sliding layer's slots form a ring indexed by position % capacity."""
 
-    def __init__(self, capacity: int, n_kv: int, head_dim: int, ring: bool, dtype=np.float32):
-        self.k = np.zeros((capacity, n_kv, head_dim), dtype=dtype)  # (slot, n_kv, head_dim)
-        self.v = np.zeros((capacity, n_kv, head_dim), dtype=dtype)
+    def __init__(self, capacity: int, n_kv: int, head_dim: int, ring: bool, kv_type: str = DEFAULT_KV):
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+        if kv_type == "q8_0" and head_dim % Q8_BLOCK:
+            raise ValueError(f"a q8_0 cache needs head_dim divisible by {Q8_BLOCK}, got {head_dim}")
+        self.kv_type = kv_type
+        empty = encode(np.zeros((capacity, n_kv, head_dim), dtype=np.float32), kv_type)
+        self.k, self.k_scale = empty  # (slot, n_kv, head_dim), (slot, n_kv, head_dim / 32 or 0)
+        self.v, self.v_scale = (a.copy() for a in empty)
         self.pos = np.full(capacity, -1, dtype=np.int64)  # position held by each slot, -1 empty
         self.ring = ring
         self._undo = None  # ring entries a step in flight overwrote, until it commits
 
     @property
-    def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes + self.pos.nbytes
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return self.k, self.k_scale, self.v, self.v_scale, self.pos
 
-    def update(self, k: np.ndarray, v: np.ndarray, pos: np.ndarray):
-        """Store k, v (n, n_kv, head_dim) at positions `pos` (consecutive) and return the
-        (k, v, pos) that the queries at `pos` may attend to (masking is the caller's)."""
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays)
+
+    def _store(self, where, entries: tuple[np.ndarray, ...]) -> None:
+        for a, e in zip(self.arrays, entries):
+            a[where] = e
+
+    def update(self, k: np.ndarray, v: np.ndarray, pos: np.ndarray) -> KVView:
+        """Store k, v (n, n_kv, head_dim) float32 at positions `pos` (consecutive) and return
+        what the queries at `pos` may attend to."""
         cap, n = len(self.pos), len(pos)
+        entries = (*encode(k, self.kv_type), *encode(v, self.kv_type), pos)
         if not self.ring:
             end = int(pos[-1]) + 1
             if end > cap:
                 raise IndexError(f"position {end - 1} is past the cache's {cap} slots")
-            self.k[pos[0]:end], self.v[pos[0]:end], self.pos[pos[0]:end] = k, v, pos
-            return self.k[:end], self.v[:end], self.pos[:end]
+            self._store(slice(int(pos[0]), end), entries)
+            return KVView(*(a[:end] for a in self.arrays))
         if n == 1:
             # one new entry evicts the key one window back, which no query needs any more
-            slot = int(pos[0]) % cap
-            self.k[slot], self.v[slot], self.pos[slot] = k[0], v[0], pos[0]
-            return self.k, self.v, self.pos
+            self._store(int(pos[0]) % cap, tuple(e[0] for e in entries))
+            return KVView(*self.arrays)
         # many: earlier queries of the chunk still need entries the chunk will overwrite
-        view = (np.concatenate([self.k, k]), np.concatenate([self.v, v]), np.concatenate([self.pos, pos]))
+        view = KVView(*(np.concatenate([a, e]) for a, e in zip(self.arrays, entries)))
         keep = slice(max(0, n - cap), n)
         slots = pos[keep] % cap
-        self._undo = (slots, self.k[slots].copy(), self.v[slots].copy(), self.pos[slots].copy())
-        self.k[slots], self.v[slots], self.pos[slots] = k[keep], v[keep], pos[keep]
+        self._undo = (slots, tuple(a[slots].copy() for a in self.arrays))
+        self._store(slots, tuple(e[keep] for e in entries))
         return view
 
     def commit(self) -> None:
@@ -53,17 +120,17 @@ class KVCache:
     def rollback(self, n: int) -> None:
         """A step did not finish: restore what it evicted and forget positions >= n."""
         if self._undo is not None:
-            slots, k, v, pos = self._undo
-            self.k[slots], self.v[slots], self.pos[slots] = k, v, pos
+            slots, saved = self._undo
+            self._store(slots, saved)
             self._undo = None
         self.pos[self.pos >= n] = -1
 
 
-def make_caches(cfg: ModelConfig, n_ctx: int) -> dict[int, KVCache]:
+def make_caches(cfg: ModelConfig, n_ctx: int, kv_type: str = DEFAULT_KV) -> dict[int, KVCache]:
     """One cache per layer that owns K/V; sliding layers hold `sliding_window` entries."""
 
     def make(s: LayerSpec) -> KVCache:
         ring = s.sliding and cfg.sliding_window < n_ctx
-        return KVCache(cfg.sliding_window if ring else n_ctx, s.n_kv_heads, s.head_dim, ring)
+        return KVCache(cfg.sliding_window if ring else n_ctx, s.n_kv_heads, s.head_dim, ring, kv_type)
 
     return {s.index: make(s) for s in cfg.kv_layers}

@@ -16,7 +16,7 @@ import numpy as np
 from edgert import chat as chat_format
 from edgert import gemma4
 from edgert.errors import ContextOverflowError, EdgeRTError
-from edgert.kv_cache import KVCache, make_caches
+from edgert.kv_cache import DEFAULT_KV, KV_TYPES, KVCache, make_caches
 from edgert.files import layouts
 from edgert.files.loader import ModelFile, open_model
 from edgert.sampling import make_sampler
@@ -50,7 +50,7 @@ LAYOUTS = ("x8", "rows")
 
 def load(path: str | os.PathLike, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAULT_BATCH,
          threads: int | None = None, ple: str = "mmap", ple_cache_mb: float = 64.0,
-         ple_prefetch: bool = True, audio_int8: bool = False, layout: str = "x8",
+         ple_prefetch: bool = True, audio_int8: bool = False, layout: str = "x8", kv_type: str = DEFAULT_KV,
          progress: Callable[[int, int, str], None] | None = None) -> "Model":
     """Open a GGUF model file (memory-mapped) and make it ready to generate.
 
@@ -64,21 +64,29 @@ def load(path: str | os.PathLike, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAU
     layout: "x8" (the matrices that have it are read in edgert's interleaved layout, built
     once into a cache file under ~/.cache/edgert/layouts: see edgert.files.layouts) or
     "rows" (every matrix read in the file's own layout);
+    kv_type: how the KV cache holds its entries: "f16" (as llama.cpp), "q8_0" (34 bytes per 32
+    values) or "f32" (exact): see edgert.kv_cache;
     progress(done, total, what): called while the layout cache is built, the first time."""
     return Model(open_model(path), n_ctx=n_ctx, n_batch=n_batch, threads=threads, ple=ple,
                  ple_cache_mb=ple_cache_mb, ple_prefetch=ple_prefetch, audio_int8=audio_int8, layout=layout,
-                 progress=progress)
+                 kv_type=kv_type, progress=progress)
 
 
 class Model:
     def __init__(self, file: ModelFile, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAULT_BATCH,
                  threads: int | None = None, ple: str = "mmap", ple_cache_mb: float = 64.0,
                  ple_prefetch: bool = True, audio_int8: bool = False, layout: str = "x8",
-                 progress: Callable[[int, int, str], None] | None = None):
+                 kv_type: str = DEFAULT_KV, progress: Callable[[int, int, str], None] | None = None):
         if n_ctx < 1 or n_batch < 1:
             raise EdgeRTError(f"n_ctx and n_batch must be positive (got {n_ctx}, {n_batch})")
         if layout not in LAYOUTS:
             raise EdgeRTError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        if kv_type not in KV_TYPES:
+            raise EdgeRTError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+        if kv_type == "q8_0" and any(s.head_dim % 32 for s in file.config.layers):
+            raise EdgeRTError("kv_type='q8_0' needs head dimensions divisible by 32 (its blocks); "
+                              f"this model has {sorted({s.head_dim for s in file.config.layers})}: use 'f16'")
+        self.kv_type = kv_type
         try:
             self.threads = cpu.set_threads(threads)
         except ValueError as e:
@@ -125,7 +133,7 @@ class Model:
     # --- the model as a function ------------------------------------------------------------
 
     def new_state(self) -> State:
-        return State(make_caches(self.config, self.n_ctx))
+        return State(make_caches(self.config, self.n_ctx, self.kv_type))
 
     def prefill(self, state: State, ids: Sequence[int], logits: str = "last",
                 soft: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from edgert.config import ModelConfig, config_from_hf, published, tensor_manifest
 from edgert.errors import ArchitectureError, EdgeRTError
+from edgert.kv_cache import DEFAULT_KV
 from edgert.rss import memory
 from quant import QType, row_bytes
 
@@ -139,7 +140,7 @@ def _component(name: str) -> str:
     return "norms and scalars"
 
 
-def kv_cache_bytes(cfg: ModelConfig, n_ctx: int, kv_type: str = "f32", sharing: bool = True) -> dict:
+def kv_cache_bytes(cfg: ModelConfig, n_ctx: int, kv_type: str = DEFAULT_KV, sharing: bool = True) -> dict:
     """Bytes of the KV cache by layer type, as edgert.kv_cache allocates it: per layer that
     owns K/V, K and V of (slots, n_kv, head_dim) and a slot->position table (int64); a
     sliding layer has min(window, context) slots, a global one the context. Without
@@ -165,16 +166,20 @@ def kv_cache_bytes(cfg: ModelConfig, n_ctx: int, kv_type: str = "f32", sharing: 
 def _scratch(cfg: ModelConfig, n_batch: int, n_ctx: int, threads: int) -> int:
     """The activations of one prefill step of n_batch tokens that are alive at once (float32):
     the residual, a norm, q/k/v, gate, up and their product, the 8-bit copies of the input of
-    a product, per-thread attention scores, the PLE inputs, and one row of logits."""
+    a product, the attention's output and each thread's blocks (edgert.kernels.attention: a
+    tile of queries' sums and a block of decoded keys and values, whatever the context), the
+    PLE inputs, and one row of logits."""
+    from edgert.kernels import KEY_BLOCK, QUERY_ROWS
+
     widest = max(s.ffn_dim for s in cfg.layers)
     heads = max(cfg.n_head * s.head_dim for s in cfg.layers)
-    floats = n_batch * (3 * cfg.n_embd + heads + 2 * max(s.n_kv_heads * s.head_dim for s in cfg.layers)
+    floats = n_batch * (3 * cfg.n_embd + 2 * heads + 2 * max(s.n_kv_heads * s.head_dim for s in cfg.layers)
                         + 3 * widest + 2 * cfg.n_layer * cfg.ple_dim)
-    floats += threads * n_ctx + cfg.n_vocab
+    floats += threads * (QUERY_ROWS + 2 * KEY_BLOCK) * max(s.head_dim for s in cfg.layers) + cfg.n_vocab
     return 4 * floats + n_batch * widest * 2  # + int8 values and their scales
 
 
-def estimate(source, n_ctx: int | None = None, kv_type: str = "f32", kv_sharing: bool = True,
+def estimate(source, n_ctx: int | None = None, kv_type: str = DEFAULT_KV, kv_sharing: bool = True,
              weights_type: str = "q4_0", n_batch: int = 128, threads: int = 2, ple: str = "mmap", ple_cache_mb: float = 64.0,
              tokens_seen: int | None = None, device: str | None = None,
              budget: int | None = None) -> Estimate:
@@ -335,7 +340,7 @@ def _drop_from_page_cache(path, offset: int, length: int) -> None:
 
 
 def measure(path, prompt_tokens: int = 512, new_tokens: int = 128, n_ctx: int = 4096, interval: float = 0.05,
-            threads: int | None = None, progress=None) -> Measurement:
+            threads: int | None = None, progress=None, kv_type: str = DEFAULT_KV) -> Measurement:
     """Load `path`, prefill `prompt_tokens` distinct token ids, decode `new_tokens` greedily,
     and sample memory every `interval` seconds: RSS split into anonymous and file-backed,
     the PLE table's resident bytes and the KV cache's. The PLE table starts out of the page
@@ -375,7 +380,7 @@ def measure(path, prompt_tokens: int = 512, new_tokens: int = 128, n_ctx: int = 
     sampler.start()
     phases = {}
     try:
-        model = box["model"] = edgert.load(path, n_ctx=n_ctx, threads=threads)
+        model = box["model"] = edgert.load(path, n_ctx=n_ctx, threads=threads, kv_type=kv_type)
         phases["loaded"] = time.perf_counter() - t0
         if progress:
             progress("loaded")

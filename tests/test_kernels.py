@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgert import kernels, ops
+from edgert import kernels, kv_cache, ops
+from edgert.kv_cache import KVView
 from quant import BLOCKS, QTensor, QType, asm, cpu, quantize, ref, simd
 from quant.tensor import matmul, matmul_ref
 
@@ -228,41 +229,58 @@ def test_norm_gelu_rope_softcap_match_ops():
     np.testing.assert_allclose(kernels.rope(x, pos, inv), ops.rope(x, pos, inv), rtol=1e-4, atol=1e-4)
 
 
+def cache_view(k, v, k_pos, kv_type="f32"):
+    """A KVView of these entries as a cache of kv_type holds them."""
+    return KVView(*kv_cache.encode(k, kv_type), *kv_cache.encode(v, kv_type), k_pos)
+
+
 @pytest.mark.parametrize("window", [0, 5])
-def test_attention_matches_ops(window):
+@pytest.mark.parametrize("kv_type", kv_cache.KV_TYPES)
+def test_attention_matches_ops(window, kv_type):
     """GQA groups, a ring of slots in any order with empty (-1) ones, a window, one query
-    and many."""
+    and many; entries of every cache type, against ops.attention over what they decode to."""
     rng = np.random.default_rng(window)
     n_head, n_kv, d, m = 8, 2, 32, 12
     k = rng.standard_normal((m, n_kv, d)).astype(np.float32)
     v = rng.standard_normal((m, n_kv, d)).astype(np.float32)
     k_pos = np.array([8, 9, 10, 11, 4, 5, 6, 7, 0, 1, -1, -1])
+    view = cache_view(k, v, k_pos, kv_type)
+    k, v = kv_cache.decode(view.k, view.k_scale), kv_cache.decode(view.v, view.v_scale)
     for q_pos in (np.array([11]), np.arange(4, 12)):
         q = rng.standard_normal((len(q_pos), n_head, d)).astype(np.float32)
-        got = kernels.attention(q, k, v, q_pos, k_pos, window)
+        got = kernels.attention(q, view, q_pos, window)
         want = ops.attention(q, k, v, q_pos, k_pos, window)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_attention_with_scores_far_apart_matches_ops():
-    """Scores hundreds apart, as peaked heads give: weights that would be subnormal floats
-    are dropped by the kernel (below e^-30 of the largest), and what that drops stays far
-    below float32 rounding of the result."""
-    rng = np.random.default_rng(3)
-    n_head, n_kv, d, m = 4, 1, 64, 300
+@pytest.mark.parametrize("n", [1, 3, 70])
+def test_attention_over_long_contexts_matches_ops(n):
+    """Keys in many blocks and, for few queries, in spans merged at the end (flash decoding);
+    a query tile that ends inside a block; a sliding window much shorter than the keys."""
+    rng = np.random.default_rng(n)
+    n_head, n_kv, d, m = 4, 1, 64, 1500
     k = rng.standard_normal((m, n_kv, d)).astype(np.float32)
     v = rng.standard_normal((m, n_kv, d)).astype(np.float32)
-    q = (rng.standard_normal((2, n_head, d)) * 8).astype(np.float32)  # scores spread over about +-200
-    q_pos, k_pos = np.array([m - 2, m - 1]), np.arange(m)
-    scores = np.einsum("thd,md->thm", q, k[:, 0])
-    assert (scores.max(-1) - scores.min(-1)).min() > 100  # e^-100: far into subnormals and below
-    got = kernels.attention(q, k, v, q_pos, k_pos, 0)
-    # scores of +-200 carry float32 rounding that the weights magnify, so the truth here is
-    # float64 (ops.attention, in float32, is itself 6e-6 from it)
-    s = np.einsum("thd,md->thm", q.astype(np.float64), k[:, 0].astype(np.float64))
-    p = np.exp(s - s.max(-1, keepdims=True))
-    exact = np.einsum("thm,md->thd", p / p.sum(-1, keepdims=True), v[:, 0]).reshape(len(q), -1)
-    np.testing.assert_allclose(got, exact, rtol=0, atol=1e-6)
+    k_pos = rng.permutation(m)
+    q = rng.standard_normal((n, n_head, d)).astype(np.float32)
+    q_pos = np.arange(m - n, m)
+    for window in (0, 300):
+        for threads in (1, 2):
+            got = kernels.attention(q, cache_view(k, v, k_pos), q_pos, window, threads=threads)
+            np.testing.assert_allclose(got, ops.attention(q, k, v, q_pos, k_pos, window), rtol=1e-5, atol=1e-5)
+
+
+def test_cache_types_round_trip_within_their_rounding():
+    """f16 keeps 11 significant bits; q8_0 keeps each value within half a step of its
+    block's scale d = max|x| / 127, plus what rounding d to half moves the largest (127 d 2^-11)."""
+    x = np.random.default_rng(0).standard_normal((5, 2, 64)).astype(np.float32) * 3
+    x[0, 0, :32] = 0  # an all-zero block
+    assert (kv_cache.decode(*kv_cache.encode(x, "f32")) == x).all()
+    np.testing.assert_allclose(kv_cache.decode(*kv_cache.encode(x, "f16")), x, rtol=2 ** -11)
+    got = kv_cache.decode(*kv_cache.encode(x, "q8_0"))
+    step = np.abs(x.reshape(5, 2, 2, 32)).max(-1, keepdims=True) / 127
+    assert (np.abs(got - x).reshape(5, 2, 2, 32) <= step * (0.5 + 127 * 2 ** -11)).all()
+    assert (got[0, 0, :32] == 0).all()
 
 
 def test_the_emulated_pi_is_told_the_cpu_the_assembly_is_checked_for():

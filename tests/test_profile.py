@@ -15,7 +15,7 @@ import pytest
 import edgert
 from edgert import profile
 from edgert.config import config_from_hf, published
-from edgert.kv_cache import make_caches
+from edgert.kv_cache import KV_TYPES, make_caches
 from tests.reference import text_config
 from tools.synth import write_synthetic
 
@@ -31,29 +31,33 @@ def small_model(tmp_path_factory) -> Path:
     return write_synthetic("e2b", tmp_path_factory.mktemp("profile") / "small.gguf", "q4_0", hf_config=cfg)
 
 
-def _allocated(cfg, n_ctx) -> dict:
+def _allocated(cfg, n_ctx, kv_type) -> dict:
     out = {"sliding": 0, "global": 0}
-    for index, cache in make_caches(cfg, n_ctx).items():
-        out["sliding" if cfg.layers[index].sliding else "global"] += cache.k.nbytes + cache.v.nbytes + cache.pos.nbytes
+    for index, cache in make_caches(cfg, n_ctx, kv_type).items():
+        out["sliding" if cfg.layers[index].sliding else "global"] += sum(a.nbytes for a in cache.arrays)
     return out
 
 
 @pytest.mark.parametrize("kind", ["e2b", "e4b"])
 @pytest.mark.parametrize("n_ctx", [100, 512, 4096, 32768])
-def test_kv_estimate_is_what_the_runtime_allocates(kind, n_ctx):
+@pytest.mark.parametrize("kv_type", KV_TYPES)
+def test_kv_estimate_is_what_the_runtime_allocates(kind, n_ctx, kv_type):
+    """To the byte, for every cache type."""
     cfg = config_from_hf(published(kind))
-    assert profile.estimate(kind, n_ctx=n_ctx).kv == _allocated(cfg, n_ctx)
+    assert profile.estimate(kind, n_ctx=n_ctx, kv_type=kv_type).kv == _allocated(cfg, n_ctx, kv_type)
 
 
-def test_kv_estimate_of_a_loaded_model_is_its_caches(small_model):
-    model = edgert.load(small_model, n_ctx=300)
-    est = profile.estimate(small_model, n_ctx=300)
+@pytest.mark.parametrize("kv_type", KV_TYPES)
+def test_kv_estimate_of_a_loaded_model_is_its_caches(small_model, kv_type):
+    model = edgert.load(small_model, n_ctx=300, kv_type=kv_type)
+    est = profile.estimate(small_model, n_ctx=300, kv_type=kv_type)
     assert sum(est.kv.values()) == model.new_state().kv_bytes
+    assert profile.estimate(small_model, n_ctx=300).kv == profile.estimate(small_model, n_ctx=300, kv_type="f16").kv
 
 
 def test_e2b_at_32k_keeps_kv_for_15_of_35_layers_and_512_positions_on_sliding_ones():
-    shared = profile.estimate("e2b", n_ctx=32768)
-    alone = profile.estimate("e2b", n_ctx=32768, kv_sharing=False)
+    shared = profile.estimate("e2b", n_ctx=32768, kv_type="f32")
+    alone = profile.estimate("e2b", n_ctx=32768, kv_sharing=False, kv_type="f32")
     cfg = config_from_hf(published("e2b"))
     assert sum(shared.kv_layers.values()) == 15 and sum(alone.kv_layers.values()) == 35
     sliding = [s for s in cfg.layers if s.sliding and s.owns_kv]

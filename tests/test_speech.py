@@ -42,7 +42,7 @@ def _message(path) -> list[dict]:
 @pytest.mark.parametrize("qtype, tolerance", [("f32", 1e-4), ("f16", 2e-2)])
 def test_audio_message_logits_equal_transformers(checkpoint, speech, tmp_path, qtype, tolerance):
     hf, directory = checkpoint
-    model = edgert.load(convert(directory, tmp_path / f"m-{qtype}.gguf", qtype))
+    model = edgert.load(convert(directory, tmp_path / f"m-{qtype}.gguf", qtype), kv_type="f32")
     messages, rows = model._hear(_message(speech))
     ids = model.tokenizer.encode(model.format.render(messages))
     mask = np.asarray(ids) == AUDIO_IDS["audio_token_id"]

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from edgert.kv_cache import DEFAULT_KV, KV_TYPES
+
 SCHEMA = Path(__file__).resolve().parent.parent / "edgert" / "data" / "profile.schema.json"
 
 
@@ -14,7 +16,7 @@ def add_parser(sub) -> None:
     p.add_argument("model", help="a GGUF file, a Gemma 4 config.json, or e2b / e4b (the published configs)")
     p.add_argument("--ctx", default=None,
                    help="context length, or a comma list to compare (default 4096, or the model's maximum)")
-    p.add_argument("--kv", default="f32", choices=("f32", "f16", "q8_0"), help="KV cache entries (default f32)")
+    p.add_argument("--kv", default=DEFAULT_KV, choices=KV_TYPES, help=f"KV cache entries (default {DEFAULT_KV}, as the runtime)")
     p.add_argument("--no-sharing", action="store_true", help="as if every layer kept its own K/V")
     p.add_argument("--type", default="q4_0", help="weights of a config (every matrix; default q4_0)")
     p.add_argument("--ple", default="mmap", choices=("mmap", "pread", "ram"))
@@ -53,7 +55,7 @@ def main(args) -> int:
         ctx = estimates[-1].n_ctx
         print(f"measuring {args.model}: prompt {args.prompt}, {args.gen} new tokens, context {ctx} ...",
               file=sys.stderr, flush=True)
-        measured = profile.measure(args.model, args.prompt, args.gen, n_ctx=ctx, threads=threads,
+        measured = profile.measure(args.model, args.prompt, args.gen, n_ctx=ctx, threads=threads, kv_type=args.kv,
                                    progress=lambda s: print(f"  {s}", file=sys.stderr, flush=True))
 
     if args.json:
