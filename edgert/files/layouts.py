@@ -78,6 +78,8 @@ def with_layouts(model: Path, tensors: dict[str, QTensor], names: list[str], dat
         offset, groups, group_bytes = index[name]
         tiles = mapped[offset:offset + groups * group_bytes].reshape(groups, group_bytes)
         out[name] = replace(tensors[name], packed=tiles)
+        if data is not None:  # the file's rows are now read a row at a time, if at all (the token table)
+            _advise(data, tensors[name].raw, "MADV_RANDOM")
     return out, path
 
 
@@ -126,7 +128,7 @@ def _build(path: Path, model: Path, tensors: dict[str, QTensor], names: list[str
                 f.seek(index[name][0])
                 f.write(layout.pack(t.raw, t.qtype).data)
                 if data is not None:
-                    _drop(data, t.raw)
+                    _advise(data, t.raw, "MADV_DONTNEED")
             f.seek(offset)
             f.write(blob)
             f.seek(0)
@@ -141,14 +143,16 @@ def _build(path: Path, model: Path, tensors: dict[str, QTensor], names: list[str
     return index
 
 
-def _drop(data: np.memmap, view: np.ndarray) -> None:
-    """Tell the kernel that this process is done with the pages of `view` (a view of `data`):
-    they leave its resident set (they stay in the page cache, clean, for whoever reads them)."""
+def _advise(data: np.memmap, view: np.ndarray, advice: str) -> None:
+    """madvise the whole pages of `view` (a view of `data`). MADV_DONTNEED: this process is
+    done with them, they leave its resident set (and stay in the page cache, clean, for
+    whoever reads them); MADV_RANDOM: no readahead around a page read (a lookup of one
+    embedding row would otherwise map 128 KB about it)."""
     mm = getattr(data, "_mmap", None)
-    if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
+    if mm is None or not hasattr(mmap, advice):
         return
     base = data.ctypes.data
     start = view.ctypes.data - base
     first, last = -(-start // PAGE) * PAGE, (start + view.nbytes) // PAGE * PAGE
     if last > first:
-        mm.madvise(mmap.MADV_DONTNEED, first, last - first)
+        mm.madvise(getattr(mmap, advice), first, last - first)
