@@ -164,12 +164,14 @@ def test_the_llama_cpp_bounds_catch_a_wrong_architecture(model, bug):
     assert failures == 3
 
 
-def test_exact_arithmetic_matches_transformers_past_the_window(model, monkeypatch):
-    """With activations left unquantized (weights dequantized, products in float64), the
-    forward pass equals transformers' Gemma 3 in float32 on the same real weights, over
-    700 positions: past the 512-position sliding window."""
+def test_exact_arithmetic_matches_transformers_past_the_window(path, monkeypatch):
+    """With activations left unquantized (weights dequantized, products in float64) and an
+    f32 KV cache, the forward pass equals transformers' Gemma 3 in float32 on the same real
+    weights, over 700 positions: past the 512-position sliding window."""
     torch = pytest.importorskip("torch")
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    model = edgert.load(path, n_ctx=2048, kv_type="f32")
 
     cfg = model.config
     hf_cfg = Gemma3TextConfig(
