@@ -16,7 +16,7 @@ from numba.extending import overload
 
 from edgert.kv_cache import KVView
 from quant.cpu import kernel
-from quant.simd import half_to_float
+from quant.simd import f32_from_bits, half_to_float
 
 
 F32 = np.float32
@@ -178,58 +178,94 @@ def _sees(q_pos, t, k_pos, window):
     return k_pos >= 0 and dist >= 0 and (window <= 0 or dist < window)
 
 
+@kernel(inline="always")
+def _exp(x):
+    """e^x for NEGLIGIBLE < x <= 0 as plain float32 arithmetic (Cephes' expf: x = n ln2 + r,
+    a degree-7 polynomial in r, times 2^n built from its bits), within 2 ulp of exp: a loop
+    over it vectorizes, where libm's expf would be called per value (the attention's
+    weights cost as much as its dot products otherwise)."""
+    n = np.rint(x * np.float32(1.44269504088896341))
+    r = x - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    return p * f32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+
+
+@kernel(inline="always")
+def _scores4(qt, r, kb, jj, d):
+    """Four query rows (r..r+3) against key row jj: one pass over the key for all four."""
+    s0 = s1 = s2 = s3 = np.float32(0.0)
+    for c in range(d):
+        kc = kb[jj, c]
+        s0 += qt[r, c] * kc
+        s1 += qt[r + 1, c] * kc
+        s2 += qt[r + 2, c] * kc
+        s3 += qt[r + 3, c] * kc
+    return s0, s1, s2, s3
+
+
 @kernel(parallel=True)
 def _attention_spans(q, k, k_scale, v, v_scale, q_pos, k_pos, window, tile, spans, acc, best, total):
     """Causal GQA attention with scale 1, as ops.attention, over the keys of each span: per
     (span, query, head), the span's largest score (best), the sum of exp(score - best)
     (total) and those weights times the values (acc; divided by total already when there
-    is one span). q (n, n_head, d); K and V as
-    edgert.kv_cache stores them, positions k_pos (m,), -1 for an empty slot."""
+    is one span). q (n, n_head, d); K and V as edgert.kv_cache stores them, positions
+    k_pos (m,), -1 for an empty slot. Rows of a work item are its (query, head) pairs;
+    four at a time meet a key or a value row, so each load of it serves four."""
     n, n_head, d = q.shape
     m, n_kv = k.shape[0], k.shape[1]
     group = n_head // n_kv
     tiles = (n + tile - 1) // tile
     for item in prange(n_kv * tiles * spans):
-        g, qt, span = item // (tiles * spans), (item // spans) % tiles, item % spans
-        t0, t1 = qt * tile, min(n, qt * tile + tile)
+        g, qt_index, span = item // (tiles * spans), (item // spans) % tiles, item % spans
+        t0, t1 = qt_index * tile, min(n, qt_index * tile + tile)
         rows = (t1 - t0) * group
+        padded = (rows + 3) // 4 * 4
         j0, j1 = span * m // spans, (span + 1) * m // spans
-        a = np.zeros((rows, d), dtype=np.float32)
-        mx = np.full(rows, -np.inf, dtype=np.float32)
-        tot = np.zeros(rows, dtype=np.float32)
+        qt = np.zeros((padded, d), dtype=np.float32)  # the item's queries, row r = (t0 + r // group, head)
+        for r in range(rows):
+            for c in range(d):
+                qt[r, c] = q[t0 + r // group, g * group + r % group, c]
+        a = np.zeros((padded, d), dtype=np.float32)
+        mx = np.full(padded, -np.inf, dtype=np.float32)
+        tot = np.zeros(padded, dtype=np.float32)
         kb = np.empty((KEY_BLOCK, d), dtype=np.float32)
         vb = np.empty((KEY_BLOCK, d), dtype=np.float32)
-        sc = np.empty(KEY_BLOCK, dtype=np.float32)
+        sc = np.empty((padded, KEY_BLOCK), dtype=np.float32)
         seen = np.zeros(KEY_BLOCK, dtype=np.bool_)
+        sees = np.zeros((tile, KEY_BLOCK), dtype=np.bool_)  # query t0 + i sees key b0 + jj
         for b0 in range(j0, j1, KEY_BLOCK):
             nb = min(j1, b0 + KEY_BLOCK) - b0
-            anyone = False
+            anyone, everyone = False, True
             for jj in range(nb):
                 seen[jj] = False
                 for t in range(t0, t1):
-                    if _sees(q_pos, t, k_pos[b0 + jj], window):
-                        seen[jj] = True
-                        anyone = True
-                        break
+                    sees[t - t0, jj] = _sees(q_pos, t, k_pos[b0 + jj], window)
+                    seen[jj] |= sees[t - t0, jj]
+                    everyone &= sees[t - t0, jj]
+                anyone |= seen[jj]
                 if seen[jj]:
                     _decode_row(k, k_scale, b0 + jj, g, kb, jj)
                     _decode_row(v, v_scale, b0 + jj, g, vb, jj)
             if not anyone:
                 continue
-            for r in range(rows):
-                t, h = t0 + r // group, g * group + r % group
+            for r in range(0, padded, 4):
+                for jj in range(nb):
+                    if seen[jj]:
+                        sc[r, jj], sc[r + 1, jj], sc[r + 2, jj], sc[r + 3, jj] = _scores4(qt, r, kb, jj, d)
+            for r in range(rows):  # masks, then the online softmax's step: weights in place of scores
+                if not everyone:
+                    for jj in range(nb):
+                        if not sees[r // group, jj]:
+                            sc[r, jj] = -np.inf
                 block_best = -np.inf
                 for jj in range(nb):
-                    if not (seen[jj] and _sees(q_pos, t, k_pos[b0 + jj], window)):
-                        sc[jj] = -np.inf
-                        continue
-                    s = np.float32(0.0)
-                    for c in range(d):
-                        s += q[t, h, c] * kb[jj, c]
-                    sc[jj] = s
-                    block_best = max(block_best, s)
-                if block_best == -np.inf:
-                    continue
+                    block_best = max(block_best, sc[r, jj])
                 if block_best > mx[r]:  # a new largest score: what came before is rescaled
                     shift = mx[r] - block_best
                     scale = np.float32(math.exp(shift)) if shift > NEGLIGIBLE else np.float32(0.0)
@@ -242,11 +278,24 @@ def _attention_spans(q, k, k_scale, v, v_scale, q_pos, k_pos, window, tile, span
                     # add up to under 3e-9 of the sum, and left in they become subnormal floats,
                     # which cost x86 a microcode assist on every multiply (4x the whole decode
                     # attention, measured)
-                    if sc[jj] - mx[r] > NEGLIGIBLE:
-                        e = np.float32(math.exp(sc[jj] - mx[r]))
-                        tot[r] += e
-                        for c in range(d):
-                            a[r, c] += e * vb[jj, c]
+                    x = sc[r, jj] - mx[r]
+                    e = _exp(x) if x > NEGLIGIBLE else np.float32(0.0)
+                    sc[r, jj] = e
+                    tot[r] += e
+            for r in range(rows, padded):
+                for jj in range(nb):
+                    sc[r, jj] = 0.0
+            for r in range(0, padded, 4):
+                for jj in range(nb):
+                    e0, e1, e2, e3 = sc[r, jj], sc[r + 1, jj], sc[r + 2, jj], sc[r + 3, jj]
+                    if e0 == 0 and e1 == 0 and e2 == 0 and e3 == 0:
+                        continue
+                    for c in range(d):
+                        vc = vb[jj, c]
+                        a[r, c] += e0 * vc
+                        a[r + 1, c] += e1 * vc
+                        a[r + 2, c] += e2 * vc
+                        a[r + 3, c] += e3 * vc
         for r in range(rows):
             t, h = t0 + r // group, g * group + r % group
             best[span, t, h], total[span, t, h] = mx[r], tot[r]
