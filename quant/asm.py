@@ -50,7 +50,7 @@ def tiles_dot_assembly(target: Target, qtype: QType, tokens: int = 1) -> str:
     """Assembly of a function that runs the x8 layout's loop (quant.packed) for `qtype` over one
     group of eight rows against `tokens` activation rows."""
     def emit(builder, w, zero, x, x_offs, xd, xs, xbs, n):
-        return packed.emit_tiles_dot(builder, target.flavor, _features(target), layout.TILES[QType(qtype)], w,
+        return packed.emit_tiles_dot(builder, target.flavor, _features(target), QType(qtype), w,
                                      zero, x, x_offs, xd, xs, xbs, n)
 
     return _assembly(target, emit, [packed.V8F32] * tokens, tokens)

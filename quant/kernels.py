@@ -21,8 +21,8 @@ import numpy as np
 from numba import prange
 
 from quant.cpu import kernel
-from quant.packed import (TOKENS, q4_0_tiles_1, q4_0_tiles_4, q5_0_tiles_1, q5_0_tiles_4, q8_0_tiles_1,
-                          q8_0_tiles_4)
+from quant.packed import (TOKENS, q4_0_tiles_1, q4_0_tiles_4, q4_k_tiles_1, q4_k_tiles_4, q5_0_tiles_1,
+                          q5_0_tiles_4, q6_k_tiles_1, q6_k_tiles_4, q8_0_tiles_1, q8_0_tiles_4)
 from quant.simd import (bf16_to_float, f32_from_bits, half_to_float, q4_0_row_dot, q4_0_row_dots, q4_0_tokens_dot,
                         q5_0_row_dot, q5_0_row_dots, q5_0_tokens_dot,
                         q4_k_row_dot, q4_k_row_dots, q4_k_tokens_dot, q6_k_row_dot, q6_k_row_dots, q6_k_tokens_dot,
@@ -126,9 +126,26 @@ def matmul_blocks(fmt, values_per_block, w, x, out):
 
 
 @kernel
+def _sums_of_16(xq):
+    """The integer sum of each 16 activations (n, K / 16), as float32 (exact): Q8_K's bsums."""
+    n, k = xq.shape
+    out = np.empty((n, k // 16), dtype=np.float32)
+    for t in range(n):
+        for g in range(k // 16):
+            total = 0
+            for j in range(16 * g, 16 * g + 16):
+                total += xq[t, j]
+            out[t, g] = total
+    return out
+
+
+@kernel
 def matmul_packed(fmt, w, x, out):
     """x (n, K) float32 @ w.T into out (n, rows), w in the x8 layout: see gemm_packed."""
-    xq, xd, xs = _quantized(x, False)
+    super_blocks = fmt == Q4_K or fmt == Q6_K
+    xq, xd, xs = _quantized(x, super_blocks)
+    if super_blocks:  # the 256-value tiles take the sums of 16 (quant.packed.emit_super_tiles_dot)
+        xs = _sums_of_16(xq)
     gemm_packed(fmt, w, xq, xd, xs, out)
 
 
@@ -215,27 +232,36 @@ def _tiles(fmt, tokens, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n,
             q4_0_tiles_1(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
         elif fmt == Q8_0:
             q8_0_tiles_1(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
+        elif fmt == Q4_K:
+            q4_k_tiles_1(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
+        elif fmt == Q6_K:
+            q6_k_tiles_1(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
         else:
             q5_0_tiles_1(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
     elif fmt == Q4_0:
         q4_0_tiles_4(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
     elif fmt == Q8_0:
         q8_0_tiles_4(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
+    elif fmt == Q4_K:
+        q4_k_tiles_4(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
+    elif fmt == Q6_K:
+        q6_k_tiles_4(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
     else:
         q5_0_tiles_4(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
 
 
 @kernel(parallel=True)
 def gemm_packed(fmt, w, xq, xd, xs, out):
-    """w (rows / 8, group bytes): the x8 layout of a Q4_0, Q5_0 or Q8_0 matrix (quant.layout);
-    xq, xd, xs from quantize_q8; out (n, rows).
+    """w (rows / 8, group bytes): the x8 layout of a Q4_0, Q5_0, Q8_0, Q4_K or Q6_K matrix
+    (quant.layout); xq, xd, xs from quantize_q8 (for Q4_K and Q6_K, xs holds the sums of 16:
+    see matmul_packed); out (n, rows).
 
     Threads split the groups of eight rows, GROUP_TILE at a time. Each group meets the
     tokens TOKENS at a time, within tiles of TOKEN_TILE tokens, so its tiles stay in L1
     while the tokens pass."""
     groups, group_bytes = w.shape
     n, k = xq.shape
-    n_blocks = k // 32
+    n_blocks = k // 256 if fmt == Q4_K or fmt == Q6_K else k // 32  # tiles per group
     n_xb = xd.shape[1]
     rows = out.shape[1]
     for tile in prange((groups + GROUP_TILE - 1) // GROUP_TILE):

@@ -26,6 +26,20 @@ Which activations a sub-vector meets follows from the block formats (quant.forma
   value 4L + j, of `high` that of value 16 + 4L + j, so that a mask expands to a byte
   per lane with no shuffles.
 
+The 256-value formats (Q4_K, Q6_K) are tiled the same way, a super-block column of eight
+rows at a time; their tiles are a fixed permutation of the eight blocks' bytes (SUPER_TILES):
+
+    Q4_K (8 x 144 bytes)  d[8], dmin[8] (f16); the 12 packed scale bytes, byte k of row r at
+                          32 + 8k + r; then for each 64-value pair p of sub-blocks, eight
+                          32-byte sub-vectors of its 32 value bytes as above (low nibbles:
+                          sub-block 2p, high: 2p + 1)
+    Q6_K (8 x 210 bytes)  d[8]; the 16 int8 scales, byte k of row r at 16 + 8k + r; ql, as
+                          four runs of 32 bytes (64h + 32a) of eight sub-vectors each; qh, as
+                          two runs of 32 bytes (32h) of eight sub-vectors each
+
+so that a Q6_K sub-vector of ql (h, a) and one of qh (h) give the 6-bit values
+128h + 32s + 4L + j (s = a, a + 2) of eight rows with shifts and masks only.
+
 Counterpart: llama.cpp's block_q4_0x8 (ggml-cpu/repack.cpp), which interleaves eight
 blocks the same way but rewrites the nibbles; this layout keeps them and so needs no
 per-format repacking code in the kernels beyond the byte moves.
@@ -39,7 +53,7 @@ import numpy as np
 
 from quant.formats import BLOCKS, QType
 
-VERSION = 1  # bump when a tile's bytes change: cached layouts of another version are rebuilt
+VERSION = 2  # bump when a tile's bytes change: cached layouts of another version are rebuilt
 ROWS = 8  # rows per group
 
 
@@ -71,13 +85,57 @@ for _q, _t in TILES.items():
     assert _t.tile_bytes == ROWS * BLOCKS[_q].nbytes, _q  # the layout costs no memory
 
 
+def _q4_k_source() -> np.ndarray:
+    """Q4_K: tile byte i holds byte source[i] of the eight blocks laid end to end (row r's
+    byte b at 144 r + b)."""
+    at = lambda r, b: 144 * r + b  # noqa: E731
+    head = [at(r, b) for r in range(ROWS) for b in (0, 1)] + [at(r, b) for r in range(ROWS) for b in (2, 3)]  # d, dmin
+    scales = [at(r, 4 + k) for k in range(12) for r in range(ROWS)]
+    values = [at(r, 16 + 32 * p + 4 * L + j) for p in range(4) for L in range(8) for r in range(ROWS) for j in range(4)]
+    return np.array(head + scales + values)
+
+
+def _q6_k_source() -> np.ndarray:
+    """Q6_K: as _q4_k_source (row r's byte b at 210 r + b)."""
+    at = lambda r, b: 210 * r + b  # noqa: E731
+    head = [at(r, b) for r in range(ROWS) for b in (208, 209)]
+    scales = [at(r, 192 + k) for k in range(16) for r in range(ROWS)]
+    ql = [at(r, 64 * h + 32 * a + 4 * L + j) for h in range(2) for a in range(2) for L in range(8)
+          for r in range(ROWS) for j in range(4)]
+    qh = [at(r, 128 + 32 * h + 4 * L + j) for h in range(2) for L in range(8) for r in range(ROWS) for j in range(4)]
+    return np.array(head + scales + ql + qh)
+
+
+@dataclass(frozen=True)
+class SuperTileFormat:
+    """A 256-value format's tile: `source` maps each tile byte to a byte of the eight blocks;
+    values start at `header`."""
+
+    header: int
+    source: np.ndarray
+
+    @property
+    def tile_bytes(self) -> int:
+        return len(self.source)
+
+
+SUPER_TILES: dict[QType, SuperTileFormat] = {
+    QType.Q4_K: SuperTileFormat(header=128, source=_q4_k_source()),
+    QType.Q6_K: SuperTileFormat(header=144, source=_q6_k_source()),
+}
+for _q, _t in SUPER_TILES.items():
+    assert sorted(_t.source) == list(range(ROWS * BLOCKS[_q].nbytes)), _q  # a permutation: no memory added
+
+
 def packable(qtype: QType, shape: tuple[int, ...]) -> bool:
     """Whether a (rows, cols) matrix of `qtype` has an x8 layout: a tiled format and whole groups."""
-    return QType(qtype) in TILES and len(shape) == 2 and shape[0] % ROWS == 0
+    return (QType(qtype) in TILES or QType(qtype) in SUPER_TILES) and len(shape) == 2 and shape[0] % ROWS == 0
 
 
 def pack(raw: np.ndarray, qtype: QType) -> np.ndarray:
     """(rows, row_bytes) file blocks -> (rows / 8, row_bytes * 8) tiles, group by group."""
+    if QType(qtype) in SUPER_TILES:
+        return _pack_super(raw, qtype)
     fmt, block = TILES[QType(qtype)], BLOCKS[QType(qtype)]
     rows = raw.shape[0]
     blocks = np.asarray(raw, dtype=np.uint8).reshape(rows // ROWS, ROWS, -1, block.nbytes)  # (g, r, b, bytes)
@@ -93,6 +151,8 @@ def pack(raw: np.ndarray, qtype: QType) -> np.ndarray:
 
 def unpack(tiles: np.ndarray, qtype: QType, row_bytes: int) -> np.ndarray:
     """The inverse of `pack`: (groups, group bytes) tiles -> (rows, row_bytes) file blocks."""
+    if QType(qtype) in SUPER_TILES:
+        return _unpack_super(tiles, qtype, row_bytes)
     fmt, block = TILES[QType(qtype)], BLOCKS[QType(qtype)]
     g = tiles.shape[0]
     nb = row_bytes // block.nbytes
@@ -121,3 +181,19 @@ def _fifth_bits(masks: np.ndarray) -> np.ndarray:
     lanes = np.unpackbits(masks.reshape(g, nb, 4, 2, 4), axis=-1, bitorder="little")  # (g, b, L, high?, 32)
     by_value = lanes.reshape(g, nb, 4, 2, ROWS, 4).transpose(0, 1, 4, 3, 2, 5)  # (g, b, r, high?, L, j)
     return np.packbits(by_value.reshape(g, nb, ROWS, 32), axis=-1, bitorder="little")
+
+
+def _pack_super(raw: np.ndarray, qtype: QType) -> np.ndarray:
+    fmt, block = SUPER_TILES[QType(qtype)], BLOCKS[QType(qtype)]
+    blocks = np.asarray(raw, dtype=np.uint8).reshape(raw.shape[0] // ROWS, ROWS, -1, block.nbytes)  # (g, r, b, bytes)
+    g, _, nb, _ = blocks.shape
+    by_block = blocks.transpose(0, 2, 1, 3).reshape(g, nb, ROWS * block.nbytes)  # (g, b, eight blocks)
+    return np.ascontiguousarray(by_block[..., fmt.source]).reshape(g, nb * fmt.tile_bytes)  # fancy indexing may not be
+
+
+def _unpack_super(tiles: np.ndarray, qtype: QType, row_bytes: int) -> np.ndarray:
+    fmt, block = SUPER_TILES[QType(qtype)], BLOCKS[QType(qtype)]
+    g, nb = tiles.shape[0], row_bytes // block.nbytes
+    by_block = np.empty((g, nb, fmt.tile_bytes), dtype=np.uint8)
+    by_block[..., fmt.source] = np.asarray(tiles, dtype=np.uint8).reshape(g, nb, fmt.tile_bytes)
+    return by_block.reshape(g, nb, ROWS, block.nbytes).transpose(0, 2, 1, 3).reshape(g * ROWS, row_bytes)

@@ -34,7 +34,7 @@ from numba.extending import intrinsic
 
 from quant.cpu import FEATURES, FLAVOR
 from quant.formats import QType
-from quant.layout import ROWS, TILES, TileFormat
+from quant.layout import ROWS, SUPER_TILES, TILES
 from quant.simd import F32, HALF, I8, I16, I32, _Bytes, _const_vec, _declare, _shuffle, _splat, _vec
 
 V8I32, V32I8, V8F32 = _vec(I32, 8), _vec(I8, 32), _vec(F32, 8)
@@ -163,11 +163,15 @@ def _lane_bits(b, masks, first: int):
     return b.select(b.icmp_unsigned("!=", bit, _const_vec(I8, 32, 0)), _const_vec(I8, 32, 16), _const_vec(I8, 32, 0))
 
 
-def emit_tiles_dot(builder, flavor: str, features: frozenset[str], fmt: TileFormat, w_ptr, w_off, xq_ptr,
+def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType, w_ptr, w_off, xq_ptr,
                    x_offs, xd_ptr, xs_ptr, xbs, n):
     """Emit the loop over a group's `n` tiles against the tokens (x_offs, xbs: each token's first
     activation and first scale index) and return one <8 x float> per token. Pure llvmlite: the
     intrinsics call it, and the tests compile it for other targets."""
+    if qtype in SUPER_TILES:
+        return emit_super_tiles_dot(builder, flavor, features, qtype, w_ptr, w_off, xq_ptr, x_offs, xd_ptr, xs_ptr,
+                                    xbs, n)
+    fmt = TILES[qtype]
     b = builder
     dots = _dot_class(flavor, features)(b)
 
@@ -215,6 +219,93 @@ def emit_tiles_dot(builder, flavor: str, features: frozenset[str], fmt: TileForm
     return results
 
 
+def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType, w_ptr, w_off, xq_ptr,
+                         x_offs, xd_ptr, xs_ptr, xbs, n):
+    """emit_tiles_dot for the 256-value formats (quant.layout.SUPER_TILES) over `n` super-blocks.
+    The activations are Q8_K's: xd holds one scale per 32 values (the super-block's, repeated)
+    and xs the integer sum of each 16 values (as float), both indexed from xb = the token's
+    first 32-value block.
+
+    Values go into the byte dots unsigned (Q4_K 0..15, Q6_K 0..63). Per row and sub-block,
+    the eight lanes' integer dots are scaled by the rows' integer scales and summed in i32
+    over the super-block (at most 63 x 127 x 16 x 127 x 16 < 2^31); Q6_K's offset of 32
+    comes off each 16 values through their activation sum, Q4_K's mins through the sums of
+    32, as llama.cpp's bsums do. One float step per super-block and token then applies
+    the rows' d (and dmin) and the token's scale."""
+    b = builder
+    dots = _dot_class(flavor, features)(b)
+    fmt = SUPER_TILES[qtype]
+    v8i8 = _vec(I8, 8)
+
+    def const(v):
+        return ir.Constant(cgutils.intp_t, v)
+
+    def bytes8(tile, at):  # eight rows' byte at a transposed offset, widened
+        return tile.load(at, v8i8)
+
+    def nibbles(v, high):
+        return b.and_(b.lshr(v, _const_vec(I8, 32, 4)) if high else v, _const_vec(I8, 32, 0x0F))
+
+    prefetch = len(x_offs) == 1 and flavor in PREFETCH_FLAVORS
+    acc = [cgutils.alloca_once_value(b, ir.Constant(V8F32, None)) for _ in x_offs]
+    zero = ir.Constant(V8I32, None)
+    with cgutils.for_range_slice(b, const(0), n, const(1)) as (i, _):
+        tile = _Bytes(b, b.gep(w_ptr, [b.add(w_off, b.mul(i, const(fmt.tile_bytes)))]))
+        if prefetch:
+            _prefetch(b, tile.base, AHEAD, fmt.tile_bytes)
+        dw = b.fpext(b.bitcast(tile.load(0, _vec(I16, ROWS)), _vec(HALF, ROWS)), V8F32)
+        groups = []  # (integer scale <8 x i32>, [(values, activation offset in the super-block)])
+        if qtype == QType.Q4_K:
+            dmin = b.fpext(b.bitcast(tile.load(16, _vec(I16, ROWS)), _vec(HALF, ROWS)), V8F32)
+            sb = [b.zext(bytes8(tile, 32 + 8 * k), V8I32) for k in range(12)]  # get_scale_min_k4, 8 rows at once
+            c63, c15, c4, c6 = (_const_vec(I32, 8, v) for v in (63, 15, 4, 6))
+            scales = [b.and_(sb[j], c63) for j in range(4)]
+            scales += [b.or_(b.and_(sb[j + 4], c15), b.shl(b.lshr(sb[j - 4], c6), c4)) for j in range(4, 8)]
+            mins = [b.and_(sb[j + 4], c63) for j in range(4)]
+            mins += [b.or_(b.lshr(sb[j + 4], c4), b.shl(b.lshr(sb[j], c6), c4)) for j in range(4, 8)]
+            subs = [tile.load(fmt.header + 32 * (8 * p + L), V32I8) for p in range(4) for L in range(8)]
+            for j in range(8):
+                groups.append((scales[j], [(nibbles(subs[8 * (j // 2) + L], j % 2), 32 * j + 4 * L) for L in range(8)]))
+        else:  # Q6_K
+            scales = [b.sext(bytes8(tile, 16 + 8 * k), V8I32) for k in range(16)]
+            by_value = {}
+            for h in range(2):
+                for L in range(8):
+                    ql = [tile.load(fmt.header + 32 * (16 * h + 8 * a + L), V32I8) for a in range(2)]
+                    qh = tile.load(fmt.header + 32 * 32 + 32 * (8 * h + L), V32I8)
+                    for s in range(4):
+                        high = b.and_(b.lshr(qh, _const_vec(I8, 32, 2 * s)), _const_vec(I8, 32, 3))
+                        value = b.or_(nibbles(ql[s % 2], s >= 2), b.shl(high, _const_vec(I8, 32, 4)))
+                        by_value[128 * h + 32 * s + 4 * L] = value
+            for k in range(16):
+                groups.append((scales[k], [(by_value[16 * k + 4 * c], 16 * k + 4 * c) for c in range(4)]))
+        for t, (x_off, xb) in enumerate(zip(x_offs, xbs)):
+            first = b.add(xb, b.mul(i, const(8)))  # the super-block's first 32-value block
+            x = _Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, const(256)))]))
+            total = zero
+            for g, (scale, parts) in enumerate(groups):
+                chains = [zero, zero]
+                for c, (values, at) in enumerate(parts):
+                    word = _splat(b, x.load(at, I32), 8)
+                    chains[c % 2] = dots.dot(chains[c % 2], values, 0, b.bitcast(word, V32I8))
+                dot = b.add(*chains)
+                if qtype == QType.Q6_K:  # (q - 32) x = q x - 32 x, per 16 values
+                    xsum = b.fptosi(b.load(b.gep(xs_ptr, [b.add(b.mul(first, const(2)), const(g))])), I32)
+                    dot = b.sub(dot, _splat(b, b.mul(xsum, ir.Constant(I32, 32)), 8))
+                total = b.add(total, b.mul(dot, scale))
+            xd = _splat(b, b.load(b.gep(xd_ptr, [first])), 8)
+            scaled = b.fmul(b.fmul(dw, xd), b.sitofp(total, V8F32))
+            if qtype == QType.Q4_K:  # - dmin * min * (sum of the 32 activations)
+                offset = ir.Constant(V8F32, None)
+                for j in range(8):
+                    at = b.add(b.mul(first, const(2)), const(2 * j))
+                    pair = b.fadd(b.load(b.gep(xs_ptr, [at])), b.load(b.gep(xs_ptr, [b.add(at, const(1))])))
+                    offset = b.call(_fma(b), [b.sitofp(mins[j], V8F32), _splat(b, pair, 8), offset])
+                scaled = b.call(_fma(b), [b.fneg(b.fmul(dmin, xd)), offset, scaled])
+            b.store(b.fadd(b.load(acc[t]), scaled), acc[t])
+    return [b.load(a) for a in acc]
+
+
 def _prefetch(b, ptr, ahead: int, n_bytes: int):
     """Ask for the cache lines of n_bytes at ptr + ahead to come into L2 (prefetcht1 on x86).
     Tiles lie back to back, so a line every 64 bytes of each tile covers the stream."""
@@ -228,7 +319,7 @@ def _fma(b):
     return _declare(b, "llvm.fma.v8f32", V8F32, [V8F32] * 3)
 
 
-def tiles_intrinsic(fmt: TileFormat, n_tokens: int, flavor: str = FLAVOR, features: frozenset[str] = FEATURES):
+def tiles_intrinsic(qtype: QType, n_tokens: int, flavor: str = FLAVOR, features: frozenset[str] = FEATURES):
     """A Numba intrinsic: one group of eight rows against `n_tokens` tokens, stored into out.
     The kernels take the host's flavor; the tests build others that the host can run too."""
 
@@ -247,7 +338,7 @@ def tiles_intrinsic(fmt: TileFormat, n_tokens: int, flavor: str = FLAVOR, featur
             def nth(base, stride, j):
                 return builder.add(base, builder.mul(stride, ir.Constant(cgutils.intp_t, j)))
 
-            dots = emit_tiles_dot(builder, flavor, features, fmt, builder.bitcast(data(0, w_v), I8.as_pointer()),
+            dots = emit_tiles_dot(builder, flavor, features, qtype, builder.bitcast(data(0, w_v), I8.as_pointer()),
                                   w_off_v, builder.bitcast(data(2, xq_v), I8.as_pointer()),
                                   [nth(x_off_v, x_stride_v, j) for j in range(n_tokens)], data(5, xd_v),
                                   data(6, xs_v), [nth(xb_v, xb_stride_v, j) for j in range(n_tokens)], n_v)
@@ -263,6 +354,8 @@ def tiles_intrinsic(fmt: TileFormat, n_tokens: int, flavor: str = FLAVOR, featur
 
 
 TOKENS = 4  # tokens per call in prefill
-q4_0_tiles_1, q4_0_tiles_4 = tiles_intrinsic(TILES[QType.Q4_0], 1), tiles_intrinsic(TILES[QType.Q4_0], TOKENS)
-q5_0_tiles_1, q5_0_tiles_4 = tiles_intrinsic(TILES[QType.Q5_0], 1), tiles_intrinsic(TILES[QType.Q5_0], TOKENS)
-q8_0_tiles_1, q8_0_tiles_4 = tiles_intrinsic(TILES[QType.Q8_0], 1), tiles_intrinsic(TILES[QType.Q8_0], TOKENS)
+q4_0_tiles_1, q4_0_tiles_4 = tiles_intrinsic(QType.Q4_0, 1), tiles_intrinsic(QType.Q4_0, TOKENS)
+q5_0_tiles_1, q5_0_tiles_4 = tiles_intrinsic(QType.Q5_0, 1), tiles_intrinsic(QType.Q5_0, TOKENS)
+q8_0_tiles_1, q8_0_tiles_4 = tiles_intrinsic(QType.Q8_0, 1), tiles_intrinsic(QType.Q8_0, TOKENS)
+q4_k_tiles_1, q4_k_tiles_4 = tiles_intrinsic(QType.Q4_K, 1), tiles_intrinsic(QType.Q4_K, TOKENS)
+q6_k_tiles_1, q6_k_tiles_4 = tiles_intrinsic(QType.Q6_K, 1), tiles_intrinsic(QType.Q6_K, TOKENS)

@@ -12,17 +12,17 @@ from hypothesis import strategies as st
 
 from quant import BLOCKS, QTensor, QType, asm, cpu, layout, packed, quantize
 from quant.tensor import matmul, matmul_ref
-from tests.test_kernels import SCALAR_FALLBACK, assert_matches, check_zeros_and_extremes
+from tests.test_kernels import SCALAR_FALLBACK, assert_matches, check_zeros_and_extremes, cols_for, weight
 
 pytestmark = pytest.mark.aarch64
 
-TILED = list(layout.TILES)
+TILED = list(layout.TILES) + list(layout.SUPER_TILES)
+K_QUANTS = list(layout.SUPER_TILES)
 
 
 def tiled(rng, qtype: QType, rows: int, cols: int, values: np.ndarray | None = None) -> tuple[QTensor, QTensor]:
-    """A matrix in the file's layout and the same with its x8 layout."""
-    w = values if values is not None else rng.standard_normal((rows, cols)).astype(np.float32)
-    t = QTensor(quantize(w, qtype), qtype, (rows, cols))
+    """A matrix in the file's layout and the same with its x8 layout (Q4_K, Q6_K: random blocks)."""
+    t = weight(rng, qtype, rows, cols, values)
     return t, t.with_layout()
 
 
@@ -32,7 +32,8 @@ def test_pack_moves_bytes_and_unpack_puts_them_back(qtype, groups, n_blocks, see
     raw = np.random.default_rng(seed).integers(0, 256, (8 * groups, n_blocks * BLOCKS[qtype].nbytes), dtype=np.uint8)
     tiles = layout.pack(raw, qtype)
     assert tiles.shape == (groups, raw.shape[1] * 8)  # no byte more or less than the file
-    if layout.TILES[qtype].qh is None:  # bytes moved, not rewritten (Q5_0's fifth bits are regrouped)
+    assert tiles.flags.c_contiguous  # as the kernels and the cache writer read it
+    if qtype != QType.Q5_0:  # bytes moved, not rewritten (Q5_0's fifth bits are regrouped)
         assert sorted(tiles.ravel()) == sorted(raw.ravel())
     np.testing.assert_array_equal(layout.unpack(tiles, qtype, raw.shape[1]), raw)
 
@@ -54,10 +55,30 @@ def test_a_tile_is_laid_out_as_documented():
                 assert (masks[L, 1] >> (4 * r + j)) & 1 == (qh[r] >> (16 + 4 * L + j)) & 1
 
 
+def test_super_block_tiles_are_laid_out_as_documented():
+    rng = np.random.default_rng(1)
+    raw = rng.integers(0, 256, (8, 2 * 144), dtype=np.uint8)  # two Q4_K blocks per row
+    tile = layout.pack(raw, QType.Q4_K).reshape(2, 1152)[1]
+    block = raw[:, 144:]  # (r, 144): d, dmin, scales[12], qs[128]
+    np.testing.assert_array_equal(tile[:16].reshape(8, 2), block[:, 0:2])
+    np.testing.assert_array_equal(tile[16:32].reshape(8, 2), block[:, 2:4])
+    np.testing.assert_array_equal(tile[32:128].reshape(12, 8), block[:, 4:16].T)  # byte k of row r at 8k + r
+    sub = tile[128:].reshape(4, 8, 8, 4)  # (pair p, L, r, j)
+    np.testing.assert_array_equal(sub[3, 6, 5], block[5, 16 + 32 * 3 + 4 * 6:16 + 32 * 3 + 4 * 6 + 4])
+    raw = rng.integers(0, 256, (8, 210), dtype=np.uint8)  # one Q6_K block per row
+    tile = layout.pack(raw, QType.Q6_K)[0]
+    np.testing.assert_array_equal(tile[:16].reshape(8, 2), raw[:, 208:210])
+    np.testing.assert_array_equal(tile[16:144].reshape(16, 8), raw[:, 192:208].T)
+    ql = tile[144:1168].reshape(2, 2, 8, 8, 4)  # (h, a, L, r, j)
+    np.testing.assert_array_equal(ql[1, 0, 7, 2], raw[2, 64 + 28:64 + 32])
+    qh = tile[1168:].reshape(2, 8, 8, 4)  # (h, L, r, j)
+    np.testing.assert_array_equal(qh[1, 3, 6], raw[6, 128 + 32 + 12:128 + 32 + 16])
+
+
 @pytest.mark.parametrize("qtype", TILED, ids=lambda q: q.name)
 def test_packed_matches_rows_and_reference_on_odd_shapes(qtype):
     rng = np.random.default_rng(int(qtype))
-    for cols in (32, 96, 1568):  # one block, a few, an odd count past the unroll
+    for cols in cols_for(qtype) + ([1568] if qtype in layout.TILES else [2304]):  # and an odd count past the unroll
         for rows in (8, 24, 48):  # one group, an odd number of groups (a half work tile), several
             for n in (1, 3, 4, 9, 70):  # GEMV, below/at/past the 4-token step, past the 64-token tile
                 w, p = tiled(rng, qtype, rows, cols)
@@ -67,7 +88,7 @@ def test_packed_matches_rows_and_reference_on_odd_shapes(qtype):
                 np.testing.assert_array_less(np.abs(matmul(x, p) - matmul(x, w)), 2e-5 * magnitude + 1e-30)
 
 
-@pytest.mark.parametrize("qtype", TILED, ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", list(layout.TILES), ids=lambda q: q.name)
 def test_packed_integer_dots_are_exact(qtype):
     """With every scale 1, each result is an integer below 2^24, exact in float: the x8 kernels
     must give exactly the reference's integer dot, offsets included."""
@@ -87,10 +108,32 @@ def test_packed_integer_dots_are_exact(qtype):
     np.testing.assert_array_equal(matmul(x, w), exact.astype(np.float32))
 
 
+@pytest.mark.parametrize("qtype", K_QUANTS, ids=lambda q: q.name)
+def test_super_block_integer_dots_are_exact(qtype):
+    """Q4_K with d = dmin = 1 and Q6_K with d = 1 hold integers (d sc q - dmin m; sc (q - 32)):
+    with activations whose Q8_K scale is 1, the x8 kernels give the exact integer dot, the
+    per-row scales, Q4_K's mins and Q6_K's offset of 32 included."""
+    rng = np.random.default_rng(2)
+    rows, cols = 16, 512
+    raw = rng.integers(0, 256, (rows, cols // 256, BLOCKS[qtype].nbytes), dtype=np.uint8)
+    one = np.array([1.0], np.float16).view(np.uint8)
+    if qtype == QType.Q4_K:
+        raw[:, :, 0:2] = raw[:, :, 2:4] = one
+    else:
+        raw[:, :, 208:210] = one
+    w = QTensor(raw.reshape(rows, -1), qtype, (rows, cols))
+    x = rng.integers(-7, 8, (5, cols)).astype(np.float32)
+    x[:, ::256] = 127  # the largest value of each super-block is +127: Q8_K's scale is 1 (q = -x, d = -1)
+    exact = x.astype(np.int64) @ w.dequantize().astype(np.int64).T
+    assert np.abs(exact).max() < 2 ** 24
+    np.testing.assert_array_equal(matmul(x, w.with_layout()), exact.astype(np.float32))
+
+
 @pytest.mark.parametrize("qtype", TILED, ids=lambda q: q.name)
 def test_packed_zeros_and_extremes(qtype):
     rng = np.random.default_rng(7)
-    check_zeros_and_extremes(rng, 16, 544, lambda values: tiled(rng, qtype, 16, 544, values)[1])
+    cols = 544 if qtype in layout.TILES else 768
+    check_zeros_and_extremes(rng, 16, cols, lambda values: tiled(rng, qtype, 16, cols, values)[1])
 
 
 def _run_flavor(flavor: str, features: frozenset[str], qtype: QType, w: QTensor, x: np.ndarray) -> np.ndarray:
@@ -99,8 +142,8 @@ def _run_flavor(flavor: str, features: frozenset[str], qtype: QType, w: QTensor,
 
     from quant import kernels as qk
 
-    fmt = layout.TILES[qtype]
-    one, four = packed.tiles_intrinsic(fmt, 1, flavor, features), packed.tiles_intrinsic(fmt, 4, flavor, features)
+    one, four = packed.tiles_intrinsic(qtype, 1, flavor, features), packed.tiles_intrinsic(qtype, 4, flavor, features)
+    values = 256 if qtype in K_QUANTS else 32
 
     @njit
     def run(wp, xq, xd, xs, out):
@@ -109,14 +152,16 @@ def _run_flavor(flavor: str, features: frozenset[str], qtype: QType, w: QTensor,
         for g in range(wp.shape[0]):
             t = 0
             while t + 4 <= n:
-                four(wp, g * wp.shape[1], xq, t * k, k, xd, xs, t * xd.shape[1], xd.shape[1], k // 32, out,
+                four(wp, g * wp.shape[1], xq, t * k, k, xd, xs, t * xd.shape[1], xd.shape[1], k // values, out,
                      t * rows + 8 * g, rows)
                 t += 4
             for tt in range(t, n):
-                one(wp, g * wp.shape[1], xq, tt * k, k, xd, xs, tt * xd.shape[1], xd.shape[1], k // 32, out,
+                one(wp, g * wp.shape[1], xq, tt * k, k, xd, xs, tt * xd.shape[1], xd.shape[1], k // values, out,
                     tt * rows + 8 * g, rows)
 
-    xq, xd, xs = qk._quantized(x, False)
+    xq, xd, xs = qk._quantized(x, qtype in K_QUANTS)
+    if qtype in K_QUANTS:
+        xs = qk._sums_of_16(xq)
     out = np.zeros((x.shape[0], w.shape[0]), np.float32)
     run(w.with_layout().packed, xq, xd, xs, out)
     return out
@@ -142,8 +187,9 @@ def test_every_flavor_the_host_runs_matches_the_reference(flavor, features, qtyp
     """vpdpbusd (AVX512-VNNI, AVX-VNNI), vpmaddubsw (AVX2 without VNNI) and the portable form
     (plain vectors; sdot on ARM) give the reference's results on this host."""
     rng = np.random.default_rng(3)
-    w, _ = tiled(rng, qtype, 24, 544)
-    x = rng.standard_normal((7, 544)).astype(np.float32)
+    cols = 544 if qtype in layout.TILES else 768
+    w, _ = tiled(rng, qtype, 24, cols)
+    x = rng.standard_normal((7, cols)).astype(np.float32)
     x[1, ::5] = 40.0  # large activations: the most negative Q8_0 byte meets 127 in the sign trick
     got, want = _run_flavor(flavor, features, qtype, w, x), matmul_ref(x, w)
     np.testing.assert_array_less(np.abs(got - want), 2e-5 * (np.abs(x) @ np.abs(w.dequantize()).T) + 1e-30)
@@ -155,9 +201,18 @@ def test_every_tile_dot_is_sdot_on_the_raspberry_pi_5(qtype, tokens):
     """On a Cortex-A76, eight rows' 32 values take two sdot per sub-vector of 32 bytes per token
     (four rows each), and nothing is widened beside them."""
     loop = asm.mnemonics(asm.main_loop(asm.tiles_dot_assembly(asm.PI5, qtype, tokens)))
-    blocks = 2 if tokens == 1 else 1  # the GEMV loop takes two blocks per iteration
-    assert loop.count("sdot") == 2 * 8 * blocks * tokens  # 8 sub-vectors of values per block
-    assert not SCALAR_FALLBACK & set(loop), sorted(SCALAR_FALLBACK & set(loop))
+    fallback = SCALAR_FALLBACK
+    if qtype in K_QUANTS:  # one super-block per iteration: 64 vectors of values
+        assert loop.count("sdot") == 2 * 64 * tokens
+        # Q6_K's sixteen int8 scales widen to i32 once per super-block (i8 -> i16 -> i32: three
+        # shifts each), never a value: that is not the fallback the set looks for
+        widen = loop.count("sshll") + loop.count("sshll2")
+        assert widen <= 3 * 16, widen
+        fallback = SCALAR_FALLBACK - {"sshll", "sshll2"}
+    else:
+        blocks = 2 if tokens == 1 else 1  # the GEMV loop takes two blocks per iteration
+        assert loop.count("sdot") == 2 * 8 * blocks * tokens  # 8 sub-vectors of values per block
+    assert not fallback & set(loop), sorted(fallback & set(loop))
 
 
 @pytest.mark.parametrize("target,instruction", [(asm.ZEN4_AVX512, "vpdpbusd"), (asm.ZEN2_AVX2, "vpmaddubsw")],
