@@ -270,6 +270,45 @@ def test_attention_over_long_contexts_matches_ops(n):
             np.testing.assert_allclose(got, ops.attention(q, k, v, q_pos, k_pos, window), rtol=1e-5, atol=1e-5)
 
 
+def test_attention_with_scores_far_apart_matches_ops():
+    """Scores hundreds apart, as peaked heads give: weights that would be subnormal floats
+    are dropped by the kernel (below e^-30 of the largest), and what that drops stays far
+    below float32 rounding of the result."""
+    rng = np.random.default_rng(3)
+    n_head, n_kv, d, m = 4, 1, 64, 300
+    k = rng.standard_normal((m, n_kv, d)).astype(np.float32)
+    v = rng.standard_normal((m, n_kv, d)).astype(np.float32)
+    q = (rng.standard_normal((2, n_head, d)) * 8).astype(np.float32)  # scores spread over about +-200
+    q_pos, k_pos = np.array([m - 2, m - 1]), np.arange(m)
+    scores = np.einsum("thd,md->thm", q, k[:, 0])
+    assert (scores.max(-1) - scores.min(-1)).min() > 100  # e^-100: far into subnormals and below
+    got = kernels.attention(q, cache_view(k, v, k_pos), q_pos, 0)
+    # scores of +-200 carry float32 rounding that the weights magnify, so the truth here is
+    # float64 (ops.attention, in float32, is itself 6e-6 from it)
+    s = np.einsum("thd,md->thm", q.astype(np.float64), k[:, 0].astype(np.float64))
+    p = np.exp(s - s.max(-1, keepdims=True))
+    exact = np.einsum("thm,md->thd", p / p.sum(-1, keepdims=True), v[:, 0]).reshape(len(q), -1)
+    np.testing.assert_allclose(got, exact, rtol=0, atol=1e-6)
+
+
+def test_attention_exp_is_within_an_ulp_or_two():
+    """The attention's own exp (plain arithmetic, so its loop vectorizes) over the range of
+    weights it keeps, e^-30..1."""
+    from numba import njit
+
+    @njit
+    def run(x, out):
+        for i in range(x.shape[0]):
+            out[i] = kernels._exp(x[i])
+
+    x = np.linspace(-30, 0, 300001, dtype=np.float32)
+    out = np.empty_like(x)
+    run(x, out)
+    want = np.exp(x.astype(np.float64))
+    assert (np.abs(out - want) <= 2 * np.spacing(want.astype(np.float32))).all()
+    assert out[-1] == 1.0
+
+
 def test_cache_types_round_trip_within_their_rounding():
     """f16 keeps 11 significant bits; q8_0 keeps each value within half a step of its
     block's scale d = max|x| / 127, plus what rounding d to half moves the largest (127 d 2^-11)."""
