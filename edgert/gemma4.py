@@ -20,7 +20,7 @@ from edgert.kernels import attention, gelu_mul, rms_norm, rope, softcap
 from edgert.config import ModelConfig
 from edgert.kv_cache import KVCache, KVView
 from ple_store import PLEStore
-from quant import QTensor, matmul
+from quant import QTensor, matmul, matmuls
 
 F32 = np.float32
 
@@ -149,12 +149,12 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
 
         # attention (Gemma4TextAttention)
         h = rms_norm(x, lw.attn_norm, cfg.rms_eps)
-        q = matmul(h, lw.wq).reshape(n, cfg.n_head, s.head_dim)
-        q = rope(rms_norm(q, lw.q_norm, cfg.rms_eps), pos, lw.inv_freq)
+        q, *kv = matmuls(h, (lw.wq, lw.wk, lw.wv) if s.owns_kv else (lw.wq,))  # one call: h quantized once
+        q = rope(rms_norm(q.reshape(n, cfg.n_head, s.head_dim), lw.q_norm, cfg.rms_eps), pos, lw.inv_freq)
         if s.owns_kv:
-            k = matmul(h, lw.wk).reshape(n, s.n_kv_heads, s.head_dim)
+            k = kv[0].reshape(n, s.n_kv_heads, s.head_dim)
             k = rope(rms_norm(k, lw.k_norm, cfg.rms_eps), pos, lw.inv_freq)
-            v = matmul(h, lw.wv).reshape(n, s.n_kv_heads, s.head_dim)
+            v = kv[1].reshape(n, s.n_kv_heads, s.head_dim)
             if cfg.v_norm:
                 v = rms_norm(v, None, cfg.rms_eps)
             views[s.index] = caches[s.index].update(k, v, pos)
@@ -165,7 +165,7 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
 
         # MLP: down(gelu_tanh(gate(x)) * up(x))
         h = rms_norm(x, lw.ffn_norm, cfg.rms_eps)
-        h = matmul(gelu_mul(matmul(h, lw.w_gate), matmul(h, lw.w_up)), lw.w_down)
+        h = matmul(gelu_mul(*matmuls(h, (lw.w_gate, lw.w_up))), lw.w_down)
         x = x + rms_norm(h, lw.post_ffn_norm, cfg.rms_eps)
 
         # per-layer embedding gate: x + norm(proj(gelu_tanh(gate(x)) * ple_i))

@@ -6,6 +6,6 @@ is a weight as it lies in the file (raw blocks plus its logical shape)."""
 
 from quant.formats import BLOCKS, QType, row_bytes
 from quant.ref import dequantize, quantize
-from quant.tensor import QTensor, matmul
+from quant.tensor import QTensor, matmul, matmuls
 
-__all__ = ["BLOCKS", "QType", "row_bytes", "quantize", "dequantize", "QTensor", "matmul"]
+__all__ = ["BLOCKS", "QType", "row_bytes", "quantize", "dequantize", "QTensor", "matmul", "matmuls"]

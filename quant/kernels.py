@@ -149,6 +149,41 @@ def matmul_packed(fmt, w, x, out):
     gemm_packed(fmt, w, xq, xd, xs, out)
 
 
+@kernel(parallel=True)
+def matmul_packed_many(fmts, ws, x, outs):
+    """matmul_packed for matrices that share their input x (q/k/v, gate/up): the activations
+    are quantized once and one parallel region runs the work tiles of all of them, laid end
+    to end. Every format must take the same activations (all 32-value, or all Q4_K/Q6_K)."""
+    super_blocks = fmts[0] == Q4_K or fmts[0] == Q6_K
+    xq, xd, xs = _quantized(x, super_blocks)
+    if super_blocks:
+        xs = _sums_of_16(xq)
+    n, k = xq.shape
+    n_blocks = k // 256 if super_blocks else k // 32
+    n_xb = xd.shape[1]
+    starts = np.zeros(len(ws) + 1, dtype=np.int64)
+    for j in range(len(ws)):
+        starts[j + 1] = starts[j] + (ws[j].shape[0] + GROUP_TILE - 1) // GROUP_TILE
+    for item in prange(starts[len(ws)]):
+        j = 0
+        while item >= starts[j + 1]:
+            j += 1
+        w, out, fmt = ws[j], outs[j], fmts[j]
+        tile = item - starts[j]
+        group_bytes, rows = w.shape[1], out.shape[1]
+        for t0 in range(0, n, TOKEN_TILE):
+            t_end = min(n, t0 + TOKEN_TILE)
+            for g in range(tile * GROUP_TILE, min(w.shape[0], (tile + 1) * GROUP_TILE)):
+                t = t0
+                while t + TOKENS <= t_end:
+                    _tiles(fmt, TOKENS, w, g * group_bytes, xq, t * k, k, xd, xs, t * n_xb, n_xb, n_blocks,
+                           out, t * rows + 8 * g, rows)
+                    t += TOKENS
+                for tt in range(t, t_end):
+                    _tiles(fmt, 1, w, g * group_bytes, xq, tt * k, k, xd, xs, tt * n_xb, n_xb, n_blocks,
+                           out, tt * rows + 8 * g, rows)
+
+
 @kernel
 def _row_dot(fmt, w, w_off, xq, x_off, xd, xs, xb, n):
     if fmt == Q4_0:

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Sequence
 
 import numpy as np
 
@@ -72,8 +73,25 @@ def matmul(x: np.ndarray, w: QTensor) -> np.ndarray:
     return out
 
 
+def matmuls(x: np.ndarray, ws: Sequence[QTensor]) -> list[np.ndarray]:
+    """[matmul(x, w) for w in ws], for matrices that share their input (q/k/v, gate/up): when
+    all have the x8 layout and take the same activations, one kernel call quantizes x once
+    and runs all the products in one parallel region."""
+    kinds = [w.kernel_args for w in ws]
+    super_blocks = {fmt in _SUPER_BLOCK_KERNELS for _, fmt, _, _ in kinds}
+    if len(ws) < 2 or any(kind != "packed" for kind, _, _, _ in kinds) or len(super_blocks) > 1:
+        return [matmul(x, w) for w in ws]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or any(x.shape[1] != w.shape[1] for w in ws):
+        raise ValueError(f"matmuls: activations {x.shape} do not fit weights of {[w.shape for w in ws]}")
+    outs = tuple(np.empty((x.shape[0], w.shape[0]), dtype=np.float32) for w in ws)
+    kernels.matmul_packed_many(tuple(fmt for _, fmt, _, _ in kinds), tuple(data for _, _, _, data in kinds), x, outs)
+    return list(outs)
+
+
 _FLOAT_KERNEL = {QType.F32: 0, QType.F16: 1, QType.BF16: 2}  # quant.kernels.F32, F16, BF16
 _BLOCK_KERNEL = {QType.Q4_0: 0, QType.Q8_0: 1, QType.Q4_K: 2, QType.Q6_K: 3, QType.Q5_0: 4}  # quant.kernels.Q4_0, ...
+_SUPER_BLOCK_KERNELS = (_BLOCK_KERNEL[QType.Q4_K], _BLOCK_KERNEL[QType.Q6_K])
 
 
 def matmul_ref(x: np.ndarray, w: QTensor) -> np.ndarray:

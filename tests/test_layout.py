@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quant import BLOCKS, QTensor, QType, asm, cpu, layout, packed, quantize
-from quant.tensor import matmul, matmul_ref
+from quant.tensor import matmul, matmul_ref, matmuls
 from tests.test_kernels import SCALAR_FALLBACK, assert_matches, check_zeros_and_extremes, cols_for, weight
 
 pytestmark = pytest.mark.aarch64
@@ -134,6 +134,20 @@ def test_packed_zeros_and_extremes(qtype):
     rng = np.random.default_rng(7)
     cols = 544 if qtype in layout.TILES else 768
     check_zeros_and_extremes(rng, 16, cols, lambda values: tiled(rng, qtype, 16, cols, values)[1])
+
+
+@pytest.mark.parametrize("qtypes", [(QType.Q4_0, QType.Q5_0, QType.Q8_0), (QType.Q4_K, QType.Q6_K),
+                                    (QType.Q8_0, QType.Q4_K)], ids=["32-value", "super-block", "mixed"])
+def test_products_that_share_an_input_equal_separate_ones(qtypes):
+    """matmuls (q/k/v, gate/up in one call) gives exactly what a call per matrix gives: the same
+    activations, the same tiles; formats that take other activations go one by one."""
+    rng = np.random.default_rng(5)
+    cols = 768
+    ws = [tiled(rng, q, rows, cols)[1] for q, rows in zip(qtypes, (40, 8, 24))]
+    for n in (1, 5, 70):
+        x = rng.standard_normal((n, cols)).astype(np.float32)
+        for got, w in zip(matmuls(x, ws), ws):
+            np.testing.assert_array_equal(got, matmul(x, w))
 
 
 def _run_flavor(flavor: str, features: frozenset[str], qtype: QType, w: QTensor, x: np.ndarray) -> np.ndarray:

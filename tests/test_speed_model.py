@@ -62,3 +62,31 @@ def test_llvm_mca_counts_the_pi_loops():
     for fmt, (decode, prefill) in cycles.items():
         assert 0 < prefill < decode, fmt
     assert cycles["q8_0"][0] < cycles["q4_0"][0] < cycles["q5_0"][0]
+
+
+def test_trace_records_every_product_once_and_accounts_for_the_step(tmp_path):
+    """A traced decode step records each matrix it reads once, products that share an input
+    (one kernel call) included, changes nothing it computes, and its parts add up to the step."""
+    import numpy as np
+
+    import edgert
+    from edgert.files.convert import convert
+    from tests.reference import GOLDEN_DIR
+
+    model = edgert.load(convert(GOLDEN_DIR, tmp_path / "tiny-q8_0.gguf", "q8_0"), n_ctx=64)
+    assert any(t.packed is not None for t in model.weights.layers[0].__dict__.values() if hasattr(t, "packed"))
+    state, again = model.new_state(), model.new_state()
+    model.prefill(state, [2, 10, 11])
+    model.prefill(again, [2, 10, 11])
+    box = {}
+    calls, wall, ops = speed_model.trace(model, lambda: box.setdefault("logits", model.decode_step(state, 12)))
+    np.testing.assert_array_equal(box["logits"], model.decode_step(again, 12))
+    cfg = model.config
+    owning = sum(s.owns_kv for s in cfg.layers)
+    per_layer = 5 + (2 if cfg.ple_dim else 0)  # q, o, gate, up, down, PLE gate and proj (k, v where owned)
+    expected = cfg.n_layer * per_layer + 2 * owning + (1 if cfg.ple_dim else 0) + 1  # PLE model proj, LM head
+    assert len(calls) == expected
+    assert all(c.n == 1 and c.seconds >= 0 for c in calls)
+    rows = speed_model.where_time_goes(Phase("decode", 1, calls, wall, ops))
+    assert abs(sum(ms for _, ms in rows) - wall * 1000) < 1e-6
+    assert {"attention", "RMS norms"} <= {what for what, _ in rows}

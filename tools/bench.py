@@ -493,6 +493,21 @@ def _rows(r: dict) -> list[tuple[str, str, str, str]]:
     return out
 
 
+def _decode_profile_lines(traced: dict | None) -> list[str]:
+    """Where a decode token's time goes in edgert (the warm run's traced decode steps)."""
+    if not traced or "decode" not in traced:
+        return []
+    from tools.speed_model import phases_of, where_time_goes
+
+    phase = phases_of(traced)["decode"]
+    per_token = phase.wall * 1000 / phase.tokens
+    lines = [f"Where a decode token's time goes in edgert ({phase.tokens} steps traced after the timed run, "
+             f"{per_token:.1f} ms per token with the timing hooks):", "", "| step | ms per token | share |",
+             "| --- | ---: | ---: |"]
+    lines += [f"| {what} | {ms:.2f} | {100 * ms / per_token:.0f}% |" for what, ms in where_time_goes(phase)]
+    return lines + [""]
+
+
 def _ple_lines(ple: dict) -> list[str]:
     if not ple:
         return []
@@ -573,6 +588,7 @@ def report(results: list[dict], meta: dict, audio: dict | None = None) -> str:
         ]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _rows(r)]
         lines += ["", f"KV cache held by edgert: {r['edgert']['kv_mb']:.0f} MB at a context of {r['ctx']}.", ""]
+        lines += _decode_profile_lines(r["edgert"].get("trace"))
         lines += _ple_lines(r["ple"])
     lines += _audio_lines(audio)
     return "\n".join(lines)

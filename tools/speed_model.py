@@ -22,7 +22,7 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -104,28 +104,51 @@ class Call:
     seconds: float  # measured
 
 
-def trace(model, run) -> tuple[list[Call], float]:
-    """Run `run()` with every matrix product of the forward pass timed and recorded; return the
-    products and the run's wall time."""
+OPS = ("attention", "rms_norm", "rope", "gelu_mul", "softcap", "embed")  # gemma4's other steps (not nested)
+
+
+def trace(model, run) -> tuple[list[Call], float, dict[str, float]]:
+    """Run `run()` with every matrix product of the forward pass timed and recorded, and the
+    forward pass's other steps (OPS, and waiting for PLE rows) timed by name; return the
+    products, the run's wall time and those seconds. A call of matmuls (products sharing an
+    input, in one kernel call) is shared among its products by their bytes."""
     from edgert import gemma4
 
     calls: list[Call] = []
-    real = gemma4.matmul
+    ops = {name: 0.0 for name in OPS + ("ple_wait",)}
+    real = {name: getattr(gemma4, name) for name in ("matmul", "matmuls") + OPS}
+    ple = model.weights.ple
 
-    def recorded(x, w):
+    def products(x, ws):
         t = time.perf_counter()
-        out = real(x, w)
-        calls.append(Call(len(x), w.qtype, w.shape[0], w.shape[1], w.nbytes, time.perf_counter() - t))
+        out = real["matmuls"](x, ws)
+        seconds, total = time.perf_counter() - t, sum(w.nbytes for w in ws)
+        calls.extend(Call(len(x), w.qtype, w.shape[0], w.shape[1], w.nbytes, seconds * w.nbytes / total) for w in ws)
         return out
 
-    gemma4.matmul = recorded
+    def timed(name, fn):
+        def step(*args, **kwargs):
+            t = time.perf_counter()
+            out = fn(*args, **kwargs)
+            ops[name] += time.perf_counter() - t
+            return out
+        return step
+
+    gemma4.matmul, gemma4.matmuls = (lambda x, w: products(x, [w])[0]), products
+    for name in OPS:
+        setattr(gemma4, name, timed(name, real[name]))
+    if ple is not None:
+        ple.wait = timed("ple_wait", ple.wait)
     try:
         t = time.perf_counter()
         run()
         wall = time.perf_counter() - t
     finally:
-        gemma4.matmul = real
-    return calls, wall
+        for name, fn in real.items():
+            setattr(gemma4, name, fn)
+        if ple is not None:
+            del ple.wait  # the class's method again
+    return calls, wall, ops
 
 
 def product_seconds(call: Call, machine: Machine, cycles: dict[str, tuple[float, float]], bandwidth: float) -> float:
@@ -149,6 +172,7 @@ class Phase:
     tokens: int  # tokens the phase produced (decode) or read (prefill)
     calls: list[Call]
     wall: float
+    ops: dict[str, float] = field(default_factory=dict)  # seconds in the forward pass's other steps
 
     @property
     def kernel_s(self) -> float:
@@ -205,15 +229,32 @@ def pi5() -> Machine:
 
 def phases_to_json(phases: list[Phase]) -> dict:
     """Phases as the bench worker sends them to its parent; phases_of reads them back."""
-    return {p.name: dict(tokens=p.tokens, wall=p.wall,
+    return {p.name: dict(tokens=p.tokens, wall=p.wall, ops=p.ops,
                          calls=[[c.n, int(c.qtype), c.rows, c.cols, c.nbytes, c.seconds] for c in p.calls])
             for p in phases}
 
 
 def phases_of(traced: dict) -> dict[str, Phase]:
     """The bench worker's trace (JSON) as phases."""
-    return {name: Phase(name, p["tokens"], [Call(c[0], QType(c[1]), *c[2:]) for c in p["calls"]], p["wall"])
+    return {name: Phase(name, p["tokens"], [Call(c[0], QType(c[1]), *c[2:]) for c in p["calls"]], p["wall"],
+                        p.get("ops", {}))
             for name, p in traced.items()}
+
+
+def where_time_goes(phase: Phase) -> list[tuple[str, float]]:
+    """(what, milliseconds per token) of a traced phase, largest first: the matrix products by
+    format, the other steps, and what is left: Python between the kernels."""
+    per = 1000 / phase.tokens
+    parts: dict[str, float] = {}
+    for c in phase.calls:
+        parts[f"matrix products, {c.qtype.name}"] = parts.get(f"matrix products, {c.qtype.name}", 0.0) + c.seconds
+    names = {"rms_norm": "RMS norms", "rope": "RoPE", "gelu_mul": "GELU x up", "softcap": "final softcap",
+             "embed": "token embedding", "ple_wait": "waiting for PLE rows", "attention": "attention"}
+    for name, seconds in phase.ops.items():
+        if seconds:
+            parts[names.get(name, name)] = seconds
+    rows = sorted(((k, v * per) for k, v in parts.items()), key=lambda kv: -kv[1])
+    return rows + [("the rest: Python and numpy between the kernels", (phase.wall - sum(parts.values())) * per)]
 
 
 def section(results: list[dict], meta: dict, log) -> list[str]:
