@@ -178,7 +178,7 @@ def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType,
     def const(v):
         return ir.Constant(cgutils.intp_t, v)
 
-    unroll = 2 if len(x_offs) == 1 else 1  # one token: two accumulators hide the FMA latency
+    unroll = blocks_per_iteration(qtype, len(x_offs))
     prefetch = len(x_offs) == 1 and flavor in PREFETCH_FLAVORS
     acc = [[cgutils.alloca_once_value(b, ir.Constant(V8F32, None)) for _ in range(unroll)] for _ in x_offs]
     zero = ir.Constant(V8I32, None)
@@ -217,6 +217,12 @@ def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType,
         values = [b.load(s) for s in slots]
         results.append(values[0] if len(values) == 1 else b.fadd(values[0], values[1]))
     return results
+
+
+def blocks_per_iteration(qtype: QType, tokens: int) -> int:
+    """Tiles the main loop takes per iteration: the 32-value GEMV takes two (two accumulators
+    hide the FMA latency); the rest one."""
+    return 2 if tokens == 1 and qtype in TILES else 1
 
 
 def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType, w_ptr, w_off, xq_ptr,

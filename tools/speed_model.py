@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quant import QType, asm, simd
+from quant import QType, asm, layout, packed, simd
 from quant.kernels import TOKEN_TILE  # prefill reads each weight row once per tile of tokens
 
 FORMAT_OF = {QType.Q4_0: "q4_0", QType.Q5_0: "q5_0", QType.Q8_0: "q8_0", QType.Q4_K: "q4_k", QType.Q6_K: "q6_k"}
@@ -74,8 +74,16 @@ def _on_path(prefix: str) -> list[str]:
 
 def block_cycles(mca: str, target: asm.Target, mca_cpu: str, fmt: str, tokens: int = 1) -> float:
     """Cycles one weight block of `fmt` costs in the main loop, per token, for `tokens` tokens
-    per pass (1: decode's GEMV; simd.TOKENS: prefill's), as llvm-mca predicts them."""
-    body = asm.main_loop(asm.row_dot_assembly(target, fmt, tokens))
+    per pass (1: decode's GEMV; simd.TOKENS: prefill's), as llvm-mca predicts them. Formats
+    that have the x8 layout (what edgert.load reads by default) are timed in its loop, whose
+    tiles hold a block of eight rows each."""
+    qtype = next(q for q, f in FORMAT_OF.items() if f == fmt)
+    if layout.packable(qtype, (layout.ROWS, 1)):
+        body = asm.main_loop(asm.tiles_dot_assembly(target, qtype, tokens))
+        blocks = layout.ROWS * packed.blocks_per_iteration(qtype, tokens)
+    else:
+        body = asm.main_loop(asm.row_dot_assembly(target, fmt, tokens))
+        blocks = simd.FORMATS[fmt].unroll
     arch = "aarch64" if target.triple.startswith("aarch64") else "x86_64"
     iterations = 200
     done = subprocess.run([mca, f"-mtriple={arch}", f"-mcpu={mca_cpu}", f"-iterations={iterations}"],
@@ -83,7 +91,7 @@ def block_cycles(mca: str, target: asm.Target, mca_cpu: str, fmt: str, tokens: i
     found = re.search(r"Total Cycles:\s+(\d+)", done.stdout)
     if done.returncode or not found:
         raise RuntimeError(f"llvm-mca failed on {fmt} for {mca_cpu}: {done.stderr.strip()[:500]}")
-    return int(found.group(1)) / iterations / simd.FORMATS[fmt].unroll / tokens
+    return int(found.group(1)) / iterations / blocks / tokens
 
 
 def cycles_table(mca: str, target: asm.Target, mca_cpu: str) -> dict[str, tuple[float, float]]:
