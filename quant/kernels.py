@@ -140,51 +140,6 @@ def _sums_of_16(xq):
 
 
 @kernel
-def matmul_packed(fmt, w, x, out):
-    """x (n, K) float32 @ w.T into out (n, rows), w in the x8 layout: see gemm_packed."""
-    super_blocks = fmt == Q4_K or fmt == Q6_K
-    xq, xd, xs = _quantized(x, super_blocks)
-    if super_blocks:  # the 256-value tiles take the sums of 16 (quant.packed.emit_super_tiles_dot)
-        xs = _sums_of_16(xq)
-    gemm_packed(fmt, w, xq, xd, xs, out)
-
-
-@kernel(parallel=True)
-def matmul_packed_many(fmts, ws, x, outs):
-    """matmul_packed for matrices that share their input x (q/k/v, gate/up): the activations
-    are quantized once and one parallel region runs the work tiles of all of them, laid end
-    to end. Every format must take the same activations (all 32-value, or all Q4_K/Q6_K)."""
-    super_blocks = fmts[0] == Q4_K or fmts[0] == Q6_K
-    xq, xd, xs = _quantized(x, super_blocks)
-    if super_blocks:
-        xs = _sums_of_16(xq)
-    n, k = xq.shape
-    n_blocks = k // 256 if super_blocks else k // 32
-    n_xb = xd.shape[1]
-    starts = np.zeros(len(ws) + 1, dtype=np.int64)
-    for j in range(len(ws)):
-        starts[j + 1] = starts[j] + (ws[j].shape[0] + GROUP_TILE - 1) // GROUP_TILE
-    for item in prange(starts[len(ws)]):
-        j = 0
-        while item >= starts[j + 1]:
-            j += 1
-        w, out, fmt = ws[j], outs[j], fmts[j]
-        tile = item - starts[j]
-        group_bytes, rows = w.shape[1], out.shape[1]
-        for t0 in range(0, n, TOKEN_TILE):
-            t_end = min(n, t0 + TOKEN_TILE)
-            for g in range(tile * GROUP_TILE, min(w.shape[0], (tile + 1) * GROUP_TILE)):
-                t = t0
-                while t + TOKENS <= t_end:
-                    _tiles(fmt, TOKENS, w, g * group_bytes, xq, t * k, k, xd, xs, t * n_xb, n_xb, n_blocks,
-                           out, t * rows + 8 * g, rows)
-                    t += TOKENS
-                for tt in range(t, t_end):
-                    _tiles(fmt, 1, w, g * group_bytes, xq, tt * k, k, xd, xs, tt * n_xb, n_xb, n_blocks,
-                           out, tt * rows + 8 * g, rows)
-
-
-@kernel
 def _row_dot(fmt, w, w_off, xq, x_off, xd, xs, xb, n):
     if fmt == Q4_0:
         return q4_0_row_dot(w, w_off, 0, xq, x_off, xd, xs, xb, n)
@@ -285,25 +240,42 @@ def _tiles(fmt, tokens, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n,
         q5_0_tiles_4(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
 
 
-@kernel(parallel=True)
-def gemm_packed(fmt, w, xq, xd, xs, out):
-    """w (rows / 8, group bytes): the x8 layout of a Q4_0, Q5_0, Q8_0, Q4_K or Q6_K matrix
-    (quant.layout); xq, xd, xs from quantize_q8 (for Q4_K and Q6_K, xs holds the sums of 16:
-    see matmul_packed); out (n, rows).
+SLOTS = 3  # matrices one call of matmul_packed can take: q, k and v
 
-    Threads split the groups of eight rows, GROUP_TILE at a time. Each group meets the
-    tokens TOKENS at a time, within tiles of TOKEN_TILE tokens, so its tiles stay in L1
-    while the tokens pass."""
-    groups, group_bytes = w.shape
+
+@kernel(parallel=True)
+def matmul_packed(fmts, ws, count, x, outs):
+    """x (n, K) float32 @ w.T into out (n, rows) for the first `count` of the SLOTS matrices
+    (fmts, ws, outs: tuples of SLOTS, the unused ones repeating a used one), all in the x8
+    layout (quant.layout: Q4_0, Q5_0, Q8_0, Q4_K or Q6_K, as (rows / 8, group bytes)) and
+    all reading x: q/k/v or gate/up, or a single matrix. The activations are quantized once
+    (every format given must take the same ones: all 32-value, or all Q4_K/Q6_K, whose tiles
+    take Q8_K's sums of 16 as xs). One call, one kernel: tuples of a fixed length keep it one
+    compiled specialization.
+
+    Threads split the groups of eight rows, GROUP_TILE at a time, of all the matrices laid
+    end to end. Each group meets the tokens TOKENS at a time, within tiles of TOKEN_TILE
+    tokens, so its tiles stay in L1 while the tokens pass."""
+    super_blocks = fmts[0] == Q4_K or fmts[0] == Q6_K
+    xq, xd, xs = _quantized(x, super_blocks)
+    if super_blocks:
+        xs = _sums_of_16(xq)
     n, k = xq.shape
-    n_blocks = k // 256 if fmt == Q4_K or fmt == Q6_K else k // 32  # tiles per group
+    n_blocks = k // 256 if super_blocks else k // 32  # tiles per group
     n_xb = xd.shape[1]
-    rows = out.shape[1]
-    for tile in prange((groups + GROUP_TILE - 1) // GROUP_TILE):
-        g_end = min(groups, (tile + 1) * GROUP_TILE)
+    starts = np.zeros(count + 1, dtype=np.int64)
+    for j in range(count):
+        starts[j + 1] = starts[j] + (ws[j].shape[0] + GROUP_TILE - 1) // GROUP_TILE
+    for item in prange(starts[count]):
+        j = 0
+        while item >= starts[j + 1]:
+            j += 1
+        w, out, fmt = ws[j], outs[j], fmts[j]
+        tile = item - starts[j]
+        group_bytes, rows = w.shape[1], out.shape[1]
         for t0 in range(0, n, TOKEN_TILE):
             t_end = min(n, t0 + TOKEN_TILE)
-            for g in range(tile * GROUP_TILE, g_end):
+            for g in range(tile * GROUP_TILE, min(w.shape[0], (tile + 1) * GROUP_TILE)):
                 t = t0
                 while t + TOKENS <= t_end:
                     _tiles(fmt, TOKENS, w, g * group_bytes, xq, t * k, k, xd, xs, t * n_xb, n_xb, n_blocks,

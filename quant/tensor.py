@@ -65,7 +65,7 @@ def matmul(x: np.ndarray, w: QTensor) -> np.ndarray:
     out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
     kind, fmt, values_per_block, data = w.kernel_args
     if kind == "packed":
-        kernels.matmul_packed(fmt, data, x, out)
+        kernels.matmul_packed((fmt,) * kernels.SLOTS, (data,) * kernels.SLOTS, 1, x, (out,) * kernels.SLOTS)
     elif kind == "float":
         kernels.gemm_float(fmt, data, x, out)
     else:
@@ -79,14 +79,17 @@ def matmuls(x: np.ndarray, ws: Sequence[QTensor]) -> list[np.ndarray]:
     and runs all the products in one parallel region."""
     kinds = [w.kernel_args for w in ws]
     super_blocks = {fmt in _SUPER_BLOCK_KERNELS for _, fmt, _, _ in kinds}
-    if len(ws) < 2 or any(kind != "packed" for kind, _, _, _ in kinds) or len(super_blocks) > 1:
+    if not 2 <= len(ws) <= kernels.SLOTS or any(kind != "packed" for kind, _, _, _ in kinds) or len(super_blocks) > 1:
         return [matmul(x, w) for w in ws]
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or any(x.shape[1] != w.shape[1] for w in ws):
         raise ValueError(f"matmuls: activations {x.shape} do not fit weights of {[w.shape for w in ws]}")
-    outs = tuple(np.empty((x.shape[0], w.shape[0]), dtype=np.float32) for w in ws)
-    kernels.matmul_packed_many(tuple(fmt for _, fmt, _, _ in kinds), tuple(data for _, _, _, data in kinds), x, outs)
-    return list(outs)
+    outs = [np.empty((x.shape[0], w.shape[0]), dtype=np.float32) for w in ws]
+    pad = kernels.SLOTS - len(ws)  # the unused slots repeat the first matrix; count leaves them out
+    kernels.matmul_packed(tuple([fmt for _, fmt, _, _ in kinds] + [kinds[0][1]] * pad),
+                          tuple([data for _, _, _, data in kinds] + [kinds[0][3]] * pad), len(ws), x,
+                          tuple(outs + [outs[0]] * pad))
+    return outs
 
 
 _FLOAT_KERNEL = {QType.F32: 0, QType.F16: 1, QType.BF16: 2}  # quant.kernels.F32, F16, BF16
