@@ -197,3 +197,12 @@ def _unpack_super(tiles: np.ndarray, qtype: QType, row_bytes: int) -> np.ndarray
     by_block = np.empty((g, nb, fmt.tile_bytes), dtype=np.uint8)
     by_block[..., fmt.source] = np.asarray(tiles, dtype=np.uint8).reshape(g, nb, fmt.tile_bytes)
     return by_block.reshape(g, nb, ROWS, block.nbytes).transpose(0, 2, 1, 3).reshape(g * ROWS, row_bytes)
+
+
+def unpack_rows(tiles: np.ndarray, qtype: QType, rows: np.ndarray, row_bytes: int) -> np.ndarray:
+    """The file's bytes of `rows` (ints) read back from the tiles: (len(rows), row_bytes). Only
+    the groups that hold them are unpacked, so a lookup touches a few pages of the tiles."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    groups, where = np.unique(rows // ROWS, return_inverse=True)
+    unpacked = unpack(tiles[groups], qtype, row_bytes).reshape(len(groups), ROWS, row_bytes)
+    return unpacked[where, rows % ROWS]

@@ -49,7 +49,13 @@ class QTensor:
         return "blocks", _BLOCK_KERNEL[self.qtype], BLOCKS[self.qtype].values, raw.view(np.uint8).reshape(rows, -1)
 
     def rows(self, index) -> np.ndarray:
-        """Rows `index` (ints or an int array) as float32: (len(index), cols)."""
+        """Rows `index` (ints or an int array) as float32: (len(index), cols). With an x8 layout
+        they are read from it (the LM head's tiles, resident anyway, rather than the file's
+        copy of the token table, whose pages a prompt of many distinct tokens would map)."""
+        if self.packed is not None:
+            index = np.asarray(index, dtype=np.int64).reshape(-1)
+            raw = layout.unpack_rows(self.packed, self.qtype, index, self.raw.shape[1])
+            return dequantize(raw, self.qtype, self.shape[-1])
         return dequantize(self.raw[index], self.qtype, self.shape[-1])
 
     def dequantize(self) -> np.ndarray:

@@ -136,6 +136,17 @@ def test_packed_zeros_and_extremes(qtype):
     check_zeros_and_extremes(rng, 16, cols, lambda values: tiled(rng, qtype, 16, cols, values)[1])
 
 
+@pytest.mark.parametrize("qtype", TILED, ids=lambda q: q.name)
+def test_rows_read_from_the_tiles_are_the_files(qtype):
+    """Embedding lookups read the x8 copy (the tied LM head's) and give the file's rows exactly:
+    unsorted, repeated, in one group and across groups."""
+    rng = np.random.default_rng(6)
+    w, p = tiled(rng, qtype, 40, cols_for(qtype)[-1])
+    index = np.array([39, 0, 7, 8, 8, 21, 3])
+    np.testing.assert_array_equal(p.rows(index), w.rows(index))
+    np.testing.assert_array_equal(layout.unpack_rows(p.packed, qtype, index, w.raw.shape[1]), w.raw[index])
+
+
 @pytest.mark.parametrize("qtypes", [(QType.Q4_0, QType.Q5_0, QType.Q8_0), (QType.Q4_K, QType.Q6_K),
                                     (QType.Q8_0, QType.Q4_K)], ids=["32-value", "super-block", "mixed"])
 def test_products_that_share_an_input_equal_separate_ones(qtypes):
