@@ -40,7 +40,7 @@ class QTensor:
         """What `matmul` hands the kernels, made once: (kind, format id, values per block, data),
         kind being "float", "blocks" (the file's rows) or "packed" (the x8 layout)."""
         if self.packed is not None:
-            return "packed", _BLOCK_KERNEL[self.qtype], 32, self.packed
+            return "packed", _BLOCK_KERNEL[self.qtype], BLOCKS[self.qtype].values, self.packed
         raw = np.ascontiguousarray(self.raw)
         rows, cols = self.shape
         if self.qtype in _FLOAT_KERNEL:
@@ -71,7 +71,7 @@ def matmul(x: np.ndarray, w: QTensor) -> np.ndarray:
     out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
     kind, fmt, values_per_block, data = w.kernel_args
     if kind == "packed":
-        kernels.matmul_packed((fmt,) * kernels.SLOTS, (data,) * kernels.SLOTS, 1, x, (out,) * kernels.SLOTS)
+        _packed(x, [w.kernel_args], [out])
     elif kind == "float":
         kernels.gemm_float(fmt, data, x, out)
     else:
@@ -91,11 +91,17 @@ def matmuls(x: np.ndarray, ws: Sequence[QTensor]) -> list[np.ndarray]:
     if x.ndim != 2 or any(x.shape[1] != w.shape[1] for w in ws):
         raise ValueError(f"matmuls: activations {x.shape} do not fit weights of {[w.shape for w in ws]}")
     outs = [np.empty((x.shape[0], w.shape[0]), dtype=np.float32) for w in ws]
-    pad = kernels.SLOTS - len(ws)  # the unused slots repeat the first matrix; count leaves them out
-    kernels.matmul_packed(tuple([fmt for _, fmt, _, _ in kinds] + [kinds[0][1]] * pad),
-                          tuple([data for _, _, _, data in kinds] + [kinds[0][3]] * pad), len(ws), x,
-                          tuple(outs + [outs[0]] * pad))
+    _packed(x, kinds, outs)
     return outs
+
+
+def _packed(x: np.ndarray, kinds: list[tuple], outs: list[np.ndarray]) -> None:
+    """One call of kernels.matmul_packed for up to SLOTS x8 matrices (their kernel_args) that
+    read x: the unused slots repeat the first matrix, and the count leaves them out."""
+    pad = kernels.SLOTS - len(kinds)
+    fmts, data = [fmt for _, fmt, _, _ in kinds], [d for _, _, _, d in kinds]
+    kernels.matmul_packed(tuple(fmts + fmts[:1] * pad), tuple(data + data[:1] * pad), len(kinds), x,
+                          tuple(outs + outs[:1] * pad))
 
 
 _FLOAT_KERNEL = {QType.F32: 0, QType.F16: 1, QType.BF16: 2}  # quant.kernels.F32, F16, BF16
