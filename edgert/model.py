@@ -96,6 +96,7 @@ class Model:
         self.n_ctx = min(n_ctx, self.config.n_ctx_train)
         self.n_batch = n_batch
         self.tokenizer = Tokenizer(file.tokenizer)
+        file.gguf.release_header()  # the tokenizer's index is built; lookups map back single pages
         ple_store = self._ple_store(ple, ple_cache_mb, ple_prefetch)
         tensors, self.layout_cache = file.tensors, None
         if layout == "x8":
@@ -113,8 +114,8 @@ class Model:
         # continues its text rather than answering it as a user turn
         self.has_chat_template = self.config.arch == "gemma4" or bool(file.tokenizer.chat_template)
         tok = self.tokenizer
-        self.stop_ids = {i for i in (tok.eos, tok.eot, tok.ids.get(self.format.close)) if i is not None}
-        self.channel_ids = (tok.ids.get(chat_format.CHANNEL_OPEN), tok.ids.get(chat_format.CHANNEL_CLOSE))
+        self.stop_ids = {i for i in (tok.eos, tok.eot, tok.token_id(self.format.close)) if i is not None}
+        self.channel_ids = (tok.token_id(chat_format.CHANNEL_OPEN), tok.token_id(chat_format.CHANNEL_CLOSE))
 
     def _ple_store(self, mode: str, cache_mb: float, prefetch: bool) -> PLEStore | None:
         name = "per_layer_token_embd.weight"

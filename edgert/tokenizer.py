@@ -19,10 +19,14 @@ Two models, one class:
 from __future__ import annotations
 
 import codecs
-import heapq
 import re
 from dataclasses import dataclass
 from typing import Sequence
+
+import numpy as np
+
+from edgert.files.gguf_file import StringArray
+from quant.cpu import kernel
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 SPACE = "\u2581"  # ▁
@@ -33,9 +37,9 @@ class TokenizerData:
     """The tokenizer as the model file stores it (llama.cpp's tokenizer.ggml.* keys)."""
 
     model: str
-    tokens: list[str]
-    types: list[int]
-    merges: list[str]
+    tokens: Sequence[str]
+    types: Sequence[int]
+    merges: Sequence[str]
     bos: int | None
     eos: int | None
     eot: int | None
@@ -48,37 +52,47 @@ class TokenizerData:
 
 
 class Tokenizer:
+    """Text <-> ids. The vocabulary stays a StringArray (in the model file's map when read
+    from one), found through a hash index; the merge loops run compiled over token ids, so
+    a 262144-token vocabulary costs a few MB rather than a dict of Python strings."""
+
     def __init__(self, data: TokenizerData):
-        self.tokens = data.tokens
-        self.types = data.types or [NORMAL] * len(data.tokens)
+        self.tokens = StringArray.of(data.tokens)
+        n = len(self.tokens)
+        self.types = np.asarray(data.types, dtype=np.int32) if len(data.types) else np.full(n, NORMAL, np.int32)
         self.bos, self.eos, self.eot, self.pad = data.bos, data.eos, data.eot, data.pad
         self.add_bos = data.add_bos
         self.spm = data.model == "llama"
         if self.spm:
             self._init_spm(data)
             return
-        self.ids = {t: i for i, t in enumerate(self.tokens) if self.types[i] != UNUSED}
-        self.ranks: dict[tuple[str, str], int] = {}
-        for rank, merge in enumerate(data.merges):
-            a, _, b = merge.partition(" ")
-            self.ranks.setdefault((a, b), rank)
-        self.byte_ids = [self.ids.get(f"<0x{b:02X}>") for b in range(256)]
-        specials = sorted((t for i, t in enumerate(self.tokens) if self.types[i] in (CONTROL, USER_DEFINED) and t),
-                          key=len, reverse=True)
+        self._index = _build_index(self.tokens, self.types != UNUSED)
+        self._pairs = _pair_table(self.tokens, self._index, StringArray.of(data.merges))
+        self._priority_of_id = np.zeros(0, dtype=np.int64)
+        self._byte_ids = np.array([_or(self.token_id(f"<0x{b:02X}>"), -1) for b in range(256)], dtype=np.int64)
+        special = np.flatnonzero(np.isin(self.types, (CONTROL, USER_DEFINED)) & (self.tokens.lengths > 0))
+        specials = sorted((self.tokens[i] for i in special), key=len, reverse=True)
         self._special_re = re.compile("|".join(map(re.escape, specials))) if specials else None
-        self.unk = data.unk if data.unk is not None else next(
-            (i for i, t in enumerate(self.types) if t == UNKNOWN), self.ids.get("<unk>"))
+        unknown = np.flatnonzero(self.types == UNKNOWN)
+        self.unk = data.unk if data.unk is not None else (
+            int(unknown[0]) if len(unknown) else self.token_id("<unk>"))
 
     @property
     def vocab_size(self) -> int:
         return len(self.tokens)
 
+    def token_id(self, text: str) -> int | None:
+        """The id of the token spelled `text`, or None."""
+        raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        i = _find(self._index, self.tokens.buf, self.tokens.starts, self.tokens.lengths, raw, 0, len(raw))
+        return None if i < 0 else int(i)
+
     def token_bytes(self, i: int) -> bytes:
-        """The bytes token `i` stands for (made on demand: a table of 262144 would cost 12 MB)."""
-        text = self.tokens[i]
+        """The bytes token `i` stands for."""
+        raw = self.tokens.raw(i)
         if self.types[i] == BYTE:
-            return bytes([int(text[3:5], 16)])
-        return text.replace(SPACE, " ").encode("utf-8")
+            return bytes([int(raw[3:5], 16)])
+        return raw.replace(_SPACE_UTF8, b" ")
 
     def encode(self, text: str, add_bos: bool = False, parse_special: bool = True) -> list[int]:
         """Text -> ids. `parse_special`: control tokens written in the text become their ids."""
@@ -88,65 +102,40 @@ class Tokenizer:
         start = 0
         if parse_special and self._special_re is not None:
             for m in self._special_re.finditer(text):
-                ids += self._bpe(text[start:m.start()])
-                ids.append(self.ids[m.group()])
+                ids += self._merge(text[start:m.start()])
+                ids.append(self.token_id(m.group()))
                 start = m.end()
-        ids += self._bpe(text[start:])
+        ids += self._merge(text[start:])
         return ids
 
-    def _bpe(self, text: str) -> list[int]:
+    def _merge(self, text: str) -> list[int]:
+        """One fragment through the merge loop: BPE by merge rank ("gemma4"), or SentencePiece
+        by piece score ("llama"); spaces become "▁" first."""
         if not text:
             return []
-        syms: list[str | None] = list(text.replace(" ", SPACE))
-        n = len(syms)
-        nxt = list(range(1, n)) + [-1]
-        prv = list(range(-1, n - 1))
-        heap = []
-        for i in range(n - 1):
-            r = self.ranks.get((syms[i], syms[i + 1]))
-            if r is not None:
-                heap.append((r, i, syms[i], syms[i + 1]))
-        heapq.heapify(heap)
-        while heap:
-            r, i, a, b = heapq.heappop(heap)
-            j = nxt[i]
-            if syms[i] != a or j < 0 or syms[j] != b:
-                continue  # stale: one side was merged since
-            syms[i], syms[j] = a + b, None
-            nxt[i] = nxt[j]
-            if nxt[j] >= 0:
-                prv[nxt[j]] = i
-            for left, right in ((prv[i], i), (i, nxt[i])):
-                if left >= 0 and right >= 0:
-                    r2 = self.ranks.get((syms[left], syms[right]))
-                    if r2 is not None:
-                        heapq.heappush(heap, (r2, left, syms[left], syms[right]))
-        out = []
-        for s in syms:
-            if s is None:
-                continue
-            i = self.ids.get(s)
-            if i is not None:
-                out.append(i)
-            elif all(self.byte_ids[b] is not None for b in s.encode("utf-8")):
-                out.extend(self.byte_ids[b] for b in s.encode("utf-8"))
-            elif self.unk is not None:
-                out.append(self.unk)
-        return out
+        raw = np.frombuffer(text.replace(" ", SPACE).encode("utf-8"), dtype=np.uint8)
+        t = self.tokens
+        return _merge_loop(raw, self._index, t.buf, t.starts, t.lengths, self._pairs[0], self._pairs[1],
+                           self._priority_of_id, self._byte_ids, _or(self.unk, -1), self.spm).tolist()
 
     # --- llama.cpp's SentencePiece ("llama") model --------------------------------------------
 
     def _init_spm(self, data: TokenizerData) -> None:
         if data.scores is None or len(data.scores) != len(self.tokens):
             raise ValueError("a SentencePiece ('llama') vocabulary needs one score per token")
-        self.scores = [float(x) for x in data.scores]
         self.add_space_prefix = data.add_space_prefix
-        self.ids = {t: i for i, t in enumerate(self.tokens)}  # as llama.cpp: every type, the last id wins
-        self.byte_ids = [self.ids.get(f"<0x{b:02X}>", self.ids.get(chr(b))) for b in range(256)]
+        self._index = _build_index(self.tokens, np.ones(len(self.tokens), dtype=bool))  # as llama.cpp: the last id wins
+        self._pairs = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        # merges go best score first: a token's priority is its place among the distinct scores, best first
+        scores = np.asarray(data.scores, dtype=np.float32)
+        distinct = np.unique(scores)[::-1]
+        self._priority_of_id = np.searchsorted(-distinct, -scores).astype(np.int64)
+        self._byte_ids = np.array([_or(self.token_id(f"<0x{b:02X}>"), _or(self.token_id(chr(b)), -1))
+                                   for b in range(256)], dtype=np.int64)
         self.unk = data.unk
         # llama.cpp's special-token cache: control, user-defined and unknown tokens, longest first
-        order = sorted((i for i, t in enumerate(self.types) if t in (CONTROL, USER_DEFINED, UNKNOWN) and self.tokens[i]),
-                       key=lambda i: -len(self.tokens[i].encode("utf-8")))
+        special = np.flatnonzero(np.isin(self.types, (CONTROL, USER_DEFINED, UNKNOWN)) & (self.tokens.lengths > 0))
+        order = sorted(special.tolist(), key=lambda i: -int(self.tokens.lengths[i]))
         self._specials = [(self.tokens[i], i, self.types[i] == USER_DEFINED) for i in order]
 
     def _encode_spm(self, text: str, parse_special: bool) -> list[int]:
@@ -177,48 +166,8 @@ class Tokenizer:
                 prev_special = True
             else:
                 prefix = " " if self.add_space_prefix and prev_special else ""
-                out += self._spm((prefix + frag).replace(" ", SPACE))
+                out += self._merge(prefix + frag)
                 prev_special = False
-        return out
-
-    def _spm(self, text: str) -> list[int]:
-        """llama.cpp's llm_tokenizer_spm_session over one fragment (spaces already "▁")."""
-        syms: list[str] = list(text)  # one symbol per character; "" once merged away
-        n = len(syms)
-        nxt = list(range(1, n)) + [-1]
-        prv = list(range(-1, n - 1))
-        heap: list[tuple[float, int, int]] = []  # (-score, left, merged length): best score, then leftmost
-
-        def add(left: int, right: int) -> None:
-            if left >= 0 and right >= 0:
-                i = self.ids.get(syms[left] + syms[right])
-                if i is not None:
-                    heapq.heappush(heap, (-self.scores[i], left, len(syms[left]) + len(syms[right])))
-
-        for i in range(n - 1):
-            add(i, i + 1)
-        while heap:
-            _, left, size = heapq.heappop(heap)
-            right = nxt[left]
-            if right < 0 or not syms[left] or len(syms[left]) + len(syms[right]) != size:
-                continue  # stale: one side has changed since
-            syms[left], syms[right] = syms[left] + syms[right], ""
-            nxt[left] = nxt[right]
-            if nxt[right] >= 0:
-                prv[nxt[right]] = left
-            add(prv[left], left)
-            add(left, nxt[left])
-        out = []
-        # every merged symbol is a token; a single character may not be, and becomes bytes
-        # (llama.cpp's rev_merge re-segmentation never applies for that reason)
-        for sym in syms:
-            if not sym:
-                continue
-            i = self.ids.get(sym)
-            if i is not None:
-                out.append(i)
-            else:
-                out.extend(self.byte_ids[b] if self.byte_ids[b] is not None else self.unk for b in sym.encode("utf-8"))
         return out
 
     def decode(self, ids) -> str:
@@ -241,3 +190,234 @@ class StreamDecoder:
 
     def flush(self) -> str:
         return self.decoder.decode(b"", final=True)
+
+
+_SPACE_UTF8 = SPACE.encode("utf-8")
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+# --- compiled parts: a hash index over the vocabulary, the pair table, the merge loop ----------
+
+def _build_index(tokens: StringArray, keep: np.ndarray) -> np.ndarray:
+    """An open-addressing table (int32 ids, -1 empty) of the tokens where `keep`, at most half full."""
+    bits = max(4, int(np.ceil(np.log2(max(len(tokens), 1) * 2))))
+    return _index_fill(np.full(1 << bits, -1, dtype=np.int32), tokens.buf, tokens.starts, tokens.lengths, keep)
+
+
+def _pair_table(tokens: StringArray, index: np.ndarray, merges: StringArray) -> tuple[np.ndarray, np.ndarray]:
+    """The merges as (sorted keys id_a << 32 | id_b, their ranks); the first of repeated pairs wins."""
+    keys, ranks = _merge_pairs(index, tokens.buf, tokens.starts, tokens.lengths, merges.buf, merges.starts,
+                               merges.lengths)
+    order = np.lexsort((ranks, keys))
+    keys, ranks = keys[order], ranks[order]
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]
+    return keys[first], ranks[first]
+
+
+@kernel
+def _hash(text, start, end):
+    """FNV-1a over text[start:end]."""
+    h = np.uint64(0xCBF29CE484222325)
+    for p in range(start, end):
+        h = (h ^ np.uint64(text[p])) * np.uint64(0x100000001B3)
+    return h
+
+
+@kernel
+def _same(buf, start, length, text, s, e):
+    if e - s != length:
+        return False
+    for p in range(length):
+        if buf[start + p] != text[s + p]:
+            return False
+    return True
+
+
+@kernel
+def _index_fill(table, buf, starts, lengths, keep):
+    mask = np.uint64(len(table) - 1)
+    for i in range(len(starts)):
+        if not keep[i]:
+            continue
+        s, n = starts[i], lengths[i]
+        h = _hash(buf, s, s + n) & mask
+        while True:
+            j = table[h]
+            if j < 0 or _same(buf, starts[j], lengths[j], buf, s, s + n):
+                table[h] = i  # a repeated spelling: the last id wins, as in a dict built in order
+                break
+            h = (h + np.uint64(1)) & mask
+    return table
+
+
+@kernel
+def _find(table, buf, starts, lengths, text, s, e):
+    """The id spelled text[s:e], or -1."""
+    mask = np.uint64(len(table) - 1)
+    h = _hash(text, s, e) & mask
+    while True:
+        j = table[h]
+        if j < 0 or _same(buf, starts[j], lengths[j], text, s, e):
+            return j
+        h = (h + np.uint64(1)) & mask
+
+
+@kernel
+def _merge_pairs(table, buf, starts, lengths, mbuf, mstarts, mlengths):
+    """Each merge "a b" as the key id_a << 32 | id_b and its rank; merges of unknown parts dropped."""
+    keys = np.empty(len(mstarts), dtype=np.int64)
+    ranks = np.empty(len(mstarts), dtype=np.int64)
+    n = 0
+    for r in range(len(mstarts)):
+        s, e = mstarts[r], mstarts[r] + mlengths[r]
+        space = s
+        while space < e and mbuf[space] != 32:
+            space += 1
+        if space >= e:
+            continue
+        a = _find(table, buf, starts, lengths, mbuf, s, space)
+        b = _find(table, buf, starts, lengths, mbuf, space + 1, e)
+        if a >= 0 and b >= 0:
+            keys[n] = (np.int64(a) << 32) | b
+            ranks[n] = r
+            n += 1
+    return keys[:n], ranks[:n]
+
+
+@kernel
+def _heap_push(heap, size, value):
+    i = size
+    heap[i] = value
+    while i > 0:
+        parent = (i - 1) >> 1
+        if heap[parent] <= heap[i]:
+            break
+        heap[parent], heap[i] = heap[i], heap[parent]
+        i = parent
+    return size + 1
+
+
+@kernel
+def _heap_pop(heap, size):
+    top = heap[0]
+    size -= 1
+    heap[0] = heap[size]
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and heap[child + 1] < heap[child]:
+            child += 1
+        if heap[i] <= heap[child]:
+            break
+        heap[i], heap[child] = heap[child], heap[i]
+        i = child
+    return top, size
+
+
+@kernel
+def _priority(left, right, sid, lo, hi, text, table, buf, starts, lengths, pair_keys, pair_ranks, priority_of_id,
+              spm):
+    """When the pair of symbols left, right merges (lower first), or -1 if never: BPE, the
+    merge's rank; SentencePiece, the merged piece's score order."""
+    if left < 0 or right < 0:
+        return -1
+    if spm:
+        merged = _find(table, buf, starts, lengths, text, lo[left], hi[right])
+        return -1 if merged < 0 else priority_of_id[merged]
+    if sid[left] < 0 or sid[right] < 0:
+        return -1
+    key = (np.int64(sid[left]) << 32) | sid[right]
+    k = np.searchsorted(pair_keys, key)
+    return pair_ranks[k] if k < len(pair_keys) and pair_keys[k] == key else -1
+
+
+@kernel
+def _merge_loop(text, table, buf, starts, lengths, pair_keys, pair_ranks, priority_of_id, byte_ids, unk, spm):
+    """The UTF-8 `text` (spaces already "▁") split into characters, adjacent symbols merged
+    best pair first (ties: leftmost), then each symbol as its token, or as byte tokens.
+
+    BPE ("gemma4", as the tokenizers library): pairs by merge rank; a symbol that is no token
+    becomes its bytes if every byte has a token, else unk. SentencePiece ("llama", as llama.cpp's
+    llm_tokenizer_spm_session): pairs whose text is a token, best score first; a symbol that
+    is no token becomes byte tokens, unk for a byte without one."""
+    n = 0
+    lo = np.empty(len(text), dtype=np.int64)  # symbol i is text[lo[i]:hi[i]]
+    for p in range(len(text)):
+        if text[p] & 0xC0 != 0x80:  # a UTF-8 lead byte starts a character
+            lo[n] = p
+            n += 1
+    lo = lo[:n]
+    hi = np.empty(n, dtype=np.int64)
+    hi[:n - 1] = lo[1:]
+    hi[n - 1] = len(text)
+    sid = np.empty(n, dtype=np.int64)  # the symbol's token id, -1 none, -2 merged away
+    for i in range(n):
+        sid[i] = _find(table, buf, starts, lengths, text, lo[i], hi[i])
+    nxt = np.arange(1, n + 1)
+    nxt[n - 1] = -1
+    prv = np.arange(-1, n - 1)
+
+    # heap entries: priority << 32 | left; an entry is live while its pair still has that priority
+    heap = np.empty(3 * n + 1, dtype=np.int64)
+    size = 0
+    for i in range(n - 1):
+        r = _priority(i, i + 1, sid, lo, hi, text, table, buf, starts, lengths, pair_keys, pair_ranks,
+                      priority_of_id, spm)
+        if r >= 0:
+            size = _heap_push(heap, size, (r << 32) | i)
+    while size > 0:
+        top, size = _heap_pop(heap, size)
+        left, r = top & 0xFFFFFFFF, top >> 32
+        if sid[left] == -2:
+            continue
+        right = nxt[left]
+        if _priority(left, right, sid, lo, hi, text, table, buf, starts, lengths, pair_keys, pair_ranks,
+                     priority_of_id, spm) != r:
+            continue  # stale: one side has changed since
+        hi[left] = hi[right]
+        sid[left] = _find(table, buf, starts, lengths, text, lo[left], hi[left])
+        sid[right] = -2
+        nxt[left] = nxt[right]
+        if nxt[right] >= 0:
+            prv[nxt[right]] = left
+        r2 = _priority(prv[left], left, sid, lo, hi, text, table, buf, starts, lengths, pair_keys, pair_ranks,
+                       priority_of_id, spm)
+        if r2 >= 0:
+            size = _heap_push(heap, size, (r2 << 32) | prv[left])
+        r2 = _priority(left, nxt[left], sid, lo, hi, text, table, buf, starts, lengths, pair_keys, pair_ranks,
+                       priority_of_id, spm)
+        if r2 >= 0:
+            size = _heap_push(heap, size, (r2 << 32) | left)
+
+    out = np.empty(len(text), dtype=np.int64)
+    m = 0
+    i = 0 if n else -1
+    while i >= 0:
+        if sid[i] >= 0:
+            out[m] = sid[i]
+            m += 1
+        elif spm:  # every byte a byte token, or unk
+            for p in range(lo[i], hi[i]):
+                t = byte_ids[text[p]] if byte_ids[text[p]] >= 0 else unk
+                if t >= 0:
+                    out[m] = t
+                    m += 1
+        else:
+            whole = True
+            for p in range(lo[i], hi[i]):
+                whole = whole and byte_ids[text[p]] >= 0
+            if whole:
+                for p in range(lo[i], hi[i]):
+                    out[m] = byte_ids[text[p]]
+                    m += 1
+            elif unk >= 0:
+                out[m] = unk
+                m += 1
+        i = nxt[i]
+    return out[:m]

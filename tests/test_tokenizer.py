@@ -55,7 +55,7 @@ def test_special_tokens_map_to_their_ids(tokenizers_pair):
     ours, ref = tokenizers_pair
     for t in ["<bos>", "<eos>", "<|turn>", "<turn|>", "<boa>", "<eoa>", "<|audio|>", "<|channel>"]:
         assert ours.encode(t) == [ref.token_to_id(t)]
-    assert ours.bos == 2 and ours.eos == 1 and ours.ids["<turn|>"] == 106
+    assert ours.bos == 2 and ours.eos == 1 and ours.token_id("<turn|>") == 106
 
 
 @pytest.mark.parametrize("text", CORPUS[9:13])

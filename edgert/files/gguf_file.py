@@ -10,9 +10,11 @@ to general.alignment, tensor data).
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import gguf
 import numpy as np
@@ -23,6 +25,7 @@ from quant.cpu import kernel
 _SCALARS = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1", 10: "<u8", 11: "<i8",
             12: "<f8"}
 _BOOL, _STRING, _ARRAY = 7, 8, 9
+PAGE = mmap.PAGESIZE
 
 
 class GGUFFormatError(ValueError):
@@ -58,6 +61,41 @@ def _string_table(buf, start, count):
     return starts, lengths, p
 
 
+class StringArray(Sequence[str]):
+    """Strings kept as UTF-8 bytes in one buffer: entry i is buf[starts[i]:starts[i] + lengths[i]].
+    A vocabulary of 262144 tokens read from the map this way costs 3 MB of offsets, where a
+    list of Python strings costs 30 MB; entries are decoded when asked for."""
+
+    def __init__(self, buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
+        self.buf, self.starts, self.lengths = buf, starts, lengths
+
+    @classmethod
+    def of(cls, strings) -> "StringArray":
+        """A StringArray of any sequence of str (one passes through unchanged)."""
+        if isinstance(strings, StringArray):
+            return strings
+        encoded = [t.encode("utf-8") for t in strings]
+        lengths = np.array([len(b) for b in encoded], dtype=np.int32)
+        starts = np.zeros(len(encoded), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), starts, lengths)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def raw(self, i: int) -> bytes:
+        start = int(self.starts[i])
+        return bytes(self.buf[start:start + int(self.lengths[i])])
+
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"string {i} of {len(self)}")
+        return self.raw(i).decode("utf-8", errors="replace")
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
 class GGUFFile:
     """metadata: {key: value}; tensors: {name: TensorInfo}; data: the file as a read-only uint8 map."""
 
@@ -69,6 +107,11 @@ class GGUFFile:
             self._parse()
         except (struct.error, IndexError, UnicodeDecodeError, OverflowError, MemoryError) as e:
             raise GGUFFormatError(f"the header ends early or is damaged near byte {self._p} ({e})") from None
+
+    def release_header(self) -> None:
+        """Take the header's pages (metadata, vocabulary) out of the resident set once what reads
+        it in bulk (the tokenizer's index) is built; a later lookup maps back just its page."""
+        advise(self.data, self.data[:self.header_end], "MADV_DONTNEED")
 
     def array(self, info: TensorInfo) -> np.ndarray:
         """The tensor's stored bytes, as a view of the map."""
@@ -109,10 +152,13 @@ class GGUFFile:
         value = np.frombuffer(self._take(np.dtype(_SCALARS[vtype]).itemsize), dtype=_SCALARS[vtype])[0]
         return bool(value) if vtype == _BOOL else value.item()
 
-    def _strings(self, count: int) -> list[str]:
+    def _strings(self, count: int) -> list[str] | StringArray:
         starts, lengths, end = _string_table(self.data, self._p, count)
         if end < 0:
             raise GGUFFormatError(f"a string array of {count} entries runs past the end of the file")
+        if count > 4096:  # a vocabulary or its merges: left in the map
+            self._p = end
+            return StringArray(self.data, starts, lengths.astype(np.int32))
         first = self._p
         blob = bytes(self.data[first:end])
         self._p = end
@@ -136,9 +182,25 @@ class GGUFFile:
             infos.append((name, tuple(reversed(dims)), self._unpack("<I"), self._unpack("<Q")))
         align = int(self.metadata.get("general.alignment", 32))
         start = (self._p + align - 1) // align * align
+        self.header_end = start
         self.tensors: dict[str, TensorInfo] = {}
         for name, shape, ggml_type, offset in infos:
             self.tensors[name] = TensorInfo(name, shape, ggml_type, start + offset, _nbytes(shape, ggml_type))
+
+
+def advise(data: np.memmap, view: np.ndarray, advice: str) -> None:
+    """madvise the whole pages of `view` (a view of `data`). MADV_DONTNEED: this process is
+    done with them, they leave its resident set (and stay in the page cache, clean, for
+    whoever reads them); MADV_RANDOM: no readahead around a page read (a lookup of one
+    embedding row would otherwise map 128 KB about it)."""
+    mm = getattr(data, "_mmap", None)
+    if mm is None or not hasattr(mmap, advice):
+        return
+    base = data.ctypes.data
+    start = view.ctypes.data - base
+    first, last = -(-start // PAGE) * PAGE, (start + view.nbytes) // PAGE * PAGE
+    if last > first:
+        mm.madvise(getattr(mmap, advice), first, last - first)
 
 
 def _nbytes(shape: tuple[int, ...], ggml_type: int) -> int:

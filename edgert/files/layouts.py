@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import struct
 from dataclasses import replace
@@ -27,6 +26,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from edgert.files.gguf_file import advise
 from quant import QTensor, layout
 
 MAGIC = b"EDGERTX8"
@@ -79,7 +79,7 @@ def with_layouts(model: Path, tensors: dict[str, QTensor], names: list[str], dat
         tiles = mapped[offset:offset + groups * group_bytes].reshape(groups, group_bytes)
         out[name] = replace(tensors[name], packed=tiles)
         if data is not None:  # the file's rows are now read a row at a time, if at all (the token table)
-            _advise(data, tensors[name].raw, "MADV_RANDOM")
+            advise(data, tensors[name].raw, "MADV_RANDOM")
     return out, path
 
 
@@ -128,7 +128,7 @@ def _build(path: Path, model: Path, tensors: dict[str, QTensor], names: list[str
                 f.seek(index[name][0])
                 f.write(layout.pack(t.raw, t.qtype).data)
                 if data is not None:
-                    _advise(data, t.raw, "MADV_DONTNEED")
+                    advise(data, t.raw, "MADV_DONTNEED")
             f.seek(offset)
             f.write(blob)
             f.seek(0)
@@ -141,18 +141,3 @@ def _build(path: Path, model: Path, tensors: dict[str, QTensor], names: list[str
     if progress:
         progress(len(names), len(names), "done")
     return index
-
-
-def _advise(data: np.memmap, view: np.ndarray, advice: str) -> None:
-    """madvise the whole pages of `view` (a view of `data`). MADV_DONTNEED: this process is
-    done with them, they leave its resident set (and stay in the page cache, clean, for
-    whoever reads them); MADV_RANDOM: no readahead around a page read (a lookup of one
-    embedding row would otherwise map 128 KB about it)."""
-    mm = getattr(data, "_mmap", None)
-    if mm is None or not hasattr(mmap, advice):
-        return
-    base = data.ctypes.data
-    start = view.ctypes.data - base
-    first, last = -(-start // PAGE) * PAGE, (start + view.nbytes) // PAGE * PAGE
-    if last > first:
-        mm.madvise(getattr(mmap, advice), first, last - first)

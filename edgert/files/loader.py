@@ -123,10 +123,10 @@ def open_model(path: str | os.PathLike) -> ModelFile:
 
     tok = TokenizerData(
         model=get("tokenizer.ggml.model", ""),
-        tokens=list(get("tokenizer.ggml.tokens", [])),
+        tokens=get("tokenizer.ggml.tokens", []),
         scores=get("tokenizer.ggml.scores"),
-        types=[int(v) for v in get("tokenizer.ggml.token_type", [])],
-        merges=list(get("tokenizer.ggml.merges", [])),
+        types=np.asarray(get("tokenizer.ggml.token_type", []), dtype=np.int32),
+        merges=get("tokenizer.ggml.merges", []),
         bos=get("tokenizer.ggml.bos_token_id"),
         eos=get("tokenizer.ggml.eos_token_id"),
         eot=get("tokenizer.ggml.eot_token_id"),
@@ -136,7 +136,7 @@ def open_model(path: str | os.PathLike) -> ModelFile:
         add_space_prefix=bool(get("tokenizer.ggml.add_space_prefix", False)),
         chat_template=get("tokenizer.chat_template"),
     )
-    if not tok.tokens:
+    if not len(tok.tokens):
         raise ModelFileError(f"{path} carries no tokenizer; convert it again with `edgert convert`")
     return ModelFile(path=path, config=cfg, tensors=tensors, tokenizer=tok, gguf=file, audio=_audio(file, tensor))
 
