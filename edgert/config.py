@@ -76,6 +76,11 @@ class ModelConfig:
     def kv_layers(self) -> tuple[LayerSpec, ...]:
         return tuple(s for s in self.layers if s.owns_kv)
 
+    @property
+    def shared_sources(self) -> set[int]:
+        """The layers whose K/V the shared layers attend to."""
+        return {s.kv_source for s in self.layers[self.first_shared:]}
+
 
 _GEMMA4_FACTS = dict(attn_scale=1.0, v_norm=True, layer_scalar=True)
 

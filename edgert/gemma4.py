@@ -19,6 +19,7 @@ from edgert import ops
 from edgert.kernels import attention, gelu_mul, rms_norm, rope, softcap
 from edgert.config import ModelConfig
 from edgert.kv_cache import KVCache, KVView
+from edgert.rss import release_free_heap
 from ple_store import PLEStore
 from quant import QTensor, matmul, matmuls
 
@@ -143,8 +144,12 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
         if s.index == cfg.first_shared:
             if keep is None:
                 return None
+            dropped = len(pos) - len(keep)
             x, pos = x[keep], pos[keep]
             ple = ple[keep] if ple is not None else None
+            views = {i: views[i] for i in cfg.shared_sources}  # the only K/V read from here on
+            if dropped:  # a prompt step's big buffers are gone; the rest of the weights map in next
+                release_free_heap()
         n = len(pos)
 
         # attention (Gemma4TextAttention)

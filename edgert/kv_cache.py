@@ -15,6 +15,7 @@ or (slots, n_kv, 0) for the others. edgert.kernels.attention reads all three."""
 
 from __future__ import annotations
 
+import mmap
 from typing import NamedTuple
 
 import numpy as np
@@ -24,6 +25,7 @@ from edgert.config import LayerSpec, ModelConfig
 KV_TYPES = ("f16", "q8_0", "f32")
 DEFAULT_KV = "f16"  # as llama.cpp
 Q8_BLOCK = 32
+_STORED = {"f32": np.float32, "f16": np.uint16, "q8_0": np.int8}  # how each type's values are kept
 
 
 class KVView(NamedTuple):
@@ -71,9 +73,10 @@ class KVCache:
         if kv_type == "q8_0" and head_dim % Q8_BLOCK:
             raise ValueError(f"a q8_0 cache needs head_dim divisible by {Q8_BLOCK}, got {head_dim}")
         self.kv_type = kv_type
-        empty = encode(np.zeros((capacity, n_kv, head_dim), dtype=np.float32), kv_type)
-        self.k, self.k_scale = empty  # (slot, n_kv, head_dim), (slot, n_kv, head_dim / 32 or 0)
-        self.v, self.v_scale = (a.copy() for a in empty)
+        values, scales = _STORED[kv_type], (head_dim // Q8_BLOCK if kv_type == "q8_0" else 0)
+        self.k = _zeros((capacity, n_kv, head_dim), values)  # (slot, n_kv, head_dim)
+        self.k_scale = _zeros((capacity, n_kv, scales), np.uint16)  # (slot, n_kv, head_dim / 32 or 0)
+        self.v, self.v_scale = _zeros(self.k.shape, values), _zeros(self.k_scale.shape, np.uint16)
         self.pos = np.full(capacity, -1, dtype=np.int64)  # position held by each slot, -1 empty
         self.ring = ring
         self._undo = None  # ring entries a step in flight overwrote, until it commits
@@ -124,6 +127,15 @@ class KVCache:
             self._store(slots, saved)
             self._undo = None
         self.pos[self.pos >= n] = -1
+
+
+def _zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Zeros (0.0 in every stored type) in a mapping of their own: a page becomes resident when
+    first written, so a 4K context costs memory as it fills, whatever state the heap is in."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE), dtype=dtype).reshape(shape)
 
 
 def make_caches(cfg: ModelConfig, n_ctx: int, kv_type: str = DEFAULT_KV) -> dict[int, KVCache]:
