@@ -138,7 +138,7 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
     if soft is not None:
         x[soft[0]] = soft[1]
     x0, ple = x, None  # ple: (n, L, P) per-layer inputs, made when first needed
-    views: dict[int, KVView] = {}  # layer -> the K/V its queries may attend to
+    lent: dict[int, KVView] = {}  # layer -> the K/V that later, KV-shared layers attend to
 
     for s, lw in zip(cfg.layers, w.layers):
         if s.index == cfg.first_shared:
@@ -147,7 +147,6 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
             dropped = len(pos) - len(keep)
             x, pos = x[keep], pos[keep]
             ple = ple[keep] if ple is not None else None
-            views = {i: views[i] for i in cfg.shared_sources}  # the only K/V read from here on
             if dropped:  # a prompt step's big buffers are gone; the rest of the weights map in next
                 release_free_heap()
         n = len(pos)
@@ -162,9 +161,12 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
             v = kv[1].reshape(n, s.n_kv_heads, s.head_dim)
             if cfg.v_norm:
                 v = rms_norm(v, None, cfg.rms_eps)
-            views[s.index] = caches[s.index].update(k, v, pos)
-        # KV-shared layers reuse an earlier layer's K/V
-        a = attention(q, views[s.kv_source], pos, cfg.sliding_window if s.sliding else 0)
+            view = caches[s.index].update(k, v, pos)
+            if s.lends_kv:
+                lent[s.index] = view
+        else:  # KV-shared layers reuse an earlier layer's K/V
+            view = lent[s.kv_source]
+        a = attention(q, view, pos, cfg.sliding_window if s.sliding else 0)
         h = rms_norm(matmul(a, lw.wo), lw.post_attn_norm, cfg.rms_eps)
         x = x + h
 
@@ -174,9 +176,9 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
         x = x + rms_norm(h, lw.post_ffn_norm, cfg.rms_eps)
 
         # per-layer embedding gate: x + norm(proj(gelu_tanh(gate(x)) * ple_i))
-        if ple_rows is not None:
-            if ple is None:
-                ple = per_layer_inputs(cfg, w, x0, w.ple.wait(ple_rows))
+        if w.ple is not None:
+            if ple is None:  # once; then the fetched rows and x0 have no further use
+                ple, ple_rows, x0 = per_layer_inputs(cfg, w, x0, w.ple.wait(ple_rows)), None, None
             h = gelu_mul(matmul(x, lw.ple_gate), ple[:, s.index, :])
             x = x + rms_norm(matmul(h, lw.ple_proj), lw.ple_norm, cfg.rms_eps)
         x = x * lw.scalar

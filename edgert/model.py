@@ -15,6 +15,7 @@ import numpy as np
 
 from edgert import chat as chat_format
 from edgert import gemma4
+from edgert.config import DEFAULT_BATCH
 from edgert.errors import ContextOverflowError, EdgeRTError
 from edgert.kv_cache import DEFAULT_KV, KV_TYPES, KVCache, make_caches
 from edgert.files import layouts
@@ -25,7 +26,6 @@ from ple_store import PLEError, PLEStats, PLEStore, TableRegion
 from quant import cpu
 
 DEFAULT_CTX = 4096
-DEFAULT_BATCH = 128  # prompt tokens per prefill step: as fast as 512 (the GEMM tiles 64), 90 MB less at peak
 
 
 @dataclass
@@ -244,13 +244,14 @@ class Model:
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 256, temperature: float = 1.0,
                  top_k: int = 64, top_p: float = 0.95, min_p: float = 0.0, repetition_penalty: float = 1.0,
                  seed: int | None = None, stop: Sequence[str] = (), raw: bool = False,
-                 truncate: bool = False) -> Iterator[str]:
+                 truncate: bool = False, special: bool = False) -> Iterator[str]:
         """Stream the continuation of `prompt` as text pieces (always whole UTF-8 characters).
 
         A string prompt is sent as one user turn in the model's chat format, unless raw=True
         or the model file carries no chat template (a base model: its text is continued);
         a list of ids is fed as it is. Stops at <eos> or the end of the turn, at any of `stop`, after
-        `max_new_tokens`, or when the context is full."""
+        `max_new_tokens`, or when the context is full. Control tokens the model writes (<eoa>,
+        <|turn>...) are left out of the text unless special=True, as in llama.cpp and Ollama."""
         if isinstance(prompt, str):
             raw = raw or not self.has_chat_template
             text = prompt if raw else self.format.render([{"role": "user", "content": prompt}])
@@ -260,7 +261,7 @@ class Model:
         ids = self._fit(ids, max_new_tokens, truncate)
         sampler = make_sampler(temperature, top_k, top_p, min_p, repetition_penalty, np.random.default_rng(seed))
         tokens = self.generate_ids(self.new_state(), ids, max_new_tokens, sampler, self.stop_ids)
-        yield from _stop_strings(_text(tokens, self.tokenizer.stream()), stop)
+        yield from _stop_strings(_text(tokens, self.tokenizer.stream(special)), stop)
 
     def chat(self, messages: Sequence[dict], think: bool = False, max_new_tokens: int = 1024,
              truncate: bool = False, **sampling) -> "Reply":
@@ -389,7 +390,7 @@ class Reply:
     def __iter__(self) -> Iterator[str]:
         tok = self.model.tokenizer
         open_id, close_id = self.model.channel_ids
-        answer, thought = tok.stream(), tok.stream()
+        answer, thought = tok.stream(special=False), tok.stream(special=False)
         in_thought = False
         for t in self._tokens:
             self.token_count += 1

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgert.config import ModelConfig, config_from_hf, published, tensor_manifest
+from edgert.config import DEFAULT_BATCH, ModelConfig, config_from_hf, published, tensor_manifest
 from edgert.errors import ArchitectureError, EdgeRTError
 from edgert.kv_cache import DEFAULT_KV
 from edgert.rss import memory
@@ -49,7 +49,7 @@ DEVICES: dict[str, tuple[int, int, str]] = {
 # The runtime without a model: Python, numpy, Numba, llvmlite and the compiled kernels,
 # measured as the RSS of a process that has run a step of a tiny model (x86-64, 2026-11).
 RUNTIME_BASE = 150 * MB
-VOCAB_BYTES_PER_TOKEN = 190  # a token as a Python str in the list, plus its entry in the id dict
+VOCAB_BYTES_PER_TOKEN = 48  # its offsets (12), hash index slots (8-16), merges as pair keys and ranks (16 each, ~1.5 per token)
 
 KV_TYPES = {"f32": (1, 4), "f16": (1, 2), "q8_0": (32, 34)}  # values per block, bytes per block
 COMPONENTS = ("embedding and LM head", "attention", "MLP", "PLE projection and gates", "norms and scalars",
@@ -180,7 +180,7 @@ def _scratch(cfg: ModelConfig, n_batch: int, n_ctx: int, threads: int) -> int:
 
 
 def estimate(source, n_ctx: int | None = None, kv_type: str = DEFAULT_KV, kv_sharing: bool = True,
-             weights_type: str = "q4_0", n_batch: int = 128, threads: int = 2, ple: str = "mmap", ple_cache_mb: float = 64.0,
+             weights_type: str = "q4_0", n_batch: int = DEFAULT_BATCH, threads: int = 2, ple: str = "mmap", ple_cache_mb: float = 64.0,
              tokens_seen: int | None = None, device: str | None = None,
              budget: int | None = None) -> Estimate:
     """Where the memory of a running model goes. source: a GGUF file, a config.json, or 'e2b'/'e4b';

@@ -87,8 +87,11 @@ class Tokenizer:
         i = _find(self._index, self.tokens.buf, self.tokens.starts, self.tokens.lengths, raw, 0, len(raw))
         return None if i < 0 else int(i)
 
-    def token_bytes(self, i: int) -> bytes:
-        """The bytes token `i` stands for."""
+    def token_bytes(self, i: int, special: bool = True) -> bytes:
+        """The bytes token `i` stands for; special=False: none for a control token (<eos>,
+        <turn|>, <eoa>...), as llama.cpp's token_to_piece without `special`."""
+        if not special and self.types[i] == CONTROL:
+            return b""
         raw = self.tokens.raw(i)
         if self.types[i] == BYTE:
             return bytes([int(raw[3:5], 16)])
@@ -170,23 +173,24 @@ class Tokenizer:
                 prev_special = False
         return out
 
-    def decode(self, ids) -> str:
-        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+    def decode(self, ids, special: bool = True) -> str:
+        """Ids -> text; special=False leaves control tokens out."""
+        return b"".join(self.token_bytes(i, special) for i in ids).decode("utf-8", errors="replace")
 
-    def stream(self) -> "StreamDecoder":
-        return StreamDecoder(self)
+    def stream(self, special: bool = True) -> "StreamDecoder":
+        return StreamDecoder(self, special)
 
 
 class StreamDecoder:
     """Turns ids into text pieces that are always whole UTF-8 characters: the bytes of
     byte-fallback tokens wait here until their character completes."""
 
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: Tokenizer, special: bool = True):
+        self.tokenizer, self.special = tokenizer, special
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, token_id: int) -> str:
-        return self.decoder.decode(self.tokenizer.token_bytes(token_id))
+        return self.decoder.decode(self.tokenizer.token_bytes(token_id, self.special))
 
     def flush(self) -> str:
         return self.decoder.decode(b"", final=True)

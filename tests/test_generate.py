@@ -73,7 +73,7 @@ def test_session_keeps_its_cache_and_equals_a_fresh_run(model):
     assert session.state.tokens[:len(before)] == before
     fresh = list(model.generate_ids(model.new_state(), before + pending + fed, 6, make_sampler(temperature=0),
                                     model.stop_ids))
-    assert reply.text == model.tokenizer.decode(fresh)
+    assert reply.text == model.tokenizer.decode(fresh, special=False)
 
 
 def test_cut_off_stream_keeps_what_was_generated(model):
@@ -159,3 +159,14 @@ def test_interrupted_prefill_leaves_a_consistent_state(checkpoints, monkeypatch)
     monkeypatch.setattr(gemma4, "attention", real)
     assert state.pos == 16 and state.pending == ids[16:]
     np.testing.assert_allclose(model.prefill(state, state.pending), expected, rtol=0, atol=1e-5)
+
+
+def test_control_tokens_stay_out_of_the_text_unless_asked(model, monkeypatch):
+    tok = model.tokenizer
+    eoa, hello = tok.token_id("<eoa>"), tok.encode("Hello")
+    assert eoa is not None and eoa not in model.stop_ids
+    written = [*hello, eoa, *hello]
+    monkeypatch.setattr(model, "generate_ids", lambda *a, **k: iter(written))
+    assert "".join(model.generate("Hi")) == "HelloHello"
+    assert "".join(model.generate("Hi", special=True)) == "Hello<eoa>Hello"
+    assert tok.decode(written) == "Hello<eoa>Hello"  # the tokenizer itself stays an inverse of encode

@@ -12,6 +12,7 @@ def add_parser(sub) -> None:
     p.add_argument("-p", "--prompt", required=True)
     p.add_argument("--raw", action="store_true",
                    help="send the prompt as it is, without the chat format (always so for a base model)")
+    p.add_argument("--special", action="store_true", help="print the control tokens the model writes (<eoa>, ...)")
     add_sampling_arguments(p)
     p.set_defaults(func=main)
 
@@ -21,7 +22,7 @@ def main(args) -> int:
     t0, n = time.perf_counter(), 0
     try:
         for piece in model.generate(args.prompt, max_new_tokens=args.max_new_tokens, raw=args.raw,
-                                    **sampling(args)):
+                                    special=args.special, **sampling(args)):
             sys.stdout.write(piece)
             sys.stdout.flush()
             n += 1
