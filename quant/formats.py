@@ -8,10 +8,17 @@ class QType(IntEnum):
     F32 = 0
     F16 = 1
     Q4_0 = 2
+    Q4_1 = 3
     Q5_0 = 6
+    Q5_1 = 7
     Q8_0 = 8
+    Q2_K = 10
+    Q3_K = 11
     Q4_K = 12
+    Q5_K = 13
     Q6_K = 14
+    IQ4_NL = 20
+    IQ4_XS = 23
     BF16 = 30
 
 
@@ -33,6 +40,20 @@ BLOCKS: dict[QType, Block] = {
     QType.Q4_0: Block(32, 2 + 16),
     # d (f16) + qh (32 fifth bits, bit j for value j) + 32 x 4-bit laid out as in Q4_0; value = d * (q - 16)
     QType.Q5_0: Block(32, 2 + 4 + 16),
+    # d, m (f16) + 32 x 4-bit as in Q4_0; value = d * q + m
+    QType.Q4_1: Block(32, 2 + 2 + 16),
+    # d, m (f16) + qh + 32 x 4-bit as in Q5_0; value = d * q + m
+    QType.Q5_1: Block(32, 2 + 2 + 4 + 16),
+    # d (f16) + 32 x 4-bit as in Q4_0, each an index into IQ4_NL_VALUES; value = d * IQ4_NL_VALUES[q]
+    QType.IQ4_NL: Block(32, 2 + 16),
+    # 16 scale bytes (low nibble: scale, high: min, per 16 values) + 256 x 2-bit + d, dmin (f16)
+    QType.Q2_K: Block(256, 16 + 64 + 2 + 2),
+    # hmask (256 third bits) + 256 x 2-bit + 12 bytes of sixteen 6-bit scales + d (f16); value = d * (s - 32) * q
+    QType.Q3_K: Block(256, 32 + 64 + 12 + 2),
+    # d, dmin (f16) + 12 bytes of (scale, min) as Q4_K + qh (256 fifth bits) + 256 x 4-bit
+    QType.Q5_K: Block(256, 2 + 2 + 12 + 32 + 128),
+    # d (f16) + scales_h (u16: 2 high bits of 8 scales) + 4 bytes of low scale nibbles + 256 x 4-bit IQ4_NL indices
+    QType.IQ4_XS: Block(256, 2 + 2 + 4 + 128),
     # d, dmin (f16) + 12 bytes of eight 6-bit (scale, min) + 256 x 4-bit; value = d*scale*q - dmin*min
     QType.Q4_K: Block(256, 2 + 2 + 12 + 128),
     # 256 x 6-bit as ql[128] (low 4 bits) + qh[64] (high 2 bits), 16 x int8 scales, d (f16)
@@ -40,6 +61,8 @@ BLOCKS: dict[QType, Block] = {
 }
 
 assert [BLOCKS[t].nbytes for t in (QType.Q8_0, QType.Q4_0, QType.Q5_0, QType.Q4_K, QType.Q6_K)] == [34, 18, 22, 144, 210]
+assert [BLOCKS[t].nbytes for t in (QType.Q4_1, QType.Q5_1, QType.IQ4_NL, QType.Q2_K, QType.Q3_K, QType.Q5_K,
+                                   QType.IQ4_XS)] == [20, 24, 18, 84, 110, 176, 136]
 
 
 def row_bytes(qtype: QType, n: int) -> int:

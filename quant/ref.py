@@ -72,10 +72,8 @@ def dequantize(raw: np.ndarray, qtype: QType, n: int) -> np.ndarray:
     raw = np.asarray(raw).view(np.uint8).reshape(-1, row_bytes(qtype, n))
     rows = raw.shape[0]
     blocks = raw.reshape(-1, BLOCKS[qtype].nbytes)
-    if qtype == QType.Q4_K:
-        return _dequantize_q4_k(blocks).reshape(rows, n)
-    if qtype == QType.Q6_K:
-        return _dequantize_q6_k(blocks).reshape(rows, n)
+    if qtype in _SUPER_DEQUANTIZERS:
+        return _SUPER_DEQUANTIZERS[qtype](blocks).reshape(rows, n)
     d = blocks[:, :2].copy().view(np.float16).astype(np.float32)
     if qtype == QType.Q8_0:
         q = blocks[:, 2:].view(np.int8).astype(np.float32)
@@ -83,12 +81,31 @@ def dequantize(raw: np.ndarray, qtype: QType, n: int) -> np.ndarray:
         qs = blocks[:, 2:]
         q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32) - 8
     elif qtype == QType.Q5_0:
-        qs = blocks[:, 6:]
-        high = np.unpackbits(blocks[:, 2:6], axis=1, bitorder="little") << 4  # (blocks, 32)
-        q = (np.concatenate([qs & 0x0F, qs >> 4], axis=1) | high).astype(np.float32) - 16
+        q = _fifth_bit_values(blocks[:, 2:6], blocks[:, 6:]).astype(np.float32) - 16
+    elif qtype == QType.IQ4_NL:
+        q = IQ4_NL_VALUES[_nibble_values(blocks[:, 2:])]
+    elif qtype == QType.Q4_1:  # d * q + m, as ggml's dequantize_row_q4_1
+        return (d * _nibble_values(blocks[:, 4:]).astype(np.float32) + _f16(blocks[:, 2:4])).reshape(rows, n)
+    elif qtype == QType.Q5_1:
+        q = _fifth_bit_values(blocks[:, 4:8], blocks[:, 8:]).astype(np.float32)
+        return (d * q + _f16(blocks[:, 2:4])).reshape(rows, n)
     else:
         raise ValueError(f"no dequantizer for {qtype.name}")
     return (d * q).reshape(rows, n)
+
+
+# ggml's kvalues_iq4nl: the sixteen levels that IQ4_NL's and IQ4_XS's 4-bit indices stand for
+IQ4_NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
+
+
+def _nibble_values(qs: np.ndarray) -> np.ndarray:
+    """(blocks, 16) bytes -> (blocks, 32) 4-bit values: value j in byte j's low nibble, j + 16 in its high."""
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=1)
+
+
+def _fifth_bit_values(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    """(blocks, 4) fifth bits (bit j of a little-endian u32 for value j) and (blocks, 16) nibbles -> 5-bit values."""
+    return _nibble_values(qs) | (np.unpackbits(qh, axis=1, bitorder="little") << 4)
 
 
 def _f16(b: np.ndarray) -> np.ndarray:
@@ -163,3 +180,57 @@ def matmul_q8(x: np.ndarray, raw: np.ndarray, qtype: QType, k: int) -> np.ndarra
     xq, xd, _ = quantize_q8(x, super_blocks=qtype in (QType.Q4_K, QType.Q6_K))
     xr = (xq.reshape(len(xq), -1, 32).astype(np.float64) * xd[:, :, None]).reshape(len(xq), k)
     return (xr @ dequantize(raw, qtype, k).astype(np.float64).T).astype(np.float32)
+
+
+def _dequantize_q5_k(blocks: np.ndarray) -> np.ndarray:
+    # ggml's dequantize_row_q5_K: Q4_K's values plus a fifth bit, bit s of qh[l] for value l of sub-block s
+    d, dmin = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
+    sc, m = q4_k_scale_min(blocks[:, 4:16])
+    qs = blocks[:, 48:].reshape(-1, 4, 1, 32)
+    low = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 8, 32)  # (blocks, sub-block, l)
+    fifth = (blocks[:, None, 16:48] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1
+    q = (low | (fifth << 4)).astype(np.float32)
+    return ((d * sc.astype(np.float32))[:, :, None] * q - (dmin * m.astype(np.float32))[:, :, None]).reshape(-1, 256)
+
+
+def _two_bit_values(qs: np.ndarray) -> np.ndarray:
+    """(blocks, 64) bytes of 2-bit values -> (blocks, 16, 16) by sub-block of 16: sub-block
+    8n + 2j + h, value l sits at bits 2j of byte 32n + 16h + l (Q2_K and Q3_K alike)."""
+    q = qs.reshape(-1, 2, 1, 2, 16) >> (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1, 1)
+    return (q & 3).reshape(-1, 16, 16)
+
+
+def _dequantize_q2_k(blocks: np.ndarray) -> np.ndarray:
+    # ggml's dequantize_row_q2_K: per sub-block of 16, d * scale * q - dmin * min
+    scales, d, dmin = blocks[:, 0:16], _f16(blocks[:, 80:82]), _f16(blocks[:, 82:84])
+    dl = (d * (scales & 0x0F).astype(np.float32))[:, :, None]
+    ml = (dmin * (scales >> 4).astype(np.float32))[:, :, None]
+    return (dl * _two_bit_values(blocks[:, 16:80]).astype(np.float32) - ml).reshape(-1, 256)
+
+
+def _dequantize_q3_k(blocks: np.ndarray) -> np.ndarray:
+    # ggml's dequantize_row_q3_K: q is 2 bits less 4 where the hmask bit (bit 4n + j of
+    # hmask[16h + l], for sub-block 8n + 2j + h) is clear; the sixteen 6-bit scales take
+    # a nibble of byte i % 8 (high nibble for i >= 8) and 2 bits of byte 8 + i % 4
+    hmask, s, d = blocks[:, 0:32], blocks[:, 96:108].astype(np.int32), _f16(blocks[:, 108:110])
+    i = np.arange(16)
+    scales = ((s[:, i % 8] >> (4 * (i // 8))) & 0x0F) | (((s[:, 8 + i % 4] >> (2 * (i // 4))) & 3) << 4)
+    bit = hmask.reshape(-1, 1, 1, 2, 16) >> np.arange(8, dtype=np.uint8).reshape(1, 2, 4, 1, 1)  # (.., n, j, h, l)
+    q = _two_bit_values(blocks[:, 32:96]).astype(np.int8) - 4 * (1 - (bit & 1).reshape(-1, 16, 16)).astype(np.int8)
+    return ((d * (scales - 32).astype(np.float32))[:, :, None] * q.astype(np.float32)).reshape(-1, 256)
+
+
+def _dequantize_iq4_xs(blocks: np.ndarray) -> np.ndarray:
+    # ggml's dequantize_row_iq4_xs: per 32 values, d * (scale - 32) * IQ4_NL_VALUES[q]; scale ib
+    # has the nibble ib % 2 of scales_l[ib / 2] and bits 2ib, 2ib + 1 of scales_h
+    d = _f16(blocks[:, 0:2])
+    high = np.ascontiguousarray(blocks[:, 2:4]).view(np.uint16).astype(np.int32)  # (blocks, 1)
+    ib = np.arange(8)
+    low = (blocks[:, 4 + ib // 2].astype(np.int32) >> (4 * (ib % 2))) & 0x0F
+    scales = low | (((high >> (2 * ib)) & 3) << 4)
+    q = IQ4_NL_VALUES[_nibble_values(blocks[:, 8:].reshape(-1, 16)).reshape(-1, 8, 32)]
+    return ((d * (scales - 32).astype(np.float32))[:, :, None] * q).reshape(-1, 256)
+
+
+_SUPER_DEQUANTIZERS = {QType.Q4_K: _dequantize_q4_k, QType.Q6_K: _dequantize_q6_k, QType.Q5_K: _dequantize_q5_k,
+                       QType.Q2_K: _dequantize_q2_k, QType.Q3_K: _dequantize_q3_k, QType.IQ4_XS: _dequantize_iq4_xs}

@@ -107,6 +107,7 @@ def _packed(x: np.ndarray, kinds: list[tuple], outs: list[np.ndarray]) -> None:
 _FLOAT_KERNEL = {QType.F32: 0, QType.F16: 1, QType.BF16: 2}  # quant.kernels.F32, F16, BF16
 _BLOCK_KERNEL = {QType.Q4_0: 0, QType.Q8_0: 1, QType.Q4_K: 2, QType.Q6_K: 3, QType.Q5_0: 4}  # quant.kernels.Q4_0, ...
 _SUPER_BLOCK_KERNELS = (_BLOCK_KERNEL[QType.Q4_K], _BLOCK_KERNEL[QType.Q6_K])
+MATMUL_TYPES = frozenset(_FLOAT_KERNEL) | frozenset(_BLOCK_KERNEL)  # the rest are read by `dequantize` only
 
 
 def matmul_ref(x: np.ndarray, w: QTensor) -> np.ndarray:

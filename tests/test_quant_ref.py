@@ -48,7 +48,26 @@ def test_zeros_and_extremes(qtype):
 
 def test_block_sizes():
     assert row_bytes(QType.Q8_0, 64) == 68 and row_bytes(QType.Q4_0, 64) == 36
-    for q in (QType.Q8_0, QType.Q4_0, QType.Q5_0, QType.Q4_K, QType.Q6_K):
+    for q in BLOCKS:
         assert gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(q))] == (BLOCKS[q].values, BLOCKS[q].nbytes)
     with pytest.raises(ValueError, match="whole Q4_0 blocks"):
         row_bytes(QType.Q4_0, 33)
+
+
+# Every block type: blocks of random bytes (so every scale, nibble and bit pattern occurs,
+# NaN and infinite scales included) read as gguf.quants reads them, bit for bit.
+BLOCK_TYPES = [q for q in BLOCKS if BLOCKS[q].values > 1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(qtype=st.sampled_from(BLOCK_TYPES), rows=st.integers(1, 3), blocks=st.integers(1, 3), data=st.data())
+def test_dequantize_random_blocks_bit_exact_with_gguf(qtype, rows, blocks, data):
+    block = BLOCKS[qtype]
+    raw = np.frombuffer(data.draw(st.binary(min_size=rows * blocks * block.nbytes, max_size=rows * blocks * block.nbytes)),
+                        dtype=np.uint8).reshape(rows, -1)
+    with np.errstate(all="ignore"):
+        ours = dequantize(raw, qtype, blocks * block.values)
+        ref = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(int(qtype))).reshape(ours.shape)
+    nan = np.isnan(ref)
+    np.testing.assert_array_equal(np.isnan(ours), nan)
+    np.testing.assert_array_equal(ours[~nan].view(np.uint32), ref[~nan].astype(np.float32).view(np.uint32))

@@ -81,9 +81,11 @@ class _RandomBlocks:
 
 
 def write_synthetic(kind: str, out_path: str | Path, qtype: str = "q4_0", seed: int = 0,
-                    progress: Progress | None = None, hf_config: dict | None = None) -> Path:
+                    progress: Progress | None = None, hf_config: dict | None = None,
+                    stored: dict[str, QType] | None = None) -> Path:
     """Write a random-weight GGUF with the published shapes of `kind` (or those of
-    `hf_config`, a config.json as a dict); returns its path."""
+    `hf_config`, a config.json as a dict); returns its path. stored: {tensor name: QType}
+    for tensors kept in another type (random blocks of it)."""
     if qtype not in TYPES:
         raise ValueError(f"synthetic models come in {', '.join(TYPES)}, not {qtype!r}")
     hf = hf_config if hf_config is not None else published(kind)
@@ -96,6 +98,7 @@ def write_synthetic(kind: str, out_path: str | Path, qtype: str = "q4_0", seed: 
         t = TYPES[qtype] if len(shape) == 2 else QType.F32
         if len(shape) == 2 and shape[1] % BLOCKS[t].values:
             t = QType.F16
+        t = (stored or {}).get(name, t)
         if name == "rope_freqs.weight":
             payload = np.asarray(rope_freqs_factors(cfg), dtype=np.float32)
         elif len(shape) == 1:

@@ -16,7 +16,8 @@ from edgert.config import AUDIO_CONFIG, AUDIO_SHAPES, AUDIO_TOKENS, ARCHS, Model
 from edgert.files.gguf_file import GGUFFile, GGUFFormatError, TensorInfo
 from edgert.errors import ArchitectureError, ModelFileError, UnsupportedTypeError
 from edgert.tokenizer import TokenizerData
-from quant import QTensor, QType
+from edgert.gemma4 import LOOKUP_ONLY
+from quant import MATMUL_TYPES, QTensor, QType
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,13 @@ def open_model(path: str | os.PathLike) -> ModelFile:
                 f"{path}: tensor {name} is stored as {gguf.GGMLQuantizationType(t.ggml_type).name}, "
                 f"which edgert does not read yet; supported: {', '.join(q.name for q in QType)}"
             ) from None
+        if len(shape) == 2 and qtype not in MATMUL_TYPES and name not in LOOKUP_ONLY:
+            raise UnsupportedTypeError(
+                f"{path}: tensor {name} is stored as {qtype.name}: edgert reads that type where rows are only "
+                f"looked up (the PLE table) but has no matrix kernel for it yet (matrices: "
+                f"{', '.join(q.name for q in QType if q in MATMUL_TYPES)}); make the file again with "
+                "llama-quantize as Q4_0, Q4_K_M, Q5_0, Q6_K or Q8_0"
+            )
         raw = file.array(t)
         if qtype in _FLOAT_DTYPES:
             raw = raw.view(_FLOAT_DTYPES[qtype])
