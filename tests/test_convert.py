@@ -163,3 +163,39 @@ def test_bf16_checkpoint_converts_like_f32(checkpoints, tmp_path):
     out = open_model(convert(d, tmp_path / "bf16.gguf", "f32"))
     expect = dequantize(bf16["model.layers.0.self_attn.q_proj.weight"].view(np.uint8), QType.BF16, 64)
     np.testing.assert_array_equal(out.tensors["blk.0.attn_q.weight"].dequantize(), expect)
+
+
+def test_checkpoint_with_a_vision_tower_converts_without_it(tmp_path):
+    """Google's layout: Gemma4ForConditionalGeneration with a vision_config. The vision weights
+    are skipped and said to be; the text model is the checkpoint's (its logits); the -it
+    chat template is kept in the file."""
+    import torch
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration, Gemma4TextConfig, Gemma4VisionConfig
+
+    import edgert
+    from tests.reference import build_tokenizer, hf_logits, randomize, rel_err, text_config
+
+    vocab = build_tokenizer(tmp_path)
+    vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                num_key_value_heads=2, head_dim=16)
+    config = Gemma4Config(text_config=Gemma4TextConfig(**text_config("e2b", vocab)).to_dict(),
+                          vision_config=vision.to_dict(), audio_config=None)
+    torch.manual_seed(5)
+    hf = Gemma4ForConditionalGeneration(config).eval()
+    randomize(hf, 5)
+    hf.save_pretrained(tmp_path)
+    template = "{% for m in messages %}<|turn>{{ m.role }}\n{{ m.content }}<turn|>\n{% endfor %}{# tools #}"
+    (tmp_path / "chat_template.jinja").write_text(template)
+    n_vision = sum(1 for name, _ in hf.named_parameters() if "vision" in name)
+    assert n_vision > 0
+
+    skipped: dict[str, int] = {}
+    out = convert(tmp_path, tmp_path / "vision.gguf", "f32", skipped=skipped)
+    assert skipped == {"vision tower": n_vision}
+    model = edgert.load(out, n_ctx=64, kv_type="f32")  # exact arithmetic: the f16 cache rounds
+    assert model.file.tokenizer.chat_template == template
+    assert not any("vision" in name or name.startswith("v.") for name in model.file.gguf.tensors)
+    ids = [2] + list(range(300, 320))
+    state = model.new_state()
+    ours = model.prefill(state, ids, logits="all")
+    assert rel_err(ours, hf_logits(hf, ids)) < 1e-4

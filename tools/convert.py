@@ -16,9 +16,12 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     errors: dict[str, float] = {}
+    skipped: dict[str, int] = {}
     out = convert(args.hf_dir, args.output, args.type, progress=ProgressBar("converting"), ple_type=args.ple_type,
-                  errors=errors)
+                  errors=errors, skipped=skipped)
     print(f"wrote {out}")
+    for part, count in skipped.items():
+        print(f"skipped the {part} ({count} tensors): edgert reads text and audio")
     if errors:
         worst = max(errors, key=errors.get)
         print(f"relative RMS error of the stored matrices: worst {errors[worst]:.4f} ({worst})")

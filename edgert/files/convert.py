@@ -99,6 +99,7 @@ def read_safetensors(directory: Path) -> dict[str, SafeTensor]:
 # --- names --------------------------------------------------------------------------------------
 
 _SKIP = re.compile(r"^(lm_head\.|model\.(audio_tower|embed_audio|vision_tower|embed_vision)\.)")
+_VISION = re.compile(r"^model\.(vision_tower|embed_vision)\.")  # skipped: edgert has no vision path
 
 
 def gguf_name(hf_name: str, name_map: gguf.TensorNameMap) -> str | None:
@@ -244,12 +245,15 @@ def convert(
     progress: Progress | None = None,
     ple_type: str | None = None,
     errors: dict[str, float] | None = None,
+    skipped: dict[str, int] | None = None,
 ) -> Path:
     """Convert the checkpoint in `hf_dir` to a GGUF file at `out_path`; returns its path.
 
     ple_type: store the per-layer embedding table in another type than `qtype` (it is read
     a row per token from disk, so a smaller type saves flash and I/O, not compute).
-    errors: if given, filled with each quantized matrix's relative RMS error (sampled rows)."""
+    errors: if given, filled with each quantized matrix's relative RMS error (sampled rows).
+    skipped: if given, filled with what the file leaves out: {part: tensor count}, such as
+    {"vision tower": 412} for Google's checkpoints (edgert reads text and audio)."""
     hf_dir, out_path = Path(hf_dir), Path(out_path)
     for flag, value in (("--type", qtype), ("--ple-type", ple_type)):
         if value is not None and value not in TYPES:
@@ -267,6 +271,8 @@ def convert(
         name = gguf_name(hf_name, name_map)
         if name is not None:
             found[name] = st
+        elif skipped is not None and _VISION.match(hf_name.replace("model.language_model.", "model.", 1)):
+            skipped["vision tower"] = skipped.get("vision tower", 0) + 1
 
     manifest = tensor_manifest(cfg)
     n_vocab_tok = len(vocab.tokens)
