@@ -22,7 +22,6 @@ from edgert.errors import ArchitectureError
 ARCH = "gemma4"  # what `edgert convert` writes
 ARCHS = ("gemma4", "gemma3")  # what the loader runs
 PUBLISHED = ("e2b", "e4b")  # the published configs shipped in edgert/data
-DEFAULT_BATCH = 64  # prompt tokens per prefill step: within 2% of 128 and 512 (the GEMM tiles 64), 12 MB less at peak than 128
 # edgert's own keys for the audio tower (JSON strings): its config, its tensors' shapes, its token ids
 AUDIO_CONFIG, AUDIO_SHAPES, AUDIO_TOKENS = "edgert.audio.config", "edgert.audio.shapes", "edgert.audio.tokens"
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from edgert import chat as chat_format
 from edgert import gemma4
-from edgert.config import DEFAULT_BATCH
 from edgert.errors import ContextOverflowError, EdgeRTError
+from edgert.profile import prompt_step
 from edgert.kv_cache import DEFAULT_KV, KV_TYPES, KVCache, make_caches
 from edgert.files import layouts
 from edgert.files.loader import ModelFile, open_model
@@ -48,14 +48,15 @@ class State:
 LAYOUTS = ("x8", "rows")
 
 
-def load(path: str | os.PathLike, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAULT_BATCH,
+def load(path: str | os.PathLike, n_ctx: int = DEFAULT_CTX, n_batch: int | None = None,
          threads: int | None = None, ple: str = "mmap", ple_cache_mb: float = 64.0,
          ple_prefetch: bool = True, audio_int8: bool = False, layout: str = "x8", kv_type: str = DEFAULT_KV,
          progress: Callable[[int, int, str], None] | None = None) -> "Model":
     """Open a GGUF model file (memory-mapped) and make it ready to generate.
 
     n_ctx: the context length the caches hold (capped at the model's trained length);
-    n_batch: how many prompt tokens one prefill step takes;
+    n_batch: how many prompt tokens one prefill step takes (default: edgert.profile.prompt_step,
+    128, or 64 where a step's buffers would pass 32 MB: E2B and E4B);
     threads: kernel threads (default: the physical cores);
     ple: how the per-layer embedding table is held: "mmap" (rows read from the mapping),
     "pread" (rows read into a cache of ple_cache_mb, nothing else in DRAM) or "ram";
@@ -73,11 +74,11 @@ def load(path: str | os.PathLike, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAU
 
 
 class Model:
-    def __init__(self, file: ModelFile, n_ctx: int = DEFAULT_CTX, n_batch: int = DEFAULT_BATCH,
+    def __init__(self, file: ModelFile, n_ctx: int = DEFAULT_CTX, n_batch: int | None = None,
                  threads: int | None = None, ple: str = "mmap", ple_cache_mb: float = 64.0,
                  ple_prefetch: bool = True, audio_int8: bool = False, layout: str = "x8",
                  kv_type: str = DEFAULT_KV, progress: Callable[[int, int, str], None] | None = None):
-        if n_ctx < 1 or n_batch < 1:
+        if n_ctx < 1 or (n_batch is not None and n_batch < 1):
             raise EdgeRTError(f"n_ctx and n_batch must be positive (got {n_ctx}, {n_batch})")
         if layout not in LAYOUTS:
             raise EdgeRTError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -94,7 +95,7 @@ class Model:
         self.file = file
         self.config = file.config
         self.n_ctx = min(n_ctx, self.config.n_ctx_train)
-        self.n_batch = n_batch
+        self.n_batch = n_batch or prompt_step(self.config, self.threads)
         self.tokenizer = Tokenizer(file.tokenizer)
         file.gguf.release_header()  # the tokenizer's index is built; lookups map back single pages
         ple_store = self._ple_store(ple, ple_cache_mb, ple_prefetch)
