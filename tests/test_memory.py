@@ -1,7 +1,8 @@
-"""What edgert keeps resident (Linux: /proc/self/status and smaps): the model file's header
-leaves the resident set once the tokenizer has read it, freed prompt buffers go back to the
-system, the vocabulary stays in the file's map instead of becoming Python strings, and a KV
-cache is made in its stored type."""
+"""What edgert keeps resident (Linux: mincore, /proc/self/status and smaps): a global layer's
+KV cache costs memory as the context fills, the model file's header leaves the resident set
+once the tokenizer has read it, freed prompt buffers go back to the system, the vocabulary
+stays in the file's map instead of becoming Python strings, and a KV cache is made in its
+stored type."""
 
 from __future__ import annotations
 
@@ -32,6 +33,30 @@ def test_a_new_kv_cache_is_made_as_stored(kv_type):
     tracemalloc.stop()
     assert peak <= cache.nbytes + 64 * 1024
     assert not cache.k.any() and not cache.v.any() and (cache.pos == -1).all()
+
+
+def resident(a: np.ndarray) -> int:
+    """Bytes of `a` (one contiguous span of anonymous memory) in resident pages (mincore)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    start = a.ctypes.data - a.ctypes.data % PAGE
+    length = a.ctypes.data + a.nbytes - start
+    vec = (ctypes.c_ubyte * -(-length // PAGE))()
+    assert libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), vec) == 0
+    return int((np.frombuffer(vec, dtype=np.uint8) & 1).sum()) * PAGE
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "q8_0", "f32"])
+def test_an_append_caches_pages_become_resident_as_the_context_fills(kv_type):
+    cache = KVCache(4096, 2, 256, ring=False, kv_type=kv_type)
+    assert resident(cache.k) == 0 and resident(cache.v) == 0
+    n = 512
+    k, v = np.random.default_rng(0).standard_normal((2, n, 2, 256), dtype=np.float32)
+    cache.update(k, v, np.arange(n))
+    row = cache.k.nbytes // 4096
+    assert resident(cache.k) == pytest.approx(n * row, abs=PAGE)
+    assert resident(cache.v) == pytest.approx(n * row, abs=PAGE)
 
 
 def test_release_free_heap_hands_back_freed_buffers():
