@@ -78,8 +78,7 @@ def dequantize(raw: np.ndarray, qtype: QType, n: int) -> np.ndarray:
     if qtype == QType.Q8_0:
         q = blocks[:, 2:].view(np.int8).astype(np.float32)
     elif qtype == QType.Q4_0:
-        qs = blocks[:, 2:]
-        q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32) - 8
+        q = _nibble_values(blocks[:, 2:]).astype(np.float32) - 8
     elif qtype == QType.Q5_0:
         q = _fifth_bit_values(blocks[:, 2:6], blocks[:, 6:]).astype(np.float32) - 16
     elif qtype == QType.IQ4_NL:
@@ -124,14 +123,25 @@ def q4_k_scale_min(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _dequantize_q4_k(blocks: np.ndarray) -> np.ndarray:
-    # ggml's dequantize_row_q4_K: per 64 values, 32 bytes; low nibbles first, then high nibbles
+    # ggml's dequantize_row_q4_K
+    return _scaled_less_mins(blocks, _sub_block_nibbles(blocks[:, 16:]))
+
+
+def _sub_block_nibbles(qs: np.ndarray) -> np.ndarray:
+    """(blocks, 128) bytes -> (blocks, 8, 32) 4-bit values by sub-block: per 64 values, 32
+    bytes, their low nibbles sub-block 2p and their high nibbles sub-block 2p + 1 (Q4_K, Q5_K)."""
+    qs = qs.reshape(-1, 4, 1, 32)
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 8, 32)
+
+
+def _scaled_less_mins(blocks: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """d * scale * q - dmin * min per sub-block of 32, from the d, dmin and 12 packed scale
+    bytes that open a Q4_K or Q5_K block; q: (blocks, 8, 32) unsigned values."""
     d, dmin = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
     sc, m = q4_k_scale_min(blocks[:, 4:16])
-    qs = blocks[:, 16:].reshape(-1, 4, 1, 32)
-    q = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 8, 32).astype(np.float32)  # (blocks, 8, 32)
     scale = (d * sc.astype(np.float32))[:, :, None]
     offset = (dmin * m.astype(np.float32))[:, :, None]
-    return (scale * q - offset).reshape(-1, 256)
+    return (scale * q.astype(np.float32) - offset).reshape(-1, 256)
 
 
 def _dequantize_q6_k(blocks: np.ndarray) -> np.ndarray:
@@ -184,13 +194,8 @@ def matmul_q8(x: np.ndarray, raw: np.ndarray, qtype: QType, k: int) -> np.ndarra
 
 def _dequantize_q5_k(blocks: np.ndarray) -> np.ndarray:
     # ggml's dequantize_row_q5_K: Q4_K's values plus a fifth bit, bit s of qh[l] for value l of sub-block s
-    d, dmin = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
-    sc, m = q4_k_scale_min(blocks[:, 4:16])
-    qs = blocks[:, 48:].reshape(-1, 4, 1, 32)
-    low = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 8, 32)  # (blocks, sub-block, l)
     fifth = (blocks[:, None, 16:48] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1
-    q = (low | (fifth << 4)).astype(np.float32)
-    return ((d * sc.astype(np.float32))[:, :, None] * q - (dmin * m.astype(np.float32))[:, :, None]).reshape(-1, 256)
+    return _scaled_less_mins(blocks, _sub_block_nibbles(blocks[:, 48:]) | (fifth << 4))
 
 
 def _two_bit_values(qs: np.ndarray) -> np.ndarray:
