@@ -102,9 +102,14 @@ _SKIP = re.compile(r"^(lm_head\.|model\.(audio_tower|embed_audio|vision_tower|em
 _VISION = re.compile(r"^model\.(vision_tower|embed_vision)\.")  # skipped: edgert has no vision path
 
 
+def _plain(hf_name: str) -> str:
+    """The text model's names as Gemma4ForCausalLM writes them, whichever class saved the checkpoint."""
+    return hf_name.replace("model.language_model.", "model.", 1)
+
+
 def gguf_name(hf_name: str, name_map: gguf.TensorNameMap) -> str | None:
     """HF tensor name -> llama.cpp gemma4 name; None for tensors of other towers or the tied head."""
-    name = hf_name.replace("model.language_model.", "model.", 1)
+    name = _plain(hf_name)
     if _SKIP.match(name):
         return None
     if name.endswith("layer_scalar"):
@@ -271,7 +276,7 @@ def convert(
         name = gguf_name(hf_name, name_map)
         if name is not None:
             found[name] = st
-        elif skipped is not None and _VISION.match(hf_name.replace("model.language_model.", "model.", 1)):
+        elif skipped is not None and _VISION.match(_plain(hf_name)):
             skipped["vision tower"] = skipped.get("vision tower", 0) + 1
 
     manifest = tensor_manifest(cfg)
