@@ -36,11 +36,12 @@ def _features(target: Target) -> frozenset[str]:
     return frozenset(f[1:] for f in target.features.split(",") if f.startswith("+"))
 
 
-def row_dot_assembly(target: Target, fmt: str, tokens: int = 1) -> str:
-    """Assembly of a function that runs the row-dot loop of `fmt` ('q4_0', ..., 'q6_k' as in
+def row_dot_assembly(target: Target, qtype: QType, tokens: int = 1) -> str:
+    """Assembly of a function that runs the row-dot loop of `qtype` (a format of
     quant.simd.FORMATS) over one weight row against `tokens` activation rows."""
     def emit(builder, w, zero, x, x_offs, xd, xs, xbs, n):
-        return simd.emit_row_dot(builder, target.flavor, simd.FORMATS[fmt], w, zero, x, x_offs, xd, xs, xbs, n)
+        return simd.emit_row_dot(builder, target.flavor, simd.FORMATS[QType(qtype)], w, zero, x, x_offs, xd, xs,
+                                 xbs, n)
 
     from llvmlite import ir
     return _assembly(target, emit, [ir.FloatType()] * tokens, tokens)

@@ -2,9 +2,11 @@
 
     out[t, r] = sum_k x[t, k] * w[r, k]
 
-Block weights (Q4_0, Q5_0, Q8_0, Q4_K, Q6_K) take activations quantized to 8-bit
-blocks as llama.cpp quantizes them (`quantize_q8`) and integer dot products
-(quant.simd); float weights
+Block weights take activations quantized to 8-bit blocks as llama.cpp quantizes
+them for the format (`quantize_q8`, quant.formats.ACTIVATIONS) and integer dot
+products (quant.packed over the x8 layout, quant.simd over the file's rows). A
+format is its QType's value: the intrinsics switch on it, so nothing here names
+one. Float weights
 (F32, F16, BF16) take float32 activations. One kernel serves decode (one
 token: a GEMV) and prefill (many: a GEMM): threads split the weight rows, and
 each row is multiplied with a tile of tokens while it sits in L1, so every
@@ -21,16 +23,16 @@ import numpy as np
 from numba import prange
 
 from quant.cpu import kernel
-from quant.packed import (TOKENS, q4_0_tiles_1, q4_0_tiles_4, q4_k_tiles_1, q4_k_tiles_4, q5_0_tiles_1,
-                          q5_0_tiles_4, q6_k_tiles_1, q6_k_tiles_4, q8_0_tiles_1, q8_0_tiles_4)
-from quant.simd import (bf16_to_float, f32_from_bits, half_to_float, q4_0_row_dot, q4_0_row_dots, q4_0_tokens_dot,
-                        q5_0_row_dot, q5_0_row_dots, q5_0_tokens_dot,
-                        q4_k_row_dot, q4_k_row_dots, q4_k_tokens_dot, q6_k_row_dot, q6_k_row_dots, q6_k_tokens_dot,
-                        q8_0_row_dot, q8_0_row_dots, q8_0_tokens_dot)
+from quant.formats import ACTIVATIONS, Activations, QType
+from quant.packed import TOKENS, tiles_1, tiles_4
+from quant.simd import bf16_to_float, f32_from_bits, half_to_float, row_dot, row_dots, tokens_dot
 
-# weight formats of `_gemm_blocks`; the dispatch in quant.tensor maps QType to these
-Q4_0, Q8_0, Q4_K, Q6_K, Q5_0 = 0, 1, 2, 3, 4
-# and of `gemm_float`
+# the activations each format's dot takes, indexed by its QType's value (-1: none)
+ACTIVATION = np.full(max(QType) + 1, -1, dtype=np.int64)
+for _q, _a in ACTIVATIONS.items():
+    ACTIVATION[_q] = _a
+Q8_0, Q8_K = Activations.Q8_0.value, Activations.Q8_K.value
+# formats of `gemm_float`
 F32, F16, BF16 = 0, 1, 2
 ROW_TILE = 16  # weight rows per work item
 GROUP_TILE = 2  # groups of eight rows per work item in the x8 layout
@@ -52,18 +54,17 @@ def _f16_round(v):
 
 
 @kernel
-def _quantize_row(x, t, xq, xd, xs, super_blocks):
+def _quantize_row(x, t, xq, xd, xs, kind):
     """Token t's activations in 8-bit blocks of 32 (xq), each with its scale (xd) and scale
     times its sum (xs), the way llama.cpp quantizes them for the weight's dot product:
 
-    - for Q4_0, Q5_0, Q8_0 (its Q8_0, AVX2 path): d = max|x| / 127 stored as float16,
-      q = round(x * (127 / max|x|));
-    - for Q4_K, Q6_K (`super_blocks`, its Q8_K): one scale per 256, from the value of largest
-      magnitude m: q = min(127, round(x * (-127 / m))), d = 1 / (-127 / m).
+    - Q8_0 (its AVX2 path): d = max|x| / 127 stored as float16, q = round(x * (127 / max|x|));
+    - Q8_K: one scale per 256, from the value of largest magnitude m:
+      q = min(127, round(x * (-127 / m))), d = 1 / (-127 / m).
 
     Rounding is half to even, as its SIMD and nearest_int paths do."""
     k = x.shape[1]
-    if super_blocks:
+    if kind == Q8_K:
         for sb in range(k // 256):
             amax, vmax = np.float32(0.0), np.float32(0.0)
             for j in range(sb * 256, sb * 256 + 256):
@@ -96,24 +97,24 @@ def _quantize_row(x, t, xq, xd, xs, super_blocks):
 
 
 @kernel(parallel=True)
-def quantize_q8(x, xq, xd, xs, super_blocks):
+def quantize_q8(x, xq, xd, xs, kind):
     """x (n, K) float32 -> xq (n, K) int8, xd (n, K/32) scale, xs (n, K/32) scale * sum(xq);
-    per 32 (Q8_0) or, with super_blocks, one scale per 256 (Q8_K): see _quantize_row."""
+    `kind` Q8_0 or Q8_K: see _quantize_row."""
     for t in prange(x.shape[0]):
-        _quantize_row(x, t, xq, xd, xs, super_blocks)
+        _quantize_row(x, t, xq, xd, xs, kind)
 
 
 @kernel
-def _quantized(x, super_blocks):
+def _quantized(x, kind):
     """x (n, K) float32 -> (xq, xd, xs) as quantize_q8 makes them."""
     n, k = x.shape
     xq = np.empty((n, k), dtype=np.int8)
     xd = np.empty((n, k // 32), dtype=np.float32)
     xs = np.empty((n, k // 32), dtype=np.float32)
     if n == 1:
-        _quantize_row(x, 0, xq, xd, xs, super_blocks)  # a thread launch would cost more than the work
+        _quantize_row(x, 0, xq, xd, xs, kind)  # a thread launch would cost more than the work
     else:
-        quantize_q8(x, xq, xd, xs, super_blocks)
+        quantize_q8(x, xq, xd, xs, kind)
     return xq, xd, xs
 
 
@@ -121,7 +122,7 @@ def _quantized(x, super_blocks):
 def matmul_blocks(fmt, values_per_block, w, x, out):
     """x (n, K) float32 @ w.T into out (n, rows): activations quantized here, then gemm_blocks.
     One call from Python per product: in decode, dispatch costs as much as a small matrix."""
-    xq, xd, xs = _quantized(x, fmt == Q4_K or fmt == Q6_K)
+    xq, xd, xs = _quantized(x, ACTIVATION[fmt])
     gemm_blocks(fmt, values_per_block, w, xq, xd, xs, out)
 
 
@@ -139,47 +140,6 @@ def _sums_of_16(xq):
     return out
 
 
-@kernel
-def _row_dot(fmt, w, w_off, xq, x_off, xd, xs, xb, n):
-    if fmt == Q4_0:
-        return q4_0_row_dot(w, w_off, 0, xq, x_off, xd, xs, xb, n)
-    if fmt == Q8_0:
-        return q8_0_row_dot(w, w_off, 0, xq, x_off, xd, xs, xb, n)
-    if fmt == Q4_K:
-        return q4_k_row_dot(w, w_off, 0, xq, x_off, xd, xs, xb, n)
-    if fmt == Q5_0:
-        return q5_0_row_dot(w, w_off, 0, xq, x_off, xd, xs, xb, n)
-    return q6_k_row_dot(w, w_off, 0, xq, x_off, xd, xs, xb, n)
-
-
-@kernel
-def _row_dots(fmt, w, w_off, row_bytes, xq, x_off, xd, xs, xb, n):
-    """Four consecutive rows from byte w_off: a tuple of four dots."""
-    if fmt == Q4_0:
-        return q4_0_row_dots(w, w_off, row_bytes, xq, x_off, xd, xs, xb, n)
-    if fmt == Q8_0:
-        return q8_0_row_dots(w, w_off, row_bytes, xq, x_off, xd, xs, xb, n)
-    if fmt == Q4_K:
-        return q4_k_row_dots(w, w_off, row_bytes, xq, x_off, xd, xs, xb, n)
-    if fmt == Q5_0:
-        return q5_0_row_dots(w, w_off, row_bytes, xq, x_off, xd, xs, xb, n)
-    return q6_k_row_dots(w, w_off, row_bytes, xq, x_off, xd, xs, xb, n)
-
-
-@kernel
-def _tokens_dot(fmt, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n):
-    """One row against four consecutive tokens: a tuple of four dots."""
-    if fmt == Q4_0:
-        return q4_0_tokens_dot(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n)
-    if fmt == Q8_0:
-        return q8_0_tokens_dot(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n)
-    if fmt == Q4_K:
-        return q4_k_tokens_dot(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n)
-    if fmt == Q5_0:
-        return q5_0_tokens_dot(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n)
-    return q6_k_tokens_dot(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n)
-
-
 @kernel(parallel=True)
 def gemm_blocks(fmt, values_per_block, w, xq, xd, xs, out):
     """w (rows, row_bytes) uint8 blocks of format `fmt`; xq, xd, xs from quantize_q8; out (n, rows).
@@ -195,49 +155,23 @@ def gemm_blocks(fmt, values_per_block, w, xq, xd, xs, out):
         if n == 1:
             r = tile * ROW_TILE
             while r + 4 <= r_end:
-                d0, d1, d2, d3 = _row_dots(fmt, w, r * row_bytes, row_bytes, xq, 0, xd, xs, 0, n_blocks)
+                d0, d1, d2, d3 = row_dots(fmt, w, r * row_bytes, row_bytes, xq, 0, xd, xs, 0, n_blocks)
                 out[0, r], out[0, r + 1], out[0, r + 2], out[0, r + 3] = d0, d1, d2, d3
                 r += 4
             for rr in range(r, r_end):
-                out[0, rr] = _row_dot(fmt, w, rr * row_bytes, xq, 0, xd, xs, 0, n_blocks)
+                out[0, rr] = row_dot(fmt, w, rr * row_bytes, 0, xq, 0, xd, xs, 0, n_blocks)
             continue
         for t0 in range(0, n, TOKEN_TILE):
             t_end = min(n, t0 + TOKEN_TILE)
             for r in range(tile * ROW_TILE, r_end):
                 t = t0
                 while t + 4 <= t_end:
-                    d0, d1, d2, d3 = _tokens_dot(fmt, w, r * row_bytes, xq, t * k, k, xd, xs, t * n_xb, n_xb,
-                                                 n_blocks)
+                    d0, d1, d2, d3 = tokens_dot(fmt, w, r * row_bytes, xq, t * k, k, xd, xs, t * n_xb, n_xb,
+                                                n_blocks)
                     out[t, r], out[t + 1, r], out[t + 2, r], out[t + 3, r] = d0, d1, d2, d3
                     t += 4
                 for tt in range(t, t_end):
-                    out[tt, r] = _row_dot(fmt, w, r * row_bytes, xq, tt * k, xd, xs, tt * n_xb, n_blocks)
-
-
-@kernel
-def _tiles(fmt, tokens, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride):
-    """One group of eight rows against 1 or TOKENS tokens, into out."""
-    if tokens == 1:
-        if fmt == Q4_0:
-            q4_0_tiles_1(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
-        elif fmt == Q8_0:
-            q8_0_tiles_1(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
-        elif fmt == Q4_K:
-            q4_k_tiles_1(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
-        elif fmt == Q6_K:
-            q6_k_tiles_1(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
-        else:
-            q5_0_tiles_1(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
-    elif fmt == Q4_0:
-        q4_0_tiles_4(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
-    elif fmt == Q8_0:
-        q8_0_tiles_4(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
-    elif fmt == Q4_K:
-        q4_k_tiles_4(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
-    elif fmt == Q6_K:
-        q6_k_tiles_4(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
-    else:
-        q5_0_tiles_4(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
+                    out[tt, r] = row_dot(fmt, w, r * row_bytes, 0, xq, tt * k, xd, xs, tt * n_xb, n_blocks)
 
 
 SLOTS = 3  # matrices one call of matmul_packed can take: q, k and v
@@ -247,21 +181,20 @@ SLOTS = 3  # matrices one call of matmul_packed can take: q, k and v
 def matmul_packed(fmts, ws, count, x, outs):
     """x (n, K) float32 @ w.T into out (n, rows) for the first `count` of the SLOTS matrices
     (fmts, ws, outs: tuples of SLOTS, the unused ones repeating a used one), all in the x8
-    layout (quant.layout: Q4_0, Q5_0, Q8_0, Q4_K or Q6_K, as (rows / 8, group bytes)) and
-    all reading x: q/k/v or gate/up, or a single matrix. The activations are quantized once
-    (every format given must take the same ones: all 32-value, or all Q4_K/Q6_K, whose tiles
-    take Q8_K's sums of 16 as xs). One call, one kernel: tuples of a fixed length keep it one
-    compiled specialization.
+    layout (quant.layout, as (rows / 8, group bytes)) and all reading x: q/k/v or gate/up,
+    or a single matrix. The activations are quantized once (every format given must take
+    the same ones, ACTIVATION; Q8_K's tiles take the sums of 16 as xs). One call, one
+    kernel: tuples of a fixed length keep it one compiled specialization.
 
     Threads split the groups of eight rows, GROUP_TILE at a time, of all the matrices laid
     end to end. Each group meets the tokens TOKENS at a time, within tiles of TOKEN_TILE
     tokens, so its tiles stay in L1 while the tokens pass."""
-    super_blocks = fmts[0] == Q4_K or fmts[0] == Q6_K
-    xq, xd, xs = _quantized(x, super_blocks)
-    if super_blocks:
+    kind = ACTIVATION[fmts[0]]
+    xq, xd, xs = _quantized(x, kind)
+    if kind == Q8_K:
         xs = _sums_of_16(xq)
     n, k = xq.shape
-    n_blocks = k // 256 if super_blocks else k // 32  # tiles per group
+    n_blocks = k // 256 if kind == Q8_K else k // 32  # tiles per group
     n_xb = xd.shape[1]
     starts = np.zeros(count + 1, dtype=np.int64)
     for j in range(count):
@@ -278,12 +211,12 @@ def matmul_packed(fmts, ws, count, x, outs):
             for g in range(tile * GROUP_TILE, min(w.shape[0], (tile + 1) * GROUP_TILE)):
                 t = t0
                 while t + TOKENS <= t_end:
-                    _tiles(fmt, TOKENS, w, g * group_bytes, xq, t * k, k, xd, xs, t * n_xb, n_xb, n_blocks,
-                           out, t * rows + 8 * g, rows)
+                    tiles_4(fmt, w, g * group_bytes, xq, t * k, k, xd, xs, t * n_xb, n_xb, n_blocks,
+                            out, t * rows + 8 * g, rows)
                     t += TOKENS
                 for tt in range(t, t_end):
-                    _tiles(fmt, 1, w, g * group_bytes, xq, tt * k, k, xd, xs, tt * n_xb, n_xb, n_blocks,
-                           out, tt * rows + 8 * g, rows)
+                    tiles_1(fmt, w, g * group_bytes, xq, tt * k, k, xd, xs, tt * n_xb, n_xb, n_blocks,
+                            out, tt * rows + 8 * g, rows)
 
 
 @kernel

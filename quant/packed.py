@@ -27,14 +27,16 @@ the generic flavor subtracts the bias from the values before the dot.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from quant.cpu import FEATURES, FLAVOR
-from quant.formats import QType
-from quant.layout import ROWS, SUPER_TILES, TILES
+from quant.formats import IQ4_NL_LEVELS, QType
+from quant.layout import ROWS, SUPER_TILES, TILES, TileFormat
 from quant.simd import F32, HALF, I8, I16, I32, _Bytes, _const_vec, _declare, _shuffle, _splat, _vec
 
 V8I32, V32I8, V8F32 = _vec(I32, 8), _vec(I8, 32), _vec(F32, 8)
@@ -135,7 +137,29 @@ def _dot_class(flavor: str, features: frozenset[str]):
     return _Sdot if "dotprod" in features else _Widen
 
 
-def _sub_vectors(b, fmt: TileFormat, tile: _Bytes):
+def _levels(b, flavor: str, features: frozenset[str], idx):
+    """<32 x i8> IQ4_NL levels of the 4-bit indices idx: pshufb on x86, tbl on ARM, else a
+    chain of selects (the portable flavor off ARM, which only the tests run)."""
+    table = [ir.Constant(I8, v) for v in IQ4_NL_LEVELS]
+    if flavor in ("avx512", "avx2"):
+        return b.call(_declare(b, "llvm.x86.avx2.pshuf.b", V32I8, [V32I8, V32I8]), [ir.Constant(V32I8, table * 2), idx])
+    if {"neon", "dotprod"} & features:
+        v16i8 = _vec(I8, 16)
+        tbl = _declare(b, "llvm.aarch64.neon.tbl1.v16i8", v16i8, [v16i8, v16i8])
+        halves = [b.call(tbl, [ir.Constant(v16i8, table), _shuffle(b, idx, idx, range(16 * h, 16 * h + 16))])
+                  for h in range(2)]
+        return _shuffle(b, halves[0], halves[1], range(32))
+    out = _const_vec(I8, 32, IQ4_NL_LEVELS[0])
+    for k in range(1, 16):
+        out = b.select(b.icmp_unsigned("==", idx, _const_vec(I8, 32, k)), _const_vec(I8, 32, IQ4_NL_LEVELS[k]), out)
+    return out
+
+
+def _nibbles(b, v, high: bool):
+    return b.and_(b.lshr(v, _const_vec(I8, 32, 4)) if high else v, _const_vec(I8, 32, 0x0F))
+
+
+def _sub_vectors(b, fmt: TileFormat, tile: _Bytes, levels):
     """A tile's values as (<32 x i8>, bias, activation chunk): value = byte - bias, or a
     signed byte when bias is None; chunk c is the block's activations 4c..4c+3."""
     out = []
@@ -144,13 +168,15 @@ def _sub_vectors(b, fmt: TileFormat, tile: _Bytes):
         if fmt.sub_vectors == 8:  # Q8_0: signed bytes, values 4s..4s+3
             out.append((v, None, s))
             continue
-        lo = b.and_(v, _const_vec(I8, 32, 0x0F))
-        hi = b.and_(b.lshr(v, _const_vec(I8, 32, 4)), _const_vec(I8, 32, 0x0F))
-        if fmt.qh is None:  # Q4_0
-            out += [(lo, 8, s), (hi, 8, s + 4)]
+        lo, hi = _nibbles(b, v, False), _nibbles(b, v, True)
+        if fmt.levels:  # IQ4_NL: signed levels
+            out += [(levels(lo), None, s), (levels(hi), None, s + 4)]
             continue
-        masks = tile.load(2 * ROWS + 8 * s, _vec(I8, 8))  # Q5_0: lane i's fifth bit is bit i of a mask
-        out += [(b.or_(lo, _lane_bits(b, masks, 0)), 16, s), (b.or_(hi, _lane_bits(b, masks, 4)), 16, s + 4)]
+        bias = 0 if fmt.m is not None else 8 if fmt.qh is None else 16  # Q4_1 and Q5_1 take their mins instead
+        if fmt.qh is not None:  # Q5_0, Q5_1: lane i's fifth bit is bit i of a mask
+            masks = tile.load(fmt.masks + 8 * s, _vec(I8, 8))
+            lo, hi = b.or_(lo, _lane_bits(b, masks, 0)), b.or_(hi, _lane_bits(b, masks, 4))
+        out += [(lo, bias, s), (hi, bias, s + 4)]
     return out
 
 
@@ -163,11 +189,17 @@ def _lane_bits(b, masks, first: int):
     return b.select(b.icmp_unsigned("!=", bit, _const_vec(I8, 32, 0)), _const_vec(I8, 32, 16), _const_vec(I8, 32, 0))
 
 
+def _halves(b, tile: _Bytes, at: int):
+    """Eight rows' f16 at byte `at` of a tile, as <8 x float>."""
+    return b.fpext(b.bitcast(tile.load(at, _vec(I16, ROWS)), _vec(HALF, ROWS)), V8F32)
+
+
 def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType, w_ptr, w_off, xq_ptr,
                    x_offs, xd_ptr, xs_ptr, xbs, n):
     """Emit the loop over a group's `n` tiles against the tokens (x_offs, xbs: each token's first
     activation and first scale index) and return one <8 x float> per token. Pure llvmlite: the
-    intrinsics call it, and the tests compile it for other targets."""
+    intrinsics call it, and the tests compile it for other targets. Q4_1's and Q5_1's mins
+    meet xs, each block's activation scale times its sum."""
     if qtype in SUPER_TILES:
         return emit_super_tiles_dot(builder, flavor, features, qtype, w_ptr, w_off, xq_ptr, x_offs, xd_ptr, xs_ptr,
                                     xbs, n)
@@ -187,8 +219,9 @@ def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType,
         tile = _Bytes(b, b.gep(w_ptr, [b.add(w_off, b.mul(i, const(fmt.tile_bytes)))]))
         if prefetch:
             _prefetch(b, tile.base, AHEAD, fmt.tile_bytes)
-        dw = b.fpext(b.bitcast(tile.load(0, _vec(I16, ROWS)), _vec(HALF, ROWS)), V8F32)
-        subs = _sub_vectors(b, fmt, tile)
+        dw = _halves(b, tile, 0)
+        dm = _halves(b, tile, 2 * ROWS) if fmt.m is not None else None
+        subs = _sub_vectors(b, fmt, tile, lambda idx: _levels(b, flavor, features, idx))
         correction = dots.bias(subs[0][1])  # every sub-vector of a format has the same bias
         for t, (x_off, xb) in enumerate(zip(x_offs, xbs)):
             x = _Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, const(32)))]))
@@ -204,7 +237,10 @@ def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType,
                 scaled = b.call(_fma(b), [total, xd, _splat(b, xs, 8)])
             else:
                 scaled = b.fmul(total, xd)
-            b.store(b.call(_fma(b), [dw, scaled, b.load(acc[t][slot])]), acc[t][slot])
+            total = b.call(_fma(b), [dw, scaled, b.load(acc[t][slot])])
+            if dm is not None:  # + m * xd * sum(xq)
+                total = b.call(_fma(b), [dm, _splat(b, b.load(b.gep(xs_ptr, [k])), 8), total])
+            b.store(total, acc[t][slot])
 
     n_main = b.mul(b.sdiv(n, const(unroll)), const(unroll))
     with cgutils.for_range_slice(b, const(0), n_main, const(unroll)) as (i, _):
@@ -225,6 +261,140 @@ def blocks_per_iteration(qtype: QType, tokens: int) -> int:
     return 2 if tokens == 1 and qtype in TILES else 1
 
 
+@dataclass
+class _Super:
+    """What one super-block tile holds for eight rows, in the shape the dot loop takes:
+
+    groups  (integer scale <8 x i32>, [(values <32 x i8>, activation offset)], sums): each
+            group's dot is weighted by its scale; `sums` are the indices (within the
+            super-block) of the sums of 16 activations that the group's values meet
+    offset  what comes off every value (Q6_K 32, Q3_K 4), through those sums
+    signed  whether the values are signed bytes (IQ4_XS's levels) rather than unsigned
+    mins    (dmin <8 x float>, [(integer min <8 x i32>, sums)]) for formats with mins"""
+
+    d: object
+    groups: list
+    offset: int = 0
+    signed: bool = False
+    mins: tuple | None = None
+
+
+def _q4_k_scales(b, tile: _Bytes, at: int):
+    """Q4_K's and Q5_K's eight 6-bit (scale, min) pairs of eight rows (ggml's get_scale_min_k4)
+    from the 12 transposed bytes at `at`: two lists of eight <8 x i32>."""
+    sb = [b.zext(tile.load(at + 8 * k, _vec(I8, 8)), V8I32) for k in range(12)]
+    c63, c15, c4, c6 = (_const_vec(I32, 8, v) for v in (63, 15, 4, 6))
+    scales = [b.and_(sb[j], c63) for j in range(4)]
+    scales += [b.or_(b.and_(sb[j + 4], c15), b.shl(b.lshr(sb[j - 4], c6), c4)) for j in range(4, 8)]
+    mins = [b.and_(sb[j + 4], c63) for j in range(4)]
+    mins += [b.or_(b.lshr(sb[j + 4], c4), b.shl(b.lshr(sb[j], c6), c4)) for j in range(4, 8)]
+    return scales, mins
+
+
+def _bits(b, v, shift: int, mask: int):
+    """(v >> shift) & mask, bytewise."""
+    return b.and_(b.lshr(v, _const_vec(I8, 32, shift)) if shift else v, _const_vec(I8, 32, mask))
+
+
+def _decode_q4_k(b, tile: _Bytes, levels, fifth_bits: bool = False) -> _Super:
+    """Q4_K (and, with fifth_bits, Q5_K): sub-block j's value 4L + jj is nibble j % 2 of
+    sub-vector L of pair j // 2 (and bit j of qh sub-vector L is its fifth bit)."""
+    scales, mins = _q4_k_scales(b, tile, 32)
+    values_at = 384 if fifth_bits else 128
+    subs = [tile.load(values_at + 32 * (8 * p + L), V32I8) for p in range(4) for L in range(8)]
+    qh = [tile.load(128 + 32 * L, V32I8) for L in range(8)] if fifth_bits else None
+    groups = []
+    for j in range(8):
+        parts = []
+        for L in range(8):
+            v = _nibbles(b, subs[8 * (j // 2) + L], j % 2 == 1)
+            if qh is not None:
+                v = b.or_(v, b.shl(_bits(b, qh[L], j, 1), _const_vec(I8, 32, 4)))
+            parts.append((v, 32 * j + 4 * L))
+        groups.append((scales[j], parts, (2 * j, 2 * j + 1)))
+    return _Super(_halves(b, tile, 0), groups, mins=(_halves(b, tile, 16), [(mins[j], (2 * j, 2 * j + 1))
+                                                                             for j in range(8)]))
+
+
+def _decode_q6_k(b, tile: _Bytes, levels) -> _Super:
+    """Q6_K: a sub-vector of ql (h, a) and one of qh (h) give the values 128h + 32s + 4L + j."""
+    header = SUPER_TILES[QType.Q6_K].header
+    scales = [b.sext(tile.load(16 + 8 * k, _vec(I8, 8)), V8I32) for k in range(16)]
+    by_value = {}
+    for h in range(2):
+        for L in range(8):
+            ql = [tile.load(header + 32 * (16 * h + 8 * a + L), V32I8) for a in range(2)]
+            qh = tile.load(header + 32 * 32 + 32 * (8 * h + L), V32I8)
+            for s in range(4):
+                high = _bits(b, qh, 2 * s, 3)
+                by_value[128 * h + 32 * s + 4 * L] = b.or_(_nibbles(b, ql[s % 2], s >= 2),
+                                                           b.shl(high, _const_vec(I8, 32, 4)))
+    groups = [(scales[k], [(by_value[16 * k + 4 * c], 16 * k + 4 * c) for c in range(4)], (k,)) for k in range(16)]
+    return _Super(_halves(b, tile, 0), groups, offset=32)
+
+
+def _two_bit_groups(b, tile: _Bytes, at: int, scales, high=None):
+    """Q2_K's and Q3_K's sixteen groups of 16: value 128h + 32s + 4L + j is bits 2s of 2-bit
+    sub-vector (h, L) at `at` (and bit 4h + s of hmask sub-vector L, its third bit)."""
+    qs = [[tile.load(at + 32 * (8 * h + L), V32I8) for L in range(8)] for h in range(2)]
+    groups = []
+    for h in range(2):
+        for s in range(4):
+            for half in range(2):
+                parts = []
+                for L in range(4 * half, 4 * half + 4):
+                    v = _bits(b, qs[h][L], 2 * s, 3)
+                    if high is not None:
+                        v = b.or_(v, b.shl(_bits(b, high[L], 4 * h + s, 1), _const_vec(I8, 32, 2)))
+                    parts.append((v, 128 * h + 32 * s + 4 * L))
+                g = 8 * h + 2 * s + half
+                groups.append((scales[g], parts, (g,)))
+    return groups
+
+
+def _decode_q3_k(b, tile: _Bytes, levels) -> _Super:
+    """Q3_K: scale i takes nibble i // 8 of byte i % 8 and bits 2 (i // 4) of byte 8 + i % 4, less 32;
+    a value is 2 bits and a third from hmask, less 4."""
+    sc = [b.zext(tile.load(16 + 8 * k, _vec(I8, 8)), V8I32) for k in range(12)]
+    c = lambda v: _const_vec(I32, 8, v)  # noqa: E731
+    scales = [b.sub(b.or_(b.and_(b.lshr(sc[i % 8], c(4 * (i // 8))), c(15)),
+                          b.shl(b.and_(b.lshr(sc[8 + i % 4], c(2 * (i // 4))), c(3)), c(4))), c(32))
+              for i in range(16)]
+    hmask = [tile.load(112 + 32 * L, V32I8) for L in range(8)]
+    return _Super(_halves(b, tile, 0), _two_bit_groups(b, tile, 368, scales, hmask), offset=4)
+
+
+def _decode_q2_k(b, tile: _Bytes, levels) -> _Super:
+    """Q2_K: group g's scale is the low nibble of its byte, its min the high one."""
+    sc = [b.zext(tile.load(32 + 8 * g, _vec(I8, 8)), V8I32) for g in range(16)]
+    scales = [b.and_(s, _const_vec(I32, 8, 15)) for s in sc]
+    mins = [b.lshr(s, _const_vec(I32, 8, 4)) for s in sc]
+    return _Super(_halves(b, tile, 0), _two_bit_groups(b, tile, 160, scales),
+                  mins=(_halves(b, tile, 16), [(m, (g,)) for g, m in enumerate(mins)]))
+
+
+def _decode_iq4_xs(b, tile: _Bytes, levels) -> _Super:
+    """IQ4_XS: sub-block ib's scale is nibble ib % 2 of scales_l[ib / 2] and bits 2ib of scales_h,
+    less 32; its values are IQ4_NL levels, low nibbles first."""
+    c = lambda v: _const_vec(I32, 8, v)  # noqa: E731
+    high = b.zext(tile.load(16, _vec(I16, ROWS)), V8I32)
+    low = [b.zext(tile.load(32 + 8 * k, _vec(I8, 8)), V8I32) for k in range(4)]
+    groups = []
+    for ib in range(8):
+        scale = b.or_(b.and_(b.lshr(low[ib // 2], c(4 * (ib % 2))), c(15)),
+                      b.shl(b.and_(b.lshr(high, c(2 * ib)), c(3)), c(4)))
+        subs = [tile.load(64 + 32 * (4 * ib + L), V32I8) for L in range(4)]
+        parts = [(levels(_nibbles(b, v, hi)), 32 * ib + 16 * hi + 4 * L) for hi in (False, True)
+                 for L, v in enumerate(subs)]
+        groups.append((b.sub(scale, c(32)), parts, (2 * ib, 2 * ib + 1)))
+    return _Super(_halves(b, tile, 0), groups, signed=True)
+
+
+_DECODERS = {QType.Q4_K: _decode_q4_k, QType.Q5_K: lambda b, t, lv: _decode_q4_k(b, t, lv, fifth_bits=True),
+             QType.Q6_K: _decode_q6_k, QType.Q3_K: _decode_q3_k, QType.Q2_K: _decode_q2_k,
+             QType.IQ4_XS: _decode_iq4_xs}
+
+
 def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType, w_ptr, w_off, xq_ptr,
                          x_offs, xd_ptr, xs_ptr, xbs, n):
     """emit_tiles_dot for the 256-value formats (quant.layout.SUPER_TILES) over `n` super-blocks.
@@ -232,25 +402,20 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
     and xs the integer sum of each 16 values (as float), both indexed from xb = the token's
     first 32-value block.
 
-    Values go into the byte dots unsigned (Q4_K 0..15, Q6_K 0..63). Per row and sub-block,
-    the eight lanes' integer dots are scaled by the rows' integer scales and summed in i32
-    over the super-block (at most 63 x 127 x 16 x 127 x 16 < 2^31); Q6_K's offset of 32
-    comes off each 16 values through their activation sum, Q4_K's mins through the sums of
-    32, as llama.cpp's bsums do. One float step per super-block and token then applies
-    the rows' d (and dmin) and the token's scale."""
+    Each format's decoder (_DECODERS) turns a tile into groups of values with integer scales
+    (_Super). Unsigned values go into the byte dots as they are; signed ones (IQ4_XS) as the
+    flavor takes them. Per row and group, the eight lanes' integer dots are scaled by the rows'
+    integer scales and summed in i32 over the super-block (at most 127 x 127 x 32 x 32 x 8
+    < 2^31); an offset on the values (Q6_K's 32, Q3_K's 4, the VNNI bias of signed values)
+    comes off through the activation sums of 16, and mins (Q4_K, Q5_K, Q2_K) through the
+    same sums in float, as llama.cpp's bsums do. One float step per super-block and token
+    then applies the rows' d (and dmin) and the token's scale."""
     b = builder
     dots = _dot_class(flavor, features)(b)
     fmt = SUPER_TILES[qtype]
-    v8i8 = _vec(I8, 8)
 
     def const(v):
         return ir.Constant(cgutils.intp_t, v)
-
-    def bytes8(tile, at):  # eight rows' byte at a transposed offset, widened
-        return tile.load(at, v8i8)
-
-    def nibbles(v, high):
-        return b.and_(b.lshr(v, _const_vec(I8, 32, 4)) if high else v, _const_vec(I8, 32, 0x0F))
 
     prefetch = len(x_offs) == 1 and flavor in PREFETCH_FLAVORS
     acc = [cgutils.alloca_once_value(b, ir.Constant(V8F32, None)) for _ in x_offs]
@@ -259,55 +424,39 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
         tile = _Bytes(b, b.gep(w_ptr, [b.add(w_off, b.mul(i, const(fmt.tile_bytes)))]))
         if prefetch:
             _prefetch(b, tile.base, AHEAD, fmt.tile_bytes)
-        dw = b.fpext(b.bitcast(tile.load(0, _vec(I16, ROWS)), _vec(HALF, ROWS)), V8F32)
-        groups = []  # (integer scale <8 x i32>, [(values, activation offset in the super-block)])
-        if qtype == QType.Q4_K:
-            dmin = b.fpext(b.bitcast(tile.load(16, _vec(I16, ROWS)), _vec(HALF, ROWS)), V8F32)
-            sb = [b.zext(bytes8(tile, 32 + 8 * k), V8I32) for k in range(12)]  # get_scale_min_k4, 8 rows at once
-            c63, c15, c4, c6 = (_const_vec(I32, 8, v) for v in (63, 15, 4, 6))
-            scales = [b.and_(sb[j], c63) for j in range(4)]
-            scales += [b.or_(b.and_(sb[j + 4], c15), b.shl(b.lshr(sb[j - 4], c6), c4)) for j in range(4, 8)]
-            mins = [b.and_(sb[j + 4], c63) for j in range(4)]
-            mins += [b.or_(b.lshr(sb[j + 4], c4), b.shl(b.lshr(sb[j], c6), c4)) for j in range(4, 8)]
-            subs = [tile.load(fmt.header + 32 * (8 * p + L), V32I8) for p in range(4) for L in range(8)]
-            for j in range(8):
-                groups.append((scales[j], [(nibbles(subs[8 * (j // 2) + L], j % 2), 32 * j + 4 * L) for L in range(8)]))
-        else:  # Q6_K
-            scales = [b.sext(bytes8(tile, 16 + 8 * k), V8I32) for k in range(16)]
-            by_value = {}
-            for h in range(2):
-                for L in range(8):
-                    ql = [tile.load(fmt.header + 32 * (16 * h + 8 * a + L), V32I8) for a in range(2)]
-                    qh = tile.load(fmt.header + 32 * 32 + 32 * (8 * h + L), V32I8)
-                    for s in range(4):
-                        high = b.and_(b.lshr(qh, _const_vec(I8, 32, 2 * s)), _const_vec(I8, 32, 3))
-                        value = b.or_(nibbles(ql[s % 2], s >= 2), b.shl(high, _const_vec(I8, 32, 4)))
-                        by_value[128 * h + 32 * s + 4 * L] = value
-            for k in range(16):
-                groups.append((scales[k], [(by_value[16 * k + 4 * c], 16 * k + 4 * c) for c in range(4)]))
+        sup = _DECODERS[qtype](b, tile, lambda idx: _levels(b, flavor, features, idx))
+        offset = sup.offset + (dots.bias(None) if sup.signed else 0)
         for t, (x_off, xb) in enumerate(zip(x_offs, xbs)):
             first = b.add(xb, b.mul(i, const(8)))  # the super-block's first 32-value block
+
+            def sum16(s):
+                return b.load(b.gep(xs_ptr, [b.add(b.mul(first, const(2)), const(s))]))
+
             x = _Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, const(256)))]))
             total = zero
-            for g, (scale, parts) in enumerate(groups):
+            for scale, parts, sums in sup.groups:
                 chains = [zero, zero]
                 for c, (values, at) in enumerate(parts):
                     word = _splat(b, x.load(at, I32), 8)
-                    chains[c % 2] = dots.dot(chains[c % 2], values, 0, b.bitcast(word, V32I8))
+                    chains[c % 2] = dots.dot(chains[c % 2], values, None if sup.signed else 0, b.bitcast(word, V32I8))
                 dot = b.add(*chains)
-                if qtype == QType.Q6_K:  # (q - 32) x = q x - 32 x, per 16 values
-                    xsum = b.fptosi(b.load(b.gep(xs_ptr, [b.add(b.mul(first, const(2)), const(g))])), I32)
-                    dot = b.sub(dot, _splat(b, b.mul(xsum, ir.Constant(I32, 32)), 8))
+                if offset:  # (q - offset) x = q x - offset x
+                    xsum = b.fptosi(sum16(sums[0]), I32)
+                    for s in sums[1:]:
+                        xsum = b.add(xsum, b.fptosi(sum16(s), I32))
+                    dot = b.sub(dot, _splat(b, b.mul(xsum, ir.Constant(I32, offset)), 8))
                 total = b.add(total, b.mul(dot, scale))
             xd = _splat(b, b.load(b.gep(xd_ptr, [first])), 8)
-            scaled = b.fmul(b.fmul(dw, xd), b.sitofp(total, V8F32))
-            if qtype == QType.Q4_K:  # - dmin * min * (sum of the 32 activations)
-                offset = ir.Constant(V8F32, None)
-                for j in range(8):
-                    at = b.add(b.mul(first, const(2)), const(2 * j))
-                    pair = b.fadd(b.load(b.gep(xs_ptr, [at])), b.load(b.gep(xs_ptr, [b.add(at, const(1))])))
-                    offset = b.call(_fma(b), [b.sitofp(mins[j], V8F32), _splat(b, pair, 8), offset])
-                scaled = b.call(_fma(b), [b.fneg(b.fmul(dmin, xd)), offset, scaled])
+            scaled = b.fmul(b.fmul(sup.d, xd), b.sitofp(total, V8F32))
+            if sup.mins is not None:  # - dmin * min * (sum of the group's activations)
+                dmin, mins = sup.mins
+                off = ir.Constant(V8F32, None)
+                for m, sums in mins:
+                    xsum = sum16(sums[0])
+                    for s in sums[1:]:
+                        xsum = b.fadd(xsum, sum16(s))
+                    off = b.call(_fma(b), [b.sitofp(m, V8F32), _splat(b, xsum, 8), off])
+                scaled = b.call(_fma(b), [b.fneg(b.fmul(dmin, xd)), off, scaled])
             b.store(b.fadd(b.load(acc[t]), scaled), acc[t])
     return [b.load(a) for a in acc]
 
@@ -325,17 +474,26 @@ def _fma(b):
     return _declare(b, "llvm.fma.v8f32", V8F32, [V8F32] * 3)
 
 
-def tiles_intrinsic(qtype: QType, n_tokens: int, flavor: str = FLAVOR, features: frozenset[str] = FEATURES):
-    """A Numba intrinsic: one group of eight rows against `n_tokens` tokens, stored into out.
-    The kernels take the host's flavor; the tests build others that the host can run too."""
+TILED = tuple(TILES) + tuple(SUPER_TILES)  # every format with an x8 layout, its kernel here
+
+
+def tiles_intrinsic(n_tokens: int, flavor: str = FLAVOR, features: frozenset[str] = FEATURES,
+                    qtypes: tuple[QType, ...] = TILED):
+    """A Numba intrinsic: one group of eight rows against `n_tokens` tokens, stored into out:
+
+        tiles_dot(fmt, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
+
+    `fmt` (a QType's value) picks the format at run time through a switch over `qtypes`; a
+    format outside them does nothing. The kernels take the host's flavor and every format;
+    the tests build others that the host can run too."""
 
     @intrinsic
-    def tiles_dot(typingctx, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride):
-        sig = types.none(w, types.intp, xq, types.intp, types.intp, xd, xs, types.intp, types.intp, types.intp,
-                         out, types.intp, types.intp)
+    def tiles_dot(typingctx, fmt, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride):
+        sig = types.none(types.intp, w, types.intp, xq, types.intp, types.intp, xd, xs, types.intp, types.intp,
+                         types.intp, out, types.intp, types.intp)
 
         def codegen(context, builder, signature, args):
-            (w_v, w_off_v, xq_v, x_off_v, x_stride_v, xd_v, xs_v, xb_v, xb_stride_v, n_v,
+            (fmt_v, w_v, w_off_v, xq_v, x_off_v, x_stride_v, xd_v, xs_v, xb_v, xb_stride_v, n_v,
              out_v, out_off_v, out_stride_v) = args
 
             def data(i, value):
@@ -344,14 +502,22 @@ def tiles_intrinsic(qtype: QType, n_tokens: int, flavor: str = FLAVOR, features:
             def nth(base, stride, j):
                 return builder.add(base, builder.mul(stride, ir.Constant(cgutils.intp_t, j)))
 
-            dots = emit_tiles_dot(builder, flavor, features, qtype, builder.bitcast(data(0, w_v), I8.as_pointer()),
-                                  w_off_v, builder.bitcast(data(2, xq_v), I8.as_pointer()),
-                                  [nth(x_off_v, x_stride_v, j) for j in range(n_tokens)], data(5, xd_v),
-                                  data(6, xs_v), [nth(xb_v, xb_stride_v, j) for j in range(n_tokens)], n_v)
-            out_ptr = data(10, out_v)
-            for j, dot in enumerate(dots):
-                where = builder.gep(out_ptr, [nth(out_off_v, out_stride_v, j)])
-                builder.store(dot, builder.bitcast(where, V8F32.as_pointer()), align=4)
+            w_ptr, xq_ptr = builder.bitcast(data(1, w_v), I8.as_pointer()), builder.bitcast(data(3, xq_v), I8.as_pointer())
+            out_ptr = data(11, out_v)
+            done = builder.append_basic_block("done")
+            switch = builder.switch(fmt_v, done)
+            for qtype in qtypes:
+                case = builder.append_basic_block(qtype.name)
+                switch.add_case(ir.Constant(fmt_v.type, int(qtype)), case)
+                builder.position_at_end(case)
+                dots = emit_tiles_dot(builder, flavor, features, qtype, w_ptr, w_off_v, xq_ptr,
+                                      [nth(x_off_v, x_stride_v, j) for j in range(n_tokens)], data(6, xd_v),
+                                      data(7, xs_v), [nth(xb_v, xb_stride_v, j) for j in range(n_tokens)], n_v)
+                for j, dot in enumerate(dots):
+                    where = builder.gep(out_ptr, [nth(out_off_v, out_stride_v, j)])
+                    builder.store(dot, builder.bitcast(where, V8F32.as_pointer()), align=4)
+                builder.branch(done)
+            builder.position_at_end(done)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -360,8 +526,4 @@ def tiles_intrinsic(qtype: QType, n_tokens: int, flavor: str = FLAVOR, features:
 
 
 TOKENS = 4  # tokens per call in prefill
-q4_0_tiles_1, q4_0_tiles_4 = tiles_intrinsic(QType.Q4_0, 1), tiles_intrinsic(QType.Q4_0, TOKENS)
-q5_0_tiles_1, q5_0_tiles_4 = tiles_intrinsic(QType.Q5_0, 1), tiles_intrinsic(QType.Q5_0, TOKENS)
-q8_0_tiles_1, q8_0_tiles_4 = tiles_intrinsic(QType.Q8_0, 1), tiles_intrinsic(QType.Q8_0, TOKENS)
-q4_k_tiles_1, q4_k_tiles_4 = tiles_intrinsic(QType.Q4_K, 1), tiles_intrinsic(QType.Q4_K, TOKENS)
-q6_k_tiles_1, q6_k_tiles_4 = tiles_intrinsic(QType.Q6_K, 1), tiles_intrinsic(QType.Q6_K, TOKENS)
+tiles_1, tiles_4 = tiles_intrinsic(1), tiles_intrinsic(TOKENS)

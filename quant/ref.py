@@ -3,7 +3,7 @@
 
 import numpy as np
 
-from quant.formats import BLOCKS, QType, row_bytes
+from quant.formats import ACTIVATIONS, BLOCKS, IQ4_NL_LEVELS, Activations, QType, row_bytes
 
 
 def _round_half_away(x: np.ndarray) -> np.ndarray:
@@ -93,8 +93,7 @@ def dequantize(raw: np.ndarray, qtype: QType, n: int) -> np.ndarray:
     return (d * q).reshape(rows, n)
 
 
-# ggml's kvalues_iq4nl: the sixteen levels that IQ4_NL's and IQ4_XS's 4-bit indices stand for
-IQ4_NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
+IQ4_NL_VALUES = np.array(IQ4_NL_LEVELS, dtype=np.float32)
 
 
 def _nibble_values(qs: np.ndarray) -> np.ndarray:
@@ -158,18 +157,19 @@ def _dequantize_q6_k(blocks: np.ndarray) -> np.ndarray:
     return (d * scale * q).reshape(-1, 256)
 
 
-def quantize_q8(x: np.ndarray, super_blocks: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def quantize_q8(x: np.ndarray, kind: Activations = Activations.Q8_0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Activations (n, K) float32 -> int8 values (n, K), block scales (n, K/32) and
     scale * sum of each block (n, K/32): the twin of quant.kernels.quantize_q8.
 
     As llama.cpp: per 32, d = max|x| / 127 rounded to float16 and q = round(x * 127 / max|x|)
-    (its Q8_0); with super_blocks, one scale per 256 from the value m of largest magnitude,
-    q = min(127, round(x * (-127 / m))) and d = 1 / (-127 / m) (its Q8_K)."""
+    (its Q8_0); for Q8_K, one scale
+    per 256 from the value m of largest magnitude, q = min(127, round(x * (-127 / m))) and
+    d = 1 / (-127 / m)."""
     x = np.asarray(x, dtype=np.float32)
     n, k = x.shape
     f32 = np.float32
     with np.errstate(divide="ignore", invalid="ignore"):
-        if super_blocks:
+        if kind == Activations.Q8_K:
             sb = x.reshape(n, k // 256, 256)
             m = np.take_along_axis(sb, np.abs(sb).argmax(axis=2)[:, :, None], axis=2)[:, :, 0]  # first of ties
             iscale = np.where(m == 0, f32(0), f32(-127) / m).astype(f32)
@@ -187,7 +187,7 @@ def quantize_q8(x: np.ndarray, super_blocks: bool = False) -> tuple[np.ndarray, 
 def matmul_q8(x: np.ndarray, raw: np.ndarray, qtype: QType, k: int) -> np.ndarray:
     """x (n, K) @ w.T with x first quantized to 8-bit blocks, in float64: the twin of
     quant.kernels.gemm_blocks, which must agree to float32 rounding."""
-    xq, xd, _ = quantize_q8(x, super_blocks=qtype in (QType.Q4_K, QType.Q6_K))
+    xq, xd, _ = quantize_q8(x, ACTIVATIONS[QType(qtype)])
     xr = (xq.reshape(len(xq), -1, 32).astype(np.float64) * xd[:, :, None]).reshape(len(xq), k)
     return (xr @ dequantize(raw, qtype, k).astype(np.float64).T).astype(np.float32)
 

@@ -1,10 +1,13 @@
 """Row dot products over the file's own block layouts, as Numba intrinsics in LLVM IR.
 
-Each `*_row_dot` intrinsic computes one weight row times one activation row,
-each `*_row_dots` four consecutive rows (a tuple, for decode), and each
-`*_tokens_dot` one row against four consecutive activation rows (for prefill):
+`row_dot` computes one weight row times one activation row, `row_dots` four
+consecutive rows (a tuple, for decode), and `tokens_dot` one row against four
+consecutive activation rows (for prefill), for every format of FORMATS:
 
-    row_dot(w, w_off, row_bytes, xq, x_off, xd, xs, xb, n) -> float32
+    row_dot(fmt, w, w_off, row_bytes, xq, x_off, xd, xs, xb, n) -> float32
+
+    fmt    the weight format, a QType's value: a switch in the generated code picks
+           its walker, so adding a format adds an entry to FORMATS and nothing else
 
     w      uint8 blocks (any C-contiguous array); the row starts at byte w_off,
            the next ones row_bytes after it
@@ -40,6 +43,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from quant.cpu import FLAVOR
+from quant.formats import QType
 
 I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 F32, HALF = ir.FloatType(), ir.HalfType()
@@ -242,32 +246,56 @@ def _registers(ctxs):
         yield
 
 
-def _row_intrinsic(fmt: RowFormat, n_rows: int):
+def _switch(builder, fmt_v, n_results: int, emit):
+    """Emit `emit(row_format)` (-> n_results float32 values) under a switch over FORMATS on the
+    run-time format id fmt_v (a QType's value); return the chosen case's values (0 for a
+    format outside FORMATS, which the callers never pass)."""
+    slots = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(n_results)]
+    done = builder.append_basic_block("done")
+    switch = builder.switch(fmt_v, done)
+    for qtype, fmt in FORMATS.items():
+        case = builder.append_basic_block(qtype.name)
+        switch.add_case(ir.Constant(fmt_v.type, int(qtype)), case)
+        builder.position_at_end(case)
+        for slot, value in zip(slots, emit(fmt)):
+            builder.store(value, slot)
+        builder.branch(done)
+    builder.position_at_end(done)
+    return [builder.load(s) for s in slots]
+
+
+def _row_intrinsic(n_rows: int):
     """A Numba intrinsic computing `n_rows` consecutive row dots in the host's flavor:
-    row_dot(w, w_off, row_bytes, xq, x_off, xd, xs, xb, n) -> float32, or a tuple of n_rows.
+    row_dot(fmt, w, w_off, row_bytes, xq, x_off, xd, xs, xb, n) -> float32, or a tuple of
+    n_rows, `fmt` being a QType's value.
 
     The rows are walked one after the other, in memory order: the hardware prefetcher
     follows that best (rows side by side halved DRAM throughput here), and doing four per
     call takes Numba's per-row loop and dispatch out of the way (15% on 1536-wide rows)."""
 
     @intrinsic
-    def row_dot(typingctx, w, w_off, row_bytes, xq, x_off, xd, xs, xb, n):
+    def row_dot(typingctx, fmt, w, w_off, row_bytes, xq, x_off, xd, xs, xb, n):
         ret = types.float32 if n_rows == 1 else types.UniTuple(types.float32, n_rows)
-        sig = ret(w, types.intp, types.intp, xq, types.intp, xd, xs, types.intp, types.intp)
+        sig = ret(types.intp, w, types.intp, types.intp, xq, types.intp, xd, xs, types.intp, types.intp)
 
         def codegen(context, builder, signature, args):
-            w_v, w_off_v, stride_v, xq_v, x_off_v, xd_v, xs_v, xb_v, n_v = args
+            fmt_v, w_v, w_off_v, stride_v, xq_v, x_off_v, xd_v, xs_v, xb_v, n_v = args
 
             def data(i, value):
                 return context.make_array(signature.args[i])(context, builder, value).data
 
-            w_ptr = builder.bitcast(data(0, w_v), I8.as_pointer())
-            xq_ptr = builder.bitcast(data(3, xq_v), I8.as_pointer())
-            dots = []
-            for r in range(n_rows):
-                w_off = builder.add(w_off_v, builder.mul(stride_v, ir.Constant(cgutils.intp_t, r)))
-                dots += emit_row_dot(builder, FLAVOR, fmt, w_ptr, w_off, xq_ptr, [x_off_v], data(5, xd_v),
-                                     data(6, xs_v), [xb_v], n_v)
+            w_ptr = builder.bitcast(data(1, w_v), I8.as_pointer())
+            xq_ptr = builder.bitcast(data(4, xq_v), I8.as_pointer())
+
+            def rows(fmt):
+                dots = []
+                for r in range(n_rows):
+                    w_off = builder.add(w_off_v, builder.mul(stride_v, ir.Constant(cgutils.intp_t, r)))
+                    dots += emit_row_dot(builder, FLAVOR, fmt, w_ptr, w_off, xq_ptr, [x_off_v], data(6, xd_v),
+                                         data(7, xs_v), [xb_v], n_v)
+                return dots
+
+            dots = _switch(builder, fmt_v, n_rows, rows)
             return dots[0] if n_rows == 1 else context.make_tuple(builder, signature.return_type, dots)
 
         return sig, codegen
@@ -275,18 +303,18 @@ def _row_intrinsic(fmt: RowFormat, n_rows: int):
     return row_dot
 
 
-def _tokens_intrinsic(fmt: RowFormat, n_tokens: int):
+def _tokens_intrinsic(n_tokens: int):
     """A Numba intrinsic computing one row against `n_tokens` consecutive activation rows,
-    for prefill: tokens_dot(w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n) -> tuple.
+    for prefill: tokens_dot(fmt, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n) -> tuple.
     Each weight block is loaded and unpacked once for all of them."""
 
     @intrinsic
-    def tokens_dot(typingctx, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n):
-        sig = types.UniTuple(types.float32, n_tokens)(w, types.intp, xq, types.intp, types.intp, xd, xs,
+    def tokens_dot(typingctx, fmt, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n):
+        sig = types.UniTuple(types.float32, n_tokens)(types.intp, w, types.intp, xq, types.intp, types.intp, xd, xs,
                                                       types.intp, types.intp, types.intp)
 
         def codegen(context, builder, signature, args):
-            w_v, w_off_v, xq_v, x_off_v, x_stride_v, xd_v, xs_v, xb_v, xb_stride_v, n_v = args
+            fmt_v, w_v, w_off_v, xq_v, x_off_v, x_stride_v, xd_v, xs_v, xb_v, xb_stride_v, n_v = args
 
             def data(i, value):
                 return context.make_array(signature.args[i])(context, builder, value).data
@@ -294,11 +322,13 @@ def _tokens_intrinsic(fmt: RowFormat, n_tokens: int):
             def nth(base, stride, j):
                 return builder.add(base, builder.mul(stride, ir.Constant(cgutils.intp_t, j)))
 
-            dots = emit_row_dot(builder, FLAVOR, fmt, builder.bitcast(data(0, w_v), I8.as_pointer()), w_off_v,
-                                builder.bitcast(data(2, xq_v), I8.as_pointer()),
-                                [nth(x_off_v, x_stride_v, j) for j in range(n_tokens)], data(5, xd_v), data(6, xs_v),
-                                [nth(xb_v, xb_stride_v, j) for j in range(n_tokens)], n_v)
-            return context.make_tuple(builder, signature.return_type, dots)
+            def tokens(fmt):
+                return emit_row_dot(builder, FLAVOR, fmt, builder.bitcast(data(1, w_v), I8.as_pointer()), w_off_v,
+                                    builder.bitcast(data(3, xq_v), I8.as_pointer()),
+                                    [nth(x_off_v, x_stride_v, j) for j in range(n_tokens)], data(6, xd_v),
+                                    data(7, xs_v), [nth(xb_v, xb_stride_v, j) for j in range(n_tokens)], n_v)
+
+            return context.make_tuple(builder, signature.return_type, _switch(builder, fmt_v, n_tokens, tokens))
 
         return sig, codegen
 
@@ -539,25 +569,17 @@ def _walk_q6_k(ctx, blk, x, k):
             ctx.fma(partial, b.fmul(d, ctx.xd(k, j)))
 
 
+# the file's own row layouts with a walker here; the rest are read through the x8 layout only (quant.packed)
 FORMATS = {
-    "q4_0": RowFormat(18, _walk_q4_0, unroll=16),
-    "q5_0": RowFormat(22, _walk_q5_0, unroll=8),
-    "q8_0": RowFormat(34, _walk_q8_0, unroll=8),
-    "q4_k": RowFormat(144, _walk_q4_k, unroll=1),
-    "q6_k": RowFormat(210, _walk_q6_k, unroll=1),
+    QType.Q4_0: RowFormat(18, _walk_q4_0, unroll=16),
+    QType.Q5_0: RowFormat(22, _walk_q5_0, unroll=8),
+    QType.Q8_0: RowFormat(34, _walk_q8_0, unroll=8),
+    QType.Q4_K: RowFormat(144, _walk_q4_k, unroll=1),
+    QType.Q6_K: RowFormat(210, _walk_q6_k, unroll=1),
 }
-ROWS = 4  # rows per call of the *_row_dots intrinsics
-q4_0_row_dot, q4_0_row_dots = _row_intrinsic(FORMATS["q4_0"], 1), _row_intrinsic(FORMATS["q4_0"], ROWS)
-q5_0_row_dot, q5_0_row_dots = _row_intrinsic(FORMATS["q5_0"], 1), _row_intrinsic(FORMATS["q5_0"], ROWS)
-q8_0_row_dot, q8_0_row_dots = _row_intrinsic(FORMATS["q8_0"], 1), _row_intrinsic(FORMATS["q8_0"], ROWS)
-q4_k_row_dot, q4_k_row_dots = _row_intrinsic(FORMATS["q4_k"], 1), _row_intrinsic(FORMATS["q4_k"], ROWS)
-q6_k_row_dot, q6_k_row_dots = _row_intrinsic(FORMATS["q6_k"], 1), _row_intrinsic(FORMATS["q6_k"], ROWS)
-TOKENS = 4  # activation rows per call of the *_tokens_dot intrinsics
-q4_0_tokens_dot = _tokens_intrinsic(FORMATS["q4_0"], TOKENS)
-q5_0_tokens_dot = _tokens_intrinsic(FORMATS["q5_0"], TOKENS)
-q8_0_tokens_dot = _tokens_intrinsic(FORMATS["q8_0"], TOKENS)
-q4_k_tokens_dot = _tokens_intrinsic(FORMATS["q4_k"], TOKENS)
-q6_k_tokens_dot = _tokens_intrinsic(FORMATS["q6_k"], TOKENS)
+ROWS = 4  # rows per call of row_dots
+TOKENS = 4  # activation rows per call of tokens_dot
+row_dot, row_dots, tokens_dot = _row_intrinsic(1), _row_intrinsic(ROWS), _tokens_intrinsic(TOKENS)
 
 
 def _resize(builder, v, ty):

@@ -6,8 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
-from quant import kernels, layout  # compiled, or loaded from the on-disk cache, on first call
-from quant.formats import BLOCKS, QType
+from quant import kernels, layout, packed, simd  # compiled, or loaded from the on-disk cache, on first call
+from quant.formats import ACTIVATIONS, BLOCKS, QType
 from quant.ref import dequantize, matmul_q8
 
 
@@ -38,15 +38,21 @@ class QTensor:
     @cached_property
     def kernel_args(self) -> tuple:
         """What `matmul` hands the kernels, made once: (kind, format id, values per block, data),
-        kind being "float", "blocks" (the file's rows) or "packed" (the x8 layout)."""
+        kind being "float", "blocks" (the file's rows) or "packed" (the x8 layout). A format
+        with no row walker (quant.simd.FORMATS) is packed here, in memory, if it was not."""
+        if self.packed is None and self.qtype not in _FLOAT_KERNEL and self.qtype not in simd.FORMATS:
+            if not has_kernel(self.qtype, self.shape):
+                raise ValueError(f"a {self.qtype.name} matrix of shape {self.shape} has no kernel: its rows must "
+                                 f"come in groups of {layout.ROWS} (or store it as Q4_0, Q5_0, Q8_0, Q4_K or Q6_K)")
+            return self.with_layout().kernel_args
         if self.packed is not None:
-            return "packed", _BLOCK_KERNEL[self.qtype], BLOCKS[self.qtype].values, self.packed
+            return "packed", int(self.qtype), BLOCKS[self.qtype].values, self.packed
         raw = np.ascontiguousarray(self.raw)
         rows, cols = self.shape
         if self.qtype in _FLOAT_KERNEL:
             bits = raw.view(np.uint32 if self.qtype == QType.F32 else np.uint16).reshape(rows, cols)
             return "float", _FLOAT_KERNEL[self.qtype], 0, bits
-        return "blocks", _BLOCK_KERNEL[self.qtype], BLOCKS[self.qtype].values, raw.view(np.uint8).reshape(rows, -1)
+        return "blocks", int(self.qtype), BLOCKS[self.qtype].values, raw.view(np.uint8).reshape(rows, -1)
 
     def rows(self, index) -> np.ndarray:
         """Rows `index` (ints or an int array) as float32: (len(index), cols). With an x8 layout
@@ -84,8 +90,8 @@ def matmuls(x: np.ndarray, ws: Sequence[QTensor]) -> list[np.ndarray]:
     all have the x8 layout and take the same activations, one kernel call quantizes x once
     and runs all the products in one parallel region."""
     kinds = [w.kernel_args for w in ws]
-    super_blocks = {fmt in _SUPER_BLOCK_KERNELS for _, fmt, _, _ in kinds}
-    if not 2 <= len(ws) <= kernels.SLOTS or any(kind != "packed" for kind, _, _, _ in kinds) or len(super_blocks) > 1:
+    activations = {ACTIVATIONS.get(QType(fmt)) for kind, fmt, _, _ in kinds if kind != "float"}
+    if not 2 <= len(ws) <= kernels.SLOTS or any(kind != "packed" for kind, _, _, _ in kinds) or len(activations) > 1:
         return [matmul(x, w) for w in ws]
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or any(x.shape[1] != w.shape[1] for w in ws):
@@ -105,9 +111,17 @@ def _packed(x: np.ndarray, kinds: list[tuple], outs: list[np.ndarray]) -> None:
 
 
 _FLOAT_KERNEL = {QType.F32: 0, QType.F16: 1, QType.BF16: 2}  # quant.kernels.F32, F16, BF16
-_BLOCK_KERNEL = {QType.Q4_0: 0, QType.Q8_0: 1, QType.Q4_K: 2, QType.Q6_K: 3, QType.Q5_0: 4}  # quant.kernels.Q4_0, ...
-_SUPER_BLOCK_KERNELS = (_BLOCK_KERNEL[QType.Q4_K], _BLOCK_KERNEL[QType.Q6_K])
-MATMUL_TYPES = frozenset(_FLOAT_KERNEL) | frozenset(_BLOCK_KERNEL)  # the rest are read by `dequantize` only
+# every type a matrix product reads: float types, and block types with x8 tiles (quant.packed);
+# the rest are read by `dequantize` only
+MATMUL_TYPES = frozenset(_FLOAT_KERNEL) | frozenset(packed.TILED)
+
+
+def has_kernel(qtype: QType, shape: tuple[int, ...]) -> bool:
+    """Whether `matmul` takes a matrix of this type and shape: float types and the formats with
+    a row walker (quant.simd.FORMATS) in any shape; the others through their x8 tiles, which
+    take the rows eight at a time."""
+    qtype = QType(qtype)
+    return qtype in _FLOAT_KERNEL or qtype in simd.FORMATS or (qtype in packed.TILED and layout.packable(qtype, shape))
 
 
 def matmul_ref(x: np.ndarray, w: QTensor) -> np.ndarray:

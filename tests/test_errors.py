@@ -76,15 +76,15 @@ def test_missing_tensor(checkpoints, tmp_path):
 def test_unsupported_tensor_type(checkpoints, tmp_path):
     from edgert.errors import UnsupportedTypeError
 
-    def to_q5_1(name, data, qtype):
+    def to_q8_1(name, data, qtype):
         if name != "blk.0.ffn_up.weight":
             return data, qtype
-        # Q5_1: 24 bytes per 32 values
-        return np.zeros((data.shape[0], data.shape[1] // 32 * 24), np.uint8), gguf.GGMLQuantizationType.Q5_1
+        # Q8_1 (llama.cpp's activation type, never a weight's): 40 bytes per 32 values
+        return np.zeros((data.shape[0], data.shape[1] // 32 * 40), np.uint8), gguf.GGMLQuantizationType.Q8_1
 
-    p = tmp_path / "q5.gguf"
-    _rewrite(checkpoints.gguf("e2b", "f32"), p, to_q5_1)
-    with pytest.raises(UnsupportedTypeError, match="Q5_1"):
+    p = tmp_path / "q8_1.gguf"
+    _rewrite(checkpoints.gguf("e2b", "f32"), p, to_q8_1)
+    with pytest.raises(UnsupportedTypeError, match="blk.0.ffn_up.weight is stored as Q8_1, which edgert does not"):
         edgert.load(p)
 
 

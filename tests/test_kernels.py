@@ -17,12 +17,14 @@ from hypothesis import strategies as st
 from edgert import kernels, kv_cache, ops
 from edgert.kv_cache import KVView
 from quant import BLOCKS, QTensor, QType, asm, cpu, quantize, ref, simd
+from quant.formats import Activations
 from quant.tensor import matmul, matmul_ref
 
 pytestmark = pytest.mark.aarch64
 
 REPO = Path(__file__).resolve().parent.parent
-FORMATS = [QType.Q4_0, QType.Q5_0, QType.Q8_0, QType.Q4_K, QType.Q6_K, QType.F32, QType.F16, QType.BF16]
+FORMATS = list(simd.FORMATS) + [QType.F32, QType.F16, QType.BF16]  # the file's own rows: any shape
+QUANTIZED = (QType.Q4_0, QType.Q5_0, QType.Q8_0)  # block types quant.quantize writes; the rest are random blocks
 
 
 def random_blocks(rng, qtype: QType, rows: int, cols: int, scale: float = 0.01) -> np.ndarray:
@@ -30,15 +32,14 @@ def random_blocks(rng, qtype: QType, rows: int, cols: int, scale: float = 0.01) 
     nbytes = BLOCKS[qtype].nbytes
     raw = rng.integers(0, 256, (rows, cols // BLOCKS[qtype].values * nbytes), dtype=np.uint8)
     blocks = raw.reshape(-1, nbytes)
-    offsets = {QType.Q4_K: (0, 2), QType.Q6_K: (208,)}[qtype]
-    for o in offsets:
+    for o in BLOCKS[qtype].scales:
         d = np.abs(rng.standard_normal((len(blocks), 1))) * scale
         blocks[:, o:o + 2] = d.astype(np.float16).view(np.uint8)
     return raw
 
 
 def weight(rng, qtype: QType, rows: int, cols: int, values: np.ndarray | None = None) -> QTensor:
-    if qtype in (QType.Q4_K, QType.Q6_K):  # no reference quantizer: random blocks
+    if BLOCKS[qtype].scales and qtype not in QUANTIZED:  # no reference quantizer: random blocks
         return QTensor(random_blocks(rng, qtype, rows, cols), qtype, (rows, cols))
     w = values if values is not None else rng.standard_normal((rows, cols)).astype(np.float32)
     if qtype == QType.F32:
@@ -90,7 +91,7 @@ def check_zeros_and_extremes(rng, rows: int, cols: int, make) -> None:
     out = matmul(x, w)
     assert np.isfinite(out).all()
     assert (out[0] == 0).all()
-    if w.qtype not in (QType.Q4_K, QType.Q6_K):  # random blocks, not the values
+    if w.qtype in QUANTIZED or not BLOCKS[w.qtype].scales:  # the values, not random blocks
         assert (out[:, 0] == 0).all()
     assert_matches(x, w)
 
@@ -112,8 +113,8 @@ def test_block_kernels_approximate_the_float_product():
     assert np.abs(got - exact).max() < 0.02 * np.abs(exact).max()
 
 
-@pytest.mark.parametrize("super_blocks", [False, True], ids=["q8_0", "q8_k"])
-def test_activation_quantizer_matches_reference(super_blocks):
+@pytest.mark.parametrize("kind", list(Activations), ids=lambda k: k.name)
+def test_activation_quantizer_matches_reference(kind):
     from quant import kernels as qk
 
     rng = np.random.default_rng(5)
@@ -122,8 +123,8 @@ def test_activation_quantizer_matches_reference(super_blocks):
     x[2, :32] = 0.5  # exact halves after scaling: round half to even in both
     x[3, 5], x[3, 9] = -1e4, 1e4  # equal magnitudes: the first one sets the sign of the Q8_K scale
     xq, xd, xs = np.empty(x.shape, np.int8), np.empty((5, 16), np.float32), np.empty((5, 16), np.float32)
-    qk.quantize_q8(x, xq, xd, xs, super_blocks)
-    rq, rd, rs = ref.quantize_q8(x, super_blocks)
+    qk.quantize_q8(x, xq, xd, xs, int(kind))
+    rq, rd, rs = ref.quantize_q8(x, kind)
     np.testing.assert_array_equal(xq, rq)
     np.testing.assert_array_equal(xd, rd)
     np.testing.assert_allclose(xs, rs, rtol=1e-6)
@@ -167,7 +168,7 @@ SCALAR_FALLBACK = {"smull", "smull2", "smlal", "smlal2", "sshll", "sshll2", "sad
 
 
 @pytest.mark.parametrize("tokens", [1, simd.TOKENS], ids=["gemv", "gemm"])
-@pytest.mark.parametrize("fmt", list(simd.FORMATS))
+@pytest.mark.parametrize("fmt", list(simd.FORMATS), ids=lambda q: q.name)
 def test_every_row_dot_is_sdot_on_the_raspberry_pi_5(fmt, tokens):
     """On a Cortex-A76 (ARMv8.2 with the dot-product extension) LLVM turns the generic flavor's
     widen-multiply-reduce into sdot, as llama.cpp's NEON path does by hand: one sdot per 16
@@ -194,14 +195,14 @@ def test_the_scalar_fallback_check_catches_a_widened_product():
     original = simd._FLAVOR_CLASS["generic"]
     simd._FLAVOR_CLASS["generic"] = Widened
     try:
-        loop = asm.mnemonics(asm.main_loop(asm.row_dot_assembly(asm.PI5, "q6_k")))
+        loop = asm.mnemonics(asm.main_loop(asm.row_dot_assembly(asm.PI5, QType.Q6_K)))
     finally:
         simd._FLAVOR_CLASS["generic"] = original
     assert SCALAR_FALLBACK & set(loop)
 
 
 def test_avx2_flavor_uses_byte_multiply_add():
-    code = asm.row_dot_assembly(asm.ZEN2_AVX2, "q4_0")
+    code = asm.row_dot_assembly(asm.ZEN2_AVX2, QType.Q4_0)
     assert "vpmaddubsw" in code and "vcvtph2ps" in code
 
 

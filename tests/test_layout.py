@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quant import BLOCKS, QTensor, QType, asm, cpu, layout, packed, quantize
+from quant.formats import ACTIVATIONS, Activations
 from quant.tensor import matmul, matmul_ref, matmuls
-from tests.test_kernels import SCALAR_FALLBACK, assert_matches, check_zeros_and_extremes, cols_for, weight
+from tests.test_kernels import (SCALAR_FALLBACK, assert_matches, check_zeros_and_extremes, cols_for,
+                                random_blocks, weight)
 
 pytestmark = pytest.mark.aarch64
 
@@ -33,7 +35,7 @@ def test_pack_moves_bytes_and_unpack_puts_them_back(qtype, groups, n_blocks, see
     tiles = layout.pack(raw, qtype)
     assert tiles.shape == (groups, raw.shape[1] * 8)  # no byte more or less than the file
     assert tiles.flags.c_contiguous  # as the kernels and the cache writer read it
-    if qtype != QType.Q5_0:  # bytes moved, not rewritten (Q5_0's fifth bits are regrouped)
+    if qtype not in (QType.Q5_0, QType.Q5_1):  # bytes moved, not rewritten (their fifth bits are regrouped)
         assert sorted(tiles.ravel()) == sorted(raw.ravel())
     np.testing.assert_array_equal(layout.unpack(tiles, qtype, raw.shape[1]), raw)
 
@@ -90,17 +92,21 @@ def test_packed_matches_rows_and_reference_on_odd_shapes(qtype):
 
 @pytest.mark.parametrize("qtype", list(layout.TILES), ids=lambda q: q.name)
 def test_packed_integer_dots_are_exact(qtype):
-    """With every scale 1, each result is an integer below 2^24, exact in float: the x8 kernels
-    must give exactly the reference's integer dot, offsets included."""
+    """With every scale 1 (and Q4_1's and Q5_1's mins a whole number), each result is an integer
+    below 2^24, exact in float: the x8 kernels must give exactly the reference's integer dot,
+    offsets, mins and IQ4_NL's levels included."""
     rng = np.random.default_rng(1)
     rows, cols = 16, 256
-    lo, hi = {QType.Q4_0: (-8, 8), QType.Q5_0: (-16, 16), QType.Q8_0: (-128, 128)}[qtype]
-    raw = quantize(np.zeros((rows, cols), np.float32), qtype).reshape(rows, -1, BLOCKS[qtype].nbytes)
+    lo, hi = {QType.Q4_0: (-8, 8), QType.Q5_0: (-16, 16), QType.Q8_0: (-128, 128), QType.Q4_1: (-8, 8),
+              QType.Q5_1: (-16, 16), QType.IQ4_NL: (-127, 114)}[qtype]
+    raw = rng.integers(0, 256, (rows, cols // 32, BLOCKS[qtype].nbytes), dtype=np.uint8)
     raw[:, :, 0:2] = np.array([1.0], np.float16).view(np.uint8)  # d = 1 in every block
-    raw[:, :, 2:] = rng.integers(0, 256, raw[:, :, 2:].shape)
+    if qtype in (QType.Q4_1, QType.Q5_1):
+        raw[:, :, 2:4] = np.array([lo], np.float16).view(np.uint8)  # m: the values start at lo
     w = QTensor(raw.reshape(rows, -1), qtype, (rows, cols))
     x = rng.integers(-127, 128, (5, cols)).astype(np.float32)
-    x[:, ::32] = 127  # max |x| = 127 in each block: activation scale 1, values kept as they are
+    # max |x| = 127 in each block: activation scale 1, values kept as they are
+    x[:, ::32] = 127
     values = w.dequantize()
     assert values.min() >= lo and values.max() < hi
     exact = x.astype(np.int64) @ values.astype(np.int64).T
@@ -110,17 +116,15 @@ def test_packed_integer_dots_are_exact(qtype):
 
 @pytest.mark.parametrize("qtype", K_QUANTS, ids=lambda q: q.name)
 def test_super_block_integer_dots_are_exact(qtype):
-    """Q4_K with d = dmin = 1 and Q6_K with d = 1 hold integers (d sc q - dmin m; sc (q - 32)):
-    with activations whose Q8_K scale is 1, the x8 kernels give the exact integer dot, the
-    per-row scales, Q4_K's mins and Q6_K's offset of 32 included."""
+    """With d (and dmin) = 1 every super-block format holds integers (Q4_K: sc q - m; Q6_K:
+    sc (q - 32); IQ4_XS: (sc - 32) level): with activations whose Q8_K scale is 1, the x8
+    kernels give the exact integer dot, the per-row scales, mins, offsets and levels included."""
     rng = np.random.default_rng(2)
     rows, cols = 16, 512
     raw = rng.integers(0, 256, (rows, cols // 256, BLOCKS[qtype].nbytes), dtype=np.uint8)
     one = np.array([1.0], np.float16).view(np.uint8)
-    if qtype == QType.Q4_K:
-        raw[:, :, 0:2] = raw[:, :, 2:4] = one
-    else:
-        raw[:, :, 208:210] = one
+    for at in BLOCKS[qtype].scales:
+        raw[:, :, at:at + 2] = one
     w = QTensor(raw.reshape(rows, -1), qtype, (rows, cols))
     x = rng.integers(-7, 8, (5, cols)).astype(np.float32)
     x[:, ::256] = 127  # the largest value of each super-block is +127: Q8_K's scale is 1 (q = -x, d = -1)
@@ -167,8 +171,8 @@ def _run_flavor(flavor: str, features: frozenset[str], qtype: QType, w: QTensor,
 
     from quant import kernels as qk
 
-    one, four = packed.tiles_intrinsic(qtype, 1, flavor, features), packed.tiles_intrinsic(qtype, 4, flavor, features)
-    values = 256 if qtype in K_QUANTS else 32
+    one, four = (packed.tiles_intrinsic(tokens, flavor, features, (qtype,)) for tokens in (1, 4))
+    values, fmt = BLOCKS[qtype].values, int(qtype)
 
     @njit
     def run(wp, xq, xd, xs, out):
@@ -177,15 +181,16 @@ def _run_flavor(flavor: str, features: frozenset[str], qtype: QType, w: QTensor,
         for g in range(wp.shape[0]):
             t = 0
             while t + 4 <= n:
-                four(wp, g * wp.shape[1], xq, t * k, k, xd, xs, t * xd.shape[1], xd.shape[1], k // values, out,
+                four(fmt, wp, g * wp.shape[1], xq, t * k, k, xd, xs, t * xd.shape[1], xd.shape[1], k // values, out,
                      t * rows + 8 * g, rows)
                 t += 4
             for tt in range(t, n):
-                one(wp, g * wp.shape[1], xq, tt * k, k, xd, xs, tt * xd.shape[1], xd.shape[1], k // values, out,
+                one(fmt, wp, g * wp.shape[1], xq, tt * k, k, xd, xs, tt * xd.shape[1], xd.shape[1], k // values, out,
                     tt * rows + 8 * g, rows)
 
-    xq, xd, xs = qk._quantized(x, qtype in K_QUANTS)
-    if qtype in K_QUANTS:
+    kind = ACTIVATIONS[qtype]
+    xq, xd, xs = qk._quantized(x, int(kind))
+    if kind == Activations.Q8_K:
         xs = qk._sums_of_16(xq)
     out = np.zeros((x.shape[0], w.shape[0]), np.float32)
     run(w.with_layout().packed, xq, xd, xs, out)

@@ -27,7 +27,7 @@ def test_main_loop_is_the_longest_backward_branch():
 
 
 MACHINE = Machine("test", asm.PI5, "neoverse-n1", ghz=2.0, cores=4, bandwidth=10.0, slower=2.0)
-CYCLES = {fmt: (8.0, 4.0) for fmt in simd.FORMATS}  # per block: decode, prefill per token
+CYCLES = {fmt: (8.0, 4.0) for fmt in speed_model.FORMAT_OF.values()}  # per block: decode, prefill per token
 
 
 def test_a_product_costs_the_longer_of_compute_and_traffic():

@@ -31,6 +31,7 @@ from quant import QType, asm, layout, packed, simd
 from quant.kernels import TOKEN_TILE  # prefill reads each weight row once per tile of tokens
 
 FORMAT_OF = {QType.Q4_0: "q4_0", QType.Q5_0: "q5_0", QType.Q8_0: "q8_0", QType.Q4_K: "q4_k", QType.Q6_K: "q6_k"}
+QTYPE_OF = {f: q for q, f in FORMAT_OF.items()}
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,13 @@ def block_cycles(mca: str, target: asm.Target, mca_cpu: str, fmt: str, tokens: i
     per pass (1: decode's GEMV; simd.TOKENS: prefill's), as llvm-mca predicts them. Formats
     that have the x8 layout (what edgert.load reads by default) are timed in its loop, whose
     tiles hold a block of eight rows each."""
-    qtype = next(q for q, f in FORMAT_OF.items() if f == fmt)
+    qtype = QTYPE_OF[fmt]
     if layout.packable(qtype, (layout.ROWS, 1)):
         body = asm.main_loop(asm.tiles_dot_assembly(target, qtype, tokens))
         blocks = layout.ROWS * packed.blocks_per_iteration(qtype, tokens)
     else:
-        body = asm.main_loop(asm.row_dot_assembly(target, fmt, tokens))
-        blocks = simd.FORMATS[fmt].unroll
+        body = asm.main_loop(asm.row_dot_assembly(target, qtype, tokens))
+        blocks = simd.FORMATS[qtype].unroll
     arch = "aarch64" if target.triple.startswith("aarch64") else "x86_64"
     iterations = 200
     done = subprocess.run([mca, f"-mtriple={arch}", f"-mcpu={mca_cpu}", f"-iterations={iterations}"],
@@ -97,7 +98,7 @@ def block_cycles(mca: str, target: asm.Target, mca_cpu: str, fmt: str, tokens: i
 def cycles_table(mca: str, target: asm.Target, mca_cpu: str) -> dict[str, tuple[float, float]]:
     """Per format: (cycles per block in decode, cycles per block and token in prefill)."""
     return {fmt: (block_cycles(mca, target, mca_cpu, fmt, 1), block_cycles(mca, target, mca_cpu, fmt, simd.TOKENS))
-            for fmt in simd.FORMATS}
+            for fmt in FORMAT_OF.values()}
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ def product_seconds(call: Call, machine: Machine, cycles: dict[str, tuple[float,
     if fmt is None:
         return memory
     per_block = cycles[fmt][0] if call.n == 1 else cycles[fmt][1] * call.n
-    blocks = call.rows * call.cols // simd.FORMATS[fmt].walk.values_per_block
+    blocks = call.rows * call.cols // simd.FORMATS[QTYPE_OF[fmt]].walk.values_per_block
     return max(memory, blocks * per_block / (machine.ghz * 1e9 * machine.cores))
 
 
@@ -298,8 +299,8 @@ def section(results: list[dict], meta: dict, log) -> list[str]:
         f"| here ({here.mca_cpu}) decode | here prefill, per token |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for fmt in simd.FORMATS:
-        lines.append(f"| {fmt.upper()} ({simd.FORMATS[fmt].walk.values_per_block} weights) | {cyc_pi[fmt][0]:.1f} | "
+    for fmt in FORMAT_OF.values():
+        lines.append(f"| {fmt.upper()} ({simd.FORMATS[QTYPE_OF[fmt]].walk.values_per_block} weights) | {cyc_pi[fmt][0]:.1f} | "
                      f"{cyc_pi[fmt][1]:.1f} | {cyc_a57[fmt][0]:.1f} | {cyc_here[fmt][0]:.1f} | {cyc_here[fmt][1]:.1f} |")
     if cyc_pi == cyc_a57:
         lines += ["", f"*`{mca}` has no Neoverse N1 model (LLVM 17 and later do; `apt-get install llvm-19`): the "

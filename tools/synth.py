@@ -21,7 +21,7 @@ import numpy as np
 from edgert.config import config_from_hf, published, rope_freqs_factors, tensor_manifest
 from edgert.files.convert import Progress, write_gguf
 from edgert.tokenizer import BYTE, CONTROL, NORMAL, UNUSED, TokenizerData
-from quant import BLOCKS, QType, row_bytes
+from quant import BLOCKS, QType, dequantize, row_bytes
 
 TYPES = {"q4_0": QType.Q4_0, "q8_0": QType.Q8_0, "f16": QType.F16}
 
@@ -61,6 +61,7 @@ class _RandomBlocks:
     def __init__(self, rng: np.random.Generator, rows: int, cols: int, qtype: QType):
         self.rng, self.rows, self.cols, self.qtype = rng, rows, cols, qtype
         self.nbytes = rows * row_bytes(qtype, cols)
+        self._scale = None  # the f16 scale that gives values of std 1 / sqrt(cols)
 
     def _chunk(self, n: int) -> np.ndarray:
         std = 1.0 / np.sqrt(self.cols)
@@ -69,9 +70,16 @@ class _RandomBlocks:
         block = BLOCKS[self.qtype]
         raw = np.frombuffer(self.rng.bytes(n * row_bytes(self.qtype, self.cols)), dtype=np.uint8)
         blocks = raw.reshape(-1, block.nbytes).copy()
-        # uniform values: 4-bit q - 8 has std 4.6, int8 has std 74
-        d = std / (4.6 if self.qtype == QType.Q4_0 else 74.0)
-        blocks[:, :2] = np.frombuffer(np.float16(d).tobytes(), dtype=np.uint8)
+        if self._scale is None:  # what random bytes with scales of 1 spread to: 4-bit q - 8 has std 4.6,
+            spread = {QType.Q4_0: 4.6, QType.Q8_0: 74.0}.get(self.qtype)  # int8 74; the others measured once
+            if spread is None:
+                sample = blocks[:64].copy()
+                for at in block.scales:
+                    sample[:, at:at + 2] = np.frombuffer(np.float16(1.0).tobytes(), dtype=np.uint8)
+                spread = dequantize(sample, self.qtype, block.values).std()
+            self._scale = np.float16(std / spread)
+        for at in block.scales:
+            blocks[:, at:at + 2] = np.frombuffer(self._scale.tobytes(), dtype=np.uint8)
         return blocks
 
     def tofile(self, fout) -> None:

@@ -17,7 +17,7 @@ from edgert.files.gguf_file import GGUFFile, GGUFFormatError, TensorInfo
 from edgert.errors import ArchitectureError, ModelFileError, UnsupportedTypeError
 from edgert.tokenizer import TokenizerData
 from edgert.gemma4 import LOOKUP_ONLY
-from quant import MATMUL_TYPES, QTensor, QType
+from quant import QTensor, QType, has_kernel
 
 
 @dataclass(frozen=True)
@@ -114,12 +114,11 @@ def open_model(path: str | os.PathLike) -> ModelFile:
                 f"{path}: tensor {name} is stored as {gguf.GGMLQuantizationType(t.ggml_type).name}, "
                 f"which edgert does not read yet; supported: {', '.join(q.name for q in QType)}"
             ) from None
-        if len(shape) == 2 and qtype not in MATMUL_TYPES and name not in LOOKUP_ONLY:
+        if len(shape) == 2 and not has_kernel(qtype, shape) and name not in LOOKUP_ONLY:
             raise UnsupportedTypeError(
-                f"{path}: tensor {name} is stored as {qtype.name}: edgert reads that type where rows are only "
-                f"looked up (the PLE table) but has no matrix kernel for it yet (matrices: "
-                f"{', '.join(q.name for q in QType if q in MATMUL_TYPES)}); make the file again with "
-                "llama-quantize as Q4_0, Q4_K_M, Q5_0, Q6_K or Q8_0"
+                f"{path}: tensor {name} is stored as {qtype.name} with {shape[0]} rows: edgert's {qtype.name} "
+                f"kernel takes rows eight at a time, and only Q4_0, Q5_0, Q8_0, Q4_K, Q6_K and float matrices "
+                "may have any number; make the file again with llama-quantize as one of those"
             )
         raw = file.array(t)
         if qtype in _FLOAT_DTYPES:
