@@ -47,6 +47,10 @@ def add_parser(sub) -> None:
     p.add_argument("--no-ple", action="store_true", help="skip the cold-cache PLE table measurement")
     p.add_argument("--audio", action="store_true",
                    help="also time the full-size audio encoder (random weights): f32, int8 and transformers")
+    p.add_argument("--quantize", default=None,
+                   help="instead: make files of these types with llama.cpp's quantizer from each model's file "
+                        "(comma list: q4_1,q5_1,iq4_nl,q2_k,q3_k_m,q5_k_m,iq4_xs, ...) and compare both engines "
+                        "on each (tools/filetypes.py)")
     p.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="the report to write ('' for none)")
     p.set_defaults(func=main)
 
@@ -608,6 +612,8 @@ def main(args) -> int:
 
     log(f"memory bandwidth at {threads} threads ...")
     bandwidth = memory_bandwidth(threads)
+    if args.quantize:
+        return _file_types(args, threads, bandwidth, llama, log)
     results = []
     for spec in args.model.split(","):
         r = measure(spec.strip(), args, threads, bandwidth, log)
@@ -624,6 +630,32 @@ def main(args) -> int:
     from tools.speed_model import section
 
     text = report(results, meta, audio) + "\n".join(section(results, meta, log))
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        log(f"wrote {args.out}")
+    return 0
+
+
+def _file_types(args, threads: int, bandwidth: float, llama: str | None, log) -> int:
+    from quant import cpu
+    from tools import filetypes
+
+    if llama is None:
+        raise SystemExit("--quantize needs llama-cpp-python: its quantizer makes the files")
+    models_dir = Path(args.models_dir or Path.home() / ".cache" / "edgert" / "bench")
+    results = []
+    for spec in args.model.split(","):
+        source = _model_file(spec.strip(), args.type, models_dir)
+        for ftype in args.quantize.split(","):
+            results.append(filetypes.measure(source, spec.strip(), ftype.strip(), args, threads, models_dir, log))
+    meta = dict(date=datetime.date.today().isoformat(), commit=_commit(), cpu=_cpu_name(), kernels=cpu.describe(),
+                threads=threads, bandwidth=bandwidth, llama=f"llama-cpp-python {llama}", prompt=args.prompt,
+                gen=args.gen)
+    text = "\n".join([f"- date: {meta['date']}", f"- commit: {meta['commit']}",
+                      f"- CPU: {meta['cpu']}; edgert kernels: {meta['kernels']}",
+                      f"- memory bandwidth, streaming read: {bandwidth:.1f} GB/s", f"- llama.cpp: {meta['llama']}"]
+                     + filetypes.section(results, meta))
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

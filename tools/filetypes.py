@@ -1,0 +1,169 @@
+"""Files of every type llama.cpp's quantizer writes, read by both engines: speed and agreement
+per type.
+
+    edgert bench --model gemma3-270m,e2b --type f16 --quantize q4_1,q5_1,iq4_nl,q2_k,q3_k_m,q5_k_m,iq4_xs
+
+For each model and type, llama.cpp's own quantizer (`llama_cpp.llama_model_quantize`) makes
+the file from the model's file (a synthetic model written in f16; the Gemma 3 file, which is
+Q4_K_M, requantized as llama-quantize --allow-requantize does). Then each engine, in a process
+of its own, reads the same prompt on the same file: prefill and decode speed and the greedy
+tokens, as `edgert bench` times them (tools.bench._generate); and, along llama.cpp's greedy
+tokens, every position's top-1 choice, teacher-forced, to count where the two engines choose
+alike. A choice may differ only at a near-tie: where edgert's top two are within TIE.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tools import bench
+
+# llama.cpp's llama_ftype values (llama.h) for the names llama-quantize takes
+FTYPES = {"q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "q2_k": 10, "q3_k_m": 12, "q4_k_m": 15,
+          "q5_k_m": 17, "q6_k": 18, "iq4_nl": 25, "iq4_xs": 30}
+TIE = 0.5  # edgert's top-two margin below which a different top-1 choice is a near-tie
+
+
+def quantize(src: Path, dst: Path, ftype: str, threads: int) -> Path:
+    """dst made from src by llama.cpp's quantizer (written beside it, then renamed), unless it exists."""
+    import llama_cpp
+
+    if dst.exists():
+        return dst
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = FTYPES[ftype]
+    params.allow_requantize = True
+    params.nthread = threads
+    part = dst.with_name(dst.name + ".part")
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(part).encode(), ctypes.byref(params))
+    if rc != 0:
+        part.unlink(missing_ok=True)
+        raise RuntimeError(f"llama_model_quantize failed ({rc}) making {ftype} from {src}")
+    part.rename(dst)
+    return dst
+
+
+def tensor_types(path: Path) -> str:
+    """The file's matrix types and how many of each: 'Q5_K x 120, Q6_K x 31'."""
+    from edgert.files.gguf_file import GGUFFile
+    from quant import QType
+
+    counts: dict[str, int] = {}
+    for t in GGUFFile(path).tensors.values():
+        if len(t.shape) == 2:
+            name = QType(t.ggml_type).name
+            counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{k} x {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+# --- workers: one process per engine and file ------------------------------------------------------
+
+def _choices(logits: np.ndarray) -> dict:
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    return {"argmax": logits.argmax(axis=1).tolist(), "margin": (top2[:, 1] - top2[:, 0]).tolist()}
+
+
+def _forced_edgert(args, seq: list[int]) -> dict:
+    import edgert
+
+    model = edgert.load(args.file, n_ctx=args.ctx, threads=args.threads)
+    return _choices(model.prefill(model.new_state(), seq, logits="all"))
+
+
+def _forced_llama(args, seq: list[int]) -> dict:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=args.file, n_ctx=args.ctx, n_batch=512, n_ubatch=512, n_threads=args.threads,
+                          n_threads_batch=args.threads, logits_all=True, verbose=False)
+    llm.eval(seq)
+    return _choices(np.array(llm.scores[:len(seq)], dtype=np.float32))
+
+
+def worker(argv: list[str]) -> None:
+    """`python -m tools.filetypes --worker ENGINE --file F --seq JSON ...`: top-1 choices along seq."""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("engine", choices=("edgert", "llama"))
+    p.add_argument("--file", required=True)
+    p.add_argument("--seq", required=True)
+    p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--ctx", type=int, required=True)
+    args = p.parse_args(argv)
+    seq = json.loads(Path(args.seq).read_text())
+    print(json.dumps((_forced_edgert if args.engine == "edgert" else _forced_llama)(args, seq)), flush=True)
+
+
+def _forced(engine: str, file: Path, seq_path: Path, threads: int, ctx: int) -> dict:
+    import subprocess
+
+    cmd = [sys.executable, "-m", "tools.filetypes", "--worker", engine, "--file", str(file), "--seq", str(seq_path),
+           "--threads", str(threads), "--ctx", str(ctx)]
+    done = subprocess.run(cmd, cwd=bench.REPO, capture_output=True, text=True)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"the {engine} worker failed on {file.name}:\n{done.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+# --- the parent -----------------------------------------------------------------------------------
+
+def measure(source: Path, model: str, ftype: str, args, threads: int, out_dir: Path, log) -> dict:
+    """One file of `ftype` made from `source`: both engines' speed and tokens, and the
+    teacher-forced agreement along llama.cpp's greedy tokens."""
+    log(f"{model} {ftype}: quantizing with llama.cpp ...")
+    path = quantize(source, out_dir / f"{source.stem}-{ftype}.gguf", ftype, threads)
+    with tempfile.TemporaryDirectory(prefix="edgert-types-") as tmp:
+        prompts, seq_path = Path(tmp) / "prompts.json", Path(tmp) / "seq.json"
+        bench.write_prompts(path, args.prompt, prompts)
+        log(f"{model} {ftype}: edgert ...")
+        ours = bench._run_worker("edgert", path, prompts, args, threads)
+        log(f"{model} {ftype}: llama.cpp ...")
+        theirs = bench._run_worker("llama", path, prompts, args, threads)
+        prompt = json.loads(prompts.read_text())["prompt"]
+        seq = prompt + theirs["tokens"][:-1]  # every generated token's position, fed llama.cpp's choices
+        seq_path.write_text(json.dumps(seq))
+        log(f"{model} {ftype}: teacher-forced choices ...")
+        mine, yours = (_forced(e, path, seq_path, threads, args.ctx) for e in ("edgert", "llama"))
+    first = len(prompt) - 1  # the position whose logits chose the first generated token
+    ours_top, theirs_top = mine["argmax"][first:], yours["argmax"][first:]
+    margin = mine["margin"][first:]
+    differ = [i for i, (a, b) in enumerate(zip(ours_top, theirs_top)) if a != b]
+    return dict(model=model, type=ftype, file=path.name, file_mb=path.stat().st_size / 2**20,
+                tensors=tensor_types(path), edgert=ours, llama=theirs,
+                greedy=bench._agreement(ours["tokens"], theirs["tokens"]), positions=len(ours_top),
+                differ=len(differ), differ_outside_ties=sum(margin[i] >= TIE for i in differ))
+
+
+def section(results: list[dict], meta: dict) -> list[str]:
+    """BENCHMARKS.md's table of file types."""
+    lines = [
+        "", "## Every file type, beside llama.cpp", "",
+        "Each file made by llama.cpp's own quantizer (`llama_model_quantize`) from the model's file;",
+        "each engine reads the same file and prompt (tools/filetypes.py). Greedy: tokens identical from",
+        "the start. Teacher-forced: along llama.cpp's greedy tokens, the positions whose top-1 choice",
+        f"differs, and of those the ones where edgert's top two are {TIE} or more apart (must be 0).",
+        f"Prompt {meta['prompt']} tokens, {meta['gen']} generated, {meta['threads']} threads.", "",
+        "| model | type | matrices | MB | prefill tok/s edgert / llama.cpp | ratio | decode tok/s edgert / llama.cpp "
+        "| ratio | greedy identical | teacher-forced: differ (outside near-ties) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        e, ll = r["edgert"], r["llama"]
+        lines.append(
+            f"| {r['model']} | {r['type'].upper()} | {r['tensors']} | {r['file_mb']:.0f} | "
+            f"{e['prefill_tps']:.1f} / {ll['prefill_tps']:.1f} | {e['prefill_tps'] / ll['prefill_tps']:.2f}x | "
+            f"{e['decode_tps']:.2f} / {ll['decode_tps']:.2f} | {e['decode_tps'] / ll['decode_tps']:.2f}x | "
+            f"{r['greedy']}/{meta['gen']} | {r['differ']} of {r['positions']} ({r['differ_outside_ties']}) |")
+    return lines
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        worker(sys.argv[2:])
