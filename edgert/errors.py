@@ -24,3 +24,9 @@ class ContextOverflowError(EdgeRTError):
 
 class CheckpointError(EdgeRTError):
     """A Hugging Face checkpoint directory that cannot be converted."""
+
+
+def no_audio_tower(path) -> EdgeRTError:
+    """What audio given to a model without an audio tower gets."""
+    return EdgeRTError(f"{path} has no audio encoder: give llama.cpp's mmproj file for it (mmproj=, --mmproj, or an "
+                       "mmproj*.gguf beside the model), or convert a checkpoint with an audio tower")

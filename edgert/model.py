@@ -6,7 +6,9 @@ generation is a generator over token ids, and text streams on top of it."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -15,10 +17,11 @@ import numpy as np
 
 from edgert import chat as chat_format
 from edgert import gemma4
-from edgert.errors import ContextOverflowError, EdgeRTError
+from edgert.errors import ContextOverflowError, EdgeRTError, no_audio_tower
 from edgert.profile import prompt_step
 from edgert.kv_cache import DEFAULT_KV, KV_TYPES, KVCache, make_caches
 from edgert.files import layouts
+from edgert.files import mmproj as mmproj_file
 from edgert.files.loader import ModelFile, open_model
 from edgert.sampling import make_sampler
 from edgert.tokenizer import StreamDecoder, Tokenizer
@@ -51,7 +54,8 @@ LAYOUTS = ("x8", "rows")
 def load(path: str | os.PathLike, n_ctx: int = DEFAULT_CTX, n_batch: int | None = None,
          threads: int | None = None, ple: str = "mmap", ple_cache_mb: float = 64.0,
          ple_prefetch: bool = True, audio_int8: bool = False, layout: str = "x8", kv_type: str = DEFAULT_KV,
-         progress: Callable[[int, int, str], None] | None = None) -> "Model":
+         progress: Callable[[int, int, str], None] | None = None,
+         mmproj: str | os.PathLike | None = None) -> "Model":
     """Open a GGUF model file (memory-mapped) and make it ready to generate.
 
     n_ctx: the context length the caches hold (capped at the model's trained length);
@@ -67,17 +71,35 @@ def load(path: str | os.PathLike, n_ctx: int = DEFAULT_CTX, n_batch: int | None 
     "rows" (every matrix read in the file's own layout);
     kv_type: how the KV cache holds its entries: "f16" (as llama.cpp), "q8_0" (34 bytes per 32
     values) or "f32" (exact): see edgert.kv_cache;
-    progress(done, total, what): called while the layout cache is built, the first time."""
+    progress(done, total, what): called while the layout cache is built, the first time;
+    mmproj: llama.cpp's multimodal projector file to take the audio tower from (projector
+    "gemma4a"); without it, a model file that has no audio tower takes the one mmproj*.gguf
+    beside it, if there is one (edgert.files.mmproj)."""
     return Model(open_model(path), n_ctx=n_ctx, n_batch=n_batch, threads=threads, ple=ple,
                  ple_cache_mb=ple_cache_mb, ple_prefetch=ple_prefetch, audio_int8=audio_int8, layout=layout,
-                 kv_type=kv_type, progress=progress)
+                 kv_type=kv_type, progress=progress, mmproj=mmproj)
+
+
+def _with_mmproj(file: ModelFile, mmproj, tokenizer: Tokenizer) -> ModelFile:
+    """The model file with the audio tower of `mmproj` (given, or the one found beside a model
+    that has none), saying what of it is ignored."""
+    if mmproj is None and (file.audio is not None or file.config.arch != "gemma4"):
+        return file
+    path = mmproj if mmproj is not None else mmproj_file.find_beside(file.path)
+    if path is None:
+        return file
+    tower, ignored = mmproj_file.read(path, file.config.n_embd, tokenizer.token_id)
+    for part, count in ignored.items():
+        warnings.warn(f"{path}: its {part} ({count} tensors) is ignored; edgert reads the audio tower", stacklevel=3)
+    return dataclasses.replace(file, audio=tower)
 
 
 class Model:
     def __init__(self, file: ModelFile, n_ctx: int = DEFAULT_CTX, n_batch: int | None = None,
                  threads: int | None = None, ple: str = "mmap", ple_cache_mb: float = 64.0,
                  ple_prefetch: bool = True, audio_int8: bool = False, layout: str = "x8",
-                 kv_type: str = DEFAULT_KV, progress: Callable[[int, int, str], None] | None = None):
+                 kv_type: str = DEFAULT_KV, progress: Callable[[int, int, str], None] | None = None,
+                 mmproj: str | os.PathLike | None = None):
         if n_ctx < 1 or (n_batch is not None and n_batch < 1):
             raise EdgeRTError(f"n_ctx and n_batch must be positive (got {n_ctx}, {n_batch})")
         if layout not in LAYOUTS:
@@ -97,6 +119,7 @@ class Model:
         self.n_ctx = min(n_ctx, self.config.n_ctx_train)
         self.n_batch = n_batch or prompt_step(self.config, self.threads)
         self.tokenizer = Tokenizer(file.tokenizer)
+        file = self.file = _with_mmproj(file, mmproj, self.tokenizer)
         file.gguf.release_header()  # the tokenizer's index is built; lookups map back single pages
         ple_store = self._ple_store(ple, ple_cache_mb, ple_prefetch)
         tensors, self.layout_cache = file.tensors, None
@@ -309,7 +332,7 @@ class Model:
                 out.append(m)
                 continue
             if self.file.audio is None:
-                raise EdgeRTError(f"{self.file.path} has no audio encoder: convert a checkpoint with an audio tower")
+                raise no_audio_tower(self.file.path)
             names = {k: self.tokenizer.tokens[v] for k, v in self.file.audio.tokens.items()}
             parts = []
             for part in content:

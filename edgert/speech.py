@@ -17,7 +17,7 @@ import numpy as np
 from audio.encoder import AudioConfig, AudioEncoder, build, quantize_int8
 from audio.features import log_mel
 from audio.wav import AudioError, load_audio
-from edgert.errors import EdgeRTError
+from edgert.errors import EdgeRTError, no_audio_tower
 
 MAX_SOFT_TOKENS = 750  # Gemma 4 hears at most 30 s per clip: one soft token per 40 ms
 
@@ -39,10 +39,10 @@ def open_encoder(model_file, threads: int | None = None, int8: bool = False) -> 
 
     tower = model_file.audio
     if tower is None:
-        raise EdgeRTError(f"{model_file.path} has no audio encoder: convert a checkpoint with an audio tower")
+        raise no_audio_tower(model_file.path)
     config = AudioConfig.from_hf(tower.config, text_hidden=int(tower.config["text_hidden_size"]))
-    cache = Path(f"{model_file.path}.audio{'-int8' if int8 else ''}.onnx")
-    stamp = _stamp(Path(model_file.path))
+    cache = Path(f"{tower.source}.audio{'-int8' if int8 else ''}.onnx")  # beside the weights' file
+    stamp = _stamp(Path(tower.source))
     if cache.is_file():
         model = onnx.load(str(cache))
         if {p.key: p.value for p in model.metadata_props}.get("edgert.model") == stamp:

@@ -217,3 +217,61 @@ def write_golden(directory: Path = GOLDEN_DIR) -> None:
 if __name__ == "__main__":  # python -m tests.reference: rewrite the committed golden output
     write_golden()
     print(f"wrote {GOLDEN_DIR}")
+
+
+# --- llama.cpp's mmproj file, written as its converter writes it ------------------------------------
+
+def write_mmproj(checkpoint: Path, out: Path, projector: str = "gemma4a", audio: bool = True,
+                 vision: bool = True) -> Path:
+    """The audio tower of a Gemma 4 checkpoint as llama.cpp's convert_hf_to_gguf.py writes it
+    into an mmproj file (Gemma4VisionAudioModel, --outtype f16): gguf's own multimodal names
+    (gguf.get_tensor_name_map(MMPROJ)), per_dim_scale softplus-ed, the depthwise kernel as
+    (C, K), scalars as 1-element vectors; convolutions, vectors and scalars in F32, the other
+    matrices in F16; its clip.* keys. vision: two stand-in vision tensors beside it, as in
+    Google's checkpoints (their vision tower is not built here)."""
+    import gguf
+    import torch
+    from safetensors import safe_open
+
+    config = json.loads((checkpoint / "config.json").read_text())
+    audio_cfg, text_cfg = config["audio_config"], config["text_config"]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, audio_cfg["num_hidden_layers"])
+    w = gguf.GGUFWriter(out, "clip")
+    w.add_clip_has_vision_encoder(vision)
+    w.add_clip_has_audio_encoder(audio)
+    if audio:
+        w.add_clip_audio_projector_type(projector)
+        w.add_audio_num_mel_bins(audio_cfg.get("input_feat_size", 128))
+        w.add_audio_embedding_length(audio_cfg["hidden_size"])
+        w.add_audio_feed_forward_length(audio_cfg["hidden_size"] * 4)
+        w.add_audio_block_count(audio_cfg["num_hidden_layers"])
+        w.add_audio_head_count(audio_cfg["num_attention_heads"])
+        w.add_audio_projection_dim(text_cfg["hidden_size"])
+        w.add_audio_attention_layernorm_eps(1e-5)
+    if vision:
+        w.add_clip_vision_projector_type("gemma4v")
+        w.add_tensor("v.patch_embd.weight", np.zeros((8, 3, 2, 2), np.float32))
+        w.add_tensor("mm.input_projection.weight", np.zeros((text_cfg["hidden_size"], 8), np.float16))
+    with safe_open(checkpoint / "model.safetensors", "pt") as f:
+        for name in f.keys() if audio else []:
+            if "audio_tower" not in name and "embed_audio" not in name:
+                continue
+            data = f.get_tensor(name).float()
+            if data.dim() == 0:
+                data = data.unsqueeze(0)
+            n = name.replace("model.audio_tower.", "conformer.").replace(".linear.", ".")
+            if n.endswith("per_dim_key_scale") or n.endswith("per_dim_scale"):
+                n += ".weight"
+                data = torch.nn.functional.softplus(data)
+            if "lconv1d.depthwise_conv1d" in n and n.endswith(".weight"):
+                data = data.reshape(data.shape[0], data.shape[2])
+            new = names.get_name(n, try_suffixes=(".weight", ".bias", ".input_max", ".input_min", ".output_max",
+                                                  ".output_min"))
+            assert new is not None, n
+            f32 = data.dim() <= 1 or ".conv" in name or ("_conv" in name and ".weight" in name)
+            w.add_tensor(new, data.numpy().astype(np.float32 if f32 else np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out

@@ -16,6 +16,9 @@ def add_model_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ple-cache-mb", type=float, default=64.0, help="row cache of --ple pread (default 64)")
     p.add_argument("--kv", default="f16", choices=("f16", "q8_0", "f32"),
                    help="KV cache entries (default f16, as llama.cpp; q8_0 takes 34 bytes per 32 values)")
+    p.add_argument("--mmproj", default=None,
+                   help="llama.cpp's multimodal projector file to take the audio tower from (default: the model's "
+                        "own, else an mmproj*.gguf beside it)")
     p.add_argument("-v", "--verbose", action="store_true", help="print timings and PLE table statistics")
 
 
@@ -52,7 +55,7 @@ def load_model(args, **options):
     print(f"loading {path} ...", file=sys.stderr, end="", flush=True)
     building = ProgressBar("building the weight layout cache (once per model file)")
     model = edgert.load(path, n_ctx=args.ctx, threads=args.threads, ple=args.ple, ple_cache_mb=args.ple_cache_mb,
-                        kv_type=args.kv, progress=building, **options)
+                        kv_type=args.kv, progress=building, mmproj=args.mmproj, **options)
     print(f" {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     return model
 

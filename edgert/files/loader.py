@@ -28,6 +28,7 @@ class AudioTower:
     config: dict  # the checkpoint's audio_config, plus text_hidden_size
     tokens: dict  # "boa", "eoa", "audio" -> token id
     tensors: dict[str, tuple[QTensor, tuple[int, ...]]]
+    source: Path | None = None  # the file the weights come from: the model's, or an mmproj file
 
     def weights(self, prefix: str) -> dict[str, np.ndarray]:
         """The tensors under `prefix` ("audio." or "audio_embed."), float32, in their shapes."""
@@ -165,7 +166,7 @@ def _audio(file: GGUFFile, tensor) -> AudioTower | None:
         if qtype in _FLOAT_DTYPES:
             raw = raw.view(_FLOAT_DTYPES[qtype])
         tensors[name] = (QTensor(raw.reshape(-1), qtype, (int(np.prod(shape)) if shape else 1,)), tuple(shape))
-    return AudioTower(config=config, tokens=tokens, tensors=tensors)
+    return AudioTower(config=config, tokens=tokens, tensors=tensors, source=Path(file.path))
 
 
 _FLOAT_DTYPES = {QType.F32: np.float32, QType.F16: np.float16, QType.BF16: np.uint16}
