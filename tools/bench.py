@@ -51,6 +51,8 @@ def add_parser(sub) -> None:
                    help="instead: make files of these types with llama.cpp's quantizer from each model's file "
                         "(comma list: q4_1,q5_1,iq4_nl,q2_k,q3_k_m,q5_k_m,iq4_xs, ...) and compare both engines "
                         "on each (tools/filetypes.py)")
+    p.add_argument("--kernels", action="store_true",
+                   help="instead: time the matrix kernels alone, per weight type (tools/filetypes.py)")
     p.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="the report to write ('' for none)")
     p.set_defaults(func=main)
 
@@ -612,6 +614,14 @@ def main(args) -> int:
 
     log(f"memory bandwidth at {threads} threads ...")
     bandwidth = memory_bandwidth(threads)
+    if args.kernels:
+        from tools import filetypes
+
+        text = "\n".join(filetypes.kernel_section(filetypes.kernel_speeds(threads, log), threads, bandwidth))
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+        return 0
     if args.quantize:
         return _file_types(args, threads, bandwidth, llama, log)
     results = []

@@ -167,3 +167,72 @@ def section(results: list[dict], meta: dict) -> list[str]:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         worker(sys.argv[2:])
+
+
+# --- the kernels alone, per type ------------------------------------------------------------------
+
+GEMV_SHAPE = (16384, 2048)  # rows, cols of each matrix the GEMV streams
+GEMV_MATRICES = 4  # cycled through, so that together they are far larger than the caches
+GEMM_SHAPE, GEMM_TOKENS = (4096, 2048), 64
+
+
+def kernel_speeds(threads: int, log, repeats: int = 5) -> list[dict]:
+    """Per x8-tiled type, on random blocks of realistic scales: the GEMV's weight bytes per
+    second, streamed from DRAM (GEMV_MATRICES matrices in turn), and the GEMM's weights times
+    tokens per second (GEMM_TOKENS tokens, from cache); each the best of `repeats`."""
+    import time
+
+    from quant import BLOCKS, QTensor, cpu, layout, matmul, packed
+    from tools.synth import _RandomBlocks
+
+    cpu.set_threads(threads)
+    rng = np.random.default_rng(0)
+    out = []
+    for qtype in packed.TILED:
+        log(f"kernels: {qtype.name} ...")
+
+        def tensor(rows, cols):
+            raw = _RandomBlocks(rng, rows, cols, qtype)._chunk(rows).reshape(rows, -1)
+            return QTensor(raw, qtype, (rows, cols), layout.pack(raw, qtype))
+
+        ws = [tensor(*GEMV_SHAPE) for _ in range(GEMV_MATRICES)]
+        x = rng.standard_normal((1, GEMV_SHAPE[1])).astype(np.float32)
+        for w in ws:
+            matmul(x, w)  # compiled, and every page touched
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for w in ws:
+                matmul(x, w)
+            best = min(best, time.perf_counter() - t)
+        gemv = sum(w.nbytes for w in ws) / best / 1e9
+        w = tensor(*GEMM_SHAPE)
+        xs = rng.standard_normal((GEMM_TOKENS, GEMM_SHAPE[1])).astype(np.float32)
+        matmul(xs, w)
+        best = min(_timed(lambda: matmul(xs, w)) for _ in range(repeats))
+        out.append(dict(type=qtype.name, bits=8 * BLOCKS[qtype].nbytes / BLOCKS[qtype].values, gemv_gbs=gemv,
+                        gemm_gvals=GEMM_SHAPE[0] * GEMM_SHAPE[1] * GEMM_TOKENS / best / 1e9))
+    return out
+
+
+def _timed(f) -> float:
+    import time
+
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+
+def kernel_section(speeds: list[dict], threads: int, bandwidth: float) -> list[str]:
+    base = next(s for s in speeds if s["type"] == "Q4_K")
+    lines = ["", "## The kernels alone, per type", "",
+             f"Random blocks in edgert's x8 layout, {threads} threads (tools/filetypes.py: kernel_speeds). GEMV: "
+             f"{GEMV_MATRICES} matrices of {GEMV_SHAPE[0]} x {GEMV_SHAPE[1]} in turn, one token, weight bytes per "
+             f"second from DRAM (a streaming read makes {bandwidth:.1f} GB/s). GEMM: {GEMM_TOKENS} tokens against "
+             f"{GEMM_SHAPE[0]} x {GEMM_SHAPE[1]}, weights x tokens per second. Both beside Q4_K's.", "",
+             "| type | bits per weight | GEMV GB/s | vs Q4_K | GEMM G weights x tokens / s | vs Q4_K |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for s in speeds:
+        lines.append(f"| {s['type']} | {s['bits']:.2f} | {s['gemv_gbs']:.1f} | {s['gemv_gbs'] / base['gemv_gbs']:.2f} | "
+                     f"{s['gemm_gvals']:.1f} | {s['gemm_gvals'] / base['gemm_gvals']:.2f} |")
+    return lines
