@@ -172,14 +172,17 @@ if __name__ == "__main__":
 # --- the kernels alone, per type ------------------------------------------------------------------
 
 GEMV_SHAPE = (16384, 2048)  # rows, cols of each matrix the GEMV streams
-GEMV_MATRICES = 4  # cycled through, so that together they are far larger than the caches
+CACHED_MATRICES = 4  # cycled through: 40-75 MB, within a large L3 (the compute per byte)
+DRAM_BYTES = 1.5e9  # enough matrices in turn to pass every cache (the stream from memory)
 GEMM_SHAPE, GEMM_TOKENS = (4096, 2048), 64
 
 
 def kernel_speeds(threads: int, log, repeats: int = 5) -> list[dict]:
     """Per x8-tiled type, on random blocks of realistic scales: the GEMV's weight bytes per
-    second, streamed from DRAM (GEMV_MATRICES matrices in turn), and the GEMM's weights times
-    tokens per second (GEMM_TOKENS tokens, from cache); each the best of `repeats`."""
+    second over CACHED_MATRICES matrices (cache-resident where the L3 is large: what its
+    arithmetic allows) and over DRAM_BYTES of them (streamed from memory), and the GEMM's
+    weights times tokens per second (GEMM_TOKENS tokens, from cache); each the best of
+    `repeats`."""
     import time
 
     from quant import BLOCKS, QTensor, cpu, layout, matmul, packed
@@ -195,23 +198,28 @@ def kernel_speeds(threads: int, log, repeats: int = 5) -> list[dict]:
             raw = _RandomBlocks(rng, rows, cols, qtype)._chunk(rows).reshape(rows, -1)
             return QTensor(raw, qtype, (rows, cols), layout.pack(raw, qtype))
 
-        ws = [tensor(*GEMV_SHAPE) for _ in range(GEMV_MATRICES)]
         x = rng.standard_normal((1, GEMV_SHAPE[1])).astype(np.float32)
-        for w in ws:
-            matmul(x, w)  # compiled, and every page touched
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
+
+        def gemv(ws) -> float:
             for w in ws:
-                matmul(x, w)
-            best = min(best, time.perf_counter() - t)
-        gemv = sum(w.nbytes for w in ws) / best / 1e9
+                matmul(x, w)  # compiled, and every page touched
+            best = float("inf")
+            for _ in range(repeats):
+                t = time.perf_counter()
+                for w in ws:
+                    matmul(x, w)
+                best = min(best, time.perf_counter() - t)
+            return sum(w.nbytes for w in ws) / best / 1e9
+
+        one = tensor(*GEMV_SHAPE)
+        cached = gemv([one] + [tensor(*GEMV_SHAPE) for _ in range(CACHED_MATRICES - 1)])
+        dram = gemv([one] + [tensor(*GEMV_SHAPE) for _ in range(int(DRAM_BYTES / one.nbytes))])
         w = tensor(*GEMM_SHAPE)
         xs = rng.standard_normal((GEMM_TOKENS, GEMM_SHAPE[1])).astype(np.float32)
         matmul(xs, w)
         best = min(_timed(lambda: matmul(xs, w)) for _ in range(repeats))
-        out.append(dict(type=qtype.name, bits=8 * BLOCKS[qtype].nbytes / BLOCKS[qtype].values, gemv_gbs=gemv,
-                        gemm_gvals=GEMM_SHAPE[0] * GEMM_SHAPE[1] * GEMM_TOKENS / best / 1e9))
+        out.append(dict(type=qtype.name, bits=8 * BLOCKS[qtype].nbytes / BLOCKS[qtype].values, gemv_gbs=cached,
+                        dram_gbs=dram, gemm_gvals=GEMM_SHAPE[0] * GEMM_SHAPE[1] * GEMM_TOKENS / best / 1e9))
     return out
 
 
@@ -227,12 +235,16 @@ def kernel_section(speeds: list[dict], threads: int, bandwidth: float) -> list[s
     base = next(s for s in speeds if s["type"] == "Q4_K")
     lines = ["", "## The kernels alone, per type", "",
              f"Random blocks in edgert's x8 layout, {threads} threads (tools/filetypes.py: kernel_speeds). GEMV: "
-             f"{GEMV_MATRICES} matrices of {GEMV_SHAPE[0]} x {GEMV_SHAPE[1]} in turn, one token, weight bytes per "
-             f"second from DRAM (a streaming read makes {bandwidth:.1f} GB/s). GEMM: {GEMM_TOKENS} tokens against "
-             f"{GEMM_SHAPE[0]} x {GEMM_SHAPE[1]}, weights x tokens per second. Both beside Q4_K's.", "",
-             "| type | bits per weight | GEMV GB/s | vs Q4_K | GEMM G weights x tokens / s | vs Q4_K |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             f"matrices of {GEMV_SHAPE[0]} x {GEMV_SHAPE[1]} in turn, one token, weight bytes per second: "
+             f"{CACHED_MATRICES} of them (within a large L3: what the arithmetic allows per byte), and "
+             f"{DRAM_BYTES / 1e9:.1f} GB of them (from memory; a streaming read makes {bandwidth:.1f} GB/s). "
+             f"GEMM: {GEMM_TOKENS} tokens against {GEMM_SHAPE[0]} x {GEMM_SHAPE[1]}, weights x tokens per second. "
+             "Each beside Q4_K's.", "",
+             "| type | bits per weight | GEMV from cache GB/s | vs Q4_K | GEMV from memory GB/s | vs Q4_K "
+             "| GEMM G weights x tokens / s | vs Q4_K |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in speeds:
         lines.append(f"| {s['type']} | {s['bits']:.2f} | {s['gemv_gbs']:.1f} | {s['gemv_gbs'] / base['gemv_gbs']:.2f} | "
+                     f"{s['dram_gbs']:.1f} | {s['dram_gbs'] / base['dram_gbs']:.2f} | "
                      f"{s['gemm_gvals']:.1f} | {s['gemm_gvals'] / base['gemm_gvals']:.2f} |")
     return lines
