@@ -204,7 +204,9 @@ class InputStream:
             for i in range(0, len(samples), self.blocksize):
                 self.callback(samples[i:i + self.blocksize, None], self.blocksize, None, None)
             time.sleep(float(os.environ.get("FAKE_MIC_LINGER", "20")))
-            os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C
+            while True:  # the user's Ctrl-C, again until it quits (one that lands on a reply stops only that)
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(2)
         threading.Thread(target=play, daemon=True).start()
         return self
 
