@@ -92,6 +92,33 @@ def test_an_mmproj_beside_a_model_without_audio_is_found(files, speech, tmp_path
     np.testing.assert_array_equal(_audio_logits(found, speech), _audio_logits(named, speech))
 
 
+def _rewritten(src, out, drop: str | None = None, narrow: str | None = None):
+    """src's tensors and keys again, less `drop`, with the rows of `narrow` halved."""
+    import gguf
+
+    reader = gguf.GGUFReader(src)
+    w = gguf.GGUFWriter(out, "clip")
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue
+        value = field.contents()
+        vtype = field.types[0]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            w.add_array(field.name, value)
+        else:
+            w.add_key_value(field.name, value, vtype)
+    for t in reader.tensors:
+        if t.name == drop:
+            continue
+        data = np.array(t.data)
+        w.add_tensor(t.name, data[: data.shape[0] // 2] if t.name == narrow else data, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
 def test_what_is_not_gemma_4s_audio_is_refused_clearly(files, tmp_path):
     hf, text = files["hf"], files["text"]
     cases = [
@@ -107,6 +134,13 @@ def test_what_is_not_gemma_4s_audio_is_refused_clearly(files, tmp_path):
     for path, message in cases:
         with pytest.raises(ModelFileError, match=message):
             edgert.load(text, mmproj=path)
+    # a block short of a tensor, and one whose attention is of another width
+    short = _rewritten(files["mmproj"], tmp_path / "short.gguf", drop="a.blk.1.attn_v.weight")
+    with pytest.raises(ModelFileError, match=r"not Gemma 4's audio tower: it lacks audio.layers.1.self_attn.v_proj"):
+        edgert.load(text, mmproj=short)
+    narrow = _rewritten(files["mmproj"], tmp_path / "narrow.gguf", narrow="a.blk.0.attn_q.weight")
+    with pytest.raises(ModelFileError, match=r"self_attn\.q_proj\.linear\.weight has shape \(32, 64\), not \(64, 64\)"):
+        edgert.load(text, mmproj=narrow)
     # an mmproj of another model: its projection does not meet the text model's width
     with pytest.raises(ModelFileError, match="projects audio into a text width of 64, but the model's is 96"):
         mmproj.read(files["mmproj"], 96, lambda text: 0)

@@ -119,7 +119,7 @@ def read(path: str | os.PathLike, text_hidden: int, token_id: Callable[[str], in
     if projector != PROJECTOR:
         raise ModelFileError(f"{path} holds a {projector!r} audio projector; edgert reads Gemma 4's ('{PROJECTOR}')")
 
-    tensors, ignored, missing_bound = {}, 0, []
+    tensors, ignored = {}, 0
     for name, info in file.tensors.items():
         mapped = edgert_name(name)
         if mapped is None:
@@ -140,8 +140,8 @@ def read(path: str | os.PathLike, text_hidden: int, token_id: Callable[[str], in
         elif transform == "scalar":
             shape = ()
         tensors[ours] = (QTensor(values, QType.F32, (values.size,)), shape)
-    _check(path, tensors, text_hidden)
-    blocks = 1 + max(int(n.split(".")[2]) for n in tensors if n.startswith("audio.layers."))
+    blocks = 1 + max((int(n.split(".")[2]) for n in tensors if n.startswith("audio.layers.")), default=-1)
+    _check(path, tensors, blocks, text_hidden)
     config = {**PUBLISHED,
               "hidden_size": tensors["audio.subsample_conv_projection.input_proj_linear.weight"][1][0],
               "num_hidden_layers": blocks,
@@ -158,13 +158,26 @@ def read(path: str | os.PathLike, text_hidden: int, token_id: Callable[[str], in
         {"vision tower": ignored} if ignored else {})
 
 
-def _check(path: Path, tensors: dict, text_hidden: int) -> None:
+def _check(path: Path, tensors: dict, blocks: int, text_hidden: int) -> None:
+    """Every tensor the encoder reads is there, in the shapes of one width; the projection
+    meets the text model's width."""
     need = list(_TOP.values()) + [f"audio.subsample_conv_projection.layer{i}.{p}.weight" for i in range(2)
-                                  for p in ("conv", "norm")] + ["audio.layers.0.lconv1d.depthwise_conv1d.weight"]
+                                  for p in ("conv", "norm")]
+    for b in range(max(blocks, 1)):
+        for key, (module, clipped) in _LAYER.items():
+            name = f"audio.layers.{b}.{module}"
+            need.append(name if key == "per_dim_scale" else f"{name}.linear.weight" if clipped else f"{name}.weight")
     lacking = [n for n in need if n not in tensors]
     if lacking:
-        raise ModelFileError(f"{path} is not Gemma 4's audio tower: it lacks {', '.join(lacking[:3])}; use the "
-                             "mmproj file made from the same Gemma 4 checkpoint as the model")
+        raise ModelFileError(f"{path} is not Gemma 4's audio tower: it lacks {', '.join(lacking[:3])}"
+                             f"{' and more' if len(lacking) > 3 else ''}; use the mmproj file made from the same "
+                             "Gemma 4 checkpoint as the model")
+    hidden = tensors["audio.subsample_conv_projection.input_proj_linear.weight"][1][0]
+    wrong = [n for n in need if n.endswith(("q_proj.linear.weight", "k_proj.linear.weight", "post.linear.weight"))
+             and tensors[n][1] != (hidden, hidden)]
+    if wrong:
+        raise ModelFileError(f"{path}: {wrong[0]} has shape {tensors[wrong[0]][1]}, not ({hidden}, {hidden}) as the "
+                             "encoder's width implies: it is not Gemma 4's audio tower, or it is damaged")
     embed = tensors["audio_embed.embedding_projection.weight"][1]
     if len(embed) != 2 or embed[0] != text_hidden:
         raise ModelFileError(f"{path} projects audio into a text width of {embed[0]}, but the model's is {text_hidden}: "
