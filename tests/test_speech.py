@@ -5,6 +5,7 @@ Gemma4ForConditionalGeneration on a small random model with an audio tower, conv
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -225,8 +226,11 @@ def test_voice_from_a_microphone(checkpoint, speech, tmp_path, stream):
     argv = ["voice", str(path), "-v", "--temperature", "0", "-n", "4"] + ([] if stream else ["--no-stream"])
     env = {**os.environ, "FAKE_MIC_WAV": str(speech), "FAKE_MIC_LINGER": "8",
            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parent.parent)])}
+    # Ctrl-C as a terminal delivers it, even where pytest itself runs with SIGINT ignored (started in
+    # the background by a non-interactive shell, whose children Python then gives no KeyboardInterrupt)
     done = subprocess.run([sys.executable, "-m", "tools.cli", *argv], capture_output=True, text=True, timeout=300,
-                          env=env, cwd=Path(__file__).resolve().parent.parent)
+                          env=env, cwd=Path(__file__).resolve().parent.parent,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "listening on fake microphone" in done.stderr
     assert done.stderr.count("speech end to first token") == 1
