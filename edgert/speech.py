@@ -42,7 +42,7 @@ def open_encoder(model_file, threads: int | None = None, int8: bool = False) -> 
         raise no_audio_tower(model_file.path)
     config = AudioConfig.from_hf(tower.config, text_hidden=int(tower.config["text_hidden_size"]))
     cache = Path(f"{tower.source}.audio{'-int8' if int8 else ''}.onnx")  # beside the weights' file
-    stamp = _stamp(Path(tower.source))
+    stamp = _stamp(tower.source)
     if cache.is_file():
         model = onnx.load(str(cache))
         if {p.key: p.value for p in model.metadata_props}.get("edgert.model") == stamp:

@@ -37,7 +37,7 @@ from numba.extending import intrinsic
 from quant.cpu import FEATURES, FLAVOR
 from quant.formats import IQ4_NL_LEVELS, QType
 from quant.layout import ROWS, SUPER_TILES, TILES, TileFormat
-from quant.simd import F32, HALF, I8, I16, I32, _Bytes, _const_vec, _declare, _shuffle, _splat, _vec
+from quant.simd import F32, HALF, I8, I16, I32, _Bytes, _const_vec, _declare, _shuffle, _splat, _vec, switch
 
 V8I32, V32I8, V8F32 = _vec(I32, 8), _vec(I8, 32), _vec(F32, 8)
 PREFETCH_FLAVORS = ("avx512", "avx2")  # GEMV prefetches; measured on x86 only (+14% E2B decode matmuls)
@@ -300,7 +300,7 @@ def _decode_q4_k(b, tile: _Bytes, levels, fifth_bits: bool = False) -> _Super:
     """Q4_K (and, with fifth_bits, Q5_K): sub-block j's value 4L + jj is nibble j % 2 of
     sub-vector L of pair j // 2 (and bit j of qh sub-vector L is its fifth bit)."""
     scales, mins = _q4_k_scales(b, tile, 32)
-    values_at = 384 if fifth_bits else 128
+    values_at = SUPER_TILES[QType.Q5_K if fifth_bits else QType.Q4_K].header
     subs = [tile.load(values_at + 32 * (8 * p + L), V32I8) for p in range(4) for L in range(8)]
     qh = [tile.load(128 + 32 * L, V32I8) for L in range(8)] if fifth_bits else None
     groups = []
@@ -361,7 +361,8 @@ def _decode_q3_k(b, tile: _Bytes, levels) -> _Super:
                           b.shl(b.and_(b.lshr(sc[8 + i % 4], c(2 * (i // 4))), c(3)), c(4))), c(32))
               for i in range(16)]
     hmask = [tile.load(112 + 32 * L, V32I8) for L in range(8)]
-    return _Super(_halves(b, tile, 0), _two_bit_groups(b, tile, 368, scales, hmask), offset=4)
+    return _Super(_halves(b, tile, 0), _two_bit_groups(b, tile, SUPER_TILES[QType.Q3_K].header, scales, hmask),
+                  offset=4)
 
 
 def _decode_q2_k(b, tile: _Bytes, levels) -> _Super:
@@ -369,7 +370,7 @@ def _decode_q2_k(b, tile: _Bytes, levels) -> _Super:
     sc = [b.zext(tile.load(32 + 8 * g, _vec(I8, 8)), V8I32) for g in range(16)]
     scales = [b.and_(s, _const_vec(I32, 8, 15)) for s in sc]
     mins = [b.lshr(s, _const_vec(I32, 8, 4)) for s in sc]
-    return _Super(_halves(b, tile, 0), _two_bit_groups(b, tile, 160, scales),
+    return _Super(_halves(b, tile, 0), _two_bit_groups(b, tile, SUPER_TILES[QType.Q2_K].header, scales),
                   mins=(_halves(b, tile, 16), [(m, (g,)) for g, m in enumerate(mins)]))
 
 
@@ -383,7 +384,7 @@ def _decode_iq4_xs(b, tile: _Bytes, levels) -> _Super:
     for ib in range(8):
         scale = b.or_(b.and_(b.lshr(low[ib // 2], c(4 * (ib % 2))), c(15)),
                       b.shl(b.and_(b.lshr(high, c(2 * ib)), c(3)), c(4)))
-        subs = [tile.load(64 + 32 * (4 * ib + L), V32I8) for L in range(4)]
+        subs = [tile.load(SUPER_TILES[QType.IQ4_XS].header + 32 * (4 * ib + L), V32I8) for L in range(4)]
         parts = [(levels(_nibbles(b, v, hi)), 32 * ib + 16 * hi + 4 * L) for hi in (False, True)
                  for L, v in enumerate(subs)]
         groups.append((b.sub(scale, c(32)), parts, (2 * ib, 2 * ib + 1)))
@@ -504,20 +505,17 @@ def tiles_intrinsic(n_tokens: int, flavor: str = FLAVOR, features: frozenset[str
 
             w_ptr, xq_ptr = builder.bitcast(data(1, w_v), I8.as_pointer()), builder.bitcast(data(3, xq_v), I8.as_pointer())
             out_ptr = data(11, out_v)
-            done = builder.append_basic_block("done")
-            switch = builder.switch(fmt_v, done)
-            for qtype in qtypes:
-                case = builder.append_basic_block(qtype.name)
-                switch.add_case(ir.Constant(fmt_v.type, int(qtype)), case)
-                builder.position_at_end(case)
+
+            def tiles(qtype):  # the format's loop, its eight dots per token stored into out
                 dots = emit_tiles_dot(builder, flavor, features, qtype, w_ptr, w_off_v, xq_ptr,
                                       [nth(x_off_v, x_stride_v, j) for j in range(n_tokens)], data(6, xd_v),
                                       data(7, xs_v), [nth(xb_v, xb_stride_v, j) for j in range(n_tokens)], n_v)
                 for j, dot in enumerate(dots):
                     where = builder.gep(out_ptr, [nth(out_off_v, out_stride_v, j)])
                     builder.store(dot, builder.bitcast(where, V8F32.as_pointer()), align=4)
-                builder.branch(done)
-            builder.position_at_end(done)
+                return []
+
+            switch(builder, fmt_v, {q: q for q in qtypes}, 0, tiles)
             return context.get_dummy_value()
 
         return sig, codegen

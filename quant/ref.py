@@ -162,9 +162,8 @@ def quantize_q8(x: np.ndarray, kind: Activations = Activations.Q8_0) -> tuple[np
     scale * sum of each block (n, K/32): the twin of quant.kernels.quantize_q8.
 
     As llama.cpp: per 32, d = max|x| / 127 rounded to float16 and q = round(x * 127 / max|x|)
-    (its Q8_0); for Q8_K, one scale
-    per 256 from the value m of largest magnitude, q = min(127, round(x * (-127 / m))) and
-    d = 1 / (-127 / m)."""
+    (its Q8_0); for Q8_K, one scale per 256 from the value m of largest magnitude,
+    q = min(127, round(x * (-127 / m))) and d = 1 / (-127 / m)."""
     x = np.asarray(x, dtype=np.float32)
     n, k = x.shape
     f32 = np.float32

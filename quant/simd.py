@@ -246,18 +246,18 @@ def _registers(ctxs):
         yield
 
 
-def _switch(builder, fmt_v, n_results: int, emit):
-    """Emit `emit(row_format)` (-> n_results float32 values) under a switch over FORMATS on the
-    run-time format id fmt_v (a QType's value); return the chosen case's values (0 for a
-    format outside FORMATS, which the callers never pass)."""
+def switch(builder, fmt_v, cases: dict, n_results: int, emit):
+    """Emit `emit(case)` (-> n_results float32 values) for each entry of `cases` ({QType: what
+    emit takes}) under a switch on the run-time format id fmt_v (a QType's value); return the
+    chosen case's values (0 for a format outside `cases`, which the callers never pass)."""
     slots = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(n_results)]
     done = builder.append_basic_block("done")
-    switch = builder.switch(fmt_v, done)
-    for qtype, fmt in FORMATS.items():
-        case = builder.append_basic_block(qtype.name)
-        switch.add_case(ir.Constant(fmt_v.type, int(qtype)), case)
-        builder.position_at_end(case)
-        for slot, value in zip(slots, emit(fmt)):
+    on = builder.switch(fmt_v, done)
+    for qtype, case in cases.items():
+        block = builder.append_basic_block(qtype.name)
+        on.add_case(ir.Constant(fmt_v.type, int(qtype)), block)
+        builder.position_at_end(block)
+        for slot, value in zip(slots, emit(case)):
             builder.store(value, slot)
         builder.branch(done)
     builder.position_at_end(done)
@@ -295,7 +295,7 @@ def _row_intrinsic(n_rows: int):
                                          data(7, xs_v), [xb_v], n_v)
                 return dots
 
-            dots = _switch(builder, fmt_v, n_rows, rows)
+            dots = switch(builder, fmt_v, FORMATS, n_rows, rows)
             return dots[0] if n_rows == 1 else context.make_tuple(builder, signature.return_type, dots)
 
         return sig, codegen
@@ -328,7 +328,7 @@ def _tokens_intrinsic(n_tokens: int):
                                     [nth(x_off_v, x_stride_v, j) for j in range(n_tokens)], data(6, xd_v),
                                     data(7, xs_v), [nth(xb_v, xb_stride_v, j) for j in range(n_tokens)], n_v)
 
-            return context.make_tuple(builder, signature.return_type, _switch(builder, fmt_v, n_tokens, tokens))
+            return context.make_tuple(builder, signature.return_type, switch(builder, fmt_v, FORMATS, n_tokens, tokens))
 
         return sig, codegen
 

@@ -90,8 +90,8 @@ def matmuls(x: np.ndarray, ws: Sequence[QTensor]) -> list[np.ndarray]:
     all have the x8 layout and take the same activations, one kernel call quantizes x once
     and runs all the products in one parallel region."""
     kinds = [w.kernel_args for w in ws]
-    activations = {ACTIVATIONS.get(QType(fmt)) for kind, fmt, _, _ in kinds if kind != "float"}
-    if not 2 <= len(ws) <= kernels.SLOTS or any(kind != "packed" for kind, _, _, _ in kinds) or len(activations) > 1:
+    if (not 2 <= len(ws) <= kernels.SLOTS or any(kind != "packed" for kind, _, _, _ in kinds)
+            or len({ACTIVATIONS[QType(fmt)] for _, fmt, _, _ in kinds}) > 1):
         return [matmul(x, w) for w in ws]
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or any(x.shape[1] != w.shape[1] for w in ws):

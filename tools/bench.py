@@ -617,10 +617,8 @@ def main(args) -> int:
     if args.kernels:
         from tools import filetypes
 
-        text = "\n".join(filetypes.kernel_section(filetypes.kernel_speeds(threads, log), threads, bandwidth))
-        print(text)
-        if args.out:
-            Path(args.out).write_text(text + "\n")
+        _report("\n".join(filetypes.kernel_section(filetypes.kernel_speeds(threads, log), threads, bandwidth)),
+                args.out, log)
         return 0
     if args.quantize:
         return _file_types(args, threads, bandwidth, llama, log)
@@ -639,12 +637,16 @@ def main(args) -> int:
         audio = _run_worker("audio", Path(e2b) if e2b else "", Path(""), args, threads)
     from tools.speed_model import section
 
-    text = report(results, meta, audio) + "\n".join(section(results, meta, log))
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-        log(f"wrote {args.out}")
+    _report(report(results, meta, audio) + "\n".join(section(results, meta, log)), args.out, log)
     return 0
+
+
+def _report(text: str, out: str, log) -> None:
+    """Print the report, and write it to `out` unless that is ''."""
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+        log(f"wrote {out}")
 
 
 def _file_types(args, threads: int, bandwidth: float, llama: str | None, log) -> int:
@@ -666,10 +668,7 @@ def _file_types(args, threads: int, bandwidth: float, llama: str | None, log) ->
                       f"- CPU: {meta['cpu']}; edgert kernels: {meta['kernels']}",
                       f"- memory bandwidth, streaming read: {bandwidth:.1f} GB/s", f"- llama.cpp: {meta['llama']}"]
                      + filetypes.section(results, meta))
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-        log(f"wrote {args.out}")
+    _report(text, args.out, log)
     return 0
 
 

@@ -217,18 +217,10 @@ def kernel_speeds(threads: int, log, repeats: int = 5) -> list[dict]:
         w = tensor(*GEMM_SHAPE)
         xs = rng.standard_normal((GEMM_TOKENS, GEMM_SHAPE[1])).astype(np.float32)
         matmul(xs, w)
-        best = min(_timed(lambda: matmul(xs, w)) for _ in range(repeats))
+        best = min(bench._timed(matmul, xs, w) for _ in range(repeats))
         out.append(dict(type=qtype.name, bits=8 * BLOCKS[qtype].nbytes / BLOCKS[qtype].values, gemv_gbs=cached,
                         dram_gbs=dram, gemm_gvals=GEMM_SHAPE[0] * GEMM_SHAPE[1] * GEMM_TOKENS / best / 1e9))
     return out
-
-
-def _timed(f) -> float:
-    import time
-
-    t = time.perf_counter()
-    f()
-    return time.perf_counter() - t
 
 
 def kernel_section(speeds: list[dict], threads: int, bandwidth: float) -> list[str]:

@@ -28,7 +28,7 @@ class AudioTower:
     config: dict  # the checkpoint's audio_config, plus text_hidden_size
     tokens: dict  # "boa", "eoa", "audio" -> token id
     tensors: dict[str, tuple[QTensor, tuple[int, ...]]]
-    source: Path | None = None  # the file the weights come from: the model's, or an mmproj file
+    source: Path  # the file the weights come from: the model's, or an mmproj file
 
     def weights(self, prefix: str) -> dict[str, np.ndarray]:
         """The tensors under `prefix` ("audio." or "audio_embed."), float32, in their shapes."""
