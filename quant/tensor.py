@@ -29,6 +29,9 @@ class QTensor:
         """This tensor with its x8 layout: `packed` as given, or built here in memory."""
         if packed is None:
             packed = layout.pack(self.raw, self.qtype)
+            # Read-only, as a mapped layout cache is: one compiled specialization of the kernels
+            # serves both (numba types a read-only array apart from a writable one).
+            packed.setflags(write=False)
         return QTensor(self.raw, self.qtype, self.shape, packed)
 
     @property

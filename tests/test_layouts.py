@@ -82,6 +82,25 @@ def test_a_changed_model_file_or_a_damaged_cache_is_rebuilt(q4_file, cache, tmp_
     calls = Calls()
     moved = edgert.load(model_file, n_ctx=64, progress=calls).layout_cache
     assert moved != first and calls.seen
+    assert not first.exists()  # the stale cache was deleted by the build that replaced it
+
+
+def test_a_build_deletes_the_caches_nothing_can_read_again(q4_file, cache, tmp_path):
+    kept, removed = tmp_path / "kept.gguf", tmp_path / "removed.gguf"
+    for f in (kept, removed):
+        f.write_bytes(q4_file.read_bytes())
+    kept_cache, removed_cache = (edgert.load(f, n_ctx=64).layout_cache for f in (kept, removed))
+    removed.unlink()
+    dead_build = cache / f".{kept_cache.name}.{2**22 + 12345}.tmp"  # no process has that pid
+    dead_build.write_bytes(b"partial")
+    foreign = cache / "other-x8v1-0000000000000000.bin"  # another layout version
+    foreign.write_bytes(kept_cache.read_bytes()[:4096])
+
+    other = tmp_path / "other.gguf"
+    other.write_bytes(q4_file.read_bytes())
+    built = edgert.load(other, n_ctx=64).layout_cache
+    assert sorted(cache.iterdir()) == sorted([kept_cache, built])
+    assert not removed_cache.exists()
 
 
 def test_an_interrupted_build_leaves_nothing(q4_file, cache):

@@ -4,7 +4,8 @@ built once from the GGUF's blocks and memory-mapped on every later start.
 The GGUF stays untouched (llama.cpp still reads it); the cache is a file of its own under
 `$XDG_CACHE_HOME/edgert/layouts` (default ~/.cache), named after the model file and keyed
 by its path, size and modification time and by the layout's version, so that a changed
-model or a new layout builds a new one. Its pages take the place of the original matrices'
+model or a new layout builds a new one. A build first deletes the caches that can never be
+read again: of a model file that is gone or has changed, or of another layout version. Its pages take the place of the original matrices'
 pages: the kernels read only the cache, the file's copies of those matrices are never
 touched after the build (the pages the build read are dropped), and the few rows that an
 embedding lookup reads of a tied table are all the file adds.
@@ -83,8 +84,9 @@ def with_layouts(model: Path, tensors: dict[str, QTensor], names: list[str], dat
     return out, path
 
 
-def _read_index(path: Path, model: Path) -> dict[str, list[int]] | None:
-    """The cache's tensor index, or None if the cache is missing, of another model or layout, or damaged."""
+def _read_index(path: Path, model: Path | None) -> dict[str, list[int]] | None:
+    """The cache's tensor index, or None if the cache is missing, of another model or layout, or
+    damaged. With `model` None, any model's cache whose file still is as it was when built."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -98,7 +100,10 @@ def _read_index(path: Path, model: Path) -> dict[str, list[int]] | None:
             meta = json.loads(f.read(n))
     except (OSError, ValueError):
         return None
-    if meta.get("model") != _identity(model):
+    try:
+        if meta.get("model") != _identity(Path(meta["model"]["path"]) if model is None else model):
+            return None
+    except (OSError, KeyError, TypeError):  # the model file is gone, or the index is not ours
         return None
     tensors = meta.get("tensors", {})
     if any(offset + groups * group_bytes > at for offset, groups, group_bytes in tensors.values()):
@@ -106,10 +111,28 @@ def _read_index(path: Path, model: Path) -> dict[str, list[int]] | None:
     return tensors
 
 
+def prune(directory: Path) -> list[Path]:
+    """Delete the caches in `directory` that no model file can use again (their file is gone or
+    changed, or their layout version is another), and temporary files of builds whose process
+    is gone. Returns what was deleted. A process that has one mapped keeps reading it."""
+    gone = []
+    for path in directory.glob("*.bin"):
+        if _read_index(path, None) is None:
+            gone.append(path)
+    for tmp in directory.glob(".*.tmp"):  # .NAME.PID.tmp
+        pid = tmp.suffixes[-2][1:] if len(tmp.suffixes) >= 2 else ""
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and Path("/proc/self").exists():
+            gone.append(tmp)
+    for path in gone:
+        path.unlink(missing_ok=True)
+    return gone
+
+
 def _build(path: Path, model: Path, tensors: dict[str, QTensor], names: list[str], data: np.memmap | None,
            progress: Progress | None) -> dict[str, list[int]]:
     """Write the cache to a temporary file beside it, then rename it into place: a build that
-    is cut off leaves no cache that looks whole. Returns the index it wrote."""
+    is cut off leaves no cache that looks whole. Stale caches are pruned first. Returns the
+    index it wrote."""
     index, offset = {}, PAGE
     for name in names:
         t = tensors[name]
@@ -118,6 +141,7 @@ def _build(path: Path, model: Path, tensors: dict[str, QTensor], names: list[str
         offset += -(-groups * group_bytes // PAGE) * PAGE
     blob = json.dumps({"model": _identity(model), "tensors": index}).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
+    prune(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
