@@ -14,7 +14,7 @@ import edgert
 from edgert.files.gguf_file import GGUFFile, GGUFFormatError
 from quant import QType
 from tests.reference import text_config
-from tools.synth import synthetic_vocab, write_synthetic
+from tools.synth import chain_weights, synthetic_vocab, write_synthetic
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,6 +59,43 @@ def test_synthetic_vocab_keeps_gemma_ids():
     assert [v.tokens[i] for i in (0, 1, 2, 3, 105, 106)] == ["<pad>", "<eos>", "<bos>", "<unk>", "<|turn>", "<turn|>"]
     assert len(set(v.tokens)) == len(v.tokens)
     assert all(a + b in set(v.tokens) for a, b in (m.split(" ") for m in v.merges))
+
+
+def test_the_chain_design_is_live_and_stable(tmp_path):
+    """The synthetic model for agreement checks (tools.synth, design="chain"): greedy decoding
+    walks its cycle (distinct tokens, each the successor of the last, with wide margins), and
+    a rounding change (an f16 KV cache for an f32 one) moves its logits little at every
+    position (0.0006 of a spread of 1 here), where the random design's move by 0.04 here and
+    0.2 at full size."""
+    hf = {"architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4",
+          "text_config": {"model_type": "gemma4_text", **text_config(
+              "e2b", vocab_size=4096, hidden_size=512, intermediate_size=512, head_dim=64, global_head_dim=128)}}
+    path = write_synthetic("e2b", tmp_path / "chain.gguf", "f16", hf_config=hf, design="chain")
+    from edgert.config import config_from_hf
+    _, successor = chain_weights(config_from_hf(hf), synthetic_vocab(4096), np.random.default_rng(0))
+
+    exact, rounded = (edgert.load(path, n_ctx=128, kv_type=kv) for kv in ("f32", "f16"))
+    prompt = [2] + exact.tokenizer.encode("The cat sat on the mat.", parse_special=False)
+    state, logits, walk, margins = exact.new_state(), None, [], []
+    logits = exact.prefill(state, prompt)
+    for _ in range(24):
+        top = np.sort(logits)[-2:]
+        margins.append(top[1] - top[0])
+        walk.append(int(np.argmax(logits)))
+        logits = exact.decode_step(state, walk[-1])
+    assert len(set(walk)) == len(walk)
+    assert all(successor[a] == b for a, b in zip([prompt[-1]] + walk, walk))
+    assert min(margins) > 2.0
+
+    seq = prompt + walk
+    a = exact.prefill(exact.new_state(), seq, logits="all")
+    b = rounded.prefill(rounded.new_state(), seq, logits="all")
+    assert np.abs(a - b).max() < 0.02 * a.std(axis=1).mean()
+
+
+def test_the_chain_design_is_f16_only(tmp_path):
+    with pytest.raises(ValueError, match="chain"):
+        write_synthetic("e2b", tmp_path / "x.gguf", "q4_0", design="chain")
 
 
 @pytest.fixture(scope="module")

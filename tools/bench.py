@@ -38,6 +38,9 @@ def add_parser(sub) -> None:
                    help="e2b, e4b (synthetic full-size models, made on first use), gemma3-270m (the default "
                         "model, real weights), a GGUF path, or a comma list of these")
     p.add_argument("--type", default="q4_0", choices=("q4_0", "q8_0", "f16"), help="weights of a synthetic model")
+    p.add_argument("--design", default="random", choices=("random", "chain"),
+                   help="a synthetic model's weights: random (speed and memory), or chain (f16: live but stable, "
+                        "for agreement between engines; tools/synth.py)")
     p.add_argument("--threads", type=int, default=None, help="threads for both engines (default: physical cores)")
     p.add_argument("--prompt", type=int, default=512, help="prompt tokens for prefill (default 512)")
     p.add_argument("--gen", type=int, default=128, help="tokens to decode (default 128)")
@@ -380,7 +383,7 @@ def has_ple(path: Path) -> bool:
     return "per_layer_token_embd.weight" in GGUFFile(path).tensors
 
 
-def _model_file(spec: str, qtype: str, models_dir: Path) -> Path:
+def _model_file(spec: str, qtype: str, models_dir: Path, design: str = "random") -> Path:
     from edgert import demo
     from edgert.config import PUBLISHED
     from tools.common import ProgressBar
@@ -390,9 +393,9 @@ def _model_file(spec: str, qtype: str, models_dir: Path) -> Path:
         return demo.demo_model(lambda msg: print(msg, file=sys.stderr))
     if spec not in PUBLISHED:
         return Path(spec)
-    path = models_dir / f"gemma4-{spec}-synthetic-{qtype}.gguf"
+    path = models_dir / f"gemma4-{spec}-synthetic-{qtype}{'' if design == 'random' else '-' + design}.gguf"
     if not path.exists():
-        write_synthetic(spec, path, qtype, progress=ProgressBar(f"writing {path.name}"))
+        write_synthetic(spec, path, qtype, progress=ProgressBar(f"writing {path.name}"), design=design)
     return path
 
 
@@ -436,7 +439,8 @@ def _agreement(a: list[int], b: list[int]) -> int:
 
 
 def measure(spec: str, args, threads: int, bandwidth: float, log) -> dict:
-    path = _model_file(spec, args.type, Path(args.models_dir or Path.home() / ".cache" / "edgert" / "bench"))
+    path = _model_file(spec, args.type, Path(args.models_dir or Path.home() / ".cache" / "edgert" / "bench"),
+                       args.design)
     per_token = decode_bytes(path)
     with tempfile.TemporaryDirectory(prefix="edgert-bench-") as tmp:
         prompts, cold = Path(tmp) / "prompts.json", Path(tmp) / "numba"
@@ -658,7 +662,7 @@ def _file_types(args, threads: int, bandwidth: float, llama: str | None, log) ->
     models_dir = Path(args.models_dir or Path.home() / ".cache" / "edgert" / "bench")
     results = []
     for spec in args.model.split(","):
-        source = _model_file(spec.strip(), args.type, models_dir)
+        source = _model_file(spec.strip(), args.type, models_dir, args.design)
         for ftype in args.quantize.split(","):
             results.append(filetypes.measure(source, spec.strip(), ftype.strip(), args, threads, models_dir, log))
     meta = dict(date=datetime.date.today().isoformat(), commit=_commit(), cpu=_cpu_name(), kernels=cpu.describe(),

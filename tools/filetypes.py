@@ -69,20 +69,20 @@ def _choices(logits: np.ndarray) -> dict:
     return {"argmax": logits.argmax(axis=1).tolist(), "margin": (top2[:, 1] - top2[:, 0]).tolist()}
 
 
-def _forced_edgert(args, seq: list[int]) -> dict:
+def _forced_edgert(args, seq: list[int]) -> np.ndarray:
     import edgert
 
     model = edgert.load(args.file, n_ctx=args.ctx, threads=args.threads)
-    return _choices(model.prefill(model.new_state(), seq, logits="all"))
+    return model.prefill(model.new_state(), seq, logits="all")
 
 
-def _forced_llama(args, seq: list[int]) -> dict:
+def _forced_llama(args, seq: list[int]) -> np.ndarray:
     import llama_cpp
 
     llm = llama_cpp.Llama(model_path=args.file, n_ctx=args.ctx, n_batch=512, n_ubatch=512, n_threads=args.threads,
                           n_threads_batch=args.threads, logits_all=True, verbose=False)
     llm.eval(seq)
-    return _choices(np.array(llm.scores[:len(seq)], dtype=np.float32))
+    return np.array(llm.scores[:len(seq)], dtype=np.float32)
 
 
 def worker(argv: list[str]) -> None:
@@ -95,16 +95,23 @@ def worker(argv: list[str]) -> None:
     p.add_argument("--seq", required=True)
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--ctx", type=int, required=True)
+    p.add_argument("--logits", required=True, help="where to write the logits (.npy), from the first generated position")
+    p.add_argument("--first", type=int, required=True)
     args = p.parse_args(argv)
     seq = json.loads(Path(args.seq).read_text())
-    print(json.dumps((_forced_edgert if args.engine == "edgert" else _forced_llama)(args, seq)), flush=True)
+    logits = (_forced_edgert if args.engine == "edgert" else _forced_llama)(args, seq)
+    np.save(args.logits, logits[args.first:])
+    print(json.dumps(_choices(logits)), flush=True)
 
 
-def _forced(engine: str, file: Path, seq_path: Path, threads: int, ctx: int) -> dict:
+def _forced(engine: str, file: Path, seq_path: Path, threads: int, ctx: int, first: int) -> dict:
+    """The engine's top-1 choices and margins along the sequence; its logits from position `first`
+    are left in a .npy beside the sequence."""
     import subprocess
 
     cmd = [sys.executable, "-m", "tools.filetypes", "--worker", engine, "--file", str(file), "--seq", str(seq_path),
-           "--threads", str(threads), "--ctx", str(ctx)]
+           "--threads", str(threads), "--ctx", str(ctx), "--first", str(first),
+           "--logits", str(seq_path.with_name(f"{engine}.npy"))]
     done = subprocess.run(cmd, cwd=bench.REPO, capture_output=True, text=True)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode or not lines:
@@ -130,15 +137,20 @@ def measure(source: Path, model: str, ftype: str, args, threads: int, out_dir: P
         seq = prompt + theirs["tokens"][:-1]  # every generated token's position, fed llama.cpp's choices
         seq_path.write_text(json.dumps(seq))
         log(f"{model} {ftype}: teacher-forced choices ...")
-        mine, yours = (_forced(e, path, seq_path, threads, args.ctx) for e in ("edgert", "llama"))
-    first = len(prompt) - 1  # the position whose logits chose the first generated token
+        first = len(prompt) - 1  # the position whose logits chose the first generated token
+        mine, yours = (_forced(e, path, seq_path, threads, args.ctx, first) for e in ("edgert", "llama"))
+        logits = [np.load(seq_path.with_name(f"{e}.npy")) for e in ("edgert", "llama")]
+    apart = np.abs(logits[0] - logits[1]).max(axis=1)  # per generated position
+    spread = float(logits[1].std(axis=1).mean())
     ours_top, theirs_top = mine["argmax"][first:], yours["argmax"][first:]
     margin = mine["margin"][first:]
     differ = [i for i, (a, b) in enumerate(zip(ours_top, theirs_top)) if a != b]
     return dict(model=model, type=ftype, file=path.name, file_mb=path.stat().st_size / 2**20,
                 tensors=tensor_types(path), edgert=ours, llama=theirs,
                 greedy=bench._agreement(ours["tokens"], theirs["tokens"]), positions=len(ours_top),
-                differ=len(differ), differ_outside_ties=sum(margin[i] >= TIE for i in differ))
+                differ=len(differ), differ_outside_ties=sum(margin[i] >= TIE for i in differ),
+                logits_apart=float(np.median(apart)), logits_apart_max=float(apart.max()), logits_spread=spread,
+                distinct=len(set(theirs["tokens"])), min_margin=float(min(margin)))
 
 
 def section(results: list[dict], meta: dict) -> list[str]:
@@ -148,11 +160,16 @@ def section(results: list[dict], meta: dict) -> list[str]:
         "Each file made by llama.cpp's own quantizer (`llama_model_quantize`) from the model's file;",
         "each engine reads the same file and prompt (tools/filetypes.py). Greedy: tokens identical from",
         "the start. Teacher-forced: along llama.cpp's greedy tokens, the positions whose top-1 choice",
-        f"differs, and of those the ones where edgert's top two are {TIE} or more apart (must be 0).",
+        f"differs, and of those the ones where edgert's top two are {TIE} or more apart (must be 0);",
+        "the distinct tokens among llama.cpp's greedy ones (a degenerate model repeats one), edgert's",
+        "smallest top-two margin there, and how far apart the two engines' logits are at a generated",
+        "position (largest difference over the vocabulary: median over positions / largest; the",
+        "logits' spread, their standard deviation, is given beside).",
         f"Prompt {meta['prompt']} tokens, {meta['gen']} generated, {meta['threads']} threads.", "",
         "| model | type | matrices | MB | prefill tok/s edgert / llama.cpp | ratio | decode tok/s edgert / llama.cpp "
-        "| ratio | greedy identical | teacher-forced: differ (outside near-ties) |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ratio | greedy identical | teacher-forced: differ (outside near-ties) | distinct | smallest margin "
+        "| logits apart (spread) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         e, ll = r["edgert"], r["llama"]
@@ -160,7 +177,9 @@ def section(results: list[dict], meta: dict) -> list[str]:
             f"| {r['model']} | {r['type'].upper()} | {r['tensors']} | {r['file_mb']:.0f} | "
             f"{e['prefill_tps']:.1f} / {ll['prefill_tps']:.1f} | {e['prefill_tps'] / ll['prefill_tps']:.2f}x | "
             f"{e['decode_tps']:.2f} / {ll['decode_tps']:.2f} | {e['decode_tps'] / ll['decode_tps']:.2f}x | "
-            f"{r['greedy']}/{meta['gen']} | {r['differ']} of {r['positions']} ({r['differ_outside_ties']}) |")
+            f"{r['greedy']}/{meta['gen']} | {r['differ']} of {r['positions']} ({r['differ_outside_ties']}) | "
+            f"{r['distinct']} | {r['min_margin']:.2f} | {r['logits_apart']:.3f} / {r['logits_apart_max']:.3f} "
+            f"({r['logits_spread']:.2f}) |")
     return lines
 
 

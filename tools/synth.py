@@ -10,6 +10,23 @@ Every matrix takes the one type asked for (as `llama-quantize --pure`), the
 tied embedding / LM head included. Weights are uniform random blocks whose scale makes each row's values have a
 standard deviation of about 1/sqrt(columns), so activations stay finite
 through all layers; norms and layer scalars are 1.
+
+Such a model is chaotic: 35 random layers, each as strong as the embedding, amplify any
+rounding (an f16 KV cache alone moves its first logits by 0.2 on a spread of 1), so two
+engines' greedy tokens part within a few steps however right both are. `design="chain"`
+makes a model that is live but stable, for checking agreement on full-size files:
+
+- one layer's MLP (the first of the widest, F rows) is a lookup table: its gate and up
+  rows are the directions of F tokens' embeddings, and its down columns those of each
+  token's successor along one random cycle through them (the first F normal tokens, which
+  hold every character and pair the synthetic vocabulary writes text with);
+- that layer's MLP output norm is CHAIN_GAIN, every other output norm (attention, MLP,
+  per-layer input) CHAIN_REST: each other layer still adds its random function, at a
+  tenth of the embedding's size, and no chain of them grows.
+
+The greedy continuation of any text is then the cycle (64 distinct tokens, not one
+repeated), every position's top choice leads its runner-up by several logits, and the
+logits of two engines stay close at every position: a kernel error shows in them.
 """
 
 from __future__ import annotations
@@ -88,17 +105,59 @@ class _RandomBlocks:
             fout.write(self._chunk(min(per_chunk, self.rows - start)).tobytes())
 
 
+CHAIN_GAIN = 2.5  # the lookup layer's MLP output norm, against the embedding's 1
+CHAIN_REST = 0.1  # every other layer's output norms
+CHAIN_MATCH = 4.0  # the lookup's gate (and up) value for the token it holds
+
+
+def chain_weights(cfg, vocab: TokenizerData, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict]:
+    """The tensors that make the chain design (see the module's text), as float16 or float32
+    arrays by tensor name, and the cycle {token: successor}."""
+    manifest = tensor_manifest(cfg)
+    n_vocab, width = manifest["token_embd.weight"]
+    embd = rng.standard_normal((n_vocab, width), dtype=np.float32) / np.float32(np.sqrt(width))
+    wide = max(range(cfg.n_layer), key=lambda i: (manifest[f"blk.{i}.ffn_gate.weight"][0], -i))
+    rows = manifest[f"blk.{wide}.ffn_gate.weight"][0]
+    normal = [i for i, t in enumerate(vocab.types) if t == NORMAL]
+    if len(normal) < rows:
+        raise ValueError(f"the chain design needs {rows} normal tokens, the vocabulary has {len(normal)}")
+    held = np.array(normal[:rows])
+    order = rng.permutation(held)
+    successor = dict(zip(order.tolist(), np.roll(order, -1).tolist()))
+    unit = embd[held] / np.linalg.norm(embd[held], axis=1, keepdims=True)
+    # the MLP's input is the normed residual, of length sqrt(width) and mostly the token's direction
+    key = unit * np.float32(CHAIN_MATCH / np.sqrt(width))
+    value = embd[[successor[t] for t in held.tolist()]]
+    value /= np.linalg.norm(value, axis=1, keepdims=True)
+    out = {"token_embd.weight": embd.astype(np.float16),
+           f"blk.{wide}.ffn_gate.weight": key.astype(np.float16),
+           f"blk.{wide}.ffn_up.weight": key.astype(np.float16),
+           f"blk.{wide}.ffn_down.weight": np.ascontiguousarray(value.T).astype(np.float16)}
+    for i in range(cfg.n_layer):
+        for norm in ("post_attention_norm", "post_ffw_norm", "post_norm"):
+            name = f"blk.{i}.{norm}.weight"
+            if name in manifest:
+                gain = CHAIN_GAIN if (i, norm) == (wide, "post_ffw_norm") else CHAIN_REST
+                out[name] = np.full(manifest[name], gain, dtype=np.float32)
+    return out, successor
+
+
 def write_synthetic(kind: str, out_path: str | Path, qtype: str = "q4_0", seed: int = 0,
                     progress: Progress | None = None, hf_config: dict | None = None,
-                    stored: dict[str, QType] | None = None) -> Path:
+                    stored: dict[str, QType] | None = None, design: str = "random") -> Path:
     """Write a random-weight GGUF with the published shapes of `kind` (or those of
     `hf_config`, a config.json as a dict); returns its path. stored: {tensor name: QType}
-    for tensors kept in another type (random blocks of it)."""
+    for tensors kept in another type (random blocks of it). design: "random", or "chain"
+    (f16 only: the live but stable model of the module's text)."""
     if qtype not in TYPES:
         raise ValueError(f"synthetic models come in {', '.join(TYPES)}, not {qtype!r}")
+    if design not in ("random", "chain") or (design == "chain" and qtype != "f16"):
+        raise ValueError(f"design is 'random' or 'chain' (in f16), not {design!r} in {qtype}")
     hf = hf_config if hf_config is not None else published(kind)
     cfg = config_from_hf(hf)
     rng = np.random.default_rng(seed)
+    vocab = synthetic_vocab(cfg.n_vocab)
+    fixed = chain_weights(cfg, vocab, rng)[0] if design == "chain" else {}
     tensors = []
     for name, shape in tensor_manifest(cfg).items():
         # every matrix in `qtype`, the LM head included, as `llama-quantize --pure` writes
@@ -107,12 +166,14 @@ def write_synthetic(kind: str, out_path: str | Path, qtype: str = "q4_0", seed: 
         if len(shape) == 2 and shape[1] % BLOCKS[t].values:
             t = QType.F16
         t = (stored or {}).get(name, t)
-        if name == "rope_freqs.weight":
+        if name in fixed:
+            payload = fixed[name]
+        elif name == "rope_freqs.weight":
             payload = np.asarray(rope_freqs_factors(cfg), dtype=np.float32)
         elif len(shape) == 1:
             payload = np.ones(shape, dtype=np.float32)  # norms and layer scalars
         else:
             payload = _RandomBlocks(rng, shape[0], shape[1], t)
         tensors.append((name, shape, t, payload))
-    return write_gguf(out_path, cfg, synthetic_vocab(cfg.n_vocab), tensors, f"synthetic gemma4-{kind}",
+    return write_gguf(out_path, cfg, vocab, tensors, f"synthetic gemma4-{kind}",
                       TYPES[qtype], progress)
