@@ -262,11 +262,25 @@ def blocks_per_iteration(qtype: QType, tokens: int) -> int:
     return 2 if tokens == 1 and qtype in TILES else 1
 
 
+class _Once:
+    """A value emitted where it is first asked for, then reused. The decoders give a tile's
+    values as these, so that each is loaded and decoded beside its first dot rather than all
+    at the top of the loop, where eight rows' 1-2 KB of them would not fit in registers."""
+
+    def __init__(self, emit):
+        self.emit, self.value = emit, None
+
+    def __call__(self):
+        if self.value is None:
+            self.value = self.emit()
+        return self.value
+
+
 @dataclass
 class _Super:
     """What one super-block tile holds for eight rows, in the shape the dot loop takes:
 
-    groups  (integer scale <8 x i32>, [(values <32 x i8>, activation offset)], sums): each
+    groups  (integer scale <8 x i32>, [(values: _Once of <32 x i8>, activation offset)], sums): each
             group's dot is weighted by its scale; `sums` are the indices (within the
             super-block) of the sums of 16 activations that the group's values meet
     offset  what comes off every value (Q6_K 32, Q3_K 4), through those sums
@@ -302,16 +316,18 @@ def _decode_q4_k(b, tile: _Bytes, levels, fifth_bits: bool = False) -> _Super:
     sub-vector L of pair j // 2 (and bit j of qh sub-vector L is its fifth bit)."""
     scales, mins = _q4_k_scales(b, tile, 32)
     values_at = SUPER_TILES[QType.Q5_K if fifth_bits else QType.Q4_K].header
-    subs = [tile.load(values_at + 32 * (8 * p + L), V32I8) for p in range(4) for L in range(8)]
-    qh = [tile.load(128 + 32 * L, V32I8) for L in range(8)] if fifth_bits else None
+    subs = [_Once(lambda at=values_at + 32 * k: tile.load(at, V32I8)) for k in range(32)]
+    qh = [_Once(lambda at=128 + 32 * L: tile.load(at, V32I8)) for L in range(8)]
+
+    def value(j, L):
+        v = _nibbles(b, subs[8 * (j // 2) + L](), j % 2 == 1)
+        if fifth_bits:
+            v = b.or_(v, b.shl(_bits(b, qh[L](), j, 1), _const_vec(I8, 32, 4)))
+        return v
+
     groups = []
     for j in range(8):
-        parts = []
-        for L in range(8):
-            v = _nibbles(b, subs[8 * (j // 2) + L], j % 2 == 1)
-            if qh is not None:
-                v = b.or_(v, b.shl(_bits(b, qh[L], j, 1), _const_vec(I8, 32, 4)))
-            parts.append((v, 32 * j + 4 * L))
+        parts = [(_Once(lambda j=j, L=L: value(j, L)), 32 * j + 4 * L) for L in range(8)]
         groups.append((scales[j], parts, (2 * j, 2 * j + 1)))
     return _Super(_halves(b, tile, 0), groups, mins=(_halves(b, tile, 16), [(mins[j], (2 * j, 2 * j + 1))
                                                                              for j in range(8)]))
@@ -324,12 +340,12 @@ def _decode_q6_k(b, tile: _Bytes, levels) -> _Super:
     by_value = {}
     for h in range(2):
         for L in range(8):
-            ql = [tile.load(header + 32 * (16 * h + 8 * a + L), V32I8) for a in range(2)]
-            qh = tile.load(header + 32 * 32 + 32 * (8 * h + L), V32I8)
+            ql = [_Once(lambda at=header + 32 * (16 * h + 8 * a + L): tile.load(at, V32I8)) for a in range(2)]
+            qh = _Once(lambda at=header + 32 * 32 + 32 * (8 * h + L): tile.load(at, V32I8))
             for s in range(4):
-                high = _bits(b, qh, 2 * s, 3)
-                by_value[128 * h + 32 * s + 4 * L] = b.or_(_nibbles(b, ql[s % 2], s >= 2),
-                                                           b.shl(high, _const_vec(I8, 32, 4)))
+                by_value[128 * h + 32 * s + 4 * L] = _Once(
+                    lambda ql=ql[s % 2], qh=qh, s=s: b.or_(_nibbles(b, ql(), s >= 2),
+                                                           b.shl(_bits(b, qh(), 2 * s, 3), _const_vec(I8, 32, 4))))
     groups = [(scales[k], [(by_value[16 * k + 4 * c], 16 * k + 4 * c) for c in range(4)], (k,)) for k in range(16)]
     return _Super(_halves(b, tile, 0), groups, offset=32)
 
@@ -337,17 +353,20 @@ def _decode_q6_k(b, tile: _Bytes, levels) -> _Super:
 def _two_bit_groups(b, tile: _Bytes, at: int, scales, high=None):
     """Q2_K's and Q3_K's sixteen groups of 16: value 128h + 32s + 4L + j is bits 2s of 2-bit
     sub-vector (h, L) at `at` (and bit 4h + s of hmask sub-vector L, its third bit)."""
-    qs = [[tile.load(at + 32 * (8 * h + L), V32I8) for L in range(8)] for h in range(2)]
+    qs = [[_Once(lambda at=at + 32 * (8 * h + L): tile.load(at, V32I8)) for L in range(8)] for h in range(2)]
+
+    def value(h, s, L):
+        v = _bits(b, qs[h][L](), 2 * s, 3)
+        if high is not None:
+            v = b.or_(v, b.shl(_bits(b, high[L](), 4 * h + s, 1), _const_vec(I8, 32, 2)))
+        return v
+
     groups = []
     for h in range(2):
         for s in range(4):
             for half in range(2):
-                parts = []
-                for L in range(4 * half, 4 * half + 4):
-                    v = _bits(b, qs[h][L], 2 * s, 3)
-                    if high is not None:
-                        v = b.or_(v, b.shl(_bits(b, high[L], 4 * h + s, 1), _const_vec(I8, 32, 2)))
-                    parts.append((v, 128 * h + 32 * s + 4 * L))
+                parts = [(_Once(lambda h=h, s=s, L=L: value(h, s, L)), 128 * h + 32 * s + 4 * L)
+                         for L in range(4 * half, 4 * half + 4)]
                 g = 8 * h + 2 * s + half
                 groups.append((scales[g], parts, (g,)))
     return groups
@@ -361,7 +380,7 @@ def _decode_q3_k(b, tile: _Bytes, levels) -> _Super:
     scales = [b.sub(b.or_(b.and_(b.lshr(sc[i % 8], c(4 * (i // 8))), c(15)),
                           b.shl(b.and_(b.lshr(sc[8 + i % 4], c(2 * (i // 4))), c(3)), c(4))), c(32))
               for i in range(16)]
-    hmask = [tile.load(112 + 32 * L, V32I8) for L in range(8)]
+    hmask = [_Once(lambda at=112 + 32 * L: tile.load(at, V32I8)) for L in range(8)]
     return _Super(_halves(b, tile, 0), _two_bit_groups(b, tile, SUPER_TILES[QType.Q3_K].header, scales, hmask),
                   offset=4)
 
@@ -385,9 +404,10 @@ def _decode_iq4_xs(b, tile: _Bytes, levels) -> _Super:
     for ib in range(8):
         scale = b.or_(b.and_(b.lshr(low[ib // 2], c(4 * (ib % 2))), c(15)),
                       b.shl(b.and_(b.lshr(high, c(2 * ib)), c(3)), c(4)))
-        subs = [tile.load(SUPER_TILES[QType.IQ4_XS].header + 32 * (4 * ib + L), V32I8) for L in range(4)]
-        parts = [(levels(_nibbles(b, v, hi)), 32 * ib + 16 * hi + 4 * L) for hi in (False, True)
-                 for L, v in enumerate(subs)]
+        subs = [_Once(lambda at=SUPER_TILES[QType.IQ4_XS].header + 32 * (4 * ib + L): tile.load(at, V32I8))
+                for L in range(4)]
+        parts = [(_Once(lambda v=v, hi=hi: levels(_nibbles(b, v(), hi))), 32 * ib + 16 * hi + 4 * L)
+                 for hi in (False, True) for L, v in enumerate(subs)]
         groups.append((b.sub(scale, c(32)), parts, (2 * ib, 2 * ib + 1)))
     return _Super(_halves(b, tile, 0), groups, signed=True)
 
@@ -442,7 +462,8 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                 chains = [zero, zero]
                 for c, (values, at) in enumerate(parts):
                     word = _splat(b, x.load(at, I32), 8)
-                    chains[c % 2] = dots.dot(chains[c % 2], values, None if sup.signed else 0, b.bitcast(word, V32I8))
+                    chains[c % 2] = dots.dot(chains[c % 2], values(), None if sup.signed else 0,
+                                             b.bitcast(word, V32I8))
                 dot = b.add(*chains)
                 if offset:  # (q - offset) x = q x - offset x
                     xsum = b.fptosi(sum16(sums[0]), I32)
