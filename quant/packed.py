@@ -448,17 +448,17 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
         offset = sup.offset + (dots.bias(None) if sup.signed else 0)
         lines = list(range(0, fmt.tile_bytes, 64))
         per_group = -(-len(lines) // len(sup.groups))
-        for t, (x_off, xb) in enumerate(zip(x_offs, xbs)):
-            first = b.add(xb, b.mul(i, const(8)))  # the super-block's first 32-value block
+        firsts = [b.add(xb, b.mul(i, const(8))) for xb in xbs]  # each token's first 32-value block here
+        xs = [_Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, const(256)))])) for x_off in x_offs]
 
-            def sum16(s):
-                return b.load(b.gep(xs_ptr, [b.add(b.mul(first, const(2)), const(s))]))
+        def sum16(t, s):
+            return b.load(b.gep(xs_ptr, [b.add(b.mul(firsts[t], const(2)), const(s))]))
 
-            x = _Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, const(256)))]))
-            total = zero
-            for g, (scale, parts, sums) in enumerate(sup.groups):
-                if prefetch:  # the tile SUPER_AHEAD on, a few lines per group: see _spread_prefetch
-                    _spread_prefetch(b, tile.base, [SUPER_AHEAD + at for at in lines[g * per_group:][:per_group]])
+        totals = [zero] * len(x_offs)
+        for g, (scale, parts, sums) in enumerate(sup.groups):  # group by group, each meeting every token
+            if prefetch:  # the tile SUPER_AHEAD on, a few lines per group: see _spread_prefetch
+                _spread_prefetch(b, tile.base, [SUPER_AHEAD + at for at in lines[g * per_group:][:per_group]])
+            for t, x in enumerate(xs):
                 chains = [zero, zero]
                 for c, (values, at) in enumerate(parts):
                     word = _splat(b, x.load(at, I32), 8)
@@ -466,20 +466,21 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                                              b.bitcast(word, V32I8))
                 dot = b.add(*chains)
                 if offset:  # (q - offset) x = q x - offset x
-                    xsum = b.fptosi(sum16(sums[0]), I32)
+                    xsum = b.fptosi(sum16(t, sums[0]), I32)
                     for s in sums[1:]:
-                        xsum = b.add(xsum, b.fptosi(sum16(s), I32))
+                        xsum = b.add(xsum, b.fptosi(sum16(t, s), I32))
                     dot = b.sub(dot, _splat(b, b.mul(xsum, ir.Constant(I32, offset)), 8))
-                total = b.add(total, b.mul(dot, scale))
-            xd = _splat(b, b.load(b.gep(xd_ptr, [first])), 8)
+                totals[t] = b.add(totals[t], b.mul(dot, scale))
+        for t, total in enumerate(totals):
+            xd = _splat(b, b.load(b.gep(xd_ptr, [firsts[t]])), 8)
             scaled = b.fmul(b.fmul(sup.d, xd), b.sitofp(total, V8F32))
             if sup.mins is not None:  # - dmin * min * (sum of the group's activations)
                 dmin, mins = sup.mins
                 off = ir.Constant(V8F32, None)
                 for m, sums in mins:
-                    xsum = sum16(sums[0])
+                    xsum = sum16(t, sums[0])
                     for s in sums[1:]:
-                        xsum = b.fadd(xsum, sum16(s))
+                        xsum = b.fadd(xsum, sum16(t, s))
                     off = b.call(_fma(b), [b.sitofp(m, V8F32), _splat(b, xsum, 8), off])
                 scaled = b.call(_fma(b), [b.fneg(b.fmul(dmin, xd)), off, scaled])
             b.store(b.fadd(b.load(acc[t]), scaled), acc[t])
