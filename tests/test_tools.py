@@ -76,7 +76,7 @@ def test_the_chain_design_is_live_and_stable(tmp_path):
 
     exact, rounded = (edgert.load(path, n_ctx=128, kv_type=kv) for kv in ("f32", "f16"))
     prompt = [2] + exact.tokenizer.encode("The cat sat on the mat.", parse_special=False)
-    state, logits, walk, margins = exact.new_state(), None, [], []
+    state, walk, margins = exact.new_state(), [], []
     logits = exact.prefill(state, prompt)
     for _ in range(24):
         top = np.sort(logits)[-2:]

@@ -64,9 +64,10 @@ def tensor_types(path: Path) -> str:
 
 # --- workers: one process per engine and file ------------------------------------------------------
 
-def _choices(logits: np.ndarray) -> dict:
+def _choices(logits: np.ndarray) -> tuple[list[int], list[float]]:
+    """Each position's top-1 token and its lead over the runner-up."""
     top2 = np.sort(logits, axis=1)[:, -2:]
-    return {"argmax": logits.argmax(axis=1).tolist(), "margin": (top2[:, 1] - top2[:, 0]).tolist()}
+    return logits.argmax(axis=1).tolist(), (top2[:, 1] - top2[:, 0]).tolist()
 
 
 def _forced_edgert(args, seq: list[int]) -> np.ndarray:
@@ -86,7 +87,7 @@ def _forced_llama(args, seq: list[int]) -> np.ndarray:
 
 
 def worker(argv: list[str]) -> None:
-    """`python -m tools.filetypes --worker ENGINE --file F --seq JSON ...`: top-1 choices along seq."""
+    """`python -m tools.filetypes --worker ENGINE --file F --seq JSON ...`: the logits along seq."""
     import argparse
 
     p = argparse.ArgumentParser()
@@ -101,22 +102,20 @@ def worker(argv: list[str]) -> None:
     seq = json.loads(Path(args.seq).read_text())
     logits = (_forced_edgert if args.engine == "edgert" else _forced_llama)(args, seq)
     np.save(args.logits, logits[args.first:])
-    print(json.dumps(_choices(logits)), flush=True)
 
 
-def _forced(engine: str, file: Path, seq_path: Path, threads: int, ctx: int, first: int) -> dict:
-    """The engine's top-1 choices and margins along the sequence; its logits from position `first`
-    are left in a .npy beside the sequence."""
+def _forced(engine: str, file: Path, seq_path: Path, threads: int, ctx: int, first: int) -> np.ndarray:
+    """The engine's logits along the sequence from position `first` on (in a worker process,
+    which leaves them in a .npy beside the sequence)."""
     import subprocess
 
+    out = seq_path.with_name(f"{engine}.npy")
     cmd = [sys.executable, "-m", "tools.filetypes", "--worker", engine, "--file", str(file), "--seq", str(seq_path),
-           "--threads", str(threads), "--ctx", str(ctx), "--first", str(first),
-           "--logits", str(seq_path.with_name(f"{engine}.npy"))]
+           "--threads", str(threads), "--ctx", str(ctx), "--first", str(first), "--logits", str(out)]
     done = subprocess.run(cmd, cwd=bench.REPO, capture_output=True, text=True)
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-    if done.returncode or not lines:
+    if done.returncode or not out.exists():
         raise RuntimeError(f"the {engine} worker failed on {file.name}:\n{done.stderr[-2000:]}")
-    return json.loads(lines[-1])
+    return np.load(out)
 
 
 # --- the parent -----------------------------------------------------------------------------------
@@ -138,12 +137,10 @@ def measure(source: Path, model: str, ftype: str, args, threads: int, out_dir: P
         seq_path.write_text(json.dumps(seq))
         log(f"{model} {ftype}: teacher-forced choices ...")
         first = len(prompt) - 1  # the position whose logits chose the first generated token
-        mine, yours = (_forced(e, path, seq_path, threads, args.ctx, first) for e in ("edgert", "llama"))
-        logits = [np.load(seq_path.with_name(f"{e}.npy")) for e in ("edgert", "llama")]
+        logits = [_forced(e, path, seq_path, threads, args.ctx, first) for e in ("edgert", "llama")]
     apart = np.abs(logits[0] - logits[1]).max(axis=1)  # per generated position
     spread = float(logits[1].std(axis=1).mean())
-    ours_top, theirs_top = mine["argmax"][first:], yours["argmax"][first:]
-    margin = mine["margin"][first:]
+    (ours_top, margin), (theirs_top, _) = (_choices(x) for x in logits)
     differ = [i for i, (a, b) in enumerate(zip(ours_top, theirs_top)) if a != b]
     return dict(model=model, type=ftype, file=path.name, file_mb=path.stat().st_size / 2**20,
                 tensors=tensor_types(path), edgert=ours, llama=theirs,
