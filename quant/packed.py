@@ -358,13 +358,13 @@ def _two_bit_groups(b, tile: _Bytes, at: int, scales, high=None):
     def value(h, s, L):
         v = _bits(b, qs[h][L](), 2 * s, 3)
         if high is not None:
-            v = b.or_(v, b.shl(_bits(b, high[L](), 4 * h + s, 1), _const_vec(I8, 32, 2)))
+            v = b.or_(v, b.shl(_bits(b, high[h][L](), 4 * h + s, 1), _const_vec(I8, 32, 2)))
         return v
 
-    groups = []
+    groups = []  # half by half, so that only four sub-vectors of each kind are live at a time
     for h in range(2):
-        for s in range(4):
-            for half in range(2):
+        for half in range(2):
+            for s in range(4):
                 parts = [(_Once(lambda h=h, s=s, L=L: value(h, s, L)), 128 * h + 32 * s + 4 * L)
                          for L in range(4 * half, 4 * half + 4)]
                 g = 8 * h + 2 * s + half
@@ -380,9 +380,10 @@ def _decode_q3_k(b, tile: _Bytes, levels) -> _Super:
     scales = [b.sub(b.or_(b.and_(b.lshr(sc[i % 8], c(4 * (i // 8))), c(15)),
                           b.shl(b.and_(b.lshr(sc[8 + i % 4], c(2 * (i // 4))), c(3)), c(4))), c(32))
               for i in range(16)]
-    hmask = [_Once(lambda at=112 + 32 * L: tile.load(at, V32I8)) for L in range(8)]
-    return _Super(_halves(b, tile, 0), _two_bit_groups(b, tile, SUPER_TILES[QType.Q3_K].header, scales, hmask),
-                  offset=4)
+    hmask = [[_Once(lambda at=112 + 32 * L: tile.load(at, V32I8)) for L in range(8)] for _ in range(2)]  # once per h
+    d = _halves(b, tile, 0)  # the 4 off every value comes off as a min of 4 x scale, in float (fewer steps)
+    return _Super(d, _two_bit_groups(b, tile, SUPER_TILES[QType.Q3_K].header, scales, hmask),
+                  mins=(d, [(b.shl(s, c(2)), (g,)) for g, s in enumerate(scales)]))
 
 
 def _decode_q2_k(b, tile: _Bytes, levels) -> _Super:
@@ -459,12 +460,12 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
             if prefetch:  # the tile SUPER_AHEAD on, a few lines per group: see _pinned_prefetch
                 _pinned_prefetch(b, tile.base, SUPER_AHEAD + g * share, min(share, fmt.tile_bytes - g * share))
             for t, x in enumerate(xs):
-                chains = [zero, zero]
+                chains = [zero] * (1 if len(parts) <= 4 else 2)  # the groups' own chains overlap
                 for c, (values, at) in enumerate(parts):
                     word = _splat(b, x.load(at, I32), 8)
-                    chains[c % 2] = dots.dot(chains[c % 2], values(), None if sup.signed else 0,
-                                             b.bitcast(word, V32I8))
-                dot = b.add(*chains)
+                    chains[c % len(chains)] = dots.dot(chains[c % len(chains)], values(), None if sup.signed else 0,
+                                                       b.bitcast(word, V32I8))
+                dot = chains[0] if len(chains) == 1 else b.add(*chains)
                 if offset:  # (q - offset) x = q x - offset x
                     xsum = b.fptosi(sum16(t, sums[0]), I32)
                     for s in sums[1:]:
