@@ -1,8 +1,9 @@
 """Block formats and matrix products over them. Knows nothing about Gemma.
 
-`formats` defines each block layout and its byte size once; `ref` holds the
-numpy quantizers and dequantizers that are the source of truth; `QTensor`
-is a weight as it lies in the file (raw blocks plus its logical shape)."""
+`formats` holds one entry per weight type (its block layout and byte size, numpy
+reference, tile and kernels, in the type's own module); `ref` applies the references
+to whole rows, the source of truth the kernels are tested against; `QTensor` is a weight
+as it lies in the file (raw blocks plus its logical shape)."""
 
 from quant.formats import BLOCKS, QType, row_bytes
 from quant.ref import dequantize, quantize

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from quant import layout, packed, simd
+from quant import packed, simd
 from quant.formats import QType
 
 

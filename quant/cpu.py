@@ -79,9 +79,10 @@ if FLAVOR not in FLAVORS:
 
 def _sources_digest() -> str:
     """Numba invalidates a cached kernel when its own file changes, not when an intrinsic
-    it inlines (quant/simd.py) does: the cache directory is named after all kernel sources."""
+    it inlines (quant/simd.py, a format's decoder in quant/formats/) does: the cache
+    directory is named after all kernel sources."""
     root = Path(__file__).resolve().parent.parent
-    files = sorted((root / "quant").glob("*.py")) + [root / "edgert" / "kernels.py"]
+    files = sorted((root / "quant").rglob("*.py")) + [root / "edgert" / "kernels.py"]
     digest = hashlib.sha256()
     for f in files:
         if f.exists():

@@ -23,7 +23,7 @@ import numpy as np
 from numba import prange
 
 from quant.cpu import kernel
-from quant.formats import ACTIVATIONS, Activations, QType
+from quant.formats import ACTIVATIONS, FORMATS, Activations, QType
 from quant.packed import TOKENS, tiles_1, tiles_4
 from quant.simd import bf16_to_float, f32_from_bits, half_to_float, row_dot, row_dots, tokens_dot
 
@@ -32,8 +32,8 @@ ACTIVATION = np.full(max(QType) + 1, -1, dtype=np.int64)
 for _q, _a in ACTIVATIONS.items():
     ACTIVATION[_q] = _a
 Q8_0, Q8_K = Activations.Q8_0.value, Activations.Q8_K.value
-# formats of `gemm_float`
-F32, F16, BF16 = 0, 1, 2
+# formats of `gemm_float`: the float types' ids (quant.formats.floats)
+F32, F16, BF16 = (FORMATS[q].float_kernel for q in (QType.F32, QType.F16, QType.BF16))
 ROW_TILE = 16  # weight rows per work item
 GROUP_TILE = 2  # groups of eight rows per work item in the x8 layout
 TOKEN_TILE = 64  # tokens multiplied with a row while it is in L1: 64 x 12288 int8 stays within L2

@@ -28,26 +28,11 @@ Which activations a sub-vector meets follows from the block formats (quant.forma
   per lane with no shuffles.
 
 The 256-value formats are tiled the same way, a super-block column of eight rows at a time;
-their tiles are a fixed permutation of the eight blocks' bytes (SUPER_TILES): the rows' f16
-scales side by side, their scale bytes transposed (byte k of row r at 8k + r), then every
-run of value bytes as sub-vectors:
-
-    Q4_K (8 x 144 bytes)  d[8], dmin[8]; the 12 packed scale bytes at 32; then for each
-                          64-value pair p of sub-blocks, eight sub-vectors of its 32 value
-                          bytes (low nibbles: sub-block 2p, high: 2p + 1)
-    Q5_K (8 x 176 bytes)  Q4_K's head; qh (bit s of byte l: the fifth bit of sub-block s's
-                          value l) as eight sub-vectors at 128; Q4_K's values at 384
-    Q6_K (8 x 210 bytes)  d[8]; the 16 int8 scales at 16; ql, as four runs of 32 bytes
-                          (64h + 32a) of eight sub-vectors each; qh, as two runs (32h)
-    Q3_K (8 x 110 bytes)  d[8]; the 12 scale bytes at 16; hmask as eight sub-vectors at 112;
-                          the 2-bit bytes as two runs of 32 (32h) at 368
-    Q2_K (8 x 84 bytes)   d[8], dmin[8]; the 16 scale bytes at 32; the 2-bit bytes as Q3_K's at 160
-    IQ4_XS (8 x 136)      d[8], scales_h[8] (u16); the 4 scales_l bytes at 32; then per
-                          sub-block of 32 its 16 bytes as four sub-vectors at 64
-
-so that a sub-vector gives eight rows' values with shifts and masks only: a Q6_K one of ql
-(h, a) and one of qh (h) the values 128h + 32s + 4L + j (s = a, a + 2); a Q3_K or Q2_K one
-(h, L) at bits 2s the values 128h + 32s + 4L + j.
+their tiles are a fixed permutation of the eight blocks' bytes (base.SuperTileFormat.source,
+made by base.super_source): the rows' f16 scales side by side, their scale bytes transposed
+(byte k of row r at 8k + r), then every run of value bytes as sub-vectors, so that a
+sub-vector gives eight rows' values with shifts and masks only. Each format's module in
+quant.formats says what its tile holds where.
 
 Counterpart: llama.cpp's block_q4_0x8 (ggml-cpu/repack.cpp), which interleaves eight
 blocks the same way but rewrites the nibbles; this layout keeps them and so needs no
@@ -56,137 +41,18 @@ per-format repacking code in the kernels beyond the byte moves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from quant.formats import BLOCKS, QType
+from quant.formats import BLOCKS, FORMATS, QType, SuperTileFormat, TileFormat
+from quant.ir import ROWS
 
 VERSION = 2  # bump when a tile's bytes change: cached layouts of another version are rebuilt
-ROWS = 8  # rows per group
 
-
-@dataclass(frozen=True)
-class TileFormat:
-    """Where a block's parts lie (`qs`: its value bytes; `qh`: the fifth bits of Q5_0 and
-    Q5_1; `m`: the f16 min of Q4_1 and Q5_1) and how many 32-byte sub-vectors a tile has.
-    A tile holds the eight rows' scales, then their mins, then the masks, then the values."""
-
-    qs: int  # offset of the value bytes in the file's block
-    sub_vectors: int
-    qh: int | None = None
-    m: int | None = None
-    levels: bool = False  # IQ4_NL: each nibble indexes formats.IQ4_NL_LEVELS
-
-    @property
-    def masks(self) -> int:
-        """Where the masks start in a tile."""
-        return 2 * ROWS + (2 * ROWS if self.m is not None else 0)
-
-    @property
-    def header(self) -> int:
-        """Bytes before the values in a tile: the scales, mins and masks."""
-        return self.masks + (32 if self.qh is not None else 0)
-
-    @property
-    def tile_bytes(self) -> int:
-        return self.header + 32 * self.sub_vectors
-
-
-TILES: dict[QType, TileFormat] = {
-    QType.Q4_0: TileFormat(qs=2, sub_vectors=4),
-    QType.Q5_0: TileFormat(qs=6, sub_vectors=4, qh=2),
-    QType.Q8_0: TileFormat(qs=2, sub_vectors=8),
-    QType.Q4_1: TileFormat(qs=4, sub_vectors=4, m=2),
-    QType.Q5_1: TileFormat(qs=8, sub_vectors=4, qh=4, m=2),
-    QType.IQ4_NL: TileFormat(qs=2, sub_vectors=4, levels=True),  # Q4_0's bytes
-}
+TILES: dict[QType, TileFormat] = {q: f.tile for q, f in FORMATS.items() if isinstance(f.tile, TileFormat)}
+SUPER_TILES: dict[QType, SuperTileFormat] = {q: f.tile for q, f in FORMATS.items()
+                                             if isinstance(f.tile, SuperTileFormat)}
 for _q, _t in TILES.items():
     assert _t.tile_bytes == ROWS * BLOCKS[_q].nbytes, _q  # the layout costs no memory
-
-
-def _q4_k_source() -> np.ndarray:
-    """Q4_K: tile byte i holds byte source[i] of the eight blocks laid end to end (row r's
-    byte b at 144 r + b)."""
-    at = lambda r, b: 144 * r + b  # noqa: E731
-    head = [at(r, b) for r in range(ROWS) for b in (0, 1)] + [at(r, b) for r in range(ROWS) for b in (2, 3)]  # d, dmin
-    scales = [at(r, 4 + k) for k in range(12) for r in range(ROWS)]
-    values = [at(r, 16 + 32 * p + 4 * L + j) for p in range(4) for L in range(8) for r in range(ROWS) for j in range(4)]
-    return np.array(head + scales + values)
-
-
-def _q6_k_source() -> np.ndarray:
-    """Q6_K: as _q4_k_source (row r's byte b at 210 r + b)."""
-    at = lambda r, b: 210 * r + b  # noqa: E731
-    head = [at(r, b) for r in range(ROWS) for b in (208, 209)]
-    scales = [at(r, 192 + k) for k in range(16) for r in range(ROWS)]
-    ql = [at(r, 64 * h + 32 * a + 4 * L + j) for h in range(2) for a in range(2) for L in range(8)
-          for r in range(ROWS) for j in range(4)]
-    qh = [at(r, 128 + 32 * h + 4 * L + j) for h in range(2) for L in range(8) for r in range(ROWS) for j in range(4)]
-    return np.array(head + scales + ql + qh)
-
-
-def _q5_k_source() -> np.ndarray:
-    """Q5_K: Q4_K's head and scales, the fifth bits (qh) as eight sub-vectors, then Q4_K's values."""
-    at = lambda r, b: 176 * r + b  # noqa: E731
-    head = [at(r, b) for r in range(ROWS) for b in (0, 1)] + [at(r, b) for r in range(ROWS) for b in (2, 3)]
-    scales = [at(r, 4 + k) for k in range(12) for r in range(ROWS)]
-    qh = [at(r, 16 + 4 * L + j) for L in range(8) for r in range(ROWS) for j in range(4)]
-    values = [at(r, 48 + 32 * p + 4 * L + j) for p in range(4) for L in range(8) for r in range(ROWS) for j in range(4)]
-    return np.array(head + scales + qh + values)
-
-
-def _q3_k_source() -> np.ndarray:
-    """Q3_K: d, the 12 scale bytes, hmask as eight sub-vectors, then the 2-bit bytes as sixteen
-    (two runs of 32 bytes, 32h, of eight sub-vectors each)."""
-    at = lambda r, b: 110 * r + b  # noqa: E731
-    head = [at(r, b) for r in range(ROWS) for b in (108, 109)]
-    scales = [at(r, 96 + k) for k in range(12) for r in range(ROWS)]
-    hmask = [at(r, 4 * L + j) for L in range(8) for r in range(ROWS) for j in range(4)]
-    qs = [at(r, 32 + 32 * h + 4 * L + j) for h in range(2) for L in range(8) for r in range(ROWS) for j in range(4)]
-    return np.array(head + scales + hmask + qs)
-
-
-def _q2_k_source() -> np.ndarray:
-    """Q2_K: d, dmin, the 16 scale bytes, then the 2-bit bytes as Q3_K's."""
-    at = lambda r, b: 84 * r + b  # noqa: E731
-    head = [at(r, b) for r in range(ROWS) for b in (80, 81)] + [at(r, b) for r in range(ROWS) for b in (82, 83)]
-    scales = [at(r, k) for k in range(16) for r in range(ROWS)]
-    qs = [at(r, 16 + 32 * h + 4 * L + j) for h in range(2) for L in range(8) for r in range(ROWS) for j in range(4)]
-    return np.array(head + scales + qs)
-
-
-def _iq4_xs_source() -> np.ndarray:
-    """IQ4_XS: d, scales_h (row r's u16 at 16 + 2r), the 4 scales_l bytes, then for each sub-block
-    of 32 its 16 bytes as four sub-vectors (low nibbles: values 0..15, high: 16..31)."""
-    at = lambda r, b: 136 * r + b  # noqa: E731
-    head = [at(r, b) for r in range(ROWS) for b in (0, 1)] + [at(r, b) for r in range(ROWS) for b in (2, 3)]
-    scales = [at(r, 4 + k) for k in range(4) for r in range(ROWS)]
-    qs = [at(r, 8 + 16 * ib + 4 * L + j) for ib in range(8) for L in range(4) for r in range(ROWS) for j in range(4)]
-    return np.array(head + scales + qs)
-
-
-@dataclass(frozen=True)
-class SuperTileFormat:
-    """A 256-value format's tile: `source` maps each tile byte to a byte of the eight blocks;
-    values start at `header`."""
-
-    header: int
-    source: np.ndarray
-
-    @property
-    def tile_bytes(self) -> int:
-        return len(self.source)
-
-
-SUPER_TILES: dict[QType, SuperTileFormat] = {
-    QType.Q4_K: SuperTileFormat(header=128, source=_q4_k_source()),
-    QType.Q6_K: SuperTileFormat(header=144, source=_q6_k_source()),
-    QType.Q5_K: SuperTileFormat(header=384, source=_q5_k_source()),
-    QType.Q3_K: SuperTileFormat(header=368, source=_q3_k_source()),
-    QType.Q2_K: SuperTileFormat(header=160, source=_q2_k_source()),
-    QType.IQ4_XS: SuperTileFormat(header=64, source=_iq4_xs_source()),
-}
 for _q, _t in SUPER_TILES.items():
     assert sorted(_t.source) == list(range(ROWS * BLOCKS[_q].nbytes)), _q  # a permutation: no memory added
 

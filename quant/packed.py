@@ -27,19 +27,18 @@ the generic flavor subtracts the bias from the values before the dot.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from quant.cpu import FEATURES, FLAVOR
-from quant.formats import IQ4_NL_LEVELS, QType
-from quant.layout import ROWS, SUPER_TILES, TILES, TileFormat
-from quant.simd import F32, HALF, I8, I16, I32, _Bytes, _const_vec, _declare, _shuffle, _splat, _vec, switch
+from quant.formats import FORMATS, IQ4_NL_LEVELS, QType, TileFormat
+from quant.ir import (F32, I8, I16, I32, ROWS, V8F32, V8I32, V32I8, Bytes, const_vec, declare, halves, nibbles,
+                      shuffle, splat, vec)
+from quant.layout import SUPER_TILES, TILES
+from quant.simd import switch
 
-V8I32, V32I8, V8F32 = _vec(I32, 8), _vec(I8, 32), _vec(F32, 8)
 PREFETCH_FLAVORS = ("avx512", "avx2")  # GEMV prefetches; measured on x86 only (+14% E2B decode matmuls)
 AHEAD = 4096  # bytes ahead of the tile being read: 2-8 KB measured alike
 SUPER_AHEAD = 8192  # the same for the 256-value tiles (1-2 KB each): 4 KB streams 5% slower
@@ -50,13 +49,13 @@ class _Vnni:
 
     def __init__(self, builder):
         self.b = builder
-        self._dp = _declare(builder, "llvm.x86.avx512.vpdpbusd.256", V8I32, [V8I32] * 3)
+        self._dp = declare(builder, "llvm.x86.avx512.vpdpbusd.256", V8I32, [V8I32] * 3)
 
     def bias(self, bias):
         return 128 if bias is None else bias
 
     def dot(self, acc, values, bias, x):
-        u = values if bias is not None else self.b.xor(values, _const_vec(I8, 32, 0x80))
+        u = values if bias is not None else self.b.xor(values, const_vec(I8, 32, 0x80))
         return self.b.call(self._dp, [acc, self.b.bitcast(u, V8I32), self.b.bitcast(x, V8I32)])
 
 
@@ -65,10 +64,10 @@ class _Madd:
 
     def __init__(self, builder):
         self.b = builder
-        v16i16 = _vec(I16, 16)
-        self._maddubs = _declare(builder, "llvm.x86.avx2.pmadd.ub.sw", v16i16, [V32I8, V32I8])
-        self._maddwd = _declare(builder, "llvm.x86.avx2.pmadd.wd", V8I32, [v16i16, v16i16])
-        self._sign = _declare(builder, "llvm.x86.avx2.psign.b", V32I8, [V32I8, V32I8])
+        v16i16 = vec(I16, 16)
+        self._maddubs = declare(builder, "llvm.x86.avx2.pmadd.ub.sw", v16i16, [V32I8, V32I8])
+        self._maddwd = declare(builder, "llvm.x86.avx2.pmadd.wd", V8I32, [v16i16, v16i16])
+        self._sign = declare(builder, "llvm.x86.avx2.psign.b", V32I8, [V32I8, V32I8])
 
     def bias(self, bias):
         return 0 if bias is None else bias
@@ -78,7 +77,7 @@ class _Madd:
         if bias is None:  # signed weights: |w| x sign(w) (pairs of 128 x 127 stay within i16)
             values, x = b.call(self._sign, [values, values]), b.call(self._sign, [x, values])
         pairs = b.call(self._maddubs, [values, x])  # 31 x 127 or 128 x 127, twice: no saturation
-        return b.add(acc, b.call(self._maddwd, [pairs, _const_vec(I16, 16, 1)]))
+        return b.add(acc, b.call(self._maddwd, [pairs, const_vec(I16, 16, 1)]))
 
 
 class _Signed:
@@ -88,7 +87,7 @@ class _Signed:
         return 0
 
     def signed(self, values, bias):
-        return values if bias is None else self.b.sub(values, _const_vec(I8, 32, bias))
+        return values if bias is None else self.b.sub(values, const_vec(I8, 32, bias))
 
 
 class _Sdot(_Signed):
@@ -97,8 +96,8 @@ class _Sdot(_Signed):
 
     def __init__(self, builder):
         self.b = builder
-        v4i32, v16i8 = _vec(I32, 4), _vec(I8, 16)
-        self._sdot = _declare(builder, "llvm.aarch64.neon.sdot.v4i32.v16i8", v4i32, [v4i32, v16i8, v16i8])
+        v4i32, v16i8 = vec(I32, 4), vec(I8, 16)
+        self._sdot = declare(builder, "llvm.aarch64.neon.sdot.v4i32.v16i8", v4i32, [v4i32, v16i8, v16i8])
 
     def dot(self, acc, values, bias, x):
         b = self.b
@@ -106,9 +105,9 @@ class _Sdot(_Signed):
         halves = []
         for h in range(2):
             def half(v, n):
-                return _shuffle(b, v, v, range(n * h, n * h + n))
+                return shuffle(b, v, v, range(n * h, n * h + n))
             halves.append(b.call(self._sdot, [half(acc, 4), half(s, 16), half(x, 16)]))
-        return _shuffle(b, halves[0], halves[1], range(8))
+        return shuffle(b, halves[0], halves[1], range(8))
 
 
 class _Widen(_Signed):
@@ -122,10 +121,10 @@ class _Widen(_Signed):
     def dot(self, acc, values, bias, x):
         b = self.b
         s = self.signed(values, bias)
-        v32i32 = _vec(I32, 32)
+        v32i32 = vec(I32, 32)
         products = b.mul(b.sext(s, v32i32), b.sext(x, v32i32))
         for j in range(4):
-            acc = b.add(acc, _shuffle(b, products, products, [4 * r + j for r in range(ROWS)]))
+            acc = b.add(acc, shuffle(b, products, products, [4 * r + j for r in range(ROWS)]))
         return acc
 
 
@@ -143,24 +142,20 @@ def _levels(b, flavor: str, features: frozenset[str], idx):
     chain of selects (the portable flavor off ARM, which only the tests run)."""
     table = [ir.Constant(I8, v) for v in IQ4_NL_LEVELS]
     if flavor in ("avx512", "avx2"):
-        return b.call(_declare(b, "llvm.x86.avx2.pshuf.b", V32I8, [V32I8, V32I8]), [ir.Constant(V32I8, table * 2), idx])
+        return b.call(declare(b, "llvm.x86.avx2.pshuf.b", V32I8, [V32I8, V32I8]), [ir.Constant(V32I8, table * 2), idx])
     if {"neon", "dotprod"} & features:
-        v16i8 = _vec(I8, 16)
-        tbl = _declare(b, "llvm.aarch64.neon.tbl1.v16i8", v16i8, [v16i8, v16i8])
-        halves = [b.call(tbl, [ir.Constant(v16i8, table), _shuffle(b, idx, idx, range(16 * h, 16 * h + 16))])
+        v16i8 = vec(I8, 16)
+        tbl = declare(b, "llvm.aarch64.neon.tbl1.v16i8", v16i8, [v16i8, v16i8])
+        halves = [b.call(tbl, [ir.Constant(v16i8, table), shuffle(b, idx, idx, range(16 * h, 16 * h + 16))])
                   for h in range(2)]
-        return _shuffle(b, halves[0], halves[1], range(32))
-    out = _const_vec(I8, 32, IQ4_NL_LEVELS[0])
+        return shuffle(b, halves[0], halves[1], range(32))
+    out = const_vec(I8, 32, IQ4_NL_LEVELS[0])
     for k in range(1, 16):
-        out = b.select(b.icmp_unsigned("==", idx, _const_vec(I8, 32, k)), _const_vec(I8, 32, IQ4_NL_LEVELS[k]), out)
+        out = b.select(b.icmp_unsigned("==", idx, const_vec(I8, 32, k)), const_vec(I8, 32, IQ4_NL_LEVELS[k]), out)
     return out
 
 
-def _nibbles(b, v, high: bool):
-    return b.and_(b.lshr(v, _const_vec(I8, 32, 4)) if high else v, _const_vec(I8, 32, 0x0F))
-
-
-def _sub_vectors(b, fmt: TileFormat, tile: _Bytes, levels):
+def _sub_vectors(b, fmt: TileFormat, tile: Bytes, levels):
     """A tile's values as (<32 x i8>, bias, activation chunk): value = byte - bias, or a
     signed byte when bias is None; chunk c is the block's activations 4c..4c+3."""
     out = []
@@ -169,13 +164,13 @@ def _sub_vectors(b, fmt: TileFormat, tile: _Bytes, levels):
         if fmt.sub_vectors == 8:  # Q8_0: signed bytes, values 4s..4s+3
             out.append((v, None, s))
             continue
-        lo, hi = _nibbles(b, v, False), _nibbles(b, v, True)
+        lo, hi = nibbles(b, v, 0), nibbles(b, v, 4)
         if fmt.levels:  # IQ4_NL: signed levels
             out += [(levels(lo), None, s), (levels(hi), None, s + 4)]
             continue
         bias = 0 if fmt.m is not None else 8 if fmt.qh is None else 16  # Q4_1 and Q5_1 take their mins instead
         if fmt.qh is not None:  # Q5_0, Q5_1: lane i's fifth bit is bit i of a mask
-            masks = tile.load(fmt.masks + 8 * s, _vec(I8, 8))
+            masks = tile.load(fmt.masks + 8 * s, vec(I8, 8))
             lo, hi = b.or_(lo, _lane_bits(b, masks, 0)), b.or_(hi, _lane_bits(b, masks, 4))
         out += [(lo, bias, s), (hi, bias, s + 4)]
     return out
@@ -185,14 +180,9 @@ def _lane_bits(b, masks, first: int):
     """<32 x i8> holding 16 in lane i where bit i of the 32-bit mask at byte `first` of `masks`
     is set: byte i // 8 goes to lane i, which keeps bit i % 8 (a byte shuffle, an and and a
     compare, on every target; an i1 vector would become a loop of inserts on ARM)."""
-    spread = _shuffle(b, masks, masks, [first + i // 8 for i in range(32)])
+    spread = shuffle(b, masks, masks, [first + i // 8 for i in range(32)])
     bit = b.and_(spread, ir.Constant(V32I8, [1 << (i % 8) for i in range(32)]))
-    return b.select(b.icmp_unsigned("!=", bit, _const_vec(I8, 32, 0)), _const_vec(I8, 32, 16), _const_vec(I8, 32, 0))
-
-
-def _halves(b, tile: _Bytes, at: int):
-    """Eight rows' f16 at byte `at` of a tile, as <8 x float>."""
-    return b.fpext(b.bitcast(tile.load(at, _vec(I16, ROWS)), _vec(HALF, ROWS)), V8F32)
+    return b.select(b.icmp_unsigned("!=", bit, const_vec(I8, 32, 0)), const_vec(I8, 32, 16), const_vec(I8, 32, 0))
 
 
 def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType, w_ptr, w_off, xq_ptr,
@@ -217,30 +207,30 @@ def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType,
     zero = ir.Constant(V8I32, None)
 
     def block(i, slot):
-        tile = _Bytes(b, b.gep(w_ptr, [b.add(w_off, b.mul(i, const(fmt.tile_bytes)))]))
+        tile = Bytes(b, b.gep(w_ptr, [b.add(w_off, b.mul(i, const(fmt.tile_bytes)))]))
         if prefetch:
             _prefetch(b, tile.base, AHEAD, fmt.tile_bytes)
-        dw = _halves(b, tile, 0)
-        dm = _halves(b, tile, 2 * ROWS) if fmt.m is not None else None
+        dw = halves(b, tile, 0)
+        dm = halves(b, tile, 2 * ROWS) if fmt.m is not None else None
         subs = _sub_vectors(b, fmt, tile, lambda idx: _levels(b, flavor, features, idx))
         correction = dots.bias(subs[0][1])  # every sub-vector of a format has the same bias
         for t, (x_off, xb) in enumerate(zip(x_offs, xbs)):
-            x = _Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, const(32)))]))
+            x = Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, const(32)))]))
             chains = [zero, zero]  # two dependency chains of integer dots
             for j, (values, bias, chunk) in enumerate(subs):
-                word = _splat(b, x.load(4 * chunk, I32), 8)
+                word = splat(b, x.load(4 * chunk, I32), 8)
                 chains[j % 2] = dots.dot(chains[j % 2], values, bias, b.bitcast(word, V32I8))
             total = b.sitofp(b.add(*chains), V8F32)
             k = b.add(xb, i)
-            xd = _splat(b, b.load(b.gep(xd_ptr, [k])), 8)
+            xd = splat(b, b.load(b.gep(xd_ptr, [k])), 8)
             if correction:  # dw * (xd * dot - bias * xd * sum(xq))
                 xs = b.fmul(b.load(b.gep(xs_ptr, [k])), ir.Constant(F32, -float(correction)))
-                scaled = b.call(_fma(b), [total, xd, _splat(b, xs, 8)])
+                scaled = b.call(_fma(b), [total, xd, splat(b, xs, 8)])
             else:
                 scaled = b.fmul(total, xd)
             total = b.call(_fma(b), [dw, scaled, b.load(acc[t][slot])])
             if dm is not None:  # + m * xd * sum(xq)
-                total = b.call(_fma(b), [dm, _splat(b, b.load(b.gep(xs_ptr, [k])), 8), total])
+                total = b.call(_fma(b), [dm, splat(b, b.load(b.gep(xs_ptr, [k])), 8), total])
             b.store(total, acc[t][slot])
 
     n_main = b.mul(b.sdiv(n, const(unroll)), const(unroll))
@@ -262,162 +252,6 @@ def blocks_per_iteration(qtype: QType, tokens: int) -> int:
     return 2 if tokens == 1 and qtype in TILES else 1
 
 
-class _Once:
-    """A value emitted where it is first asked for, then reused. The decoders give a tile's
-    values as these, so that each is loaded and decoded beside its first dot rather than all
-    at the top of the loop, where eight rows' 1-2 KB of them would not fit in registers."""
-
-    def __init__(self, emit):
-        self.emit, self.value = emit, None
-
-    def __call__(self):
-        if self.value is None:
-            self.value = self.emit()
-        return self.value
-
-
-@dataclass
-class _Super:
-    """What one super-block tile holds for eight rows, in the shape the dot loop takes:
-
-    groups  (integer scale <8 x i32>, [(values: _Once of <32 x i8>, activation offset)], sums): each
-            group's dot is weighted by its scale; `sums` are the indices (within the
-            super-block) of the sums of 16 activations that the group's values meet
-    offset  what comes off every value (Q6_K 32, Q3_K 4), through those sums
-    signed  whether the values are signed bytes (IQ4_XS's levels) rather than unsigned
-    mins    (dmin <8 x float>, [(integer min <8 x i32>, sums)]) for formats with mins"""
-
-    d: object
-    groups: list
-    offset: int = 0
-    signed: bool = False
-    mins: tuple | None = None
-
-
-def _q4_k_scales(b, tile: _Bytes, at: int):
-    """Q4_K's and Q5_K's eight 6-bit (scale, min) pairs of eight rows (ggml's get_scale_min_k4)
-    from the 12 transposed bytes at `at`: two lists of eight <8 x i32>."""
-    sb = [b.zext(tile.load(at + 8 * k, _vec(I8, 8)), V8I32) for k in range(12)]
-    c63, c15, c4, c6 = (_const_vec(I32, 8, v) for v in (63, 15, 4, 6))
-    scales = [b.and_(sb[j], c63) for j in range(4)]
-    scales += [b.or_(b.and_(sb[j + 4], c15), b.shl(b.lshr(sb[j - 4], c6), c4)) for j in range(4, 8)]
-    mins = [b.and_(sb[j + 4], c63) for j in range(4)]
-    mins += [b.or_(b.lshr(sb[j + 4], c4), b.shl(b.lshr(sb[j], c6), c4)) for j in range(4, 8)]
-    return scales, mins
-
-
-def _bits(b, v, shift: int, mask: int):
-    """(v >> shift) & mask, bytewise."""
-    return b.and_(b.lshr(v, _const_vec(I8, 32, shift)) if shift else v, _const_vec(I8, 32, mask))
-
-
-def _decode_q4_k(b, tile: _Bytes, levels, fifth_bits: bool = False) -> _Super:
-    """Q4_K (and, with fifth_bits, Q5_K): sub-block j's value 4L + jj is nibble j % 2 of
-    sub-vector L of pair j // 2 (and bit j of qh sub-vector L is its fifth bit)."""
-    scales, mins = _q4_k_scales(b, tile, 32)
-    values_at = SUPER_TILES[QType.Q5_K if fifth_bits else QType.Q4_K].header
-    subs = [_Once(lambda at=values_at + 32 * k: tile.load(at, V32I8)) for k in range(32)]
-    qh = [_Once(lambda at=128 + 32 * L: tile.load(at, V32I8)) for L in range(8)]
-
-    def value(j, L):
-        v = _nibbles(b, subs[8 * (j // 2) + L](), j % 2 == 1)
-        if fifth_bits:
-            v = b.or_(v, b.shl(_bits(b, qh[L](), j, 1), _const_vec(I8, 32, 4)))
-        return v
-
-    groups = []
-    for j in range(8):
-        parts = [(_Once(lambda j=j, L=L: value(j, L)), 32 * j + 4 * L) for L in range(8)]
-        groups.append((scales[j], parts, (2 * j, 2 * j + 1)))
-    return _Super(_halves(b, tile, 0), groups, mins=(_halves(b, tile, 16), [(mins[j], (2 * j, 2 * j + 1))
-                                                                             for j in range(8)]))
-
-
-def _decode_q6_k(b, tile: _Bytes, levels) -> _Super:
-    """Q6_K: a sub-vector of ql (h, a) and one of qh (h) give the values 128h + 32s + 4L + j."""
-    header = SUPER_TILES[QType.Q6_K].header
-    scales = [b.sext(tile.load(16 + 8 * k, _vec(I8, 8)), V8I32) for k in range(16)]
-    by_value = {}
-    for h in range(2):
-        for L in range(8):
-            ql = [_Once(lambda at=header + 32 * (16 * h + 8 * a + L): tile.load(at, V32I8)) for a in range(2)]
-            qh = _Once(lambda at=header + 32 * 32 + 32 * (8 * h + L): tile.load(at, V32I8))
-            for s in range(4):
-                by_value[128 * h + 32 * s + 4 * L] = _Once(
-                    lambda ql=ql[s % 2], qh=qh, s=s: b.or_(_nibbles(b, ql(), s >= 2),
-                                                           b.shl(_bits(b, qh(), 2 * s, 3), _const_vec(I8, 32, 4))))
-    groups = [(scales[k], [(by_value[16 * k + 4 * c], 16 * k + 4 * c) for c in range(4)], (k,)) for k in range(16)]
-    return _Super(_halves(b, tile, 0), groups, offset=32)
-
-
-def _two_bit_groups(b, tile: _Bytes, at: int, scales, high=None):
-    """Q2_K's and Q3_K's sixteen groups of 16: value 128h + 32s + 4L + j is bits 2s of 2-bit
-    sub-vector (h, L) at `at` (and bit 4h + s of hmask sub-vector L, its third bit)."""
-    qs = [[_Once(lambda at=at + 32 * (8 * h + L): tile.load(at, V32I8)) for L in range(8)] for h in range(2)]
-
-    def value(h, s, L):
-        v = _bits(b, qs[h][L](), 2 * s, 3)
-        if high is not None:
-            v = b.or_(v, b.shl(_bits(b, high[h][L](), 4 * h + s, 1), _const_vec(I8, 32, 2)))
-        return v
-
-    groups = []  # half by half, so that only four sub-vectors of each kind are live at a time
-    for h in range(2):
-        for half in range(2):
-            for s in range(4):
-                parts = [(_Once(lambda h=h, s=s, L=L: value(h, s, L)), 128 * h + 32 * s + 4 * L)
-                         for L in range(4 * half, 4 * half + 4)]
-                g = 8 * h + 2 * s + half
-                groups.append((scales[g], parts, (g,)))
-    return groups
-
-
-def _decode_q3_k(b, tile: _Bytes, levels) -> _Super:
-    """Q3_K: scale i takes nibble i // 8 of byte i % 8 and bits 2 (i // 4) of byte 8 + i % 4, less 32;
-    a value is 2 bits and a third from hmask, less 4."""
-    sc = [b.zext(tile.load(16 + 8 * k, _vec(I8, 8)), V8I32) for k in range(12)]
-    c = lambda v: _const_vec(I32, 8, v)  # noqa: E731
-    scales = [b.sub(b.or_(b.and_(b.lshr(sc[i % 8], c(4 * (i // 8))), c(15)),
-                          b.shl(b.and_(b.lshr(sc[8 + i % 4], c(2 * (i // 4))), c(3)), c(4))), c(32))
-              for i in range(16)]
-    hmask = [[_Once(lambda at=112 + 32 * L: tile.load(at, V32I8)) for L in range(8)] for _ in range(2)]  # once per h
-    d = _halves(b, tile, 0)  # the 4 off every value comes off as a min of 4 x scale, in float (fewer steps)
-    return _Super(d, _two_bit_groups(b, tile, SUPER_TILES[QType.Q3_K].header, scales, hmask),
-                  mins=(d, [(b.shl(s, c(2)), (g,)) for g, s in enumerate(scales)]))
-
-
-def _decode_q2_k(b, tile: _Bytes, levels) -> _Super:
-    """Q2_K: group g's scale is the low nibble of its byte, its min the high one."""
-    sc = [b.zext(tile.load(32 + 8 * g, _vec(I8, 8)), V8I32) for g in range(16)]
-    scales = [b.and_(s, _const_vec(I32, 8, 15)) for s in sc]
-    mins = [b.lshr(s, _const_vec(I32, 8, 4)) for s in sc]
-    return _Super(_halves(b, tile, 0), _two_bit_groups(b, tile, SUPER_TILES[QType.Q2_K].header, scales),
-                  mins=(_halves(b, tile, 16), [(m, (g,)) for g, m in enumerate(mins)]))
-
-
-def _decode_iq4_xs(b, tile: _Bytes, levels) -> _Super:
-    """IQ4_XS: sub-block ib's scale is nibble ib % 2 of scales_l[ib / 2] and bits 2ib of scales_h,
-    less 32; its values are IQ4_NL levels, low nibbles first."""
-    c = lambda v: _const_vec(I32, 8, v)  # noqa: E731
-    high = b.zext(tile.load(16, _vec(I16, ROWS)), V8I32)
-    low = [b.zext(tile.load(32 + 8 * k, _vec(I8, 8)), V8I32) for k in range(4)]
-    groups = []
-    for ib in range(8):
-        scale = b.or_(b.and_(b.lshr(low[ib // 2], c(4 * (ib % 2))), c(15)),
-                      b.shl(b.and_(b.lshr(high, c(2 * ib)), c(3)), c(4)))
-        subs = [_Once(lambda at=SUPER_TILES[QType.IQ4_XS].header + 32 * (4 * ib + L): tile.load(at, V32I8))
-                for L in range(4)]
-        parts = [(_Once(lambda v=v, hi=hi: levels(_nibbles(b, v(), hi))), 32 * ib + 16 * hi + 4 * L)
-                 for hi in (False, True) for L, v in enumerate(subs)]
-        groups.append((b.sub(scale, c(32)), parts, (2 * ib, 2 * ib + 1)))
-    return _Super(_halves(b, tile, 0), groups, signed=True)
-
-
-_DECODERS = {QType.Q4_K: _decode_q4_k, QType.Q5_K: lambda b, t, lv: _decode_q4_k(b, t, lv, fifth_bits=True),
-             QType.Q6_K: _decode_q6_k, QType.Q3_K: _decode_q3_k, QType.Q2_K: _decode_q2_k,
-             QType.IQ4_XS: _decode_iq4_xs}
-
-
 def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType, w_ptr, w_off, xq_ptr,
                          x_offs, xd_ptr, xs_ptr, xbs, n):
     """emit_tiles_dot for the 256-value formats (quant.layout.SUPER_TILES) over `n` super-blocks.
@@ -425,12 +259,13 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
     and xs the integer sum of each 16 values (as float), both indexed from xb = the token's
     first 32-value block.
 
-    Each format's decoder (_DECODERS) turns a tile into groups of values with integer scales
-    (_Super). Unsigned values go into the byte dots as they are; signed ones (IQ4_XS) as the
-    flavor takes them. Per row and group, the eight lanes' integer dots are scaled by the rows'
-    integer scales and summed in i32 over the super-block (at most 127 x 127 x 32 x 32 x 8
-    < 2^31); an offset on the values (Q6_K's 32, Q3_K's 4, the VNNI bias of signed values)
-    comes off through the activation sums of 16, and mins (Q4_K, Q5_K, Q2_K) through the
+    Each format's decoder (its entry's `decode`, in quant.formats) turns a tile into groups of
+    values with integer scales (quant.ir.Super). Unsigned values go into the byte dots as they
+    are; signed ones (IQ4_XS) as the flavor takes them. Per row and group, the eight lanes'
+    integer dots are scaled by the rows' integer scales and summed in i32 over the super-block
+    (at most 127 x 127 x 32 x 32 x 8 < 2^31); an offset on the values (Q6_K's 32, the VNNI
+    bias of signed values) comes off through the activation sums of 16, and mins (Q4_K, Q5_K,
+    Q2_K, and Q3_K's 4 as a min of 4 x scale) through the
     same sums in float, as llama.cpp's bsums do. One float step per super-block and token
     then applies the rows' d (and dmin) and the token's scale."""
     b = builder
@@ -444,13 +279,13 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
     acc = [cgutils.alloca_once_value(b, ir.Constant(V8F32, None)) for _ in x_offs]
     zero = ir.Constant(V8I32, None)
     with cgutils.for_range_slice(b, const(0), n, const(1)) as (i, _):
-        tile = _Bytes(b, b.gep(w_ptr, [b.add(w_off, b.mul(i, const(fmt.tile_bytes)))]))
-        sup = _DECODERS[qtype](b, tile, lambda idx: _levels(b, flavor, features, idx))
+        tile = Bytes(b, b.gep(w_ptr, [b.add(w_off, b.mul(i, const(fmt.tile_bytes)))]))
+        sup = FORMATS[qtype].decode(b, tile, lambda idx: _levels(b, flavor, features, idx))
         offset = sup.offset + (dots.bias(None) if sup.signed else 0)
         lines = -(-fmt.tile_bytes // 64)  # the tile's cache lines
         share = 64 * -(-lines // len(sup.groups))  # the bytes of them each group prefetches
         firsts = [b.add(xb, b.mul(i, const(8))) for xb in xbs]  # each token's first 32-value block here
-        xs = [_Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, const(256)))])) for x_off in x_offs]
+        xs = [Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, const(256)))])) for x_off in x_offs]
 
         def sum16(t, s):
             return b.load(b.gep(xs_ptr, [b.add(b.mul(firsts[t], const(2)), const(s))]))
@@ -462,7 +297,7 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
             for t, x in enumerate(xs):
                 chains = [zero] * (1 if len(parts) <= 4 else 2)  # the groups' own chains overlap
                 for c, (values, at) in enumerate(parts):
-                    word = _splat(b, x.load(at, I32), 8)
+                    word = splat(b, x.load(at, I32), 8)
                     chains[c % len(chains)] = dots.dot(chains[c % len(chains)], values(), None if sup.signed else 0,
                                                        b.bitcast(word, V32I8))
                 dot = chains[0] if len(chains) == 1 else b.add(*chains)
@@ -470,10 +305,10 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                     xsum = b.fptosi(sum16(t, sums[0]), I32)
                     for s in sums[1:]:
                         xsum = b.add(xsum, b.fptosi(sum16(t, s), I32))
-                    dot = b.sub(dot, _splat(b, b.mul(xsum, ir.Constant(I32, offset)), 8))
+                    dot = b.sub(dot, splat(b, b.mul(xsum, ir.Constant(I32, offset)), 8))
                 totals[t] = b.add(totals[t], b.mul(dot, scale))
         for t, total in enumerate(totals):
-            xd = _splat(b, b.load(b.gep(xd_ptr, [firsts[t]])), 8)
+            xd = splat(b, b.load(b.gep(xd_ptr, [firsts[t]])), 8)
             scaled = b.fmul(b.fmul(sup.d, xd), b.sitofp(total, V8F32))
             if sup.mins is not None:  # - dmin * min * (sum of the group's activations)
                 dmin, mins = sup.mins
@@ -482,7 +317,7 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                     xsum = sum16(t, sums[0])
                     for s in sums[1:]:
                         xsum = b.fadd(xsum, sum16(t, s))
-                    off = b.call(_fma(b), [b.sitofp(m, V8F32), _splat(b, xsum, 8), off])
+                    off = b.call(_fma(b), [b.sitofp(m, V8F32), splat(b, xsum, 8), off])
                 scaled = b.call(_fma(b), [b.fneg(b.fmul(dmin, xd)), off, scaled])
             b.store(b.fadd(b.load(acc[t]), scaled), acc[t])
     return [b.load(a) for a in acc]
@@ -491,7 +326,7 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
 def _prefetch(b, ptr, ahead: int, n_bytes: int):
     """Ask for the cache lines of n_bytes at ptr + ahead to come into L2 (prefetcht1 on x86).
     Tiles lie back to back, so a line every 64 bytes of each tile covers the stream."""
-    fn = _declare(b, "llvm.prefetch.p0", ir.VoidType(), [I8.as_pointer(), I32, I32, I32])
+    fn = declare(b, "llvm.prefetch.p0", ir.VoidType(), [I8.as_pointer(), I32, I32, I32])
     for off in range(0, n_bytes, 64):
         where = b.gep(ptr, [ir.Constant(cgutils.intp_t, ahead + off)])
         b.call(fn, [where, ir.Constant(I32, 0), ir.Constant(I32, 2), ir.Constant(I32, 1)])  # read, L2, data
@@ -510,7 +345,7 @@ def _pinned_prefetch(b, ptr, ahead: int, n_bytes: int):
 
 
 def _fma(b):
-    return _declare(b, "llvm.fma.v8f32", V8F32, [V8F32] * 3)
+    return declare(b, "llvm.fma.v8f32", V8F32, [V8F32] * 3)
 
 
 TILED = tuple(TILES) + tuple(SUPER_TILES)  # every format with an x8 layout, its kernel here

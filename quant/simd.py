@@ -7,7 +7,7 @@ consecutive activation rows (for prefill), for every format of FORMATS:
     row_dot(fmt, w, w_off, row_bytes, xq, x_off, xd, xs, xb, n) -> float32
 
     fmt    the weight format, a QType's value: a switch in the generated code picks
-           its walker, so adding a format adds an entry to FORMATS and nothing else
+           its walker (the `walk` of its entry in quant.formats)
 
     w      uint8 blocks (any C-contiguous array); the row starts at byte w_off,
            the next ones row_bytes after it
@@ -43,68 +43,22 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from quant.cpu import FLAVOR
-from quant.formats import QType
-
-I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
-F32, HALF = ir.FloatType(), ir.HalfType()
-
-
-def _vec(t, n):
-    return ir.VectorType(t, n)
-
-
-def _const_vec(t, n, value):
-    return ir.Constant(_vec(t, n), [ir.Constant(t, value)] * n)
-
-
-def _declare(builder, name, ret, args):
-    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
-
-
-def _splat(builder, value, n):
-    vt = _vec(value.type, n)
-    one = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(I32, 0))
-    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(_vec(I32, n), [0] * n))
-
-
-def _shuffle(builder, a, b, idx):
-    return builder.shuffle_vector(a, b, ir.Constant(_vec(I32, len(idx)), list(idx)))
-
-
-class _Bytes:
-    """Loads from an i8* base at byte offsets (a Python int or an IR value)."""
-
-    def __init__(self, builder, base):
-        self.b, self.base = builder, base
-
-    def at(self, offset, ty):
-        off = ir.Constant(cgutils.intp_t, offset) if isinstance(offset, int) else offset
-        return self.b.bitcast(self.b.gep(self.base, [off]), ty.as_pointer())
-
-    def load(self, offset, ty):
-        return self.b.load(self.at(offset, ty), align=1)
-
-    def f16(self, offset):
-        """An IEEE half at `offset`, widened to float (vcvtph2ps with F16C)."""
-        return self.b.fpext(self.b.bitcast(self.load(offset, I16), HALF), F32)
-
-    def bytes32(self, offset):
-        return self.load(offset, _vec(I8, 32))
-
+from quant.formats import FORMATS as TABLE
+from quant.ir import F32, HALF, I8, I16, I32, Bytes, const_vec, declare, shuffle, splat, vec
 
 class _AVX2:
     """<8 x float> accumulator; byte dots through vpmaddubsw + vpmaddwd."""
 
-    acc_type = _vec(F32, 8)
+    acc_type = vec(F32, 8)
     signed_nibbles = False  # vpmaddubsw takes unsigned bytes as they are
 
     def __init__(self, builder):
         self.b = builder
-        v32i8, v16i16, v8i32 = _vec(I8, 32), _vec(I16, 16), _vec(I32, 8)
-        self._maddubs = _declare(builder, "llvm.x86.avx2.pmadd.ub.sw", v16i16, [v32i8, v32i8])
-        self._maddwd = _declare(builder, "llvm.x86.avx2.pmadd.wd", v8i32, [v16i16, v16i16])
-        self._sign = _declare(builder, "llvm.x86.avx2.psign.b", v32i8, [v32i8, v32i8])
-        self._fma = _declare(builder, "llvm.fma.v8f32", self.acc_type, [self.acc_type] * 3)
+        v32i8, v16i16, v8i32 = vec(I8, 32), vec(I16, 16), vec(I32, 8)
+        self._maddubs = declare(builder, "llvm.x86.avx2.pmadd.ub.sw", v16i16, [v32i8, v32i8])
+        self._maddwd = declare(builder, "llvm.x86.avx2.pmadd.wd", v8i32, [v16i16, v16i16])
+        self._sign = declare(builder, "llvm.x86.avx2.psign.b", v32i8, [v32i8, v32i8])
+        self._fma = declare(builder, "llvm.fma.v8f32", self.acc_type, [self.acc_type] * 3)
 
     def zero(self):
         return ir.Constant(self.acc_type, None)
@@ -114,12 +68,12 @@ class _AVX2:
 
     def dot_u(self, u, x):
         """u: <32 x i8> unsigned values below 128, x: <32 x i8> signed -> partial sums."""
-        return self.b.call(self._maddwd, [self._pairs(u, x), _const_vec(I16, 16, 1)])
+        return self.b.call(self._maddwd, [self._pairs(u, x), const_vec(I16, 16, 1)])
 
     def dot_s2(self, w, x, scale_lo, scale_hi):
         """Signed w times x, the first 16 products weighted by scale_lo and the rest by scale_hi (i16)."""
         pairs = self._pairs(self.b.call(self._sign, [w, w]), self.b.call(self._sign, [x, w]))
-        scales = _shuffle(self.b, _splat(self.b, scale_lo, 16), _splat(self.b, scale_hi, 16),
+        scales = shuffle(self.b, splat(self.b, scale_lo, 16), splat(self.b, scale_hi, 16),
                           list(range(8)) + list(range(24, 32)))
         return self.b.call(self._maddwd, [pairs, scales])
 
@@ -128,7 +82,7 @@ class _AVX2:
         return self.dot_s2(w, x, one, one)
 
     def fma(self, partial, scale, acc):
-        return self.b.call(self._fma, [self.b.sitofp(partial, self.acc_type), _splat(self.b, scale, 8), acc])
+        return self.b.call(self._fma, [self.b.sitofp(partial, self.acc_type), splat(self.b, scale, 8), acc])
 
     def total(self, acc):
         lanes = [self.b.extract_element(acc, ir.Constant(I32, i)) for i in range(8)]
@@ -146,15 +100,15 @@ class _Generic:
 
     def __init__(self, builder):
         self.b = builder
-        self._fma = _declare(builder, "llvm.fma.f32", F32, [F32] * 3)
-        self._add16 = _declare(builder, "llvm.vector.reduce.add.v16i32", I32, [_vec(I32, 16)])
-        self._add32 = _declare(builder, "llvm.vector.reduce.add.v32i32", I32, [_vec(I32, 32)])
+        self._fma = declare(builder, "llvm.fma.f32", F32, [F32] * 3)
+        self._add16 = declare(builder, "llvm.vector.reduce.add.v16i32", I32, [vec(I32, 16)])
+        self._add32 = declare(builder, "llvm.vector.reduce.add.v32i32", I32, [vec(I32, 32)])
 
     def zero(self):
         return ir.Constant(F32, 0.0)
 
     def _products(self, w, x):
-        v = _vec(I32, w.type.count)
+        v = vec(I32, w.type.count)
         return self.b.mul(self.b.sext(w, v), self.b.sext(x, v))
 
     def dot_u(self, u, x):  # values below 128 read the same signed
@@ -166,7 +120,7 @@ class _Generic:
         # The halves are split before widening: a reduction of sext(16 x i8) products is what
         # LLVM matches to sdot; halves shuffled out of 32 widened products become smull.
         def half(v, h):
-            return _shuffle(self.b, v, v, range(16 * h, 16 * h + 16))
+            return shuffle(self.b, v, v, range(16 * h, 16 * h + 16))
 
         lo = self.b.call(self._add16, [self._products(half(w, 0), half(x, 0))])
         hi = self.b.call(self._add16, [self._products(half(w, 1), half(x, 1))])
@@ -218,9 +172,9 @@ def emit_row_dot(builder, flavor: str, fmt: RowFormat, w_ptr, w_off, xq_ptr, x_o
         groups = [[] for _ in ctxs]  # per token: (block bytes, activations, scale index)
         for u in range(count):
             i = builder.add(first, const(u))
-            blk = _Bytes(builder, builder.gep(w_ptr, [builder.add(w_off, builder.mul(i, const(fmt.block_bytes)))]))
+            blk = Bytes(builder, builder.gep(w_ptr, [builder.add(w_off, builder.mul(i, const(fmt.block_bytes)))]))
             for group, x_off, xb in zip(groups, x_offs, xbs):
-                x = _Bytes(builder, builder.gep(xq_ptr, [builder.add(x_off, builder.mul(
+                x = Bytes(builder, builder.gep(xq_ptr, [builder.add(x_off, builder.mul(
                     i, const(walk.values_per_block)))]))
                 group.append((blk, x, builder.add(xb, builder.mul(i, const(walk.values_per_block // 32)))))
         if grouped is not None and count == fmt.unroll:
@@ -365,7 +319,7 @@ class _Ctx:
         The generic flavor takes u - half so that both factors stay signed bytes: LLVM keeps
         sext x sext, which it lowers to sdot, where 0..15 would read as a zext."""
         if self.f.signed_nibbles:
-            return self.f.dot_s(self.b.sub(u, _const_vec(I8, u.type.count, half)), x), half
+            return self.f.dot_s(self.b.sub(u, const_vec(I8, u.type.count, half)), x), half
         return self.f.dot_u(u, x), 0
 
     def fma_lanes(self, values, scales):
@@ -392,191 +346,9 @@ class _Ctx:
         return self.b.load(self.b.gep(self._xs, [self.b.add(k, ir.Constant(cgutils.intp_t, j))]))
 
 
-def _walker(values_per_block):
-    def wrap(fn):
-        fn.values_per_block = values_per_block
-        return fn
-    return wrap
-
-
-def _nibbles(b, v, shift):
-    """The low (shift 0) or high (shift 4) 4 bits of each byte."""
-    return b.and_(b.lshr(v, _const_vec(I8, v.type.count, shift)), _const_vec(I8, v.type.count, 0x0F))
-
-
-@_walker(32)
-def _walk_q4_0(ctx, blk, x, k):
-    # block_q4_0: d (f16), qs[16]; value j in the low nibble of byte j, value j + 16 in the high one
-    b = ctx.b
-    d = blk.f16(0)
-    qs = blk.load(2, _vec(I8, 16))
-    u = _shuffle(b, _nibbles(b, qs, 0), _nibbles(b, qs, 4), range(32))
-    partial, shift = ctx.nibble_dot(u, x.bytes32(0))
-    ctx.fma(partial, b.fmul(d, ctx.xd(k)))
-    if shift != 8:  # sum((u - 8) x) = partial + (shift - 8) sum(x)
-        ctx.sub(b.fmul(b.fmul(d, ir.Constant(F32, 8.0 - shift)), ctx.xs(k)))
-
-
-def _lane_totals(b, parts):
-    """Eight <8 x i32> -> one <8 x i32> whose lane u is the sum of parts[u]'s lanes (vphaddd tree)."""
-    v8 = _vec(I32, 8)
-    hadd = _declare(b, "llvm.x86.avx2.phadd.d", v8, [v8, v8])
-    pairs = [b.call(hadd, [parts[i], parts[i + 1]]) for i in range(0, 8, 2)]
-    quads = [b.call(hadd, [pairs[0], pairs[1]]), b.call(hadd, [pairs[2], pairs[3]])]
-    # quads[q] lanes: blocks 4q..4q+3 over their low 4 lanes | the same over their high 4 lanes
-    low = _shuffle(b, quads[0], quads[1], [0, 1, 2, 3, 8, 9, 10, 11])
-    high = _shuffle(b, quads[0], quads[1], [4, 5, 6, 7, 12, 13, 14, 15])
-    return b.add(low, high)
-
-
-def _q4_0_values(b, qs):
-    """16 bytes of Q4_0 nibbles -> their 32 values in order (low nibbles, then high nibbles):
-    the bytes go to both halves, the upper half shifted by 4 (vbroadcasti128, vpsrlvd, vpand)."""
-    both = b.bitcast(_shuffle(b, qs, qs, list(range(16)) * 2), _vec(I32, 8))
-    shifted = b.lshr(both, ir.Constant(_vec(I32, 8), [0, 0, 0, 0, 4, 4, 4, 4]))
-    return b.and_(b.bitcast(shifted, _vec(I8, 32)), _const_vec(I8, 32, 0x0F))
-
-
-def _grouped_avx2(unpack, offset: float):
-    """The AVX2 path over eight blocks of a 32-value format with one f16 scale at byte 0
-    (Q4_0, Q5_0, Q8_0): their eight scales become one vector (vcvtph2ps), the eight integer
-    dots are summed across lanes into one vector, and one FMA applies all scales; an offset
-    (8 in Q4_0, 16 in Q5_0) comes off with one more. Per block this saves the scalar scale
-    work that otherwise costs as much as the dot itself (what llama.cpp gets by repacking
-    rows, here without a copy of the weights). The unpacked blocks serve every token.
-    unpack(b, blk) -> <32 x i8>: unsigned values below 128 if offset, else signed."""
-
-    def groups_fn(ctxs, groups):
-        for i in range(0, len(groups[0]), 8):
-            group8(ctxs, [group[i:i + 8] for group in groups])
-
-    def group8(ctxs, groups):
-        b = ctxs[0].b
-        values, scales = [], ir.Constant(_vec(I16, 8), ir.Undefined)
-        for u, (blk, _, _) in enumerate(groups[0]):
-            values.append(unpack(b, blk))
-            scales = b.insert_element(scales, blk.load(0, I16), ir.Constant(I32, u))
-        d = b.fpext(b.bitcast(scales, _vec(HALF, 8)), _vec(F32, 8))
-        for ctx, group in zip(ctxs, groups):
-            dot = ctx.f.dot_u if offset else ctx.f.dot_s
-            parts = [dot(v, x.bytes32(0)) for v, (_, x, _) in zip(values, group)]
-            k = group[0][2]
-            xd = b.load(b.bitcast(b.gep(ctx._xd, [k]), _vec(F32, 8).as_pointer()), align=4)
-            ctx.fma_lanes(b.sitofp(_lane_totals(b, parts), _vec(F32, 8)), b.fmul(d, xd))
-            if offset:
-                xs = b.load(b.bitcast(b.gep(ctx._xs, [k]), _vec(F32, 8).as_pointer()), align=4)
-                ctx.fma_lanes(d, b.fmul(xs, _const_vec(F32, 8, -offset)))
-
-    return groups_fn
-
-
-_walk_q4_0.group_avx2 = _grouped_avx2(lambda b, blk: _q4_0_values(b, blk.load(2, _vec(I8, 16))), 8.0)
-
-
-def _fifth_bits(b, qh):
-    """4 bytes of Q5_0 high bits -> <32 x i8> holding 16 where value j's bit j is set."""
-    spread = _shuffle(b, qh, qh, [i // 8 for i in range(32)])
-    bit = b.and_(spread, ir.Constant(_vec(I8, 32), [1 << (i % 8) for i in range(32)]))
-    return b.select(b.icmp_unsigned("!=", bit, _const_vec(I8, 32, 0)), _const_vec(I8, 32, 16), _const_vec(I8, 32, 0))
-
-
-@_walker(32)
-def _walk_q5_0(ctx, blk, x, k):
-    # block_q5_0: d (f16), qh (bit j: the fifth bit of value j), qs[16] as in Q4_0; value = d * (q - 16)
-    b = ctx.b
-    d = blk.f16(0)
-    partial, shift = ctx.nibble_dot(_q5_0_values(b, blk), x.bytes32(0), half=16)
-    ctx.fma(partial, b.fmul(d, ctx.xd(k)))
-    if shift != 16:  # sum((u - 16) x) = partial + (shift - 16) sum(x)
-        ctx.sub(b.fmul(b.fmul(d, ir.Constant(F32, 16.0 - shift)), ctx.xs(k)))
-
-
-def _q5_0_values(b, blk):
-    """A Q5_0 block's 32 values, 0..31."""
-    return b.or_(_q4_0_values(b, blk.load(6, _vec(I8, 16))), _fifth_bits(b, blk.load(2, _vec(I8, 4))))
-
-
-_walk_q5_0.group_avx2 = _grouped_avx2(_q5_0_values, 16.0)
-
-
-@_walker(32)
-def _walk_q8_0(ctx, blk, x, k):
-    # block_q8_0: d (f16), qs[32] signed
-    ctx.fma(ctx.f.dot_s(blk.bytes32(2), x.bytes32(0)), ctx.b.fmul(blk.f16(0), ctx.xd(k)))
-
-
-_walk_q8_0.group_avx2 = _grouped_avx2(lambda b, blk: blk.bytes32(2), 0.0)
-
-
-def _q4_k_scale_min(b, scales, j):
-    """get_scale_min_k4: the 6-bit scale and min of sub-block j, as float."""
-    def s(i):
-        return b.zext(scales[i], I32)
-
-    def c(v):
-        return ir.Constant(I32, v)
-
-    if j < 4:
-        sc, m = b.and_(s(j), c(63)), b.and_(s(j + 4), c(63))
-    else:
-        sc = b.or_(b.and_(s(j + 4), c(0xF)), b.shl(b.lshr(s(j - 4), c(6)), c(4)))
-        m = b.or_(b.lshr(s(j + 4), c(4)), b.shl(b.lshr(s(j), c(6)), c(4)))
-    return b.uitofp(sc, F32), b.uitofp(m, F32)
-
-
-@_walker(256)
-def _walk_q4_k(ctx, blk, x, k):
-    # block_q4_K: d, dmin (f16), scales[12] (8 x 6-bit scale and min), qs[128]:
-    # 32 bytes per 64 values, low nibbles the first 32, high nibbles the next 32
-    b = ctx.b
-    d, dmin = blk.f16(0), blk.f16(2)
-    scales = [blk.load(4 + i, I8) for i in range(12)]
-    for pair in range(4):
-        qs = blk.bytes32(16 + 32 * pair)
-        for half in range(2):
-            j = 2 * pair + half
-            sc, m = _q4_k_scale_min(b, scales, j)
-            partial, shift = ctx.nibble_dot(_nibbles(b, qs, 4 * half), x.bytes32(32 * j))
-            scale = b.fmul(d, sc)
-            ctx.fma(partial, b.fmul(scale, ctx.xd(k, j)))
-            ctx.sub(b.fmul(b.fmul(dmin, m), ctx.xs(k, j)))
-            if shift:  # sum(u x) = partial + shift sum(x)
-                ctx.sub(b.fmul(b.fmul(scale, ir.Constant(F32, -shift)), ctx.xs(k, j)))
-
-
-@_walker(256)
-def _walk_q6_k(ctx, blk, x, k):
-    # block_q6_K: ql[128] (low 4 bits), qh[64] (high 2 bits), scales[16] (int8, one per 16 values), d (f16).
-    # Each half of 128 values: 64 bytes of ql, 32 of qh, 8 scales; value = d * scale * (q - 32)
-    b = ctx.b
-    d = blk.f16(208)
-
-    def bits(v, shift, mask):
-        return b.and_(b.lshr(v, _const_vec(I8, 32, shift)), _const_vec(I8, 32, mask))
-
-    for half in range(2):
-        ql0, ql1 = blk.bytes32(64 * half), blk.bytes32(64 * half + 32)
-        qh = blk.bytes32(128 + 32 * half)
-        groups = [(ql0, 0, 0), (ql1, 0, 2), (ql0, 4, 4), (ql1, 4, 6)]  # (ql, its shift, qh shift)
-        for g, (ql, lshift, hshift) in enumerate(groups):
-            q = b.or_(bits(ql, lshift, 0x0F), b.shl(bits(qh, hshift, 3), _const_vec(I8, 32, 4)))
-            q = b.sub(q, _const_vec(I8, 32, 32))
-            s = 8 * half + 2 * g
-            scale_lo = b.sext(blk.load(192 + s, I8), I16)
-            scale_hi = b.sext(blk.load(193 + s, I8), I16)
-            j = 4 * half + g
-            partial = ctx.f.dot_s2(q, x.bytes32(32 * j), scale_lo, scale_hi)
-            ctx.fma(partial, b.fmul(d, ctx.xd(k, j)))
-
-
-# the file's own row layouts with a walker here; the rest are read through the x8 layout only (quant.packed)
-FORMATS = {
-    QType.Q4_0: RowFormat(18, _walk_q4_0, unroll=16),
-    QType.Q5_0: RowFormat(22, _walk_q5_0, unroll=8),
-    QType.Q8_0: RowFormat(34, _walk_q8_0, unroll=8),
-    QType.Q4_K: RowFormat(144, _walk_q4_k, unroll=1),
-    QType.Q6_K: RowFormat(210, _walk_q6_k, unroll=1),
-}
+# the file's own row layouts with a walker (in the format's module); the rest are read through
+# the x8 layout only (quant.packed)
+FORMATS = {q: RowFormat(f.block.nbytes, f.walk, f.unroll) for q, f in TABLE.items() if f.walk is not None}
 ROWS = 4  # rows per call of row_dots
 TOKENS = 4  # activation rows per call of tokens_dot
 row_dot, row_dots, tokens_dot = _row_intrinsic(1), _row_intrinsic(ROWS), _tokens_intrinsic(TOKENS)

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from quant import kernels, layout, packed, simd  # compiled, or loaded from the on-disk cache, on first call
-from quant.formats import ACTIVATIONS, BLOCKS, QType
+from quant.formats import ACTIVATIONS, BLOCKS, FORMATS, QType
 from quant.ref import dequantize, matmul_q8
 
 
@@ -46,14 +46,14 @@ class QTensor:
         if self.packed is None and self.qtype not in _FLOAT_KERNEL and self.qtype not in simd.FORMATS:
             if not has_kernel(self.qtype, self.shape):
                 raise ValueError(f"a {self.qtype.name} matrix of shape {self.shape} has no kernel: its rows must "
-                                 f"come in groups of {layout.ROWS} (or store it as Q4_0, Q5_0, Q8_0, Q4_K or Q6_K)")
+                                 f"come in groups of {layout.ROWS} (or store it as {', '.join(q.name for q in simd.FORMATS)})")
             return self.with_layout().kernel_args
         if self.packed is not None:
             return "packed", int(self.qtype), BLOCKS[self.qtype].values, self.packed
         raw = np.ascontiguousarray(self.raw)
         rows, cols = self.shape
         if self.qtype in _FLOAT_KERNEL:
-            bits = raw.view(np.uint32 if self.qtype == QType.F32 else np.uint16).reshape(rows, cols)
+            bits = raw.view(np.uint32 if BLOCKS[self.qtype].nbytes == 4 else np.uint16).reshape(rows, cols)
             return "float", _FLOAT_KERNEL[self.qtype], 0, bits
         return "blocks", int(self.qtype), BLOCKS[self.qtype].values, raw.view(np.uint8).reshape(rows, -1)
 
@@ -113,7 +113,7 @@ def _packed(x: np.ndarray, kinds: list[tuple], outs: list[np.ndarray]) -> None:
                           tuple(outs + outs[:1] * pad))
 
 
-_FLOAT_KERNEL = {QType.F32: 0, QType.F16: 1, QType.BF16: 2}  # quant.kernels.F32, F16, BF16
+_FLOAT_KERNEL = {q: f.float_kernel for q, f in FORMATS.items() if f.float_kernel is not None}  # gemm_float's ids
 # every type a matrix product reads: float types, and block types with x8 tiles (quant.packed);
 # the rest are read by `dequantize` only
 MATMUL_TYPES = frozenset(_FLOAT_KERNEL) | frozenset(packed.TILED)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from edgert import kernels, kv_cache, ops
 from edgert.kv_cache import KVView
 from quant import BLOCKS, QTensor, QType, asm, cpu, quantize, ref, simd
+from quant import ir as ir_
 from quant.formats import Activations
 from quant.tensor import matmul, matmul_ref
 
@@ -187,8 +188,8 @@ def test_the_scalar_fallback_check_catches_a_widened_product():
     class Widened(simd._Generic):
         def dot_s2(self, w, x, scale_lo, scale_hi):
             p = self._products(w, x)
-            lo = self.b.call(self._add16, [simd._shuffle(self.b, p, p, range(16))])
-            hi = self.b.call(self._add16, [simd._shuffle(self.b, p, p, range(16, 32))])
+            lo = self.b.call(self._add16, [ir_.shuffle(self.b, p, p, range(16))])
+            hi = self.b.call(self._add16, [ir_.shuffle(self.b, p, p, range(16, 32))])
             return self.b.add(self.b.mul(lo, self.b.sext(scale_lo, ir.IntType(32))),
                               self.b.mul(hi, self.b.sext(scale_hi, ir.IntType(32))))
 

@@ -1,0 +1,62 @@
+"""Q2_K: 16 scale bytes (low nibble: scale, high: min, per 16 values) + 256 x 2-bit + d, dmin
+(f16); value = d * scale * q - dmin * min. Its 2-bit values lie as Q3_K's low bits do."""
+
+import numpy as np
+
+from quant.formats.base import Activations, Block, Format, QType, SuperTileFormat, f16, super_source
+from quant.ir import I8, I32, V8I32, V32I8, Once, Super, bits, const_vec, halves, vec
+
+
+def two_bit_values(qs: np.ndarray) -> np.ndarray:
+    """(blocks, 64) bytes of 2-bit values -> (blocks, 16, 16) by sub-block of 16: sub-block
+    8n + 2j + h, value l sits at bits 2j of byte 32n + 16h + l (Q2_K and Q3_K alike)."""
+    q = qs.reshape(-1, 2, 1, 2, 16) >> (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1, 1)
+    return (q & 3).reshape(-1, 16, 16)
+
+
+def _dequantize(blocks):
+    # ggml's dequantize_row_q2_K: per sub-block of 16, d * scale * q - dmin * min
+    scales, d, dmin = blocks[:, 0:16], f16(blocks[:, 80:82]), f16(blocks[:, 82:84])
+    dl = (d * (scales & 0x0F).astype(np.float32))[:, :, None]
+    ml = (dmin * (scales >> 4).astype(np.float32))[:, :, None]
+    return (dl * two_bit_values(blocks[:, 16:80]).astype(np.float32) - ml).reshape(-1, 256)
+
+
+# the tile: d[8], dmin[8]; the 16 scale bytes at 32; the 2-bit bytes as two runs of 32 (32h)
+# of eight sub-vectors each, at 160
+TILE = SuperTileFormat(header=160, source=super_source(84, head=[80, 82], scales=range(0, 16), runs=[(16, 64)]))
+
+
+def two_bit_groups(b, tile, at: int, scales, high=None):
+    """Q2_K's and Q3_K's sixteen groups of 16: value 128h + 32s + 4L + j is bits 2s of 2-bit
+    sub-vector (h, L) at `at` (and bit 4h + s of high[h][L], Q3_K's hmask, its third bit)."""
+    qs = [[Once(lambda at=at + 32 * (8 * h + L): tile.load(at, V32I8)) for L in range(8)] for h in range(2)]
+
+    def value(h, s, L):
+        v = bits(b, qs[h][L](), 2 * s, 3)
+        if high is not None:
+            v = b.or_(v, b.shl(bits(b, high[h][L](), 4 * h + s, 1), const_vec(I8, 32, 2)))
+        return v
+
+    groups = []  # half by half, so that only four sub-vectors of each kind are live at a time
+    for h in range(2):
+        for half in range(2):
+            for s in range(4):
+                parts = [(Once(lambda h=h, s=s, L=L: value(h, s, L)), 128 * h + 32 * s + 4 * L)
+                         for L in range(4 * half, 4 * half + 4)]
+                g = 8 * h + 2 * s + half
+                groups.append((scales[g], parts, (g,)))
+    return groups
+
+
+def _decode(b, tile, levels) -> Super:
+    """Q2_K: group g's scale is the low nibble of its byte, its min the high one."""
+    sc = [b.zext(tile.load(32 + 8 * g, vec(I8, 8)), V8I32) for g in range(16)]
+    scales = [b.and_(s, const_vec(I32, 8, 15)) for s in sc]
+    mins = [b.lshr(s, const_vec(I32, 8, 4)) for s in sc]
+    return Super(halves(b, tile, 0), two_bit_groups(b, tile, TILE.header, scales),
+                 mins=(halves(b, tile, 16), [(m, (g,)) for g, m in enumerate(mins)]))
+
+
+Q2_K = Format(QType.Q2_K, Block(256, 16 + 64 + 2 + 2, (80, 82)), _dequantize, activations=Activations.Q8_K,
+              tile=TILE, decode=_decode)

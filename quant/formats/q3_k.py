@@ -1,0 +1,43 @@
+"""Q3_K: hmask (256 third bits) + 256 x 2-bit (as Q2_K's) + 12 bytes of sixteen 6-bit scales
++ d (f16); value = d * (scale - 32) * (q - 4), q's third bit from hmask."""
+
+import numpy as np
+
+from quant.formats.base import Activations, Block, Format, QType, SuperTileFormat, f16, super_source
+from quant.formats.q2_k import two_bit_groups, two_bit_values
+from quant.ir import I8, I32, V8I32, V32I8, Once, Super, const_vec, halves, vec
+
+
+def _dequantize(blocks):
+    # ggml's dequantize_row_q3_K: q is 2 bits less 4 where the hmask bit (bit 4n + j of
+    # hmask[16h + l], for sub-block 8n + 2j + h) is clear; the sixteen 6-bit scales take
+    # a nibble of byte i % 8 (high nibble for i >= 8) and 2 bits of byte 8 + i % 4
+    hmask, s, d = blocks[:, 0:32], blocks[:, 96:108].astype(np.int32), f16(blocks[:, 108:110])
+    i = np.arange(16)
+    scales = ((s[:, i % 8] >> (4 * (i // 8))) & 0x0F) | (((s[:, 8 + i % 4] >> (2 * (i // 4))) & 3) << 4)
+    bit = hmask.reshape(-1, 1, 1, 2, 16) >> np.arange(8, dtype=np.uint8).reshape(1, 2, 4, 1, 1)  # (.., n, j, h, l)
+    q = two_bit_values(blocks[:, 32:96]).astype(np.int8) - 4 * (1 - (bit & 1).reshape(-1, 16, 16)).astype(np.int8)
+    return ((d * (scales - 32).astype(np.float32))[:, :, None] * q.astype(np.float32)).reshape(-1, 256)
+
+
+# the tile: d[8]; the 12 scale bytes at 16; hmask as eight sub-vectors at 112; the 2-bit bytes
+# as Q2_K's, at 368
+TILE = SuperTileFormat(header=368, source=super_source(110, head=[108], scales=range(96, 108), runs=[(0, 96)]))
+
+
+def _decode(b, tile, levels) -> Super:
+    """Q3_K: scale i takes nibble i // 8 of byte i % 8 and bits 2 (i // 4) of byte 8 + i % 4, less 32;
+    a value is 2 bits and a third from hmask, less 4."""
+    sc = [b.zext(tile.load(16 + 8 * k, vec(I8, 8)), V8I32) for k in range(12)]
+    c = lambda v: const_vec(I32, 8, v)  # noqa: E731
+    scales = [b.sub(b.or_(b.and_(b.lshr(sc[i % 8], c(4 * (i // 8))), c(15)),
+                          b.shl(b.and_(b.lshr(sc[8 + i % 4], c(2 * (i // 4))), c(3)), c(4))), c(32))
+              for i in range(16)]
+    hmask = [[Once(lambda at=112 + 32 * L: tile.load(at, V32I8)) for L in range(8)] for _ in range(2)]  # once per h
+    d = halves(b, tile, 0)  # the 4 off every value comes off as a min of 4 x scale, in float (fewer steps)
+    return Super(d, two_bit_groups(b, tile, TILE.header, scales, hmask),
+                 mins=(d, [(b.shl(s, c(2)), (g,)) for g, s in enumerate(scales)]))
+
+
+Q3_K = Format(QType.Q3_K, Block(256, 32 + 64 + 12 + 2, (108,)), _dequantize, activations=Activations.Q8_K,
+              tile=TILE, decode=_decode)

@@ -1,0 +1,165 @@
+"""The LLVM IR vocabulary the kernels are written in (llvmlite), shared by the row kernels
+(quant.simd), the x8-layout kernels (quant.packed) and the formats' own decoders
+(quant.formats): types, vector constants, loads from a byte pointer, and the few pieces of a
+tile decoder that every format uses. Nothing here knows a format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llvmlite import ir
+from numba.core import cgutils
+
+I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+F32, HALF = ir.FloatType(), ir.HalfType()
+ROWS = 8  # rows of a tile in the x8 layout (quant.layout)
+
+
+def vec(t, n):
+    return ir.VectorType(t, n)
+
+
+V8I32, V32I8, V8F32 = vec(I32, 8), vec(I8, 32), vec(F32, 8)
+
+
+def const_vec(t, n, value):
+    return ir.Constant(vec(t, n), [ir.Constant(t, value)] * n)
+
+
+def declare(builder, name, ret, args):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def splat(builder, value, n):
+    vt = vec(value.type, n)
+    one = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(vec(I32, n), [0] * n))
+
+
+def shuffle(builder, a, b, idx):
+    return builder.shuffle_vector(a, b, ir.Constant(vec(I32, len(idx)), list(idx)))
+
+
+class Bytes:
+    """Loads from an i8* base at byte offsets (a Python int or an IR value)."""
+
+    def __init__(self, builder, base):
+        self.b, self.base = builder, base
+
+    def at(self, offset, ty):
+        off = ir.Constant(cgutils.intp_t, offset) if isinstance(offset, int) else offset
+        return self.b.bitcast(self.b.gep(self.base, [off]), ty.as_pointer())
+
+    def load(self, offset, ty):
+        return self.b.load(self.at(offset, ty), align=1)
+
+    def f16(self, offset):
+        """An IEEE half at `offset`, widened to float (vcvtph2ps with F16C)."""
+        return self.b.fpext(self.b.bitcast(self.load(offset, I16), HALF), F32)
+
+    def bytes32(self, offset):
+        return self.load(offset, vec(I8, 32))
+
+
+def nibbles(b, v, shift: int):
+    """The low (shift 0) or high (shift 4) 4 bits of each byte."""
+    return b.and_(b.lshr(v, const_vec(I8, v.type.count, shift)) if shift else v, const_vec(I8, v.type.count, 0x0F))
+
+
+def bits(b, v, shift: int, mask: int):
+    """(v >> shift) & mask, bytewise."""
+    return b.and_(b.lshr(v, const_vec(I8, 32, shift)) if shift else v, const_vec(I8, 32, mask))
+
+
+def halves(b, tile: Bytes, at: int):
+    """Eight rows' f16 at byte `at` of a tile, as <8 x float>."""
+    return b.fpext(b.bitcast(tile.load(at, vec(I16, ROWS)), vec(HALF, ROWS)), V8F32)
+
+
+class Once:
+    """A value emitted where it is first asked for, then reused. The decoders give a tile's
+    values as these, so that each is loaded and decoded beside its first dot rather than all
+    at the top of the loop, where eight rows' 1-2 KB of them would not fit in registers."""
+
+    def __init__(self, emit):
+        self.emit, self.value = emit, None
+
+    def __call__(self):
+        if self.value is None:
+            self.value = self.emit()
+        return self.value
+
+
+@dataclass
+class Super:
+    """What a 256-value format's decoder makes of one tile (eight rows' super-blocks), in the
+    shape the dot loop (quant.packed.emit_super_tiles_dot) takes:
+
+    d       the rows' scales, <8 x float>
+    groups  (integer scale <8 x i32>, [(values: Once of <32 x i8>, activation offset)], sums): each
+            group's dot is weighted by its scale; `sums` are the indices (within the
+            super-block) of the sums of 16 activations that the group's values meet
+    offset  what comes off every value (Q6_K's 32), through those sums
+    signed  whether the values are signed bytes (IQ4_XS's levels) rather than unsigned
+    mins    (dmin <8 x float>, [(integer min <8 x i32>, sums)]) for formats with mins"""
+
+    d: object
+    groups: list
+    offset: int = 0
+    signed: bool = False
+    mins: tuple | None = None
+
+
+# Pieces the row walkers of several formats share (quant.simd walks the file's own rows)
+
+def walker(values_per_block):
+    """Marks a row walker (ctx, block, activations, scale index) with the values of its block."""
+    def wrap(fn):
+        fn.values_per_block = values_per_block
+        return fn
+    return wrap
+
+
+def lane_totals(b, parts):
+    """Eight <8 x i32> -> one <8 x i32> whose lane u is the sum of parts[u]'s lanes (vphaddd tree)."""
+    v8 = vec(I32, 8)
+    hadd = declare(b, "llvm.x86.avx2.phadd.d", v8, [v8, v8])
+    pairs = [b.call(hadd, [parts[i], parts[i + 1]]) for i in range(0, 8, 2)]
+    quads = [b.call(hadd, [pairs[0], pairs[1]]), b.call(hadd, [pairs[2], pairs[3]])]
+    # quads[q] lanes: blocks 4q..4q+3 over their low 4 lanes | the same over their high 4 lanes
+    low = shuffle(b, quads[0], quads[1], [0, 1, 2, 3, 8, 9, 10, 11])
+    high = shuffle(b, quads[0], quads[1], [4, 5, 6, 7, 12, 13, 14, 15])
+    return b.add(low, high)
+
+
+def grouped_avx2(unpack, offset: float):
+    """The AVX2 path over eight blocks of a 32-value format with one f16 scale at byte 0
+    (Q4_0, Q5_0, Q8_0): their eight scales become one vector (vcvtph2ps), the eight integer
+    dots are summed across lanes into one vector, and one FMA applies all scales; an offset
+    (8 in Q4_0, 16 in Q5_0) comes off with one more. Per block this saves the scalar scale
+    work that otherwise costs as much as the dot itself (what llama.cpp gets by repacking
+    rows, here without a copy of the weights). The unpacked blocks serve every token.
+    unpack(b, blk) -> <32 x i8>: unsigned values below 128 if offset, else signed."""
+
+    def groups_fn(ctxs, groups):
+        for i in range(0, len(groups[0]), 8):
+            group8(ctxs, [group[i:i + 8] for group in groups])
+
+    def group8(ctxs, groups):
+        b = ctxs[0].b
+        values, scales = [], ir.Constant(vec(I16, 8), ir.Undefined)
+        for u, (blk, _, _) in enumerate(groups[0]):
+            values.append(unpack(b, blk))
+            scales = b.insert_element(scales, blk.load(0, I16), ir.Constant(I32, u))
+        d = b.fpext(b.bitcast(scales, vec(HALF, 8)), vec(F32, 8))
+        for ctx, group in zip(ctxs, groups):
+            dot = ctx.f.dot_u if offset else ctx.f.dot_s
+            parts = [dot(v, x.bytes32(0)) for v, (_, x, _) in zip(values, group)]
+            k = group[0][2]
+            xd = b.load(b.bitcast(b.gep(ctx._xd, [k]), vec(F32, 8).as_pointer()), align=4)
+            ctx.fma_lanes(b.sitofp(lane_totals(b, parts), vec(F32, 8)), b.fmul(d, xd))
+            if offset:
+                xs = b.load(b.bitcast(b.gep(ctx._xs, [k]), vec(F32, 8).as_pointer()), align=4)
+                ctx.fma_lanes(d, b.fmul(xs, const_vec(F32, 8, -offset)))
+
+    return groups_fn
