@@ -12,9 +12,9 @@ import pytest
 
 import edgert
 from edgert.files.gguf_file import GGUFFile, GGUFFormatError
-from quant import QType
+from quant import QType, dequantize
 from tests.reference import text_config
-from tools.synth import chain_weights, synthetic_vocab, write_synthetic
+from tools.synth import synthetic_vocab, write_synthetic
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,10 +71,9 @@ def test_the_chain_design_is_live_and_stable(tmp_path):
           "text_config": {"model_type": "gemma4_text", **text_config(
               "e2b", vocab_size=4096, hidden_size=512, intermediate_size=512, head_dim=64, global_head_dim=128)}}
     path = write_synthetic("e2b", tmp_path / "chain.gguf", "f16", hf_config=hf, design="chain")
-    from edgert.config import config_from_hf
-    _, successor = chain_weights(config_from_hf(hf), synthetic_vocab(4096), np.random.default_rng(0))
-
     exact, rounded = (edgert.load(path, n_ctx=128, kv_type=kv) for kv in ("f32", "f16"))
+    successor = _cycle_in_file(exact)
+    assert len(successor) == 1024 and sorted(successor.values()) == sorted(successor)  # one permutation
     prompt = [2] + exact.tokenizer.encode("The cat sat on the mat.", parse_special=False)
     state, walk, margins = exact.new_state(), [], []
     logits = exact.prefill(state, prompt)
@@ -91,6 +90,22 @@ def test_the_chain_design_is_live_and_stable(tmp_path):
     a = exact.prefill(exact.new_state(), seq, logits="all")
     b = rounded.prefill(rounded.new_state(), seq, logits="all")
     assert np.abs(a - b).max() < 0.02 * a.std(axis=1).mean()
+
+
+def _cycle_in_file(model) -> dict[int, int]:
+    """The chain as the file's weights hold it, read back without knowing how it was drawn:
+    the widest MLP's gate row i points along one token's embedding, and its down column i
+    along that token's successor's."""
+    def dense(name):
+        t = model.file.tensors[name]
+        return dequantize(t.raw, t.qtype, t.shape[1])
+
+    gates = [n for n in model.file.tensors if n.endswith("ffn_gate.weight")]
+    wide = max(gates, key=lambda n: (model.file.tensors[n].shape[0], -int(n.split(".")[1])))
+    embd = dense("token_embd.weight")  # (vocab, width)
+    held = np.argmax(dense(wide) @ embd.T, axis=1)  # (rows,)
+    nxt = np.argmax(embd @ dense(wide.replace("gate", "down")), axis=0)  # (rows,)
+    return dict(zip(held.tolist(), nxt.tolist()))
 
 
 def test_the_chain_design_is_f16_only(tmp_path):
