@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Sequence
 import numba
 import numpy as np
 
-from edgert import chat as chat_format
+from edgert.text import chat as chat_format
 from edgert import gemma4
 from edgert.errors import ContextOverflowError, EdgeRTError, no_audio_tower
 from edgert.profile import prompt_step
@@ -24,7 +24,7 @@ from edgert.files import layouts
 from edgert.files import mmproj as mmproj_file
 from edgert.files.loader import ModelFile, open_model
 from edgert.sampling import make_sampler
-from edgert.tokenizer import StreamDecoder, Tokenizer
+from edgert.text.tokenizer import StreamDecoder, Tokenizer
 from ple_store import PLEError, PLEStats, PLEStore, TableRegion
 from quant import cpu
 

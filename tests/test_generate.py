@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import edgert
-from edgert.chat import GEMMA4 as fmt
+from edgert.text.chat import GEMMA4 as fmt
 from edgert.model import Reply
 from edgert.sampling import make_sampler
 

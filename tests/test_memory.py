@@ -14,7 +14,7 @@ import pytest
 from edgert.files.gguf_file import StringArray
 from edgert.kv_cache import KVCache
 from edgert.rss import memory, release_free_heap
-from edgert.tokenizer import NORMAL, UNUSED, Tokenizer, TokenizerData
+from edgert.text.tokenizer import NORMAL, UNUSED, Tokenizer, TokenizerData
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads Linux's page tables")
 

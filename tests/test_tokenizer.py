@@ -4,7 +4,7 @@ tokenizer.json, through what the converter stored in the GGUF file."""
 import pytest
 
 from edgert.files.loader import open_model
-from edgert.tokenizer import Tokenizer
+from edgert.text.tokenizer import Tokenizer
 
 CORPUS = [
     "Hello world",

@@ -84,7 +84,7 @@ def write_prompts(path: Path, n: int, out: Path) -> None:
     """The prompts both engines read (ids, so that they read the same ones): <bos> and the
     passage, repeated, cut to n tokens; and its first 32 tokens for the start-up figure."""
     from edgert.files.loader import open_model
-    from edgert.tokenizer import Tokenizer
+    from edgert.text.tokenizer import Tokenizer
 
     tok = Tokenizer(open_model(path).tokenizer)
     ids = [tok.bos]

@@ -37,7 +37,7 @@ import numpy as np
 
 from edgert.config import config_from_hf, published, rope_freqs_factors, tensor_manifest
 from edgert.files.convert import Progress, write_gguf
-from edgert.tokenizer import BYTE, CONTROL, NORMAL, UNUSED, TokenizerData
+from edgert.text.tokenizer import BYTE, CONTROL, NORMAL, UNUSED, TokenizerData
 from quant import BLOCKS, QType, dequantize, row_bytes
 
 TYPES = {"q4_0": QType.Q4_0, "q8_0": QType.Q8_0, "f16": QType.F16}

@@ -28,7 +28,7 @@ import numpy as np
 from edgert.config import (ARCH, AUDIO_CONFIG, AUDIO_SHAPES, AUDIO_TOKENS, ModelConfig, config_from_hf,
                            rope_freqs_factors, tensor_manifest)
 from edgert.errors import CheckpointError, UnsupportedTypeError
-from edgert.tokenizer import TokenizerData
+from edgert.text.tokenizer import TokenizerData
 from quant import QType, dequantize, quantize, row_bytes
 from quant.formats import BLOCKS
 

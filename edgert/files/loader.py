@@ -15,7 +15,7 @@ import numpy as np
 from edgert.config import AUDIO_CONFIG, AUDIO_SHAPES, AUDIO_TOKENS, ARCHS, ModelConfig, config_from_gguf, tensor_manifest
 from edgert.files.gguf_file import GGUFFile, GGUFFormatError, TensorInfo
 from edgert.errors import ArchitectureError, ModelFileError, UnsupportedTypeError
-from edgert.tokenizer import TokenizerData
+from edgert.text.tokenizer import TokenizerData
 from edgert.gemma4 import LOOKUP_ONLY
 from quant import QTensor, QType, has_kernel
 
