@@ -122,21 +122,42 @@ def per_layer_inputs(cfg: ModelConfig, w: Weights, x: np.ndarray, rows: np.ndarr
     return (proj + rows) * F32(2.0 ** -0.5)
 
 
+@dataclass(frozen=True, eq=False)
+class SoftTokens:
+    """Embeddings that take the place of some of a prompt's ids (audio soft tokens, as
+    Gemma4Model.forward merges multimodal features): `mask` (n_ids,) bool marks the positions,
+    `rows` (mask.sum(), H) float32 are their embeddings, in order."""
+
+    mask: np.ndarray
+    rows: np.ndarray
+
+    def after(self, n: int) -> "SoftTokens":
+        """The same soft tokens, for ids that come after n others."""
+        return SoftTokens(np.concatenate([np.zeros(n, dtype=bool), self.mask]), self.rows)
+
+    def part(self, start: int, end: int) -> "SoftTokens | None":
+        """Those of ids start..end-1 (None if there are none)."""
+        mask = self.mask[start:end]
+        if not mask.any():
+            return None
+        first = int(self.mask[:start].sum())
+        return SoftTokens(mask, np.asarray(self.rows[first:first + int(mask.sum())], dtype=np.float32))
+
+
 def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.ndarray, pos: np.ndarray,
-            keep: np.ndarray | None, soft: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:
+            keep: np.ndarray | None, soft: SoftTokens | None = None) -> np.ndarray | None:
     """One step over `ids` at positions `pos`, writing K/V of the owning layers to `caches`.
 
     keep: indices of the positions whose logits are wanted (None: none). From the first
     KV-shared layer on, only those positions are computed: shared layers write no cache,
     so the rest of the prompt has no further use there. Returns (len(keep), n_vocab) logits.
-    soft: (mask (n,), rows (mask.sum(), H)): embeddings that replace those of the masked
-    positions (audio soft tokens; their ids are the pad id, which their PLE rows use), as
-    Gemma4Model.forward merges multimodal features."""
+    soft: embeddings that replace those of the masked positions (audio soft tokens; their
+    ids are the pad id, which their PLE rows use)."""
     # PLE rows come off the disk on a background thread; the first layer needs them at its end
     ple_rows = w.ple.fetch(ids) if w.ple is not None else None
     x = embed(cfg, w, ids)  # (n, H)
     if soft is not None:
-        x[soft[0]] = soft[1]
+        x[soft.mask] = soft.rows
     x0, ple = x, None  # ple: (n, L, P) per-layer inputs, made when first needed
     lent: dict[int, KVView] = {}  # layer -> the K/V that later, KV-shared layers attend to
 

@@ -4,6 +4,7 @@ top-p, min-p, temperature, then draw. Temperature 0 means argmax."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Callable, Sequence
 
 import numpy as np
@@ -57,8 +58,37 @@ def apply_min_p(logits: np.ndarray, p: float) -> np.ndarray:
 Sampler = Callable[[np.ndarray, Sequence[int]], int]
 
 
-def make_sampler(temperature: float = 1.0, top_k: int = 64, top_p: float = 0.95, min_p: float = 0.0,
-                 repetition_penalty: float = 1.0, rng: np.random.Generator | None = None) -> Sampler:
+@dataclass(frozen=True)
+class Sampling:
+    """The sampling options and their defaults, written here once: the library's `generate`,
+    `chat` and sessions take them as keywords, and the command line's flags read their
+    defaults here. Temperature 1, top-k 64 and top-p 0.95 are Gemma's recommended settings."""
+
+    temperature: float = 1.0
+    top_k: int = 64
+    top_p: float = 0.95
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    @classmethod
+    def of(cls, options: dict) -> "Sampling":
+        """The options given as keywords; an unknown one is an error that names the known ones."""
+        unknown = set(options) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown sampling options {sorted(unknown)}; "
+                            f"they are {', '.join(f.name for f in fields(cls))}")
+        return cls(**options)
+
+    def sampler(self) -> "Sampler":
+        return make_sampler(self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty,
+                            np.random.default_rng(self.seed))
+
+
+def make_sampler(temperature: float = Sampling.temperature, top_k: int = Sampling.top_k,
+                 top_p: float = Sampling.top_p, min_p: float = Sampling.min_p,
+                 repetition_penalty: float = Sampling.repetition_penalty,
+                 rng: np.random.Generator | None = None) -> Sampler:
     """A closure (logits, history) -> token id."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")

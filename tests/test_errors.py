@@ -102,6 +102,20 @@ def test_truncation_when_asked(checkpoints):
     assert isinstance("".join(out), str)
 
 
+def test_a_misspelt_option_names_the_right_ones(checkpoints):
+    """Load and sampling options are records (edgert.model.Options, edgert.sampling.Sampling):
+    a misspelt one is refused with the list of those that exist, wherever it is given."""
+    with pytest.raises(TypeError, match=r"unknown load options \['n_cxt'\]; they are n_ctx, n_batch"):
+        edgert.load(checkpoints.gguf("e2b", "q8_0"), n_cxt=32)
+    model = edgert.load(checkpoints.gguf("e2b", "q8_0"), n_ctx=32)
+    with pytest.raises(TypeError, match=r"unknown sampling options \['temprature'\]; they are temperature"):
+        list(model.generate("hi", max_new_tokens=2, temprature=0))
+    with pytest.raises(TypeError, match="temprature"):
+        model.chat([{"role": "user", "content": "hi"}], temprature=0)
+    with pytest.raises(TypeError, match="temprature"):
+        model.chat_session(temprature=0)
+
+
 def test_errors_share_one_base():
     for cls in (ModelFileError, ArchitectureError, ContextOverflowError):
         assert issubclass(cls, EdgeRTError)

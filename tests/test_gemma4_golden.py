@@ -10,6 +10,7 @@ import pytest
 import edgert
 from edgert.files.convert import convert
 from edgert.sampling import make_sampler
+from edgert import generation
 from tests.reference import GOLDEN_DIR, hf_decode_logits, hf_greedy, hf_logits, rel_err
 
 pytestmark = pytest.mark.aarch64
@@ -52,6 +53,6 @@ def test_decode_past_the_window_matches_transformers(model):
 
 def test_greedy_tokens_identical(model):
     greedy = GOLDEN["greedy"].tolist()
-    ours = model.generate_ids(model.new_state(), GOLDEN["prompt"].tolist(), len(greedy), make_sampler(temperature=0),
+    ours = generation.generate_ids(model, model.new_state(), GOLDEN["prompt"].tolist(), len(greedy), make_sampler(temperature=0),
                               stop_ids=set())
     assert list(ours) == greedy

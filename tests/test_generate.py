@@ -9,7 +9,8 @@ import pytest
 
 import edgert
 from edgert.text.chat import GEMMA4 as fmt
-from edgert.model import Reply
+from edgert.text.sessions import Reply
+from edgert import generation
 from edgert.sampling import make_sampler
 
 
@@ -31,7 +32,7 @@ def test_prompt_format_is_gemma4s():
 
 def test_generate_streams_whole_characters_and_matches_greedy_ids(model):
     ids = model.tokenizer.encode(fmt.render([{"role": "user", "content": "Café 日本"}]))
-    greedy = list(model.generate_ids(model.new_state(), ids, 24, make_sampler(temperature=0), model.stop_ids))
+    greedy = list(generation.generate_ids(model, model.new_state(), ids, 24, make_sampler(temperature=0), model.stop_ids))
     pieces = list(model.generate("Café 日本", max_new_tokens=24, temperature=0))
     assert "".join(pieces) == model.tokenizer.decode(greedy)
     for p in pieces:
@@ -49,7 +50,7 @@ def test_stop_ids_end_generation(model):
     ids = [2, 400, 401]
     logits = model.forward(ids)[-1]
     first = int(np.argmax(logits))
-    out = list(model.generate_ids(model.new_state(), ids, 10, make_sampler(temperature=0), {first}))
+    out = list(generation.generate_ids(model, model.new_state(), ids, 10, make_sampler(temperature=0), {first}))
     assert out == []
 
 
@@ -71,7 +72,7 @@ def test_session_keeps_its_cache_and_equals_a_fresh_run(model):
     reply.result()
     # only the new turn was prefilled on top of the cache
     assert session.state.tokens[:len(before)] == before
-    fresh = list(model.generate_ids(model.new_state(), before + pending + fed, 6, make_sampler(temperature=0),
+    fresh = list(generation.generate_ids(model, model.new_state(), before + pending + fed, 6, make_sampler(temperature=0),
                                     model.stop_ids))
     assert reply.text == model.tokenizer.decode(fresh, special=False)
 
@@ -155,7 +156,7 @@ def test_interrupted_prefill_leaves_a_consistent_state(checkpoints, monkeypatch)
 
     monkeypatch.setattr(gemma4, "attention", flaky)
     with pytest.raises(KeyboardInterrupt):
-        list(model.generate_ids(state, ids, 1, make_sampler(temperature=0), set()))
+        list(generation.generate_ids(model, state, ids, 1, make_sampler(temperature=0), set()))
     monkeypatch.setattr(gemma4, "attention", real)
     assert state.pos == 16 and state.pending == ids[16:]
     np.testing.assert_allclose(model.prefill(state, state.pending), expected, rtol=0, atol=1e-5)
@@ -166,7 +167,7 @@ def test_control_tokens_stay_out_of_the_text_unless_asked(model, monkeypatch):
     eoa, hello = tok.token_id("<eoa>"), tok.encode("Hello")
     assert eoa is not None and eoa not in model.stop_ids
     written = [*hello, eoa, *hello]
-    monkeypatch.setattr(model, "generate_ids", lambda *a, **k: iter(written))
+    monkeypatch.setattr(generation, "generate_ids", lambda *a, **k: iter(written))
     assert "".join(model.generate("Hi")) == "HelloHello"
     assert "".join(model.generate("Hi", special=True)) == "Hello<eoa>Hello"
     assert tok.decode(written) == "Hello<eoa>Hello"  # the tokenizer itself stays an inverse of encode

@@ -18,6 +18,8 @@ from edgert.errors import EdgeRTError, ModelFileError
 from edgert.files.convert import convert
 from edgert.files import mmproj
 from edgert.files.mmproj import edgert_name
+from edgert.gemma4 import SoftTokens
+from edgert.text.sessions import hear_messages
 from tests.reference import AUDIO_IDS, build_audio_checkpoint, write_mmproj
 
 pytest.importorskip("torch")
@@ -49,12 +51,12 @@ def speech(tmp_path_factory):
 
 
 def _audio_logits(model, speech) -> np.ndarray:
-    messages, rows = model._hear([{"role": "user", "content": [{"type": "audio", "audio": str(speech)},
+    messages, rows = hear_messages(model, [{"role": "user", "content": [{"type": "audio", "audio": str(speech)},
                                                                {"type": "text", "text": "What did I say?"}]}])
     ids = model.tokenizer.encode(model.format.render(messages))
     mask = np.asarray(ids) == AUDIO_IDS["audio_token_id"]
     assert mask.sum() == len(rows) > 10
-    return model.prefill(model.new_state(), ids, logits="all", soft=(mask, rows))
+    return model.prefill(model.new_state(), ids, logits="all", soft=SoftTokens(mask, rows))
 
 
 def test_every_audio_tensor_of_the_checkpoint_has_a_name_in_the_file(files):

@@ -8,6 +8,7 @@ import pytest
 
 import edgert
 from edgert.sampling import make_sampler
+from edgert import generation
 from tests.reference import hf_decode_logits, hf_greedy, hf_logits, rel_err
 
 KINDS = ["e2b", "e4b"]
@@ -60,7 +61,7 @@ def test_greedy_tokens_identical(checkpoints, kind):
     model = edgert.load(checkpoints.gguf(kind, "f32"), n_ctx=256, kv_type="f32")
     ids = prompt(model.config.n_vocab, seed=2)
     expected = hf_greedy(hf, ids, 32)
-    ours = list(model.generate_ids(model.new_state(), ids, 32, make_sampler(temperature=0), stop_ids=set()))
+    ours = list(generation.generate_ids(model, model.new_state(), ids, 32, make_sampler(temperature=0), stop_ids=set()))
     assert ours == expected
 
 

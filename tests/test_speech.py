@@ -17,6 +17,8 @@ from audio.features import log_mel
 from audio.wav import load_audio
 from edgert.files.convert import convert
 from edgert.errors import EdgeRTError
+from edgert.gemma4 import SoftTokens
+from edgert.text.sessions import hear_messages
 from tests.reference import AUDIO_IDS, build_audio_checkpoint
 
 torch = pytest.importorskip("torch")
@@ -44,11 +46,11 @@ def _message(path) -> list[dict]:
 def test_audio_message_logits_equal_transformers(checkpoint, speech, tmp_path, qtype, tolerance):
     hf, directory = checkpoint
     model = edgert.load(convert(directory, tmp_path / f"m-{qtype}.gguf", qtype), kv_type="f32")
-    messages, rows = model._hear(_message(speech))
+    messages, rows = hear_messages(model, _message(speech))
     ids = model.tokenizer.encode(model.format.render(messages))
     mask = np.asarray(ids) == AUDIO_IDS["audio_token_id"]
     assert mask.sum() == len(rows) > 10 and "<boa>" in messages[0]["content"][0]["text"]
-    got = model.prefill(model.new_state(), ids, logits="all", soft=(mask, rows))
+    got = model.prefill(model.new_state(), ids, logits="all", soft=SoftTokens(mask, rows))
     features, feature_mask = log_mel(load_audio(speech).samples)
     with torch.no_grad():
         expected = hf(input_ids=torch.tensor([ids]), input_features=torch.from_numpy(features)[None],
@@ -59,9 +61,9 @@ def test_audio_message_logits_equal_transformers(checkpoint, speech, tmp_path, q
 def test_chat_with_audio_answers_from_the_soft_tokens(checkpoint, speech, tmp_path):
     _, directory = checkpoint
     model = edgert.load(convert(directory, tmp_path / "m.gguf", "q8_0"))
-    messages, rows = model._hear(_message(speech))
+    messages, rows = hear_messages(model, _message(speech))
     ids = model.tokenizer.encode(model.format.render(messages))
-    logits = model.prefill(model.new_state(), ids, soft=(np.asarray(ids) == AUDIO_IDS["audio_token_id"], rows))
+    logits = model.prefill(model.new_state(), ids, soft=SoftTokens(np.asarray(ids) == AUDIO_IDS["audio_token_id"], rows))
     first = int(np.argmax(logits))
     reply = model.chat(_message(speech), max_new_tokens=8, temperature=0)
     tokens = list(reply._tokens)

@@ -270,6 +270,8 @@ def _worker_audio(args) -> dict:
                       f32_vs_torch=float(np.abs(exact - torch_out).max() / np.abs(torch_out).max()))
         if args.file:
             model = edgert.load(args.file, n_ctx=args.ctx, threads=args.threads)
+            from edgert.gemma4 import SoftTokens
+
             n_utt = int(16000 * UTTERANCE_SECONDS)
             utt_features, utt_mask = log_mel(wave[:n_utt].astype(np.float32))
             tok = model.tokenizer
@@ -280,7 +282,7 @@ def _worker_audio(args) -> dict:
             def prefill_soft(state, rows, logits="none"):
                 rows = (rows * 0.02).astype(np.float32)  # scaled: the tower's weights are random
                 return model.prefill(state, [tok.pad] * len(rows), logits=logits,
-                                     soft=(np.ones(len(rows), dtype=bool), rows))
+                                     soft=SoftTokens(np.ones(len(rows), dtype=bool), rows))
 
             def not_streamed():  # the whole utterance is encoded and prefilled after it ends
                 t0 = time.perf_counter()

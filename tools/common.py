@@ -8,14 +8,18 @@ import time
 
 
 def add_model_argument(p: argparse.ArgumentParser) -> None:
+    from edgert.model import Options
+
+    d = Options()  # the library's defaults, written there once
     p.add_argument("model", nargs="?", help="a GGUF model file (default: the embedded default model)")
-    p.add_argument("--ctx", type=int, default=4096, help="context length (default 4096)")
-    p.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: physical cores)")
-    p.add_argument("--ple", default="mmap", choices=("mmap", "pread", "ram"),
-                   help="how the per-layer embedding table is held (default mmap: rows read from the file)")
-    p.add_argument("--ple-cache-mb", type=float, default=64.0, help="row cache of --ple pread (default 64)")
-    p.add_argument("--kv", default="f16", choices=("f16", "q8_0", "f32"),
-                   help="KV cache entries (default f16, as llama.cpp; q8_0 takes 34 bytes per 32 values)")
+    p.add_argument("--ctx", type=int, default=d.n_ctx, help=f"context length (default {d.n_ctx})")
+    p.add_argument("-t", "--threads", type=int, default=d.threads, help="kernel threads (default: physical cores)")
+    p.add_argument("--ple", default=d.ple, choices=("mmap", "pread", "ram"),
+                   help=f"how the per-layer embedding table is held (default {d.ple}: rows read from the file)")
+    p.add_argument("--ple-cache-mb", type=float, default=d.ple_cache_mb,
+                   help=f"row cache of --ple pread (default {d.ple_cache_mb:g})")
+    p.add_argument("--kv", default=d.kv_type, choices=("f16", "q8_0", "f32"),
+                   help=f"KV cache entries (default {d.kv_type}, as llama.cpp; q8_0 takes 34 bytes per 32 values)")
     p.add_argument("--mmproj", default=None,
                    help="llama.cpp's multimodal projector file to take the audio tower from (default: the model's "
                         "own, else an mmproj*.gguf beside it)")
@@ -23,18 +27,25 @@ def add_model_argument(p: argparse.ArgumentParser) -> None:
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    from edgert.sampling import Sampling
+
+    d = Sampling()  # the library's defaults, written there once
     p.add_argument("-n", "--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy")
-    p.add_argument("--top-k", type=int, default=64)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 for greedy")
+    p.add_argument("--top-k", type=int, default=d.top_k)
+    p.add_argument("--top-p", type=float, default=d.top_p)
+    p.add_argument("--min-p", type=float, default=d.min_p)
+    p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
+    p.add_argument("--seed", type=int, default=d.seed)
 
 
 def sampling(args) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                repetition_penalty=args.repetition_penalty, seed=args.seed)
+    """The sampling flags as the library's keyword options (edgert.sampling.Sampling)."""
+    from dataclasses import fields
+
+    from edgert.sampling import Sampling
+
+    return {f.name: getattr(args, f.name) for f in fields(Sampling)}
 
 
 def resolve_model(path: str | None) -> str:
