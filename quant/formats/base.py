@@ -108,7 +108,7 @@ class Format:
     activations  how its integer dots take the activations (None: a float format)
     float_kernel quant.kernels.gemm_float's id, for the float formats
     tile         its tile in the x8 layout (quant.layout), if it has one
-    decode       a SuperTileFormat's decoder for quant.packed: (builder, tile, levels) -> ir.Super
+    decode       a SuperTileFormat's decoder for quant.packed: (tile, packed.ByteOps) -> ir.Super
     walk, unroll a walker of the file's own rows for quant.simd, and the blocks it takes per
                  iteration"""
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from quant.formats.base import (IQ4_NL_VALUES, Activations, Block, Format, QType, SuperTileFormat, TileFormat, f16,
                                 nibble_values, super_source)
-from quant.ir import I8, I16, I32, ROWS, V8I32, V32I8, Once, Super, const_vec, halves, nibbles, vec
+from quant.ir import I8, I16, I32, ROWS, V8I32, V32I8, Once, Super, const_vec, halves, vec
 
 
 def _dequantize_iq4_nl(blocks):
@@ -32,9 +32,10 @@ def _dequantize_iq4_xs(blocks):
 XS_TILE = SuperTileFormat(header=64, source=super_source(136, head=[0, 2], scales=range(4, 8), runs=[(8, 128)]))
 
 
-def _decode_iq4_xs(b, tile, levels) -> Super:
+def _decode_iq4_xs(tile, ops) -> Super:
     """IQ4_XS: sub-block ib's scale is nibble ib % 2 of scales_l[ib / 2] and bits 2ib of scales_h,
     less 32; its values are IQ4_NL levels, low nibbles first."""
+    b = ops.b
     c = lambda v: const_vec(I32, 8, v)  # noqa: E731
     high = b.zext(tile.load(16, vec(I16, ROWS)), V8I32)
     low = [b.zext(tile.load(32 + 8 * k, vec(I8, 8)), V8I32) for k in range(4)]
@@ -43,7 +44,7 @@ def _decode_iq4_xs(b, tile, levels) -> Super:
         scale = b.or_(b.and_(b.lshr(low[ib // 2], c(4 * (ib % 2))), c(15)),
                       b.shl(b.and_(b.lshr(high, c(2 * ib)), c(3)), c(4)))
         subs = [Once(lambda at=XS_TILE.header + 32 * (4 * ib + L): tile.load(at, V32I8)) for L in range(4)]
-        parts = [(Once(lambda v=v, hi=hi: levels(nibbles(b, v(), 4 if hi else 0))), 32 * ib + 16 * hi + 4 * L)
+        parts = [(Once(lambda v=v, hi=hi: ops.levels(ops.nibbles(v(), 4 if hi else 0))), 32 * ib + 16 * hi + 4 * L)
                  for hi in (False, True) for L, v in enumerate(subs)]
         groups.append((b.sub(scale, c(32)), parts, (2 * ib, 2 * ib + 1)))
     return Super(halves(b, tile, 0), groups, signed=True)

@@ -4,7 +4,7 @@
 import numpy as np
 
 from quant.formats.base import Activations, Block, Format, QType, SuperTileFormat, f16, super_source
-from quant.ir import I8, I32, V8I32, V32I8, Once, Super, bits, const_vec, halves, vec
+from quant.ir import I8, I32, V8I32, V32I8, Once, Super, const_vec, halves, vec
 
 
 def two_bit_values(qs: np.ndarray) -> np.ndarray:
@@ -27,16 +27,14 @@ def _dequantize(blocks):
 TILE = SuperTileFormat(header=160, source=super_source(84, head=[80, 82], scales=range(0, 16), runs=[(16, 64)]))
 
 
-def two_bit_groups(b, tile, at: int, scales, high=None):
+def two_bit_groups(ops, tile, at: int, scales, high=None):
     """Q2_K's and Q3_K's sixteen groups of 16: value 128h + 32s + 4L + j is bits 2s of 2-bit
     sub-vector (h, L) at `at` (and bit 4h + s of high[h][L], Q3_K's hmask, its third bit)."""
     qs = [[Once(lambda at=at + 32 * (8 * h + L): tile.load(at, V32I8)) for L in range(8)] for h in range(2)]
 
     def value(h, s, L):
-        v = bits(b, qs[h][L](), 2 * s, 3)
-        if high is not None:
-            v = b.or_(v, b.shl(bits(b, high[h][L](), 4 * h + s, 1), const_vec(I8, 32, 2)))
-        return v
+        v = ops.field(qs[h][L](), 2 * s, 2)
+        return v if high is None else ops.with_bit(v, high[h][L](), 4 * h + s, 2)
 
     groups = []  # half by half, so that only four sub-vectors of each kind are live at a time
     for h in range(2):
@@ -49,12 +47,13 @@ def two_bit_groups(b, tile, at: int, scales, high=None):
     return groups
 
 
-def _decode(b, tile, levels) -> Super:
+def _decode(tile, ops) -> Super:
     """Q2_K: group g's scale is the low nibble of its byte, its min the high one."""
+    b = ops.b
     sc = [b.zext(tile.load(32 + 8 * g, vec(I8, 8)), V8I32) for g in range(16)]
     scales = [b.and_(s, const_vec(I32, 8, 15)) for s in sc]
     mins = [b.lshr(s, const_vec(I32, 8, 4)) for s in sc]
-    return Super(halves(b, tile, 0), two_bit_groups(b, tile, TILE.header, scales),
+    return Super(halves(b, tile, 0), two_bit_groups(ops, tile, TILE.header, scales),
                  mins=(halves(b, tile, 16), [(m, (g,)) for g, m in enumerate(mins)]))
 
 

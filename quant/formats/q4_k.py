@@ -9,7 +9,7 @@ import numpy as np
 from llvmlite import ir
 
 from quant.formats.base import Activations, Block, Format, QType, SuperTileFormat, f16, super_source
-from quant.ir import F32, I8, I32, V8I32, V32I8, Once, Super, bits, const_vec, halves, nibbles, vec, walker
+from quant.ir import F32, I8, I32, V8I32, V32I8, Once, Super, const_vec, halves, nibbles, vec, walker
 
 
 def q4_k_scale_min(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,19 +67,18 @@ def _q4_k_scales(b, tile, at: int):
     return scales, mins
 
 
-def _decode(b, tile, fifth_bits: bool) -> Super:
+def _decode(tile, ops, fifth_bits: bool) -> Super:
     """Q4_K (and, with fifth_bits, Q5_K): sub-block j's value 4L + jj is nibble j % 2 of
     sub-vector L of pair j // 2 (and bit j of qh sub-vector L is its fifth bit)."""
+    b = ops.b
     scales, mins = _q4_k_scales(b, tile, 32)
     values_at = (Q5_K_TILE if fifth_bits else Q4_K_TILE).header
     subs = [Once(lambda at=values_at + 32 * k: tile.load(at, V32I8)) for k in range(32)]
     qh = [Once(lambda at=128 + 32 * L: tile.load(at, V32I8)) for L in range(8)]
 
     def value(j, L):
-        v = nibbles(b, subs[8 * (j // 2) + L](), 4 * (j % 2))
-        if fifth_bits:
-            v = b.or_(v, b.shl(bits(b, qh[L](), j, 1), const_vec(I8, 32, 4)))
-        return v
+        v = ops.nibbles(subs[8 * (j // 2) + L](), 4 * (j % 2))
+        return ops.with_bit(v, qh[L](), j, 4) if fifth_bits else v
 
     groups = []
     for j in range(8):
@@ -126,6 +125,6 @@ def _walk(ctx, blk, x, k):
 
 
 Q4_K = Format(QType.Q4_K, Block(256, 2 + 2 + 12 + 128, (0, 2)), _dequantize_q4_k, activations=Activations.Q8_K,
-              tile=Q4_K_TILE, decode=lambda b, tile, levels: _decode(b, tile, fifth_bits=False), walk=_walk)
+              tile=Q4_K_TILE, decode=lambda tile, ops: _decode(tile, ops, fifth_bits=False), walk=_walk)
 Q5_K = Format(QType.Q5_K, Block(256, 2 + 2 + 12 + 32 + 128, (0, 2)), _dequantize_q5_k, activations=Activations.Q8_K,
-              tile=Q5_K_TILE, decode=lambda b, tile, levels: _decode(b, tile, fifth_bits=True))
+              tile=Q5_K_TILE, decode=lambda tile, ops: _decode(tile, ops, fifth_bits=True))

@@ -4,7 +4,7 @@ per 16 values), d (f16); value = d * scale * (q - 32)."""
 import numpy as np
 
 from quant.formats.base import Activations, Block, Format, QType, SuperTileFormat, f16, super_source
-from quant.ir import I8, I16, V8I32, V32I8, Once, Super, bits, const_vec, halves, nibbles, vec, walker
+from quant.ir import I8, I16, V8I32, V32I8, Once, Super, bits, const_vec, halves, vec, walker
 
 
 def _dequantize(blocks):
@@ -26,8 +26,9 @@ def _dequantize(blocks):
 TILE = SuperTileFormat(header=144, source=super_source(210, head=[208], scales=range(192, 208), runs=[(0, 192)]))
 
 
-def _decode(b, tile, levels) -> Super:
+def _decode(tile, ops) -> Super:
     """Q6_K: a sub-vector of ql (h, a) and one of qh (h) give the values 128h + 32s + 4L + j."""
+    b = ops.b
     scales = [b.sext(tile.load(16 + 8 * k, vec(I8, 8)), V8I32) for k in range(16)]
     by_value = {}
     for h in range(2):
@@ -36,8 +37,8 @@ def _decode(b, tile, levels) -> Super:
             qh = Once(lambda at=TILE.header + 32 * 32 + 32 * (8 * h + L): tile.load(at, V32I8))
             for s in range(4):
                 by_value[128 * h + 32 * s + 4 * L] = Once(
-                    lambda ql=ql[s % 2], qh=qh, s=s: b.or_(nibbles(b, ql(), 4 if s >= 2 else 0),
-                                                           b.shl(bits(b, qh(), 2 * s, 3), const_vec(I8, 32, 4))))
+                    lambda ql=ql[s % 2], qh=qh, s=s: b.or_(ops.nibbles(ql(), 4 if s >= 2 else 0),
+                                                           ops.field(qh(), 2 * s, 2, to=4)))
     groups = [(scales[k], [(by_value[16 * k + 4 * c], 16 * k + 4 * c) for c in range(4)], (k,)) for k in range(16)]
     return Super(halves(b, tile, 0), groups, offset=32)
 
