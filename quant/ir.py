@@ -71,6 +71,16 @@ def bits(b, v, shift: int, mask: int):
     return b.and_(b.lshr(v, const_vec(I8, 32, shift)) if shift else v, const_vec(I8, 32, mask))
 
 
+def lane_bits(b, masks, first: int, value: int = 16):
+    """<32 x i8> holding `value` in lane i where bit i of the 32-bit mask at byte `first` of
+    `masks` is set: byte i // 8 goes to lane i, which keeps bit i % 8 (a byte shuffle, an and and
+    a compare, on every target; an i1 vector would become a loop of inserts on ARM). Q5_0's and
+    Q5_1's fifth bits, in the file's rows and in the x8 layout's masks."""
+    spread = shuffle(b, masks, masks, [first + i // 8 for i in range(32)])
+    bit = b.and_(spread, ir.Constant(vec(I8, 32), [1 << (i % 8) for i in range(32)]))
+    return b.select(b.icmp_unsigned("!=", bit, const_vec(I8, 32, 0)), const_vec(I8, 32, value), const_vec(I8, 32, 0))
+
+
 def halves(b, tile: Bytes, at: int):
     """Eight rows' f16 at byte `at` of a tile, as <8 x float>."""
     return b.fpext(b.bitcast(tile.load(at, vec(I16, ROWS)), vec(HALF, ROWS)), V8F32)

@@ -34,8 +34,8 @@ from numba.extending import intrinsic
 
 from quant.cpu import FEATURES, FLAVOR
 from quant.formats import FORMATS, IQ4_NL_LEVELS, QType, TileFormat
-from quant.ir import (F32, I8, I16, I32, ROWS, V8F32, V8I32, V32I8, Bytes, const_vec, declare, halves, nibbles,
-                      shuffle, splat, vec)
+from quant.ir import (F32, I8, I16, I32, ROWS, V8F32, V8I32, V32I8, Bytes, bits, const_vec, declare,
+                      halves, lane_bits, nibbles, shuffle, splat, vec)
 from quant.layout import SUPER_TILES, TILES
 from quant.simd import switch
 
@@ -170,9 +170,8 @@ class ByteOps:
         no byte shift: LLVM shifts words and masks, or shifts bytes with GFNI's vgf2p8affineqb
         where the CPU has it. One vgf2p8affineqb whose matrix also masks, written here, took
         10% of Q2_K's instructions and measured no faster on a Xeon with AVX512-VNNI.)"""
-        b = self.b
-        out = b.and_(b.lshr(v, const_vec(I8, 32, lo)) if lo else v, const_vec(I8, 32, (1 << width) - 1))
-        return b.shl(out, const_vec(I8, 32, to)) if to else out
+        out = bits(self.b, v, lo, (1 << width) - 1)
+        return self.b.shl(out, const_vec(I8, 32, to)) if to else out
 
     def nibbles(self, v, shift: int):
         """The low (shift 0) or high (shift 4) 4 bits of each byte."""
@@ -199,18 +198,9 @@ def _sub_vectors(b, fmt: TileFormat, tile: Bytes, levels):
         bias = 0 if fmt.m is not None else 8 if fmt.qh is None else 16  # Q4_1 and Q5_1 take their mins instead
         if fmt.qh is not None:  # Q5_0, Q5_1: lane i's fifth bit is bit i of a mask
             masks = tile.load(fmt.masks + 8 * s, vec(I8, 8))
-            lo, hi = b.or_(lo, _lane_bits(b, masks, 0)), b.or_(hi, _lane_bits(b, masks, 4))
+            lo, hi = b.or_(lo, lane_bits(b, masks, 0)), b.or_(hi, lane_bits(b, masks, 4))
         out += [(lo, bias, s), (hi, bias, s + 4)]
     return out
-
-
-def _lane_bits(b, masks, first: int):
-    """<32 x i8> holding 16 in lane i where bit i of the 32-bit mask at byte `first` of `masks`
-    is set: byte i // 8 goes to lane i, which keeps bit i % 8 (a byte shuffle, an and and a
-    compare, on every target; an i1 vector would become a loop of inserts on ARM)."""
-    spread = shuffle(b, masks, masks, [first + i // 8 for i in range(32)])
-    bit = b.and_(spread, ir.Constant(V32I8, [1 << (i % 8) for i in range(32)]))
-    return b.select(b.icmp_unsigned("!=", bit, const_vec(I8, 32, 0)), const_vec(I8, 32, 16), const_vec(I8, 32, 0))
 
 
 def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType, w_ptr, w_off, xq_ptr,

@@ -9,7 +9,7 @@ from llvmlite import ir
 
 from quant.formats.base import Activations, Block, Format, QType, TileFormat, f16, nibble_values
 from quant.formats.q4_0 import nibble_bytes, q4_0_values, quantize_offset
-from quant.ir import F32, I8, const_vec, grouped_avx2, shuffle, vec, walker
+from quant.ir import F32, I8, grouped_avx2, lane_bits, vec, walker
 
 
 def _fifth_bit_values(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:
@@ -32,16 +32,9 @@ def _quantize(blocks):
     return np.concatenate([d.astype(np.float16).view(np.uint8), qh, nibble_bytes(q)], axis=1)
 
 
-def _fifth_bits(b, qh):
-    """4 bytes of Q5_0 high bits -> <32 x i8> holding 16 where value j's bit j is set."""
-    spread = shuffle(b, qh, qh, [i // 8 for i in range(32)])
-    bit = b.and_(spread, ir.Constant(vec(I8, 32), [1 << (i % 8) for i in range(32)]))
-    return b.select(b.icmp_unsigned("!=", bit, const_vec(I8, 32, 0)), const_vec(I8, 32, 16), const_vec(I8, 32, 0))
-
-
 def _values(b, blk):
     """A Q5_0 block's 32 values, 0..31."""
-    return b.or_(q4_0_values(b, blk.load(6, vec(I8, 16))), _fifth_bits(b, blk.load(2, vec(I8, 4))))
+    return b.or_(q4_0_values(b, blk.load(6, vec(I8, 16))), lane_bits(b, blk.load(2, vec(I8, 4)), 0))
 
 
 @walker(32)
