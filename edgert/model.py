@@ -256,14 +256,27 @@ class Model:
         return generation.generate(self, prompt, max_new_tokens, stop, raw, truncate, special, **sampling)
 
     def chat(self, messages: Sequence[dict], think: bool = False, max_new_tokens: int = 1024,
-             truncate: bool = False, **sampling) -> Reply:
+             truncate: bool = False, tools: Sequence = (), tool_choice=None, response_format=None,
+             constrain: bool = True, **sampling) -> Reply:
         """Answer `messages` ([{"role", "content"}]); iterate the result for the answer's pieces,
-        then read `.text` and `.thought` (the thought channel, never mixed into the answer)."""
-        return sessions.chat(self, messages, think, max_new_tokens, truncate, **sampling)
+        then read `.text`, `.thought` (the thought channel, never mixed into the answer) and
+        `.tool_calls`.
 
-    def chat_session(self, system: str | None = None, think: bool = False, **sampling) -> ChatSession:
-        """A conversation that keeps its KV cache between turns."""
-        return ChatSession(self, system, think, sampling)
+        tools: OpenAI-style tools ({"type": "function", "function": {"name", "description",
+        "parameters"}}) or Python functions with type hints and a docstring; a call's results go
+        back as {"role": "tool", "tool_call_id", "content"} messages after the assistant message
+        that holds the calls. tool_choice: "auto", "none", "required" or {"type": "function",
+        "function": {"name": ...}}. Each call is decoded under its tool's JSON schema, and
+        with response_format (a JSON schema, or OpenAI's {"type": "json_schema", ...}) the whole
+        answer is one JSON value valid against it; constrain=False turns both off."""
+        return sessions.chat(self, messages, think, max_new_tokens, truncate, tools, tool_choice, response_format,
+                             constrain, **sampling)
+
+    def chat_session(self, system: str | None = None, think: bool = False, tools: Sequence = (),
+                     **sampling) -> ChatSession:
+        """A conversation that keeps its KV cache between turns, and across tool calls and their
+        results (ChatSession.stream_results)."""
+        return ChatSession(self, system, think, sampling, tools)
 
     # --- audio --------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from edgert.config import published  # noqa: F401  (the published E2B/E4B config
 # Gemma's id layout for the ids that matter: 0 pad, 1 eos, 2 bos, 3 unk, 105 <|turn>, 106 <turn|>.
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 CONTROL = ["<|turn>", "<turn|>", "<|channel>", "<channel|>", "<|think|>", "<boa>", "<eoa>", "<|audio|>",
-           "<|tool_call>", "<tool_call|>"]
+           "<|tool_call>", "<tool_call|>", "<|tool>", "<tool|>", "<|tool_response>", "<tool_response|>", '<|"|>']
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",

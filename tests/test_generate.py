@@ -24,10 +24,13 @@ def test_prompt_format_is_gemma4s():
                        {"role": "assistant", "content": "<|channel>thought\nhmm<channel|>Hello!"},
                        {"role": "user", "content": [{"type": "text", "text": "Why?"}]}])
     assert text == ("<bos><|turn>system\nBe brief.<turn|>\n<|turn>user\nHi<turn|>\n"
-                    "<|turn>model\nHello!<turn|>\n<|turn>user\nWhy?<turn|>\n<|turn>model\n")
+                    "<|turn>model\nHello!<turn|>\n<|turn>user\nWhy?<turn|>\n<|turn>model\n"
+                    "<|channel>thought\n<channel|>")
     assert fmt.render([{"role": "user", "content": "Hi"}], think=True) == \
         "<bos><|turn>system\n<|think|>\n<turn|>\n<|turn>user\nHi<turn|>\n<|turn>model\n"
-    assert fmt.render([{"role": "user", "content": "Hi"}]) == "<bos><|turn>user\nHi<turn|>\n<|turn>model\n"
+    # with thinking off, the official template closes an empty thought channel
+    assert fmt.render([{"role": "user", "content": "Hi"}]) == \
+        "<bos><|turn>user\nHi<turn|>\n<|turn>model\n<|channel>thought\n<channel|>"
 
 
 def test_generate_streams_whole_characters_and_matches_greedy_ids(model):
@@ -67,14 +70,14 @@ def test_session_keeps_its_cache_and_equals_a_fresh_run(model):
     session.send("Hello", max_new_tokens=6)
     before = list(session.state.tokens)
     pending = [t for t in session.state.pending if t not in model.stop_ids]
-    fed = model.tokenizer.encode("<turn|>\n" + fmt.turn("user", "And then?") + "<|turn>model\n")
+    fed = model.tokenizer.encode("<turn|>\n" + fmt.turn("user", "And then?") + fmt.generation_prompt())
     reply = session.stream("And then?", max_new_tokens=6)
     reply.result()
     # only the new turn was prefilled on top of the cache
     assert session.state.tokens[:len(before)] == before
     fresh = list(generation.generate_ids(model, model.new_state(), before + pending + fed, 6, make_sampler(temperature=0),
                                     model.stop_ids))
-    assert reply.text == model.tokenizer.decode(fresh, special=False)
+    assert reply.text == Reply(model, iter(fresh)).result()
 
 
 def test_cut_off_stream_keeps_what_was_generated(model):

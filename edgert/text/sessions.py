@@ -1,11 +1,14 @@
 """Chat on top of generation: a model turn as it streams (Reply, with the thought channel
-kept apart), messages with audio rendered into placeholders and soft tokens, a one-shot
-`chat`, and sessions that keep their KV cache between turns (ChatSession), with user turns
-of speech prefilled while they are spoken (AudioTurn)."""
+and tool calls kept apart), messages with audio rendered into placeholders and soft tokens,
+a one-shot `chat`, and sessions that keep their KV cache between turns (ChatSession), across
+tool calls and their results, with user turns of speech prefilled while they are spoken
+(AudioTurn)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterator, Sequence
+
+import secrets
 
 import numpy as np
 
@@ -13,6 +16,8 @@ from edgert.errors import ContextOverflowError, EdgeRTError, no_audio_tower
 from edgert.gemma4 import SoftTokens
 from edgert.generation import fit, generate_ids, take_pending
 from edgert.sampling import Sampling
+from edgert.text.constrain import Constraint, Structured, ToolCalls, constrained, response_schema
+from edgert.text import tools as T
 
 if TYPE_CHECKING:
     from edgert.model import Model
@@ -20,21 +25,37 @@ if TYPE_CHECKING:
 
 class Reply:
     """A model turn as it streams: iterating gives the answer's text pieces; the thought
-    channel (`<|channel>thought ... <channel|>`) is collected apart in `.thought`."""
+    channel (`<|channel>thought ... <channel|>`) is collected apart in `.thought`, and the
+    tool calls (`<|tool_call>call:NAME{…}<tool_call|>`) in `.tool_calls`, parsed. When it is
+    done, `.finish_reason` says why it ended: "stop", "tool_calls" or "length"."""
 
-    def __init__(self, model: "Model", tokens: Iterator[int]):
+    def __init__(self, model: "Model", tokens: Iterator[int], state=None, stop_ids: set[int] = frozenset()):
         self.model, self._tokens = model, tokens
+        self.state, self.stop_ids = state, stop_ids
         self.text, self.thought = "", ""
+        self.tool_calls: list[T.ToolCall] = []
         self.token_count = 0
         self.done = False
+        self.finish_reason: str | None = None
 
     def __iter__(self) -> Iterator[str]:
         tok = self.model.tokenizer
         open_id, close_id = self.model.channel_ids
+        call_open, call_close = tok.token_id(T.CALL_OPEN), tok.token_id(T.CALL_CLOSE)
         answer, thought = tok.stream(special=False), tok.stream(special=False)
-        in_thought = False
+        in_thought, call, call_text = False, None, ""
         for t in self._tokens:
             self.token_count += 1
+            if call is not None:  # inside a call: its text, control tokens included (<|"|>)
+                if t == call_close:
+                    self._add_call(call_text + call.flush())
+                    call = None
+                else:
+                    call_text += call.push(t)
+                continue
+            if t == call_open:
+                call, call_text = tok.stream(special=True), ""
+                continue
             if t == open_id:
                 in_thought = True
                 continue
@@ -48,6 +69,8 @@ class Reply:
             if piece:
                 self.text += piece
                 yield piece
+        if call is not None:
+            self._add_call(call_text + call.flush(), cut=True)
         tail = answer.flush()
         self.thought += thought.flush()
         if self.thought.startswith("thought\n"):
@@ -57,6 +80,18 @@ class Reply:
             self.text += tail
             yield tail
         self.done = True
+        stopped = self.state is not None and self.state.pending and self.state.pending[0] in self.stop_ids
+        self.finish_reason = "tool_calls" if self.tool_calls else ("stop" if stopped else "length")
+
+    def _add_call(self, raw: str, cut: bool = False) -> None:
+        call_id = "call_" + secrets.token_hex(8)
+        try:
+            if cut:
+                raise T.ToolError("the call was cut off before <tool_call|> (the token budget ran out)")
+            name, arguments = T.parse_call(raw)
+            self.tool_calls.append(T.ToolCall(name, arguments, call_id, raw))
+        except T.ToolError as e:
+            self.tool_calls.append(T.ToolCall("", {}, call_id, raw, str(e)))
 
     def result(self) -> str:
         """Run to the end and return the answer."""
@@ -96,17 +131,50 @@ def _soft(model: "Model", ids: list[int], rows: np.ndarray | None) -> SoftTokens
     return None if rows is None else SoftTokens(np.asarray(ids) == model.file.audio.tokens["audio"], rows)
 
 
-def chat(model: "Model", messages: Sequence[dict], think: bool = False, max_new_tokens: int = 1024,
-         truncate: bool = False, **sampling) -> Reply:
-    """Model.chat: the answer to `messages` (see there)."""
+def constraint(model: "Model", tools: Sequence[dict], tool_choice=None, response_format=None, think: bool = False,
+               constrain: bool = True) -> tuple[set[int], "Constraint | None"]:
+    """The stop ids and the constraint of a model turn: with tools it may also stop where a
+    call's result would begin (<|tool_response>); a response_format (a JSON schema) holds the
+    whole answer to it, else tools hold each call to its schema (constrain=False: neither)."""
+    stops = set(model.stop_ids)
+    choice = T.tool_choice_name(tool_choice, tools)
+    response_open = model.tokenizer.token_id(T.RESPONSE_OPEN)
+    if tools and response_open is not None:
+        stops.add(response_open)
+    schema = response_schema(response_format)
+    if not constrain:
+        return stops, None
+    if schema is not None:
+        return stops, Structured(model.tokenizer, sorted(stops), schema, think)
+    if tools:
+        return stops, ToolCalls(model.tokenizer, sorted(stops), tools, choice, think)
+    return stops, None
+
+
+def prompt_ids(model: "Model", messages: Sequence[dict], think: bool = False, tools: Sequence = (),
+               ) -> tuple[list[int], SoftTokens | None, int]:
+    """The prompt of `messages` as ids, its soft tokens (audio), and where the generation
+    prompt begins (what a later turn's prompt shares with this one ends there)."""
     messages, rows = hear_messages(model, messages)
-    ids = model.tokenizer.encode(model.format.render(messages, think=think))
-    if rows is not None and truncate:
+    fmt = model.format
+    history = model.tokenizer.encode(fmt.render(messages, add_generation_prompt=False, think=think, tools=tools))
+    ids = model.tokenizer.encode(fmt.render(messages, think=think, tools=tools))
+    return ids, _soft(model, ids, rows), len(history) if ids[:len(history)] == history else 0
+
+
+def chat(model: "Model", messages: Sequence[dict], think: bool = False, max_new_tokens: int = 1024,
+         truncate: bool = False, tools: Sequence = (), tool_choice=None, response_format=None,
+         constrain: bool = True, **sampling) -> Reply:
+    """Model.chat: the answer to `messages` (see there)."""
+    tools = T.tools_of(tools)
+    stops, rule = constraint(model, tools, tool_choice, response_format, think, constrain)
+    sampler = constrained(Sampling.of(sampling).sampler(), rule)
+    ids, soft, _ = prompt_ids(model, messages, think, tools)
+    if soft is not None and truncate:
         raise EdgeRTError("truncate=True cannot drop part of a prompt that holds audio; shorten it instead")
-    soft = _soft(model, ids, rows)
     ids = fit(model, ids, max_new_tokens, truncate)
-    sampler = Sampling.of(sampling).sampler()
-    return Reply(model, generate_ids(model, model.new_state(), ids, max_new_tokens, sampler, model.stop_ids, soft))
+    state = model.new_state()
+    return Reply(model, generate_ids(model, state, ids, max_new_tokens, sampler, stops, soft), state, stops)
 
 
 def user_content(fmt, content) -> str:
@@ -117,10 +185,12 @@ def user_content(fmt, content) -> str:
 class ChatSession:
     """Turns appended to one KV cache: only each new turn is prefilled."""
 
-    def __init__(self, model: "Model", system: str | None, think: bool, sampling: dict):
+    def __init__(self, model: "Model", system: str | None, think: bool, sampling: dict, tools: Sequence = ()):
         Sampling.of(sampling)  # an unknown option is an error now, not at the first turn
         self.model, self.think, self.sampling = model, think, dict(sampling)
         self.system = system
+        self.tools = T.tools_of(tools)
+        self.last: Reply | None = None
         self.reset()
 
     def reset(self, system: str | None = None) -> None:
@@ -129,11 +199,12 @@ class ChatSession:
             self.system = system or None
         self.state = self.model.new_state()
         fmt = self.model.format
-        self._opening = self.model.tokenizer.encode("<bos>" + fmt.system_turn(self.system, self.think))
+        self._opening = self.model.tokenizer.encode("<bos>" + fmt.system_turn(self.system, self.think, self.tools))
 
-    def stream(self, message, max_new_tokens: int = 1024) -> Reply:
+    def stream(self, message, max_new_tokens: int = 1024, tool_choice=None, response_format=None) -> Reply:
         """Send a user message (text, or a list of parts: {"type": "text", "text": ...},
-        {"type": "audio", "audio": path_or_array, "rate": ...}); iterate the reply for its pieces."""
+        {"type": "audio", "audio": path_or_array, "rate": ...}); iterate the reply for its pieces.
+        tool_choice and response_format: as Model.chat takes them."""
         rows = None
         if not isinstance(message, str):
             [heard], rows = hear_messages(self.model, [{"role": "user", "content": message}])
@@ -141,11 +212,30 @@ class ChatSession:
         head, opened = self._head()
         text = opened + user_content(self.model.format, message) + self._tail()
         ids = head + self.model.tokenizer.encode(text)
-        return self._reply(ids, max_new_tokens, _soft(self.model, ids, rows))
+        return self._reply(ids, max_new_tokens, _soft(self.model, ids, rows), tool_choice, response_format)
 
-    def send(self, message, max_new_tokens: int = 1024) -> str:
+    def send(self, message, max_new_tokens: int = 1024, **options) -> str:
         """Send a user message and return the whole answer."""
-        return self.stream(message, max_new_tokens).result()
+        return self.stream(message, max_new_tokens, **options).result()
+
+    def stream_results(self, results: Sequence, max_new_tokens: int = 1024, tool_choice=None) -> Reply:
+        """Give the last reply's tool calls their results, and let the model go on with its
+        turn. One result per call, in order: a value, or a message {"role": "tool",
+        "tool_call_id" or "name", "content"}. Only the results are prefilled."""
+        calls = self.last.tool_calls if self.last is not None else []
+        if not calls:
+            raise EdgeRTError("the last reply made no tool call; there is nothing to give results to")
+        by_id = {c.id: c.name for c in calls}
+        text = ""
+        for i, r in enumerate(results):
+            message = isinstance(r, dict) and (r.get("role") == "tool" or "tool_call_id" in r)
+            name = (by_id.get(r.get("tool_call_id")) or r.get("name")) if message else None
+            name = name or (calls[i].name if i < len(calls) else "unknown")
+            text += T.render_response(name, T.response_value(r.get("content")) if message else r)
+        if self.state.pending and self.state.pending[0] in self._stops:
+            self.state.pending = []  # the stop (<|tool_response>) is written again with the results
+        text += self.model.format.generation_prompt(self.think, after_results=True)
+        return self._reply(self.model.tokenizer.encode(text), max_new_tokens, None, tool_choice)
 
     def listen(self) -> "AudioTurn":
         """Start a user turn whose audio arrives while it is spoken: push() samples as they
@@ -162,7 +252,7 @@ class ChatSession:
         if not first:
             # close the previous model turn with "<turn|>\n"; a last sampled id that was not
             # fed (the budget ran out, or the reader stopped) goes in first, a stop id does not
-            if self.state.pending and self.state.pending[0] in self.model.stop_ids:
+            if self.state.pending and self.state.pending[0] in self._stops:
                 self.state.pending = []
             text = f"{fmt.close}\n" + text
         return (self._opening if first else []), text
@@ -179,11 +269,19 @@ class ChatSession:
                 "start again with reset() or load with a larger n_ctx"
             )
 
-    def _reply(self, ids: list[int], max_new_tokens: int, soft: SoftTokens | None = None) -> Reply:
+    @property
+    def _stops(self) -> set[int]:
+        return constraint(self.model, self.tools, constrain=False)[0]
+
+    def _reply(self, ids: list[int], max_new_tokens: int, soft: SoftTokens | None = None, tool_choice=None,
+               response_format=None) -> Reply:
         self._check_room(len(ids))
         budget = min(max_new_tokens, self.model.n_ctx - self.state.pos - len(self.state.pending) - len(ids))
-        sampler = Sampling.of(self.sampling).sampler()
-        return Reply(self.model, generate_ids(self.model, self.state, ids, budget, sampler, self.model.stop_ids, soft))
+        stops, rule = constraint(self.model, self.tools, tool_choice, response_format, self.think)
+        sampler = constrained(Sampling.of(self.sampling).sampler(), rule)
+        self.last = Reply(self.model, generate_ids(self.model, self.state, ids, budget, sampler, stops, soft),
+                          self.state, stops)
+        return self.last
 
 
 class AudioTurn:
@@ -215,7 +313,7 @@ class AudioTurn:
             self.soft_tokens += len(rows)
         return len(rows)
 
-    def finish(self, text: str | None = None, max_new_tokens: int = 1024) -> Reply:
+    def finish(self, text: str | None = None, max_new_tokens: int = 1024, tool_choice=None) -> Reply:
         """The speaker stopped: the last soft tokens, `text` after the audio, and the reply."""
         rows = self.stream.finish()
         if len(rows):
@@ -223,4 +321,4 @@ class AudioTurn:
             self.soft_tokens += len(rows)
         eoa = self.model.tokenizer.tokens[self.model.file.audio.tokens["eoa"]]
         after = eoa + (user_content(self.model.format, text) if text else "") + self.session._tail()
-        return self.session._reply(self.model.tokenizer.encode(after), max_new_tokens)
+        return self.session._reply(self.model.tokenizer.encode(after), max_new_tokens, None, tool_choice)
