@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from edgert.errors import EdgeRTError
-from tools import bench, chat, convert, profile, run, voice
+from tools import bench, chat, convert, profile, run, serve, voice
 
-COMMANDS = (convert, run, chat, voice, bench, profile)
+COMMANDS = (convert, run, chat, voice, serve, bench, profile)
 
 
 def main(argv: list[str] | None = None) -> int:
