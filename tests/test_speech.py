@@ -120,6 +120,32 @@ def test_voice_answers_a_wav_with_timings(checkpoint, speech, tmp_path):
     assert "speech end to first token" in done.stderr and "real-time factor" in done.stderr
 
 
+def test_voice_runs_the_tool_a_spoken_command_calls(checkpoint, tmp_path):
+    """A spoken "turn on the kitchen light", a tools file, and a small model whose constrained
+    decoding must call a tool: the function runs with valid arguments, and the model's answer
+    to its result is produced."""
+    _, directory = checkpoint
+    path = convert(directory, tmp_path / "m.gguf", "q8_0")
+    wav = tmp_path / "command.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "turn on the kitchen light"], check=True)
+    log = tmp_path / "lights.log"
+    home = tmp_path / "home.py"
+    home.write_text(
+        "from typing import Literal\n\n"
+        "def set_light(room: Literal['kitchen', 'hall', 'bedroom'], on: bool) -> dict:\n"
+        "    \"\"\"Switch a light.\n\n    Args:\n        room: which room\n        on: True for on\n    \"\"\"\n"
+        f"    open({str(log)!r}, 'a').write(f'{{room}} {{on}}\\n')\n"
+        "    return {'room': room, 'on': on, 'ok': True}\n")
+    done = _cli("voice", str(path), "--wav", str(wav), "--tools", str(home), "--tool-choice", "required",
+                "--temperature", "0", "-n", "40")
+    assert done.returncode == 0, done.stderr[-2000:]
+    room, on = log.read_text().split()
+    assert room in ("kitchen", "hall", "bedroom") and on in ("True", "False")
+    assert f"[tool] set_light({{'on': {on}, 'room': '{room}'}})" in done.stderr
+    assert "'ok': true" in done.stderr.replace('"', "'")
+    assert done.stdout.count("\n") >= 2  # the (empty) call turn, then the answer to its result
+
+
 def test_voice_without_a_microphone_suggests_wav(checkpoint, tmp_path):
     _, directory = checkpoint
     path = convert(directory, tmp_path / "m.gguf", "q8_0")

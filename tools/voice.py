@@ -4,10 +4,13 @@ espeak-ng when asked and installed.
 
     edgert voice model.gguf                 # microphone: speak, then pause
     edgert voice model.gguf --wav q.wav -v  # answer a recorded file, with timings
+    edgert voice model.gguf --tools home.py # the functions of home.py as tools the model calls
 """
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import queue
 import shutil
 import subprocess
@@ -35,10 +38,49 @@ def add_parser(sub) -> None:
     p.add_argument("--audio-int8", action="store_true", help="run the audio encoder in int8")
     p.add_argument("--no-stream", dest="stream", action="store_false",
                    help="encode an utterance only once it has ended (default: while it is spoken)")
+    p.add_argument("--tools", metavar="FILE.py", default=None,
+                   help="a Python file whose functions (type hints and docstrings) are tools the model may "
+                        "call; each call runs, and the model answers from its result")
+    p.add_argument("--tool-choice", default="auto", choices=("auto", "required", "none"),
+                   help="whether the model may (auto), must (required) or must not (none) call a tool first")
     p.add_argument("--push-to-talk", action="store_true",
                    help="Enter starts and ends an utterance (microphone), instead of voice-activity detection")
     add_sampling_arguments(p)
     p.set_defaults(func=main)
+
+
+def load_tools(path: str) -> list:
+    """The public functions defined in a Python file."""
+    spec = importlib.util.spec_from_file_location("edgert_voice_tools", path)
+    if spec is None:
+        raise EdgeRTError(f"--tools {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except (OSError, SyntaxError) as e:
+        raise EdgeRTError(f"--tools {path}: {e}") from None
+    functions = [f for name, f in vars(module).items() if inspect.isfunction(f) and not name.startswith("_")
+                 and f.__module__ == module.__name__]
+    if not functions:
+        raise EdgeRTError(f"--tools {path} defines no function; write one with type hints and a docstring")
+    return functions
+
+
+def _answer(session, reply, args, speech_end: float, encode_s: float, seconds: float) -> None:
+    """Speak a reply; while it calls tools, run them and speak what the model makes of the
+    results (a few rounds at most; the last may not call again)."""
+    for round_ in range(4):
+        _speak_reply(reply, args, speech_end, encode_s, seconds)
+        if not reply.tool_calls or not args.functions:
+            return
+        from edgert.text.tools import run_calls
+
+        results = run_calls(reply.tool_calls, args.functions)
+        for call, result in zip(reply.tool_calls, results):
+            print(f"[tool] {call.name}({call.arguments}) -> {result['content']}", file=sys.stderr)
+        reply = session.stream_results(results, max_new_tokens=args.max_new_tokens,
+                                       tool_choice="none" if round_ == 2 else "auto")
+        speech_end, encode_s = time.perf_counter(), 0.0
 
 
 def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float) -> None:
@@ -85,13 +127,14 @@ def converse(session, blocks, args, events=None) -> int:
                 encode_s += time.perf_counter() - t0
             elif kind == "end":
                 speech_end = time.perf_counter()
+                choice = args.tool_choice if args.functions else None
                 if args.stream:
-                    reply = turn.finish(args.prompt, max_new_tokens=args.max_new_tokens)
+                    reply = turn.finish(args.prompt, max_new_tokens=args.max_new_tokens, tool_choice=choice)
                 else:
                     parts = [{"type": "audio", "audio": samples, "rate": RATE}]
                     parts += [{"type": "text", "text": args.prompt}] if args.prompt else []
-                    reply = session.stream(parts, max_new_tokens=args.max_new_tokens)
-                _speak_reply(reply, args, speech_end, encode_s, len(samples) / RATE)
+                    reply = session.stream(parts, max_new_tokens=args.max_new_tokens, tool_choice=choice)
+                _answer(session, reply, args, speech_end, encode_s, len(samples) / RATE)
                 turn, encode_s, answered = None, 0.0, answered + 1
 
     if events is not None:
@@ -190,7 +233,8 @@ def main(args) -> int:
     if model.file.audio is None:
         raise EdgeRTError(f"{model.file.path} has no audio encoder; convert a Gemma 4 checkpoint that has one "
                           "(E2B and E4B do)")
-    session = model.chat_session(system=args.system, **sampling(args))
+    args.functions = load_tools(args.tools) if args.tools else []
+    session = model.chat_session(system=args.system, tools=args.functions, **sampling(args))
     if args.wav:
         from audio.wav import load_audio
 
