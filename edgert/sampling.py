@@ -100,8 +100,21 @@ def make_sampler(temperature: float = Sampling.temperature, top_k: int = Samplin
         x = apply_repetition_penalty(np.asarray(logits, dtype=np.float32), history, repetition_penalty)
         if temperature == 0:
             return int(np.argmax(x))
-        x = apply_min_p(apply_top_p(apply_top_k(x, top_k), top_p), min_p)
+        # the chain above, over the ids that top-k keeps: sorting 262144 logits for top-p would
+        # cost more than the decode step; ids top-k drops have probability 0 either way
+        ids = candidates(x, top_k)
+        x = apply_min_p(apply_top_p(x[ids], top_p), min_p)
         probs = softmax(x.astype(np.float64) / temperature)
-        return int(rng.choice(probs.size, p=probs))
+        return int(ids[rng.choice(probs.size, p=probs)])
 
     return sample
+
+
+def candidates(logits: np.ndarray, k: int) -> np.ndarray:
+    """The ids apply_top_k keeps (ties with the k-th included) that are not masked (-inf), in order."""
+    if 0 < k < logits.size:
+        kept = np.flatnonzero(logits >= np.partition(logits, -k)[-k])
+    else:
+        kept = np.arange(logits.size)
+    finite = kept[np.isfinite(logits[kept])]
+    return finite if finite.size else kept

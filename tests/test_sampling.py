@@ -46,6 +46,21 @@ def test_seeded_sampling_is_reproducible_and_follows_distribution():
     assert [s1(LOGITS, []) for _ in range(20)] == [s2(LOGITS, []) for _ in range(20)]
 
 
+@pytest.mark.parametrize("top_k, top_p, min_p", [(64, 0.95, 0.0), (0, 0.9, 0.05), (5, 1.0, 0.0), (0, 1.0, 0.0)])
+def test_the_sampler_draws_what_the_whole_chain_draws(top_k, top_p, min_p):
+    """The sampler works on the ids top-k keeps; over the whole vocabulary the same chain of
+    functions draws the same ids for the same seeds (masked ids included)."""
+    rng = np.random.default_rng(0)
+    for seed in range(200):
+        logits = (rng.standard_normal(4096) * 3).astype(np.float32)
+        logits[rng.random(4096) < 0.3] = -np.inf  # a constraint's mask
+        x = apply_min_p(apply_top_p(apply_top_k(logits, top_k), top_p), min_p)
+        probs = softmax(x.astype(np.float64) / 0.8)
+        whole = int(np.random.default_rng(seed).choice(probs.size, p=probs))
+        fast = make_sampler(0.8, top_k, top_p, min_p, rng=np.random.default_rng(seed))(logits, [])
+        assert fast == whole
+
+
 def test_bad_settings():
     with pytest.raises(ValueError, match="temperature"):
         make_sampler(temperature=-1)
