@@ -56,6 +56,9 @@ def add_parser(sub) -> None:
                         "on each (tools/filetypes.py)")
     p.add_argument("--kernels", action="store_true",
                    help="instead: time the matrix kernels alone, per weight type (tools/filetypes.py)")
+    p.add_argument("--serve", metavar="MODEL", default=None,
+                   help="measure constrained decoding's cost per token and the server under load on MODEL "
+                        "('default': the embedded default model) instead")
     p.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="the report to write ('' for none)")
     p.set_defaults(func=main)
 
@@ -619,6 +622,8 @@ def main(args) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    if args.serve:
+        return _serve(args, threads, log)
     log(f"memory bandwidth at {threads} threads ...")
     bandwidth = memory_bandwidth(threads)
     if args.kernels:
@@ -645,6 +650,24 @@ def main(args) -> int:
     from tools.speed_model import section
 
     _report(report(results, meta, audio) + "\n".join(section(results, meta, log)), args.out, log)
+    return 0
+
+
+def _serve(args, threads: int, log) -> int:
+    import edgert
+    from quant import cpu
+    from tools import bench_serve
+    from tools.common import resolve_model
+
+    path = resolve_model(None if args.serve == "default" else args.serve)
+    model = edgert.load(path, n_ctx=args.ctx, threads=threads)
+    log("the server under load ...")
+    served = bench_serve.load(model)  # first: its model thread is gone when it stops
+    log("constrained decoding ...")
+    cost = bench_serve.constraint_cost(model)
+    head = [f"- date: {datetime.date.today().isoformat()}", f"- commit: {_commit()}",
+            f"- CPU: {_cpu_name()}; edgert kernels: {cpu.describe()}; {threads} threads", ""]
+    _report("\n".join(head + bench_serve.section(Path(path).name, cost, served)), args.out, log)
     return 0
 
 

@@ -6,6 +6,7 @@ lines (Ollama). Bad requests get a 4xx with a message saying what was wrong."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import tempfile
@@ -333,7 +334,12 @@ def create_app(model, name: str = "edgert", api_key: str | None = None, limits: 
         Route("/api/generate", guarded(api_generate), methods=["POST"]),
         Route("/api/tags", guarded(api_tags), methods=["GET"]),
     ]
-    app = Starlette(routes=routes)
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        engine.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.engine = engine
     return app
 
