@@ -216,3 +216,30 @@ def test_bad_requests_get_a_4xx_that_says_why_and_the_server_goes_on(gemma4, bod
         assert r.status_code == status, r.text
         assert words in r.json()["error"]["message"]
         assert http.get(gemma4.url + "/health").json() == {"status": "ok"}
+
+
+def test_limits_answer_with_their_status(checkpoints):
+    """An API key, the request size and the queue's length: 401, 413, 429, each saying why."""
+    import asyncio
+
+    model = edgert.load(checkpoints.gguf("e2b", "q8_0"))
+    app = create_app(model, "m", api_key="sesame", limits=Limits(max_body_bytes=2000, max_queue=0))
+    transport = httpx.ASGITransport(app=app)
+
+    async def go():
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as http:
+            body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 40}
+            r = await http.post("/v1/chat/completions", json=body)
+            assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
+            key = {"authorization": "Bearer sesame"}
+            r = await http.post("/v1/chat/completions", json={**body, "messages": [
+                {"role": "user", "content": "x" * 3000}]}, headers=key)
+            assert r.status_code == 413 and "limit is 2000" in r.json()["error"]["message"]
+            answers = await asyncio.gather(*[http.post("/v1/chat/completions", json=body, headers=key)
+                                             for _ in range(4)])
+            codes = sorted(a.status_code for a in answers)
+            assert codes[0] == 200 and codes[-1] == 429, codes
+            assert "busy" in next(a for a in answers if a.status_code == 429).json()["error"]["message"]
+
+    asyncio.run(go())
+    app.state.engine.close()
