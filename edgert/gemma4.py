@@ -145,14 +145,17 @@ class SoftTokens:
 
 
 def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.ndarray, pos: np.ndarray,
-            keep: np.ndarray | None, soft: SoftTokens | None = None) -> np.ndarray | None:
+            keep: np.ndarray | None, soft: SoftTokens | None = None, exact: bool = False) -> np.ndarray | None:
     """One step over `ids` at positions `pos`, writing K/V of the owning layers to `caches`.
 
     keep: indices of the positions whose logits are wanted (None: none). From the first
     KV-shared layer on, only those positions are computed: shared layers write no cache,
     so the rest of the prompt has no further use there. Returns (len(keep), n_vocab) logits.
     soft: embeddings that replace those of the masked positions (audio soft tokens; their
-    ids are the pad id, which their PLE rows use)."""
+    ids are the pad id, which their PLE rows use). exact: each position's logits bit for bit
+    those of decoding it alone after the ones before (a draft's verification): products row
+    by row as one-row products (quant.tensor.exact_rows), attention query by query over the
+    cache as that query alone would have seen it."""
     # PLE rows come off the disk on a background thread; the first layer needs them at its end
     ple_rows = w.ple.fetch(ids) if w.ple is not None else None
     x = embed(cfg, w, ids)  # (n, H)
@@ -185,9 +188,16 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
             view = caches[s.index].update(k, v, pos)
             if s.lends_kv:
                 lent[s.index] = view
+            source = caches[s.index]
         else:  # KV-shared layers reuse an earlier layer's K/V
-            view = lent[s.kv_source]
-        a = attention(q, view, pos, cfg.sliding_window if s.sliding else 0)
+            view, source = lent[s.kv_source], caches[s.kv_source]
+        window = cfg.sliding_window if s.sliding else 0
+        if exact and n > 1:
+            a = np.empty((n, cfg.n_head * s.head_dim), dtype=np.float32)
+            for i, alone in source.views_alone(pos):
+                a[i] = attention(q[i:i + 1], alone, pos[i:i + 1], window)[0]
+        else:
+            a = attention(q, view, pos, window)
         h = rms_norm(matmul(a, lw.wo), lw.post_attn_norm, cfg.rms_eps)
         x = x + h
 

@@ -118,19 +118,39 @@ class KVCache:
         view = KVView(*(np.concatenate([a, e]) for a, e in zip(self.arrays, entries)))
         keep = slice(max(0, n - cap), n)
         slots = pos[keep] % cap
-        self._undo = (slots, tuple(a[slots].copy() for a in self.arrays))
+        self._undo = (slots, tuple(a[slots].copy() for a in self.arrays), pos[keep])
         self._store(slots, tuple(e[keep] for e in entries))
         return view
+
+    def views_alone(self, pos: np.ndarray):
+        """After `update` stored a step at `pos`: for each of its queries, last first, (i, the
+        view that query would have had if decoded alone): an append cache's entries up to it;
+        a ring with the later entries of the step not yet written (their slots get back, one
+        by one, what the step evicted, and the step's entries are stored again at the end)."""
+        if not self.ring:
+            for i in range(len(pos) - 1, -1, -1):
+                yield i, KVView(*(a[:int(pos[i]) + 1] for a in self.arrays))
+            return
+        slots, saved, written = self._undo
+        step = tuple(a[slots].copy() for a in self.arrays)
+        for i in range(len(pos) - 1, -1, -1):
+            yield i, KVView(*self.arrays)
+            j = int(np.flatnonzero(written == pos[i])[0])
+            self._store(slots[j], tuple(a[j] for a in saved))
+        self._store(slots, step)
 
     def commit(self) -> None:
         """The step finished: its writes stand."""
         self._undo = None
 
     def rollback(self, n: int) -> None:
-        """A step did not finish: restore what it evicted and forget positions >= n."""
+        """Keep the positions < n of the step in flight, then commit: what it wrote for later
+        positions is forgotten, and a ring gets back the entries those writes evicted (a step
+        that did not finish, or a draft's tokens that verification rejected)."""
         if self._undo is not None:
-            slots, saved = self._undo
-            self._store(slots, saved)
+            slots, saved, written = self._undo
+            back = written >= n
+            self._store(slots[back], tuple(a[back] for a in saved))
             self._undo = None
         self.pos[self.pos >= n] = -1
 

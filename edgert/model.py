@@ -30,6 +30,7 @@ from edgert.text.sessions import ChatSession, Reply
 from edgert.text.tokenizer import Tokenizer
 from ple_store import PLEError, PLEStats, PLEStore, TableRegion
 from quant import cpu
+from quant.tensor import exact_rows
 
 DEFAULT_CTX = 4096
 
@@ -41,6 +42,7 @@ class State:
     caches: dict[int, KVCache]
     tokens: list[int] = field(default_factory=list)  # ids whose K/V are in the caches
     pending: list[int] = field(default_factory=list)  # sampled ids not yet fed to the model
+    unconfirmed: int = 0  # ids fed by a verify step that `Model.keep` has not yet confirmed
 
     @property
     def pos(self) -> int:
@@ -232,6 +234,36 @@ class Model:
             return None
         return out[-1][-1] if logits == "last" else np.concatenate(out)
 
+    def verify(self, state: State, ids: Sequence[int]) -> np.ndarray:
+        """Feed `ids` (a token and the draft after it, at most n_batch) in one step and return
+        the logits at every one of them, (len(ids), n_vocab); the caches hold them only until
+        `keep` says how many stand. (Speculative decoding: one pass checks a whole draft.)"""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not 1 < len(ids) <= self.n_batch or state.pos + len(ids) > self.n_ctx:
+            raise EdgeRTError(f"a draft of {len(ids) - 1} tokens does not fit the batch or the context")
+        pos = np.arange(state.pos, state.pos + len(ids))
+        numba.set_num_threads(self.threads)
+        try:
+            with exact_rows():
+                logits = gemma4.forward(self.config, self.weights, state.caches, ids, pos, np.arange(len(ids)),
+                                        exact=True)
+        except BaseException:
+            for cache in state.caches.values():
+                cache.rollback(state.pos)
+            raise
+        state.tokens.extend(int(i) for i in ids)
+        state.unconfirmed = len(ids)
+        return logits
+
+    def keep(self, state: State, n: int) -> None:
+        """After `verify`: the first n of its ids stand, the rest are forgotten (the sliding
+        layers' rings get back what those evicted)."""
+        start = state.pos - state.unconfirmed
+        for cache in state.caches.values():
+            cache.rollback(start + n)
+        del state.tokens[start + n:]
+        state.unconfirmed = 0
+
     def decode_step(self, state: State, token: int) -> np.ndarray:
         """Feed one token; its logits (n_vocab,)."""
         return self.prefill(state, [token], logits="last")
@@ -243,7 +275,8 @@ class Model:
     # --- front doors: generation (edgert.generation) and chat (edgert.text.sessions) -------------
 
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 256, stop: Sequence[str] = (),
-                 raw: bool = False, truncate: bool = False, special: bool = False, **sampling) -> Iterator[str]:
+                 raw: bool = False, truncate: bool = False, special: bool = False, draft: str = "none",
+                 **sampling) -> Iterator[str]:
         """Stream the continuation of `prompt` as text pieces (always whole UTF-8 characters).
 
         A string prompt is sent as one user turn in the model's chat format, unless raw=True
@@ -252,12 +285,14 @@ class Model:
         `max_new_tokens`, or when the context is full. Control tokens the model writes (<eoa>,
         <|turn>...) are left out of the text unless special=True, as in llama.cpp and Ollama.
         sampling: edgert.sampling.Sampling's fields (temperature, top_k, top_p, min_p,
-        repetition_penalty, seed)."""
-        return generation.generate(self, prompt, max_new_tokens, stop, raw, truncate, special, **sampling)
+        repetition_penalty, seed). draft="lookup": guesses from the text so far (prompt lookup),
+        checked several per pass (edgert.draft); the same tokens, faster where the answer
+        repeats the prompt."""
+        return generation.generate(self, prompt, max_new_tokens, stop, raw, truncate, special, draft, **sampling)
 
     def chat(self, messages: Sequence[dict], think: bool = False, max_new_tokens: int = 1024,
              truncate: bool = False, tools: Sequence = (), tool_choice=None, response_format=None,
-             constrain: bool = True, **sampling) -> Reply:
+             constrain: bool = True, draft: str = "none", **sampling) -> Reply:
         """Answer `messages` ([{"role", "content"}]); iterate the result for the answer's pieces,
         then read `.text`, `.thought` (the thought channel, never mixed into the answer) and
         `.tool_calls`.
@@ -268,15 +303,16 @@ class Model:
         that holds the calls. tool_choice: "auto", "none", "required" or {"type": "function",
         "function": {"name": ...}}. Each call is decoded under its tool's JSON schema, and
         with response_format (a JSON schema, or OpenAI's {"type": "json_schema", ...}) the whole
-        answer is one JSON value valid against it; constrain=False turns both off."""
+        answer is one JSON value valid against it; constrain=False turns both off. draft: as
+        `generate` takes it."""
         return sessions.chat(self, messages, think, max_new_tokens, truncate, tools, tool_choice, response_format,
-                             constrain, **sampling)
+                             constrain, draft, **sampling)
 
     def chat_session(self, system: str | None = None, think: bool = False, tools: Sequence = (),
-                     **sampling) -> ChatSession:
+                     draft: str = "none", **sampling) -> ChatSession:
         """A conversation that keeps its KV cache between turns, and across tool calls and their
         results (ChatSession.stream_results)."""
-        return ChatSession(self, system, think, sampling, tools)
+        return ChatSession(self, system, think, sampling, tools, draft)
 
     # --- audio --------------------------------------------------------------------------------
 

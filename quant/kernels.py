@@ -119,11 +119,11 @@ def _quantized(x, kind):
 
 
 @kernel
-def matmul_blocks(fmt, values_per_block, w, x, out):
+def matmul_blocks(fmt, values_per_block, w, x, out, exact=False):
     """x (n, K) float32 @ w.T into out (n, rows): activations quantized here, then gemm_blocks.
     One call from Python per product: in decode, dispatch costs as much as a small matrix."""
     xq, xd, xs = _quantized(x, ACTIVATION[fmt])
-    gemm_blocks(fmt, values_per_block, w, xq, xd, xs, out)
+    gemm_blocks(fmt, values_per_block, w, xq, xd, xs, out, exact)
 
 
 @kernel
@@ -141,25 +141,28 @@ def _sums_of_16(xq):
 
 
 @kernel(parallel=True)
-def gemm_blocks(fmt, values_per_block, w, xq, xd, xs, out):
+def gemm_blocks(fmt, values_per_block, w, xq, xd, xs, out, exact=False):
     """w (rows, row_bytes) uint8 blocks of format `fmt`; xq, xd, xs from quantize_q8; out (n, rows).
 
     One token (decode): four rows per call, walked in memory order. Many (prefill): each row
-    meets four tokens per call, so its blocks are unpacked once for the four."""
+    meets four tokens per call, so its blocks are unpacked once for the four. exact: every
+    token as decode takes one, so that its row of the product is bit for bit decode's."""
     rows, row_bytes = w.shape
     n, k = xq.shape
     n_blocks = k // values_per_block
     n_xb = xd.shape[1]
     for tile in prange((rows + ROW_TILE - 1) // ROW_TILE):
         r_end = min(rows, (tile + 1) * ROW_TILE)
-        if n == 1:
-            r = tile * ROW_TILE
-            while r + 4 <= r_end:
-                d0, d1, d2, d3 = row_dots(fmt, w, r * row_bytes, row_bytes, xq, 0, xd, xs, 0, n_blocks)
-                out[0, r], out[0, r + 1], out[0, r + 2], out[0, r + 3] = d0, d1, d2, d3
-                r += 4
-            for rr in range(r, r_end):
-                out[0, rr] = row_dot(fmt, w, rr * row_bytes, 0, xq, 0, xd, xs, 0, n_blocks)
+        if n == 1 or exact:
+            for t in range(n):
+                r = tile * ROW_TILE
+                while r + 4 <= r_end:
+                    d0, d1, d2, d3 = row_dots(fmt, w, r * row_bytes, row_bytes, xq, t * k, xd, xs, t * n_xb,
+                                              n_blocks)
+                    out[t, r], out[t, r + 1], out[t, r + 2], out[t, r + 3] = d0, d1, d2, d3
+                    r += 4
+                for rr in range(r, r_end):
+                    out[t, rr] = row_dot(fmt, w, rr * row_bytes, 0, xq, t * k, xd, xs, t * n_xb, n_blocks)
             continue
         for t0 in range(0, n, TOKEN_TILE):
             t_end = min(n, t0 + TOKEN_TILE)
@@ -178,7 +181,7 @@ SLOTS = 3  # matrices one call of matmul_packed can take: q, k and v
 
 
 @kernel(parallel=True)
-def matmul_packed(fmts, ws, count, x, outs):
+def matmul_packed(fmts, ws, count, x, outs, exact=False):
     """x (n, K) float32 @ w.T into out (n, rows) for the first `count` of the SLOTS matrices
     (fmts, ws, outs: tuples of SLOTS, the unused ones repeating a used one), all in the x8
     layout (quant.layout, as (rows / 8, group bytes)) and all reading x: q/k/v or gate/up,
@@ -188,7 +191,9 @@ def matmul_packed(fmts, ws, count, x, outs):
 
     Threads split the groups of eight rows, GROUP_TILE at a time, of all the matrices laid
     end to end. Each group meets the tokens TOKENS at a time, within tiles of TOKEN_TILE
-    tokens, so its tiles stay in L1 while the tokens pass."""
+    tokens, so its tiles stay in L1 while the tokens pass. exact: one token at a time, as
+    decode takes it, so that each token's row of the product is bit for bit decode's (a
+    draft's verification); the group's tiles still come from memory once for all of them."""
     kind = ACTIVATION[fmts[0]]
     xq, xd, xs = _quantized(x, kind)
     if kind == Q8_K:
@@ -210,7 +215,7 @@ def matmul_packed(fmts, ws, count, x, outs):
             t_end = min(n, t0 + TOKEN_TILE)
             for g in range(tile * GROUP_TILE, min(w.shape[0], (tile + 1) * GROUP_TILE)):
                 t = t0
-                while t + TOKENS <= t_end:
+                while not exact and t + TOKENS <= t_end:
                     tiles_4(fmt, w, g * group_bytes, xq, t * k, k, xd, xs, t * n_xb, n_xb, n_blocks,
                             out, t * rows + 8 * g, rows)
                     t += TOKENS

@@ -1,5 +1,7 @@
 """A weight as it lies in the file, and the reference matrix product over it."""
 
+import contextlib
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Sequence
@@ -72,6 +74,26 @@ class QTensor:
         return dequantize(self.raw, self.qtype, self.shape[-1]).reshape(self.shape)
 
 
+_mode = threading.local()
+
+
+@contextlib.contextmanager
+def exact_rows():
+    """Within it, each row of a product is computed as a one-row product computes it, bit for
+    bit (several rows still read the weights once): a verification pass over a draft then
+    sees the logits that decoding one token at a time would have seen."""
+    before = getattr(_mode, "exact", False)
+    _mode.exact = True
+    try:
+        yield
+    finally:
+        _mode.exact = before
+
+
+def _exact() -> bool:
+    return getattr(_mode, "exact", False)
+
+
 def matmul(x: np.ndarray, w: QTensor) -> np.ndarray:
     """x (n, cols) @ w.T -> (n, rows) float32, through the Numba kernels, reading w in place."""
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -84,7 +106,7 @@ def matmul(x: np.ndarray, w: QTensor) -> np.ndarray:
     elif kind == "float":
         kernels.gemm_float(fmt, data, x, out)
     else:
-        kernels.matmul_blocks(fmt, values_per_block, data, x, out)
+        kernels.matmul_blocks(fmt, values_per_block, data, x, out, _exact())
     return out
 
 
@@ -110,7 +132,7 @@ def _packed(x: np.ndarray, kinds: list[tuple], outs: list[np.ndarray]) -> None:
     pad = kernels.SLOTS - len(kinds)
     fmts, data = [fmt for _, fmt, _, _ in kinds], [d for _, _, _, d in kinds]
     kernels.matmul_packed(tuple(fmts + fmts[:1] * pad), tuple(data + data[:1] * pad), len(kinds), x,
-                          tuple(outs + outs[:1] * pad))
+                          tuple(outs + outs[:1] * pad), _exact())
 
 
 _FLOAT_KERNEL = {q: f.float_kernel for q, f in FORMATS.items() if f.float_kernel is not None}  # gemm_float's ids
