@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
+from edgert.draft import drafter
 from edgert.errors import ContextOverflowError
 from edgert.sampling import Sampling
 from edgert.text.tokenizer import StreamDecoder
@@ -18,11 +19,18 @@ if TYPE_CHECKING:
 
 
 def generate_ids(model: "Model", state: "State", prompt: Sequence[int], max_new_tokens: int,
-                 sampler: Callable, stop_ids: set[int], soft: "SoftTokens | None" = None) -> Iterator[int]:
+                 sampler: Callable, stop_ids: set[int], soft: "SoftTokens | None" = None,
+                 drafter=None) -> Iterator[int]:
     """Prefill `prompt` (after any pending ids), then sample until a stop id, the token
     budget or the context runs out. Sampled ids are yielded before they are fed, so a
     consumer that stops early leaves the last one in `state.pending`. soft: the prompt's
-    soft tokens, as `Model.prefill` takes them."""
+    soft tokens, as `Model.prefill` takes them. drafter: guesses checked several at a time
+    (edgert.draft), the same ids drawn the same way."""
+    if drafter is not None:
+        from edgert.draft.speculate import generate_ids as drafted
+
+        yield from drafted(model, state, prompt, max_new_tokens, sampler, stop_ids, drafter, soft)
+        return
     feed, soft = take_pending(state, list(prompt), soft)
     start = state.pos
     try:
@@ -109,7 +117,8 @@ def stop_strings(pieces: Iterator[str], stop: Sequence[str]) -> Iterator[str]:
 
 
 def generate(model: "Model", prompt: str | Sequence[int], max_new_tokens: int = 256, stop: Sequence[str] = (),
-             raw: bool = False, truncate: bool = False, special: bool = False, **sampling) -> Iterator[str]:
+             raw: bool = False, truncate: bool = False, special: bool = False, draft: str = "none",
+             **sampling) -> Iterator[str]:
     """Model.generate: the continuation of `prompt` as text pieces (see there)."""
     if isinstance(prompt, str):
         raw = raw or not model.has_chat_template
@@ -119,5 +128,6 @@ def generate(model: "Model", prompt: str | Sequence[int], max_new_tokens: int = 
         ids = [int(i) for i in prompt]
     ids = fit(model, ids, max_new_tokens, truncate)
     sampler = Sampling.of(sampling).sampler()
-    tokens = generate_ids(model, model.new_state(), ids, max_new_tokens, sampler, model.stop_ids)
+    tokens = generate_ids(model, model.new_state(), ids, max_new_tokens, sampler, model.stop_ids,
+                          drafter=drafter(draft))
     yield from stop_strings(text(tokens, model.tokenizer.stream(special)), stop)

@@ -37,15 +37,18 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-p", type=float, default=d.min_p)
     p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--draft", default="none", choices=("none", "lookup"),
+                   help="speculative decoding: guesses from the text so far (prompt lookup), checked several "
+                        "per pass; the same tokens, faster where the answer repeats the prompt")
 
 
 def sampling(args) -> dict:
-    """The sampling flags as the library's keyword options (edgert.sampling.Sampling)."""
+    """The sampling flags as the library's keyword options (edgert.sampling.Sampling, and draft)."""
     from dataclasses import fields
 
     from edgert.sampling import Sampling
 
-    return {f.name: getattr(args, f.name) for f in fields(Sampling)}
+    return {"draft": args.draft, **{f.name: getattr(args, f.name) for f in fields(Sampling)}}
 
 
 def resolve_model(path: str | None) -> str:

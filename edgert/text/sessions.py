@@ -12,6 +12,7 @@ import secrets
 
 import numpy as np
 
+from edgert.draft import drafter
 from edgert.errors import ContextOverflowError, EdgeRTError, no_audio_tower
 from edgert.gemma4 import SoftTokens
 from edgert.generation import fit, generate_ids, take_pending
@@ -164,7 +165,7 @@ def prompt_ids(model: "Model", messages: Sequence[dict], think: bool = False, to
 
 def chat(model: "Model", messages: Sequence[dict], think: bool = False, max_new_tokens: int = 1024,
          truncate: bool = False, tools: Sequence = (), tool_choice=None, response_format=None,
-         constrain: bool = True, **sampling) -> Reply:
+         constrain: bool = True, draft: str = "none", **sampling) -> Reply:
     """Model.chat: the answer to `messages` (see there)."""
     tools = T.tools_of(tools)
     stops, rule = constraint(model, tools, tool_choice, response_format, think, constrain)
@@ -174,7 +175,8 @@ def chat(model: "Model", messages: Sequence[dict], think: bool = False, max_new_
         raise EdgeRTError("truncate=True cannot drop part of a prompt that holds audio; shorten it instead")
     ids = fit(model, ids, max_new_tokens, truncate)
     state = model.new_state()
-    return Reply(model, generate_ids(model, state, ids, max_new_tokens, sampler, stops, soft), state, stops)
+    return Reply(model, generate_ids(model, state, ids, max_new_tokens, sampler, stops, soft, drafter(draft)),
+                 state, stops)
 
 
 def user_content(fmt, content) -> str:
@@ -185,9 +187,11 @@ def user_content(fmt, content) -> str:
 class ChatSession:
     """Turns appended to one KV cache: only each new turn is prefilled."""
 
-    def __init__(self, model: "Model", system: str | None, think: bool, sampling: dict, tools: Sequence = ()):
+    def __init__(self, model: "Model", system: str | None, think: bool, sampling: dict, tools: Sequence = (),
+                 draft: str = "none"):
         Sampling.of(sampling)  # an unknown option is an error now, not at the first turn
         self.model, self.think, self.sampling = model, think, dict(sampling)
+        self.drafter = drafter(draft)
         self.system = system
         self.tools = T.tools_of(tools)
         self.last: Reply | None = None
@@ -279,8 +283,8 @@ class ChatSession:
         budget = min(max_new_tokens, self.model.n_ctx - self.state.pos - len(self.state.pending) - len(ids))
         stops, rule = constraint(self.model, self.tools, tool_choice, response_format, self.think)
         sampler = constrained(Sampling.of(self.sampling).sampler(), rule)
-        self.last = Reply(self.model, generate_ids(self.model, self.state, ids, budget, sampler, stops, soft),
-                          self.state, stops)
+        self.last = Reply(self.model, generate_ids(self.model, self.state, ids, budget, sampler, stops, soft,
+                                                   self.drafter), self.state, stops)
         return self.last
 
 

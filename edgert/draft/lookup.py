@@ -1,0 +1,50 @@
+"""Prompt-lookup drafting (llama.cpp's llama-lookup, Saxena's prompt lookup decoding): the
+tokens that followed the last earlier occurrence of the text's final n-gram are guessed to
+follow again. Free to compute, and right often where the answer repeats its prompt
+(summaries, rewrites, code edits, answers from a given document)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def lookup(history: Sequence[int], k: int, n_max: int = 4, n_min: int = 1) -> list[int]:
+    """Up to k tokens that followed the latest earlier occurrence of history's last n tokens,
+    the longest n from n_max down to n_min that has one; [] when none does."""
+    if k <= 0 or len(history) < n_min + 1:
+        return []
+    h = np.asarray(history, dtype=np.int64)
+    for n in range(min(n_max, len(h) - 1), n_min - 1, -1):
+        tail = h[-n:]
+        # starts j < len(h) - n of earlier copies of the tail (the tail itself excluded)
+        starts = np.flatnonzero(h[:len(h) - n] == tail[0])
+        for j in starts[::-1]:
+            if np.array_equal(h[j:j + n], tail):
+                follow = h[j + n:j + n + k]
+                if len(follow):
+                    return follow.tolist()
+    return []
+
+
+class Lookup:
+    """A drafter over the text so far: `draft(history)` proposes up to `k` tokens, and k
+    follows the acceptance (doubled after a wholly accepted draft, else one past what was
+    accepted), between k_min and k_max."""
+
+    def __init__(self, k: int = 4, k_min: int = 1, k_max: int = 16, n_max: int = 4):
+        self.k, self.k_min, self.k_max, self.n_max = k, k_min, k_max, n_max
+        self.drafted = self.accepted = 0
+
+    def draft(self, history: Sequence[int], room: int) -> list[int]:
+        return lookup(history, min(self.k, room), self.n_max)
+
+    def update(self, drafted: int, accepted: int) -> None:
+        self.drafted += drafted
+        self.accepted += accepted
+        self.k = min(self.k_max, 2 * self.k) if accepted == drafted else max(self.k_min, accepted + 1)
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
