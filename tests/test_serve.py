@@ -85,6 +85,9 @@ def test_openai_client_chats_plain_and_streamed(which, request):
                                             stream=True)
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text == plain.choices[0].message.content  # greedy: the same answer, streamed
+    drafted = client.chat.completions.create(model=server.name, messages=messages, max_tokens=12, temperature=0,
+                                             extra_body={"draft": "lookup"})
+    assert drafted.choices[0].message.content == text  # prompt lookup: the same tokens
     # a conversation that resends its history goes on from the cache of its common prefix
     before = server.app.state.engine.cache.reused
     client.chat.completions.create(model=server.name, max_tokens=4, temperature=0, messages=messages + [

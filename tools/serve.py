@@ -16,6 +16,8 @@ def add_parser(sub) -> None:
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
     p.add_argument("--name", default=None, help="the model's name in the API (default: the file's name)")
     p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="the most new tokens a request may ask for")
+    p.add_argument("--draft", default="none", choices=("none", "lookup"),
+                   help="speculative decoding for every request (prompt lookup); a request may ask otherwise")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="requests that may wait (more get 429)")
     p.set_defaults(func=main)
 
@@ -26,5 +28,6 @@ def main(args) -> int:
 
     model = load_model(args)
     name = args.name or Path(model.file.path).stem
-    serve(model, args.host, args.port, name, args.api_key, Limits(max_tokens=args.max_tokens, max_queue=args.max_queue))
+    serve(model, args.host, args.port, name, args.api_key, Limits(max_tokens=args.max_tokens, max_queue=args.max_queue),
+          args.draft)
     return 0

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from edgert.draft import DRAFTS
 from edgert.errors import ContextOverflowError, EdgeRTError
 from edgert.serve.engine import Busy, Engine, Job, Limits
 
@@ -32,7 +33,10 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> JS
     return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
 
 
-def create_app(model, name: str = "edgert", api_key: str | None = None, limits: Limits | None = None) -> Starlette:
+def create_app(model, name: str = "edgert", api_key: str | None = None, limits: Limits | None = None,
+               draft: str = "none") -> Starlette:
+    """The app over `model`; draft: the speculative decoding every request gets (edgert.draft),
+    unless it asks for another with "draft"."""
     limits = limits or Limits()
     engine = Engine(model, limits)
     created = int(time.time())
@@ -87,6 +91,12 @@ def create_app(model, name: str = "edgert", api_key: str | None = None, limits: 
             out.append(m)
         return out
 
+    def draft_of(data: dict) -> str:
+        kind = data.get("draft", draft)
+        if kind not in DRAFTS:
+            raise HTTPError(400, f"draft must be one of {', '.join(DRAFTS)}, not {kind!r}")
+        return kind
+
     def sampling(data: dict) -> dict:
         keys = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
                 "seed": "seed", "repeat_penalty": "repetition_penalty"}
@@ -136,7 +146,8 @@ def create_app(model, name: str = "edgert", api_key: str | None = None, limits: 
                   think=bool((data.get("chat_template_kwargs") or {}).get("enable_thinking")
                              or data.get("reasoning_effort") not in (None, "none")),
                   tools=data.get("tools") or [], tool_choice=data.get("tool_choice"),
-                  response_format=data.get("response_format"), sampling=sampling(data), files=files)
+                  response_format=data.get("response_format"), sampling=sampling(data), files=files,
+                  draft=draft_of(data))
         queue = await run(job, request)
         head = await first(queue)
         rid, now = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
@@ -181,7 +192,8 @@ def create_app(model, name: str = "edgert", api_key: str | None = None, limits: 
         prompt = data.get("prompt")
         if not isinstance(prompt, str):
             raise HTTPError(400, "prompt must be a string")
-        job = Job([], max_tokens(data.get("max_tokens"), 16), raw_prompt=prompt, sampling=sampling(data))
+        job = Job([], max_tokens(data.get("max_tokens"), 16), raw_prompt=prompt, sampling=sampling(data),
+                  draft=draft_of(data))
         queue = await run(job, request)
         event, text = await first(queue), ""
         while event[0] == "piece":
@@ -287,7 +299,7 @@ def create_app(model, name: str = "edgert", api_key: str | None = None, limits: 
         fmt = data.get("format")
         job = Job(ollama_messages(data.get("messages")), max_tokens((data.get("options") or {}).get("num_predict")),
                   think=bool(data.get("think")), tools=data.get("tools") or [],
-                  response_format=fmt if fmt else None, sampling=ollama_sampling(data))
+                  response_format=fmt if fmt else None, sampling=ollama_sampling(data), draft=draft_of(data))
         return await ollama(request, job, data, "message")
 
     async def api_generate(request: Request):
@@ -362,8 +374,8 @@ def _wav_file(data, encoded: bool = True) -> str:
 
 
 def serve(model, host: str = "127.0.0.1", port: int = 8080, name: str = "edgert", api_key: str | None = None,
-          limits: Limits | None = None) -> None:
+          limits: Limits | None = None, draft: str = "none") -> None:
     """Serve `model` until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(model, name, api_key, limits), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(model, name, api_key, limits, draft), host=host, port=port, log_level="info")

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from edgert.draft import drafter
 from edgert.errors import EdgeRTError
 from edgert.generation import fit, generate_ids
 from edgert.sampling import Sampling
@@ -46,6 +47,7 @@ class Job:
     sampling: dict = field(default_factory=dict)
     raw_prompt: str | None = None  # a completion: this text, without the chat format
     files: list = field(default_factory=list)  # temporary files of the request (audio), removed after it
+    draft: str = "none"  # speculative decoding (edgert.draft)
 
 
 class PromptCache:
@@ -130,7 +132,7 @@ class Engine:
         budget = min(job.max_tokens, model.n_ctx - state.pos - len(feed))
 
         def tokens() -> Iterator[int]:
-            for t in generate_ids(model, state, feed, budget, sampler, stops, soft):
+            for t in generate_ids(model, state, feed, budget, sampler, stops, soft, drafter(job.draft)):
                 if cancelled.is_set():
                     return
                 yield t
