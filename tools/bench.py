@@ -59,6 +59,9 @@ def add_parser(sub) -> None:
     p.add_argument("--serve", metavar="MODEL", default=None,
                    help="measure constrained decoding's cost per token and the server under load on MODEL "
                         "('default': the embedded default model) instead")
+    p.add_argument("--draft", metavar="MODEL", default=None,
+                   help="measure prompt-lookup drafting on grounded tasks on MODEL ('default': the embedded "
+                        "default model) beside llama.cpp's, instead")
     p.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="the report to write ('' for none)")
     p.set_defaults(func=main)
 
@@ -624,6 +627,8 @@ def main(args) -> int:
 
     if args.serve:
         return _serve(args, threads, log)
+    if args.draft:
+        return _draft(args, threads, llama, log)
     log(f"memory bandwidth at {threads} threads ...")
     bandwidth = memory_bandwidth(threads)
     if args.kernels:
@@ -668,6 +673,29 @@ def _serve(args, threads: int, log) -> int:
     head = [f"- date: {datetime.date.today().isoformat()}", f"- commit: {_commit()}",
             f"- CPU: {_cpu_name()}; edgert kernels: {cpu.describe()}; {threads} threads", ""]
     _report("\n".join(head + bench_serve.section(Path(path).name, cost, served)), args.out, log)
+    return 0
+
+
+def _draft(args, threads: int, llama: str | None, log) -> int:
+    import edgert
+    from quant import cpu
+    from tools import bench_draft
+    from tools.common import resolve_model
+
+    path = resolve_model(None if args.draft == "default" else args.draft)
+    model = edgert.load(path, n_ctx=2048, threads=threads)
+    log("edgert, plain and with prompt lookup ...")
+    ours = bench_draft.edgert_runs(model, args.gen)
+    theirs, line = None, "llama.cpp not run"
+    if llama and not args.no_llama:
+        log("llama.cpp, plain and with prompt lookup ...")
+        prompts = [bench_draft._prompt(model, task) for task in bench_draft.TASKS.values()]
+        del model
+        theirs = bench_draft.llama_runs(path, prompts, args.gen, threads)
+        line = f"llama-cpp-python {llama}"
+    head = [f"- date: {datetime.date.today().isoformat()}", f"- commit: {_commit()}",
+            f"- CPU: {_cpu_name()}; edgert kernels: {cpu.describe()}; {threads} threads", ""]
+    _report("\n".join(head + bench_draft.section(Path(path).name, ours, theirs, line)), args.out, log)
     return 0
 
 
