@@ -31,13 +31,7 @@ def generate_ids(model: "Model", state: "State", prompt: Sequence[int], max_new_
 
         yield from drafted(model, state, prompt, max_new_tokens, sampler, stop_ids, drafter, soft)
         return
-    feed, soft = take_pending(state, list(prompt), soft)
-    start = state.pos
-    try:
-        logits = model.prefill(state, feed, soft=soft)
-    except BaseException:  # interrupted: what was not fed is fed next time (soft tokens cannot be)
-        state.pending = feed[state.pos - start:] if soft is None else []
-        raise
+    logits = prefill_prompt(model, state, prompt, soft)
     history = list(state.tokens)
     for n in range(max_new_tokens):
         token = sampler(logits, history)
@@ -55,6 +49,18 @@ def generate_ids(model: "Model", state: "State", prompt: Sequence[int], max_new_
         except BaseException:
             state.pending = [token]  # not in the cache: feed it again next time
             raise
+
+
+def prefill_prompt(model: "Model", state: "State", prompt: Sequence[int], soft: "SoftTokens | None"):
+    """Feed the pending ids and `prompt`; the last position's logits. Interrupted, what was
+    not fed is left pending, to be fed next time (soft tokens cannot be)."""
+    feed, soft = take_pending(state, list(prompt), soft)
+    start = state.pos
+    try:
+        return model.prefill(state, feed, soft=soft)
+    except BaseException:
+        state.pending = feed[state.pos - start:] if soft is None else []
+        raise
 
 
 def take_pending(state: "State", ids: list[int], soft: "SoftTokens | None") -> tuple[list[int], "SoftTokens | None"]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from edgert.generation import take_pending
+from edgert.generation import prefill_prompt
 
 if TYPE_CHECKING:
     from edgert.draft.lookup import Lookup
@@ -23,13 +23,7 @@ if TYPE_CHECKING:
 def generate_ids(model: "Model", state: "State", prompt: Sequence[int], max_new_tokens: int, sampler: Callable,
                  stop_ids: set[int], drafter: "Lookup", soft: "SoftTokens | None" = None) -> Iterator[int]:
     """edgert.generation.generate_ids with drafting: the same ids, drawn the same way."""
-    feed, soft = take_pending(state, list(prompt), soft)
-    start = state.pos
-    try:
-        logits = model.prefill(state, feed, soft=soft)
-    except BaseException:
-        state.pending = feed[state.pos - start:] if soft is None else []
-        raise
+    logits = prefill_prompt(model, state, prompt, soft)
     history = list(state.tokens)
     emitted = 0
     token = sampler(logits, history)  # drawn, not yet emitted nor fed

@@ -115,6 +115,16 @@ def create_app(model, name: str = "edgert", api_key: str | None = None, limits: 
             raise event[1]
         return event
 
+    async def collect(queue, event) -> tuple[str, object]:
+        """The whole text and the finished Reply, from the first event on."""
+        text = ""
+        while event[0] == "piece":
+            text += event[1]
+            event = await queue.get()
+        if event[0] == "error":
+            raise event[1]
+        return text, event[1]
+
     async def events(queue, head):
         yield head
         while True:
@@ -152,14 +162,7 @@ def create_app(model, name: str = "edgert", api_key: str | None = None, limits: 
         head = await first(queue)
         rid, now = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
         if not data.get("stream"):
-            event = head
-            text = ""
-            while event[0] == "piece":
-                text += event[1]
-                event = await queue.get()
-            if event[0] == "error":
-                raise event[1]
-            reply = event[1]
+            _, reply = await collect(queue, head)
             return JSONResponse({"id": rid, "object": "chat.completion", "created": now, "model": name,
                                  "choices": [{"index": 0, "message": reply_message(reply),
                                               "finish_reason": reply.finish_reason}],
@@ -195,16 +198,11 @@ def create_app(model, name: str = "edgert", api_key: str | None = None, limits: 
         job = Job([], max_tokens(data.get("max_tokens"), 16), raw_prompt=prompt, sampling=sampling(data),
                   draft=draft_of(data))
         queue = await run(job, request)
-        event, text = await first(queue), ""
-        while event[0] == "piece":
-            text += event[1]
-            event = await queue.get()
-        if event[0] == "error":
-            raise event[1]
+        text, reply = await collect(queue, await first(queue))
         return JSONResponse({"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion",
                              "created": int(time.time()), "model": name,
-                             "choices": [{"index": 0, "text": text, "finish_reason": event[1].finish_reason}],
-                             "usage": usage(event[1])})
+                             "choices": [{"index": 0, "text": text, "finish_reason": reply.finish_reason}],
+                             "usage": usage(reply)})
 
     async def models(request: Request):
         return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "created": created,
@@ -224,12 +222,7 @@ def create_app(model, name: str = "edgert", api_key: str | None = None, limits: 
         messages = [{"role": "user", "content": [{"type": "audio", "audio": path},
                                                  {"type": "text", "text": "Transcribe this audio."}]}]
         queue = await run(Job(messages, max_tokens(None, 448), sampling={"temperature": 0.0}, files=[path]), request)
-        event, text = await first(queue), ""
-        while event[0] == "piece":
-            text += event[1]
-            event = await queue.get()
-        if event[0] == "error":
-            raise event[1]
+        text, _ = await collect(queue, await first(queue))
         return JSONResponse({"text": text.strip()})
 
     # --- Ollama --------------------------------------------------------------------------------
@@ -275,13 +268,7 @@ def create_app(model, name: str = "edgert", api_key: str | None = None, limits: 
             return out
 
         if data.get("stream", True) is False:
-            event, text = head, ""
-            while event[0] == "piece":
-                text += event[1]
-                event = await queue.get()
-            if event[0] == "error":
-                raise event[1]
-            return JSONResponse(line(True, text, event[1]))
+            return JSONResponse(line(True, *await collect(queue, head)))
 
         async def lines():
             async for kind, value in events(queue, head):

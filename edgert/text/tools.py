@@ -266,13 +266,17 @@ class _Reader:
             return True
         return False
 
+    def quoted(self, what: str) -> str:
+        """The text up to the closing <|"|> (the opening one was taken)."""
+        end = self.text.find(QUOTE, self.i)
+        if end < 0:
+            self.fail(f"the end of {what}")
+        s, self.i = self.text[self.i:end], end + len(QUOTE)
+        return s
+
     def value(self):
         if self.take(QUOTE):
-            end = self.text.find(QUOTE, self.i)
-            if end < 0:
-                self.fail("the end of a string")
-            s, self.i = self.text[self.i:end], end + len(QUOTE)
-            return s
+            return self.quoted("a string")
         if self.text.startswith("{", self.i):
             return self.mapping()
         if self.take("["):
@@ -295,11 +299,7 @@ class _Reader:
 
     def key(self) -> str:
         if self.take(QUOTE):
-            end = self.text.find(QUOTE, self.i)
-            if end < 0:
-                self.fail("the end of a key")
-            k, self.i = self.text[self.i:end], end + len(QUOTE)
-            return k
+            return self.quoted("a key")
         m = _KEY.match(self.text, self.i)
         if not m:
             self.fail("a key")
