@@ -267,3 +267,26 @@ def test_flavor_choice():
     assert cpu.pick_flavor(frozenset({"avx2", "f16c", "fma"})) == "avx2"
     assert cpu.pick_flavor(frozenset({"avx2", "f16c", "fma"}) | cpu.AVX512) == "avx512"
     assert cpu.pick_flavor(frozenset({"neon", "dotprod"})) == "generic"
+
+
+@pytest.mark.parametrize("qtype", [QType.Q4_0, QType.Q8_0, QType.Q4_K, QType.Q6_K], ids=lambda q: q.name)
+def test_exact_rows_are_one_row_products_bit_for_bit(qtype):
+    """Under exact_rows (a draft's verification), each row of a product of several rows is the
+    one-row product, bit for bit, in the x8 layout and in the file's; outside it, the four-token
+    tiles sum in another order."""
+    from quant.tensor import exact_rows
+
+    rng = np.random.default_rng(int(qtype))
+    cols = 512
+    rows_layout, tiles = tiled(rng, qtype, 40, cols)
+    x = rng.standard_normal((9, cols)).astype(np.float32)
+    for w in (tiles, rows_layout):
+        alone = np.concatenate([matmul(x[i:i + 1], w) for i in range(len(x))])
+        with exact_rows():
+            together = matmul(x, w)
+        np.testing.assert_array_equal(together, alone)
+        np.testing.assert_allclose(matmul(x, w), alone, rtol=1e-4, atol=1e-4)
+    with exact_rows():  # products that share their input (q/k/v, gate/up): one kernel call
+        q, k = matmuls(x, [tiles, tiles])
+    np.testing.assert_array_equal(q, np.concatenate([matmul(x[i:i + 1], tiles) for i in range(len(x))]))
+    np.testing.assert_array_equal(k, q)

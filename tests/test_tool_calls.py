@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 from typing import Literal, Optional
 
-import jsonschema
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -17,6 +16,8 @@ from hypothesis import strategies as st
 from edgert.errors import ContextOverflowError
 from edgert.text import tools as T
 from edgert.text.chat import GEMMA4
+
+jsonschema = pytest.importorskip("jsonschema")  # a test dependency (edgert[test]), not the Pi job's
 
 TEMPLATE = (Path(__file__).parent / "data" / "gemma4_chat_template.jinja").read_text()
 
