@@ -134,7 +134,6 @@ class Model:
         if kv_type == "q8_0" and any(s.head_dim % 32 for s in file.config.layers):
             raise EdgeRTError("kv_type='q8_0' needs head dimensions divisible by 32 (its blocks); "
                               f"this model has {sorted({s.head_dim for s in file.config.layers})}: use 'f16'")
-        self.kv_type = kv_type
         try:
             self.threads = cpu.set_threads(opts.threads)
         except ValueError as e:
@@ -158,7 +157,6 @@ class Model:
         self.weights = gemma4.load_weights(self.config, tensors, ple_store)
         self.format = chat_format.FORMATS[self.config.arch]
         self._audio_encoder = None
-        self.audio_int8 = opts.audio_int8
         # a file without a chat template is taken for a base (pretrained) model: `generate`
         # continues its text rather than answering it as a user turn
         self.has_chat_template = self.config.arch == "gemma4" or bool(file.tokenizer.chat_template)
@@ -183,7 +181,7 @@ class Model:
     # --- the model as a function ------------------------------------------------------------
 
     def new_state(self) -> State:
-        return State(make_caches(self.config, self.n_ctx, self.kv_type))
+        return State(make_caches(self.config, self.n_ctx, self.options.kv_type))
 
     def prefill(self, state: State, ids: Sequence[int], logits: str = "last",
                 soft: SoftTokens | None = None) -> np.ndarray | None:
@@ -322,7 +320,7 @@ class Model:
         if self._audio_encoder is None:
             from edgert.speech import open_encoder
 
-            self._audio_encoder = open_encoder(self.file, self.threads, int8=self.audio_int8)
+            self._audio_encoder = open_encoder(self.file, self.threads, int8=self.options.audio_int8)
         return self._audio_encoder
 
     def hear(self, audio, rate: int | None = None) -> np.ndarray:

@@ -8,17 +8,19 @@ import time
 
 
 def add_model_argument(p: argparse.ArgumentParser) -> None:
+    from edgert.kv_cache import KV_TYPES
     from edgert.model import Options
+    from ple_store import MODES
 
     d = Options()  # the library's defaults, written there once
     p.add_argument("model", nargs="?", help="a GGUF model file (default: the embedded default model)")
     p.add_argument("--ctx", type=int, default=d.n_ctx, help=f"context length (default {d.n_ctx})")
     p.add_argument("-t", "--threads", type=int, default=d.threads, help="kernel threads (default: physical cores)")
-    p.add_argument("--ple", default=d.ple, choices=("mmap", "pread", "ram"),
+    p.add_argument("--ple", default=d.ple, choices=MODES,
                    help=f"how the per-layer embedding table is held (default {d.ple}: rows read from the file)")
     p.add_argument("--ple-cache-mb", type=float, default=d.ple_cache_mb,
                    help=f"row cache of --ple pread (default {d.ple_cache_mb:g})")
-    p.add_argument("--kv", default=d.kv_type, choices=("f16", "q8_0", "f32"),
+    p.add_argument("--kv", default=d.kv_type, choices=KV_TYPES,
                    help=f"KV cache entries (default {d.kv_type}, as llama.cpp; q8_0 takes 34 bytes per 32 values)")
     p.add_argument("--mmproj", default=None,
                    help="llama.cpp's multimodal projector file to take the audio tower from (default: the model's "
@@ -27,6 +29,7 @@ def add_model_argument(p: argparse.ArgumentParser) -> None:
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    from edgert.draft import DRAFTS
     from edgert.sampling import Sampling
 
     d = Sampling()  # the library's defaults, written there once
@@ -37,7 +40,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-p", type=float, default=d.min_p)
     p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--draft", default="none", choices=("none", "lookup"),
+    p.add_argument("--draft", default="none", choices=DRAFTS,
                    help="speculative decoding: guesses from the text so far (prompt lookup), checked several "
                         "per pass; the same tokens, faster where the answer repeats the prompt")
 
