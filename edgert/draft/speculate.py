@@ -24,6 +24,8 @@ def generate_ids(model: "Model", state: "State", prompt: Sequence[int], max_new_
                  stop_ids: set[int], drafter: "Lookup", soft: "SoftTokens | None" = None) -> Iterator[int]:
     """edgert.generation.generate_ids with drafting: the same ids, drawn the same way."""
     logits = prefill_prompt(model, state, prompt, soft)
+    if max_new_tokens <= 0:  # as plain decoding: the prompt is fed, nothing is drawn
+        return
     history = list(state.tokens)
     emitted = 0
     token = sampler(logits, history)  # drawn, not yet emitted nor fed

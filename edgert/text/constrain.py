@@ -247,6 +247,12 @@ class Constraint:
         matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
         return np.unpackbits(self._bits.view(np.uint8), bitorder="little")[:self.n_vocab].astype(bool)
 
+    def _only(self, ids) -> np.ndarray:
+        """A mask allowing `ids` alone."""
+        allowed = np.zeros(self.n_vocab, dtype=bool)
+        allowed[list(ids)] = True
+        return allowed
+
     def mask(self, logits: np.ndarray) -> np.ndarray:
         if self.thinking:
             return logits
@@ -292,11 +298,6 @@ class ToolCalls(Constraint):
         self.state = "free"
         self.matcher: llguidance.LLMatcher | None = None
 
-    def _only(self, ids) -> np.ndarray:
-        allowed = np.zeros(self.n_vocab, dtype=bool)
-        allowed[list(ids)] = True
-        return allowed
-
     def allowed(self) -> np.ndarray | None:
         if self.state == "call":
             return self._allowed(self.matcher)
@@ -329,13 +330,8 @@ class Structured(Constraint):
 
     def allowed(self) -> np.ndarray:
         if self.matcher.is_stopped():
-            return self._only_stops()
+            return self._only(self.stop_ids)
         return self._allowed(self.matcher)
-
-    def _only_stops(self) -> np.ndarray:
-        allowed = np.zeros(self.n_vocab, dtype=bool)
-        allowed[self.stop_ids] = True
-        return allowed
 
     def advance(self, token: int) -> None:
         if token in self.stop_ids or self.matcher.is_stopped():
