@@ -13,6 +13,7 @@ Those differences are facts in the config; the forward pass has no Gemma 3 branc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from edgert.errors import ArchitectureError
 
 ARCH = "gemma4"  # what `edgert convert` writes
 ARCHS = ("gemma4", "gemma3")  # what the loader runs
+ASSISTANT_ARCH = "gemma4-assistant"  # Gemma 4's drafter, as llama.cpp names it
 PUBLISHED = ("e2b", "e4b")  # the published configs shipped in edgert/data
 # edgert's own keys for the audio tower (JSON strings): its config, its tensors' shapes, its token ids
 AUDIO_CONFIG, AUDIO_SHAPES, AUDIO_TOKENS = "edgert.audio.config", "edgert.audio.shapes", "edgert.audio.tokens"
@@ -191,6 +193,71 @@ def config_from_hf(config: dict) -> ModelConfig:
             n_kv_shared=n_kv_shared,
         ),
     )
+
+
+@dataclass(frozen=True)
+class AssistantConfig:
+    """Gemma 4's drafter (transformers' Gemma4AssistantConfig): a small Gemma 4 decoder whose
+    layers read the target's K/V (they have no K/V projections of their own), between a
+    projection from [target embedding, target hidden] (2 * n_backbone) down to its width and one
+    back up; its LM head is its own tied table, or that table narrowed by centroids."""
+
+    text: ModelConfig  # every layer KV-shared: owns_kv False, kv_source -1 (the target's)
+    n_backbone: int  # the target's hidden size
+    n_centroids: int  # 0: the full head; else the table's rows fall in this many clusters
+    centroid_top_k: int  # clusters whose tokens are scored per step
+
+
+def _reading(cfg: ModelConfig) -> ModelConfig:
+    """cfg with every layer reading K/V from elsewhere (a drafter's layers read the target's)."""
+    layers = tuple(dataclasses.replace(s, owns_kv=False, kv_source=-1, lends_kv=False) for s in cfg.layers)
+    return dataclasses.replace(cfg, n_kv_shared=cfg.n_layer, layers=layers)
+
+
+def assistant_config_from_hf(config: dict) -> AssistantConfig:
+    """From a Gemma4AssistantForCausalLM `config.json` (model_type 'gemma4_assistant')."""
+    text = dict(config.get("text_config") or {})
+    if not text:
+        raise ArchitectureError("the assistant's config.json has no text_config")
+    if text.get("hidden_size_per_layer_input") or text.get("enable_moe_block"):
+        raise ArchitectureError("a Gemma 4 assistant has no per-layer embeddings and no MoE block")
+    text.update(model_type="gemma4_text", num_kv_shared_layers=0, use_double_wide_mlp=False)
+    ordered = bool(config.get("use_ordered_embeddings", False))
+    return AssistantConfig(
+        text=_reading(config_from_hf(text)),
+        n_backbone=int(config.get("backbone_hidden_size", 1536)),
+        n_centroids=int(config.get("num_centroids", 2048)) if ordered else 0,
+        centroid_top_k=int(config.get("centroid_intermediate_top_k", 32)),
+    )
+
+
+def assistant_config_from_gguf(meta: dict, rope_freqs: list[float] | None, n_vocab: int,
+                               n_centroids: int) -> AssistantConfig:
+    """From a `gemma4-assistant` file's metadata (keys without the prefix), as llama.cpp's
+    converter writes it: the gemma4 keys, and embedding_length_out for the target's width.
+    n_centroids: the rows of masked_embd_centroids.weight (0 when the file has none)."""
+    if "embedding_length_out" not in meta:
+        raise ArchitectureError(f"the drafter file lacks {ASSISTANT_ARCH}.embedding_length_out (the target's width)")
+    text = _config_from_gguf_gemma4({**meta, "attention.shared_kv_layers": 0}, rope_freqs, n_vocab, 0)
+    return AssistantConfig(
+        text=_reading(text),
+        n_backbone=int(meta["embedding_length_out"]),
+        n_centroids=n_centroids,
+        centroid_top_k=int(meta.get("centroid_top_k", 32)),
+    )
+
+
+def assistant_manifest(cfg: AssistantConfig) -> dict[str, tuple[int, ...]]:
+    """GGUF tensor name -> shape for a drafter: llama.cpp's gemma4-assistant names, and the
+    centroid head as llama.cpp's loader names it (masked_embd_centroids, masked_embd_ordering)."""
+    m = tensor_manifest(cfg.text)
+    H = cfg.text.n_embd
+    m["nextn.pre_projection.weight"] = (H, 2 * cfg.n_backbone)
+    m["nextn.post_projection.weight"] = (cfg.n_backbone, H)
+    if cfg.n_centroids:
+        m["masked_embd_centroids.weight"] = (cfg.n_centroids, H)
+        m["masked_embd_ordering"] = (cfg.text.n_vocab,)
+    return m
 
 
 def rope_freqs_factors(cfg: ModelConfig) -> list[float]:

@@ -145,12 +145,14 @@ class SoftTokens:
 
 
 def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.ndarray, pos: np.ndarray,
-            keep: np.ndarray | None, soft: SoftTokens | None = None, exact: bool = False) -> np.ndarray | None:
+            keep: np.ndarray | None, soft: SoftTokens | None = None,
+            exact: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
     """One step over `ids` at positions `pos`, writing K/V of the owning layers to `caches`.
 
     keep: indices of the positions whose logits are wanted (None: none). From the first
     KV-shared layer on, only those positions are computed: shared layers write no cache,
-    so the rest of the prompt has no further use there. Returns (len(keep), n_vocab) logits.
+    so the rest of the prompt has no further use there. Returns (len(keep), n_vocab) logits
+    with the final-normed hidden states they were read from, (len(keep), H), or None.
     soft: embeddings that replace those of the masked positions (audio soft tokens; their
     ids are the pad id, which their PLE rows use). exact: each position's logits bit for bit
     those of decoding it alone after the ones before (a draft's verification): products row
@@ -201,10 +203,7 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
         h = rms_norm(matmul(a, lw.wo), lw.post_attn_norm, cfg.rms_eps)
         x = x + h
 
-        # MLP: down(gelu_tanh(gate(x)) * up(x))
-        h = rms_norm(x, lw.ffn_norm, cfg.rms_eps)
-        h = matmul(gelu_mul(*matmuls(h, (lw.w_gate, lw.w_up))), lw.w_down)
-        x = x + rms_norm(h, lw.post_ffn_norm, cfg.rms_eps)
+        x = ffn(cfg, lw, x)
 
         # per-layer embedding gate: x + norm(proj(gelu_tanh(gate(x)) * ple_i))
         if w.ple is not None:
@@ -220,4 +219,11 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
         x = x[keep]
     x = rms_norm(x, w.output_norm, cfg.rms_eps)
     logits = matmul(x, w.output)  # (k, n_vocab)
-    return softcap(logits, cfg.final_softcap)
+    return softcap(logits, cfg.final_softcap), x
+
+
+def ffn(cfg: ModelConfig, lw: LayerWeights, x: np.ndarray) -> np.ndarray:
+    """The MLP block with its residual: x + norm(down(gelu_tanh(gate(h)) * up(h))), h = norm(x)."""
+    h = rms_norm(x, lw.ffn_norm, cfg.rms_eps)
+    h = matmul(gelu_mul(*matmuls(h, (lw.w_gate, lw.w_up))), lw.w_down)
+    return x + rms_norm(h, lw.post_ffn_norm, cfg.rms_eps)

@@ -123,7 +123,7 @@ def stop_strings(pieces: Iterator[str], stop: Sequence[str]) -> Iterator[str]:
 
 
 def generate(model: "Model", prompt: str | Sequence[int], max_new_tokens: int = 256, stop: Sequence[str] = (),
-             raw: bool = False, truncate: bool = False, special: bool = False, draft: str = "none",
+             raw: bool = False, truncate: bool = False, special: bool = False, draft: str = "auto",
              **sampling) -> Iterator[str]:
     """Model.generate: the continuation of `prompt` as text pieces (see there)."""
     if isinstance(prompt, str):
@@ -135,5 +135,5 @@ def generate(model: "Model", prompt: str | Sequence[int], max_new_tokens: int = 
     ids = fit(model, ids, max_new_tokens, truncate)
     sampler = Sampling.of(sampling).sampler()
     tokens = generate_ids(model, model.new_state(), ids, max_new_tokens, sampler, model.stop_ids,
-                          drafter=drafter(draft))
+                          drafter=drafter(draft, model))
     yield from stop_strings(text(tokens, model.tokenizer.stream(special)), stop)

@@ -122,6 +122,11 @@ class KVCache:
         self._store(slots, tuple(e[keep] for e in entries))
         return view
 
+    def view(self, end: int) -> KVView:
+        """The entries a query at position `end` may read after the step that wrote end - 1 (a
+        drafter's, which writes nothing): an append cache's first `end` slots; a ring whole."""
+        return KVView(*self.arrays) if self.ring else KVView(*(a[:end] for a in self.arrays))
+
     def views_alone(self, pos: np.ndarray):
         """After `update` stored a step at `pos`: for each of its queries, last first, (i, the
         view that query would have had if decoded alone): an append cache's entries up to it;

@@ -20,7 +20,7 @@ from edgert import gemma4, generation
 from edgert.errors import ContextOverflowError, EdgeRTError
 from edgert.files import layouts
 from edgert.files import mmproj as mmproj_file
-from edgert.files.loader import ModelFile, open_model
+from edgert.files.loader import ModelFile, assistant_beside, open_assistant, open_model
 from edgert.gemma4 import SoftTokens
 from edgert.kv_cache import DEFAULT_KV, KV_TYPES, KVCache, make_caches
 from edgert.profile import prompt_step
@@ -43,6 +43,8 @@ class State:
     tokens: list[int] = field(default_factory=list)  # ids whose K/V are in the caches
     pending: list[int] = field(default_factory=list)  # sampled ids not yet fed to the model
     unconfirmed: int = 0  # ids fed by a verify step that `Model.keep` has not yet confirmed
+    hidden: np.ndarray | None = None  # (H,) final-normed, where the last logits were read (drafters start there)
+    _checked: np.ndarray | None = None  # a verify step's hidden states, one per id, until `keep`
 
     @property
     def pos(self) -> int:
@@ -95,15 +97,19 @@ class Options:
 
 
 def load(path: str | os.PathLike, progress: Callable[[int, int, str], None] | None = None,
-         mmproj: str | os.PathLike | None = None, **options) -> "Model":
+         mmproj: str | os.PathLike | None = None, drafter: str | os.PathLike | None = None, **options) -> "Model":
     """Open a GGUF model file (memory-mapped) and make it ready to generate.
 
     options: Options' fields (n_ctx, threads, kv_type, ...);
     progress(done, total, what): called while the layout cache is built, the first time;
     mmproj: llama.cpp's multimodal projector file to take the audio tower from (projector
     "gemma4a"); without it, a model file that has no audio tower takes the one mmproj*.gguf
-    beside it, if there is one (edgert.files.mmproj)."""
-    return Model(open_model(path), progress=progress, mmproj=mmproj, **options)
+    beside it, if there is one (edgert.files.mmproj);
+    drafter: Gemma 4's drafter for this model (a `gemma4-assistant` file, converted from
+    Google's *-assistant checkpoint); without it, the one *assistant*.gguf beside the model
+    that drafts for it, if there is one. With a drafter, decoding drafts with it by default
+    (draft="auto")."""
+    return Model(open_model(path), progress=progress, mmproj=mmproj, drafter=drafter, **options)
 
 
 def _with_mmproj(file: ModelFile, mmproj, tokenizer: Tokenizer) -> ModelFile:
@@ -122,7 +128,7 @@ def _with_mmproj(file: ModelFile, mmproj, tokenizer: Tokenizer) -> ModelFile:
 
 class Model:
     def __init__(self, file: ModelFile, progress: Callable[[int, int, str], None] | None = None,
-                 mmproj: str | os.PathLike | None = None, **options):
+                 mmproj: str | os.PathLike | None = None, drafter: str | os.PathLike | None = None, **options):
         opts = self.options = Options.of(options)
         n_ctx, n_batch, layout, kv_type = opts.n_ctx, opts.n_batch, opts.layout, opts.kv_type
         if n_ctx < 1 or (n_batch is not None and n_batch < 1):
@@ -163,6 +169,12 @@ class Model:
         tok = self.tokenizer
         self.stop_ids = {i for i in (tok.eos, tok.eot, tok.token_id(self.format.close)) if i is not None}
         self.channel_ids = (tok.token_id(chat_format.CHANNEL_OPEN), tok.token_id(chat_format.CHANNEL_CLOSE))
+        self.assistant = None
+        path = drafter if drafter is not None else assistant_beside(file.path, self.config)
+        if path is not None:
+            from edgert.draft.mtp import Assistant
+
+            self.assistant = Assistant(open_assistant(path), self)
 
     def _ple_store(self, mode: str, cache_mb: float, prefetch: bool) -> PLEStore | None:
         name = "per_layer_token_embd.weight"
@@ -227,7 +239,8 @@ class Model:
                 cache.commit()
             state.tokens.extend(int(i) for i in chunk)
             if step is not None:
-                out.append(step)
+                out.append(step[0])
+                state.hidden = step[1][-1]
         if logits == "none" or not out:
             return None
         return out[-1][-1] if logits == "last" else np.concatenate(out)
@@ -243,8 +256,8 @@ class Model:
         numba.set_num_threads(self.threads)
         try:
             with exact_rows():
-                logits = gemma4.forward(self.config, self.weights, state.caches, ids, pos, np.arange(len(ids)),
-                                        exact=True)
+                logits, state._checked = gemma4.forward(self.config, self.weights, state.caches, ids, pos,
+                                                        np.arange(len(ids)), exact=True)
         except BaseException:
             for cache in state.caches.values():
                 cache.rollback(state.pos)
@@ -261,6 +274,7 @@ class Model:
             cache.rollback(start + n)
         del state.tokens[start + n:]
         state.unconfirmed = 0
+        state.hidden, state._checked = state._checked[n - 1], None
 
     def decode_step(self, state: State, token: int) -> np.ndarray:
         """Feed one token; its logits (n_vocab,)."""
@@ -273,7 +287,7 @@ class Model:
     # --- front doors: generation (edgert.generation) and chat (edgert.text.sessions) -------------
 
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 256, stop: Sequence[str] = (),
-                 raw: bool = False, truncate: bool = False, special: bool = False, draft: str = "none",
+                 raw: bool = False, truncate: bool = False, special: bool = False, draft: str = "auto",
                  **sampling) -> Iterator[str]:
         """Stream the continuation of `prompt` as text pieces (always whole UTF-8 characters).
 
@@ -290,7 +304,7 @@ class Model:
 
     def chat(self, messages: Sequence[dict], think: bool = False, max_new_tokens: int = 1024,
              truncate: bool = False, tools: Sequence = (), tool_choice=None, response_format=None,
-             constrain: bool = True, draft: str = "none", **sampling) -> Reply:
+             constrain: bool = True, draft: str = "auto", **sampling) -> Reply:
         """Answer `messages` ([{"role", "content"}]); iterate the result for the answer's pieces,
         then read `.text`, `.thought` (the thought channel, never mixed into the answer) and
         `.tool_calls`.
@@ -307,7 +321,7 @@ class Model:
                              constrain, draft, **sampling)
 
     def chat_session(self, system: str | None = None, think: bool = False, tools: Sequence = (),
-                     draft: str = "none", **sampling) -> ChatSession:
+                     draft: str = "auto", **sampling) -> ChatSession:
         """A conversation that keeps its KV cache between turns, and across tool calls and their
         results (ChatSession.stream_results)."""
         return ChatSession(self, system, think, sampling, tools, draft)

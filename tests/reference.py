@@ -169,6 +169,54 @@ def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
     return out_ids
 
 
+def build_assistant(directory: Path, kind: str, vocab_size: int, seed: int = 7, centroids: bool = True):
+    """Save a random-weight Gemma4AssistantForCausalLM (Gemma 4's drafter) for the small `kind`
+    model of `vocab_size` tokens: two layers (sliding, global) with the target's head dims and KV
+    heads, width 32, and a centroid head of 19 clusters (top 4; 19 divides the small tokenizer's
+    836 ids) over a random token ordering, or the full head; return the torch model (eval)."""
+    import torch
+    from transformers import Gemma4TextConfig
+    from transformers.models.gemma4_assistant import Gemma4AssistantConfig, Gemma4AssistantForCausalLM
+
+    text = text_config(kind, vocab_size, num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"],
+                       hidden_size=32, intermediate_size=48, num_attention_heads=2 if kind == "e4b" else 4,
+                       hidden_size_per_layer_input=0, vocab_size_per_layer_input=0, use_double_wide_mlp=False,
+                       num_kv_shared_layers=2)
+    config = Gemma4AssistantConfig(text_config=Gemma4TextConfig(**text), backbone_hidden_size=64,
+                                   use_ordered_embeddings=centroids, num_centroids=19, centroid_intermediate_top_k=4)
+    torch.manual_seed(seed)
+    model = Gemma4AssistantForCausalLM(config).eval()
+    randomize(model, seed)
+    if centroids:
+        g = torch.Generator().manual_seed(seed)
+        model.masked_embedding.token_ordering.copy_(torch.randperm(vocab_size, generator=g))
+    model.save_pretrained(directory)
+    return model
+
+
+def hf_draft(target, assistant, prompt: list[int], tokens: list[int], window: int):
+    """transformers' draft steps after `prompt`, as its SinglePositionMultiTokenCandidateGenerator
+    takes them, teacher-forced: tokens[0] is the token after the prompt, each next one the
+    previous step's guess. The target's sliding K/V are its last `window` entries, as its cache
+    holds them after a decode step. Returns the logits and the handed-on hidden of each step."""
+    import torch
+
+    with torch.no_grad():
+        out = target(torch.tensor([prompt]), output_hidden_states=True, return_shared_kv_states=True, use_cache=False)
+        kv = dict(out.shared_kv_states)
+        kv["sliding_attention"] = tuple(t[:, :, -window:] for t in kv["sliding_attention"])
+        hidden = out.hidden_states[-1][:, -1:]
+        logits, hiddens = [], []
+        for t in tokens:
+            e = target.model.embed_tokens(torch.tensor([[t]]))
+            step = assistant(inputs_embeds=torch.cat([e, hidden], dim=-1), shared_kv_states=kv,
+                             position_ids=torch.tensor([[len(prompt)]]))
+            hidden = step.last_hidden_state
+            logits.append(step.logits[0, -1].float().numpy())
+            hiddens.append(hidden[0, -1].float().numpy())
+    return np.stack(logits), np.stack(hiddens)
+
+
 AUDIO_IDS = dict(boa_token_id=110, eoa_token_index=111, audio_token_id=112)  # <boa>, <eoa>, <|audio|> above
 
 

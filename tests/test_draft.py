@@ -110,5 +110,7 @@ def test_draft_option_on_generate_and_chat(gemma3):
     a = "".join(gemma3.generate(prompt, max_new_tokens=24, temperature=0))
     b = "".join(gemma3.generate(prompt, max_new_tokens=24, temperature=0, draft="lookup"))
     assert a == b
-    with pytest.raises(ValueError, match="draft must be one of none, lookup"):
+    with pytest.raises(ValueError, match="draft must be one of auto, none, lookup, mtp"):
+        list(gemma3.generate(prompt, draft="medusa"))
+    with pytest.raises(ValueError, match="draft='mtp' needs a drafter"):
         list(gemma3.generate(prompt, draft="mtp"))

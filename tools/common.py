@@ -25,6 +25,9 @@ def add_model_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mmproj", default=None,
                    help="llama.cpp's multimodal projector file to take the audio tower from (default: the model's "
                         "own, else an mmproj*.gguf beside it)")
+    p.add_argument("--drafter", default=None,
+                   help="Gemma 4's drafter for the model (a gemma4-assistant GGUF; default: the one "
+                        "*assistant*.gguf beside the model that drafts for it, if any)")
     p.add_argument("-v", "--verbose", action="store_true", help="print timings and PLE table statistics")
 
 
@@ -40,9 +43,10 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-p", type=float, default=d.min_p)
     p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--draft", default="none", choices=DRAFTS,
-                   help="speculative decoding: guesses from the text so far (prompt lookup), checked several "
-                        "per pass; the same tokens, faster where the answer repeats the prompt")
+    p.add_argument("--draft", default="auto", choices=DRAFTS,
+                   help="speculative decoding, the same tokens: mtp (the model's drafter; auto, the default, "
+                        "uses it when there is one) or lookup (guesses from the text so far, for answers "
+                        "that repeat the prompt), checked several per pass")
 
 
 def sampling(args) -> dict:
@@ -72,7 +76,7 @@ def load_model(args, **options):
     print(f"loading {path} ...", file=sys.stderr, end="", flush=True)
     building = ProgressBar("building the weight layout cache (once per model file)")
     model = edgert.load(path, n_ctx=args.ctx, threads=args.threads, ple=args.ple, ple_cache_mb=args.ple_cache_mb,
-                        kv_type=args.kv, progress=building, mmproj=args.mmproj, **options)
+                        kv_type=args.kv, progress=building, mmproj=args.mmproj, drafter=args.drafter, **options)
     print(f" {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     return model
 

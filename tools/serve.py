@@ -17,8 +17,9 @@ def add_parser(sub) -> None:
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
     p.add_argument("--name", default=None, help="the model's name in the API (default: the file's name)")
     p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="the most new tokens a request may ask for")
-    p.add_argument("--draft", default="none", choices=DRAFTS,
-                   help="speculative decoding for every request (prompt lookup); a request may ask otherwise")
+    p.add_argument("--draft", default="auto", choices=DRAFTS,
+                   help="speculative decoding for every request (auto: the model's drafter, if it has one; "
+                        "lookup: prompt lookup); a request may ask otherwise")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="requests that may wait (more get 429)")
     p.set_defaults(func=main)
 

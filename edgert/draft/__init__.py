@@ -1,17 +1,31 @@
-"""Speculative decoding: drafters (prompt lookup) and the loop that verifies their guesses."""
+"""Speculative decoding: drafters (Gemma 4's own drafter, prompt lookup) and the loop that
+verifies their guesses."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from edgert.draft.lookup import Lookup, lookup
+from edgert.draft.mtp import Adaptive, Assistant, Mtp
 
-DRAFTS = ("none", "lookup")
+if TYPE_CHECKING:
+    from edgert.model import Model
+
+DRAFTS = ("auto", "none", "lookup", "mtp")
 
 
-def drafter(kind: str):
-    """The drafter a `draft=` option names (None for "none")."""
+def drafter(kind: str | None, model: "Model"):
+    """The drafter a `draft=` option names for `model` (None: plain decoding). "auto": the
+    model's drafter when it has one ("mtp"), else none."""
+    if kind == "auto":
+        kind = "mtp" if model.assistant is not None else "none"
     if kind in (None, "none"):
         return None
     if kind == "lookup":
         return Lookup()
+    if kind == "mtp":
+        return Mtp(model)
     raise ValueError(f"draft must be one of {', '.join(DRAFTS)}, not {kind!r}")
 
 
-__all__ = ["DRAFTS", "Lookup", "drafter", "lookup"]
+__all__ = ["DRAFTS", "Adaptive", "Assistant", "Lookup", "Mtp", "drafter", "lookup"]

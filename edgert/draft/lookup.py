@@ -5,9 +5,14 @@ follow again. Free to compute, and right often where the answer repeats its prom
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+from edgert.draft.mtp import Adaptive
+
+if TYPE_CHECKING:
+    from edgert.model import State
 
 
 def lookup(history: Sequence[int], k: int, n_max: int = 4, n_min: int = 1) -> list[int]:
@@ -28,23 +33,13 @@ def lookup(history: Sequence[int], k: int, n_max: int = 4, n_min: int = 1) -> li
     return []
 
 
-class Lookup:
-    """A drafter over the text so far: `draft(history)` proposes up to `k` tokens, and k
-    follows the acceptance (doubled after a wholly accepted draft, else one past what was
-    accepted), between k_min and k_max."""
+class Lookup(Adaptive):
+    """A drafter over the text so far: `draft` proposes up to `k` tokens, k following the
+    acceptance (Adaptive). A guess costs nothing to make, so drafting never pauses."""
 
     def __init__(self, k: int = 4, k_min: int = 1, k_max: int = 16, n_max: int = 4):
-        self.k, self.k_min, self.k_max, self.n_max = k, k_min, k_max, n_max
-        self.drafted = self.accepted = 0
+        super().__init__(k, k_min, k_max)
+        self.n_max = n_max
 
-    def draft(self, history: Sequence[int], room: int) -> list[int]:
-        return lookup(history, min(self.k, room), self.n_max)
-
-    def update(self, drafted: int, accepted: int) -> None:
-        self.drafted += drafted
-        self.accepted += accepted
-        self.k = min(self.k_max, 2 * self.k) if accepted == drafted else max(self.k_min, accepted + 1)
-
-    @property
-    def acceptance(self) -> float:
-        return self.accepted / self.drafted if self.drafted else 0.0
+    def draft(self, state: "State | None", history: Sequence[int], room: int) -> list[int]:
+        return lookup(history, self.budget(room), self.n_max)

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 from edgert.generation import prefill_prompt
 
 if TYPE_CHECKING:
-    from edgert.draft.lookup import Lookup
+    from edgert.draft.mtp import Adaptive
     from edgert.model import Model, SoftTokens, State
 
 
 def generate_ids(model: "Model", state: "State", prompt: Sequence[int], max_new_tokens: int, sampler: Callable,
-                 stop_ids: set[int], drafter: "Lookup", soft: "SoftTokens | None" = None) -> Iterator[int]:
+                 stop_ids: set[int], drafter: "Adaptive", soft: "SoftTokens | None" = None) -> Iterator[int]:
     """edgert.generation.generate_ids with drafting: the same ids, drawn the same way."""
     logits = prefill_prompt(model, state, prompt, soft)
     if max_new_tokens <= 0:  # as plain decoding: the prompt is fed, nothing is drawn
@@ -40,7 +40,7 @@ def generate_ids(model: "Model", state: "State", prompt: Sequence[int], max_new_
         if emitted == max_new_tokens or state.pos + 1 >= model.n_ctx:
             return
         room = min(max_new_tokens - emitted - 1, model.n_ctx - state.pos - 2, model.n_batch - 1)
-        draft = drafter.draft(history, room) if room > 0 else []
+        draft = drafter.draft(state, history, room) if room > 0 else []
         try:
             if not draft:
                 logits = model.decode_step(state, token)

@@ -25,7 +25,8 @@ from typing import Callable
 import gguf
 import numpy as np
 
-from edgert.config import (ARCH, AUDIO_CONFIG, AUDIO_SHAPES, AUDIO_TOKENS, ModelConfig, config_from_hf,
+from edgert.config import (ARCH, ASSISTANT_ARCH, AUDIO_CONFIG, AUDIO_SHAPES, AUDIO_TOKENS, ModelConfig,
+                           assistant_config_from_hf, assistant_manifest, config_from_hf,
                            rope_freqs_factors, tensor_manifest)
 from edgert.errors import CheckpointError, UnsupportedTypeError
 from edgert.text.tokenizer import TokenizerData
@@ -38,7 +39,7 @@ TYPES = {"f32": QType.F32, "f16": QType.F16, "bf16": QType.BF16, "q8_0": QType.Q
 VISIBLE_TOKENS = {"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",
                   "<tool_response|>", '<|"|>'}
 
-_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64, "I32": np.int32}
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
 
@@ -266,6 +267,8 @@ def convert(
     if not (hf_dir / "config.json").is_file():
         raise CheckpointError(f"{hf_dir} has no config.json; point at a Hugging Face checkpoint directory")
     hf_config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+    if hf_config.get("model_type") == "gemma4_assistant":
+        return convert_assistant(hf_dir, hf_config, out_path, qtype, progress)
     cfg = config_from_hf(hf_config)
     vocab = read_vocab(hf_dir)
     sources = read_safetensors(hf_dir)
@@ -312,9 +315,7 @@ def convert(
         if st is None:  # rope_freqs
             tensors.append((name, shape, QType.F32, np.asarray(rope_freqs_factors(cfg), dtype=np.float32)))
             continue
-        rows, cols = (shape[0] if len(shape) > 1 else 1), shape[-1]
-        chunk = max(1, (64 << 20) // max(1, cols * 4))
-        tensors.append((name, shape, t, _ChunkedTensor(st, rows, t, rows * row_bytes(t, cols), chunk)))
+        tensors.append((name, shape, t, _matrix_payload(st, shape, t)))
     for name, st in audio:  # flat: the shapes are in the metadata
         flat = _FlatTensor(st, QType.F32 if TYPES[qtype] == QType.F32 else QType.F16)
         tensors.append((name, (flat.size,), flat.qtype, flat))
@@ -324,6 +325,61 @@ def convert(
         errors.update({name: p.relative_error for name, _, t, p in tensors
                        if isinstance(p, _ChunkedTensor) and t not in (QType.F32,)})
     return out
+
+
+def _matrix_payload(st: SafeTensor, shape: tuple[int, ...], t: QType) -> _ChunkedTensor:
+    rows, cols = (shape[0] if len(shape) > 1 else 1), shape[-1]
+    return _ChunkedTensor(st, rows, t, rows * row_bytes(t, cols), max(1, (64 << 20) // max(1, cols * 4)))
+
+
+# the drafter's own tensors, by their Hugging Face names (Gemma4AssistantForCausalLM)
+ASSISTANT_NAMES = {"pre_projection.weight": "nextn.pre_projection.weight",
+                   "post_projection.weight": "nextn.post_projection.weight",
+                   "masked_embedding.centroids.weight": "masked_embd_centroids.weight",
+                   "masked_embedding.token_ordering": "masked_embd_ordering"}
+
+
+def convert_assistant(hf_dir: Path, hf_config: dict, out_path: Path, qtype: str = "q8_0",
+                      progress: Progress | None = None) -> Path:
+    """A Gemma 4 drafter checkpoint (Gemma4AssistantForCausalLM) -> a `gemma4-assistant` GGUF
+    with llama.cpp's names and keys, plus the centroid head (masked_embd_centroids.weight and
+    the token ordering as I32 masked_embd_ordering, the names llama.cpp's loader gives them;
+    its converter leaves them out and scores the whole vocabulary). The tokenizer is stored
+    when the checkpoint has one; the drafter reads no text of its own."""
+    cfg = assistant_config_from_hf(hf_config)
+    sources = read_safetensors(hf_dir)
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA4, cfg.text.n_layer)
+    found: dict[str, SafeTensor] = {}
+    for hf_name, st in sources.items():
+        name = ASSISTANT_NAMES.get(hf_name) or gguf_name(hf_name, name_map)
+        if name is not None:
+            found[name] = st
+    manifest = assistant_manifest(cfg)
+    missing = [name for name in manifest if name not in found and name != "rope_freqs.weight"]
+    if missing:
+        raise CheckpointError(f"the drafter checkpoint lacks {missing[:3]}; it is incomplete")
+    tensors = []
+    for name, shape in manifest.items():
+        if name == "rope_freqs.weight":
+            tensors.append((name, shape, QType.F32, np.asarray(rope_freqs_factors(cfg.text), dtype=np.float32)))
+            continue
+        st = found[name]
+        if tuple(st.shape or (1,)) != shape and int(np.prod(st.shape or (1,))) != int(np.prod(shape)):
+            raise CheckpointError(f"{name} has shape {tuple(st.shape)} but config.json implies {shape}")
+        if name == "masked_embd_ordering":
+            ordering = np.asarray(st.array(), dtype=np.int64)
+            if sorted(ordering.tolist()) != list(range(cfg.text.n_vocab)):
+                raise CheckpointError("the drafter's token ordering is not a permutation of the vocabulary")
+            tensors.append((name, shape, gguf.GGMLQuantizationType.I32, ordering.astype(np.int32)))
+            continue
+        tensors.append((name, shape, matrix_type(name, shape, TYPES[qtype]) if len(shape) > 1 else QType.F32,
+                        _matrix_payload(st, shape, matrix_type(name, shape, TYPES[qtype]))))
+    vocab = read_vocab(hf_dir) if (hf_dir / "tokenizer.json").is_file() else None
+    ints = {"embedding_length_out": cfg.n_backbone, "nextn_predict_layers": cfg.text.n_layer}
+    if cfg.n_centroids:
+        ints["centroid_top_k"] = cfg.centroid_top_k
+    return write_gguf(out_path, cfg.text, vocab, tensors, hf_config.get("_name_or_path") or "gemma4-assistant",
+                      TYPES[qtype], progress, arch=ASSISTANT_ARCH, ints=ints)
 
 
 AUDIO_PREFIXES = {"model.audio_tower.": "audio.", "model.embed_audio.": "audio_embed."}
@@ -354,19 +410,22 @@ def _audio_tower(hf_config: dict, sources: dict[str, SafeTensor]) -> tuple[list,
     return tensors, meta
 
 
-def write_gguf(out_path: str | os.PathLike, cfg: ModelConfig, vocab: TokenizerData, tensors, name: str,
-               qtype: QType, progress: Progress | None = None, extra: dict[str, str] | None = None) -> Path:
+def write_gguf(out_path: str | os.PathLike, cfg: ModelConfig, vocab: TokenizerData | None, tensors, name: str,
+               qtype: QType, progress: Progress | None = None, extra: dict[str, str] | None = None,
+               arch: str = ARCH, ints: dict[str, int] | None = None) -> Path:
     """Write a gemma4 GGUF with llama.cpp's keys and names; returns its path.
 
-    tensors: (gguf name, logical shape, stored QType, payload) in file order; a payload is a
-    numpy array or has `nbytes` and `tofile(f)`, writing the stored bytes. The file is written
-    beside `out_path` under a temporary name and renamed when complete. extra: more string
-    metadata (edgert's own keys, such as the audio tower's)."""
+    tensors: (gguf name, logical shape, stored QType or GGML type, payload) in file order; a
+    payload is a numpy array or has `nbytes` and `tofile(f)`, writing the stored bytes. The file
+    is written beside `out_path` under a temporary name and renamed when complete. extra: more
+    string metadata (edgert's own keys, such as the audio tower's); ints: more integer keys
+    under the architecture's prefix (a drafter's embedding_length_out). arch: "gemma4", or
+    "gemma4-assistant" for a drafter (then vocab may be None)."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     try:
-        _write(tmp, cfg, vocab, tensors, name, qtype, progress, extra or {})
+        _write(tmp, cfg, vocab, tensors, name, qtype, progress, extra or {}, arch, ints or {})
         os.replace(tmp, out_path)
     finally:
         if tmp.exists():
@@ -374,9 +433,9 @@ def write_gguf(out_path: str | os.PathLike, cfg: ModelConfig, vocab: TokenizerDa
     return out_path
 
 
-def _write(tmp: Path, cfg: ModelConfig, vocab: TokenizerData, tensors, name: str, qtype: QType,
-           progress: Progress | None, extra: dict[str, str]) -> None:
-    w = gguf.GGUFWriter(tmp, ARCH)
+def _write(tmp: Path, cfg: ModelConfig, vocab: TokenizerData | None, tensors, name: str, qtype: QType,
+           progress: Progress | None, extra: dict[str, str], arch: str, ints: dict[str, int]) -> None:
+    w = gguf.GGUFWriter(tmp, arch)
     w.add_name(name)
     w.add_file_type({QType.F32: gguf.LlamaFileType.ALL_F32, QType.F16: gguf.LlamaFileType.MOSTLY_F16,
                      QType.BF16: gguf.LlamaFileType.MOSTLY_BF16, QType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
@@ -407,7 +466,35 @@ def _write(tmp: Path, cfg: ModelConfig, vocab: TokenizerData, tensors, name: str
     w.add_shared_kv_layers(cfg.n_kv_shared)
     w.add_embedding_length_per_layer_input(cfg.ple_dim)
     w.add_vocab_size(cfg.n_vocab)
+    for key, number in ints.items():
+        w.add_uint32(f"{arch}.{key}", number)
+    if vocab is not None:
+        _write_vocab(w, vocab)
+    for key, value in extra.items():
+        w.add_string(key, value)
 
+    payloads = []
+    for tensor_name, shape, t, payload in tensors:
+        rows = shape[0] if len(shape) > 1 else 1
+        raw = gguf.GGMLQuantizationType(int(t))
+        nbytes = payload.nbytes if raw == gguf.GGMLQuantizationType.I32 else rows * row_bytes(t, shape[-1])
+        # logical (rows, cols) shape; 1-D tensors keep their 1-D shape
+        w.add_tensor_info(tensor_name, shape, np.float32 if t == QType.F32 else np.float16, nbytes, raw_dtype=raw)
+        payloads.append((tensor_name, payload))
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    for i, (name, payload) in enumerate(payloads):
+        if progress:
+            progress(i, len(payloads), name)
+        w.write_tensor_data(payload)
+    if progress:
+        progress(len(payloads), len(payloads), "done")
+    w.close()
+
+
+def _write_vocab(w: gguf.GGUFWriter, vocab: TokenizerData) -> None:
     w.add_tokenizer_model("gemma4")
     w.add_token_list(vocab.tokens)
     w.add_token_scores([-1000.0] * len(vocab.tokens))
@@ -422,25 +509,3 @@ def _write(tmp: Path, cfg: ModelConfig, vocab: TokenizerData, tensors, name: str
     w.add_add_space_prefix(False)
     if vocab.chat_template:
         w.add_chat_template(vocab.chat_template)
-    for key, value in extra.items():
-        w.add_string(key, value)
-
-    payloads = []
-    for tensor_name, shape, t, payload in tensors:
-        rows = shape[0] if len(shape) > 1 else 1
-        nbytes = rows * row_bytes(t, shape[-1])
-        # logical (rows, cols) shape; 1-D tensors keep their 1-D shape
-        w.add_tensor_info(tensor_name, shape, np.float32 if t == QType.F32 else np.float16, nbytes,
-                          raw_dtype=gguf.GGMLQuantizationType(int(t)))
-        payloads.append((tensor_name, payload))
-
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    for i, (name, payload) in enumerate(payloads):
-        if progress:
-            progress(i, len(payloads), name)
-        w.write_tensor_data(payload)
-    if progress:
-        progress(len(payloads), len(payloads), "done")
-    w.close()

@@ -34,7 +34,7 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> JS
 
 
 def create_app(model, name: str = "edgert", api_key: str | None = None, limits: Limits | None = None,
-               draft: str = "none") -> Starlette:
+               draft: str = "auto") -> Starlette:
     """The app over `model`; draft: the speculative decoding every request gets (edgert.draft),
     unless it asks for another with "draft"."""
     limits = limits or Limits()
@@ -361,7 +361,7 @@ def _wav_file(data, encoded: bool = True) -> str:
 
 
 def serve(model, host: str = "127.0.0.1", port: int = 8080, name: str = "edgert", api_key: str | None = None,
-          limits: Limits | None = None, draft: str = "none") -> None:
+          limits: Limits | None = None, draft: str = "auto") -> None:
     """Serve `model` until interrupted."""
     import uvicorn
 

@@ -47,7 +47,7 @@ class Job:
     sampling: dict = field(default_factory=dict)
     raw_prompt: str | None = None  # a completion: this text, without the chat format
     files: list = field(default_factory=list)  # temporary files of the request (audio), removed after it
-    draft: str = "none"  # speculative decoding (edgert.draft)
+    draft: str = "auto"  # speculative decoding (edgert.draft)
 
 
 class PromptCache:
@@ -132,7 +132,7 @@ class Engine:
         budget = min(job.max_tokens, model.n_ctx - state.pos - len(feed))
 
         def tokens() -> Iterator[int]:
-            for t in generate_ids(model, state, feed, budget, sampler, stops, soft, drafter(job.draft)):
+            for t in generate_ids(model, state, feed, budget, sampler, stops, soft, drafter(job.draft, model)):
                 if cancelled.is_set():
                     return
                 yield t

@@ -165,7 +165,7 @@ def prompt_ids(model: "Model", messages: Sequence[dict], think: bool = False, to
 
 def chat(model: "Model", messages: Sequence[dict], think: bool = False, max_new_tokens: int = 1024,
          truncate: bool = False, tools: Sequence = (), tool_choice=None, response_format=None,
-         constrain: bool = True, draft: str = "none", **sampling) -> Reply:
+         constrain: bool = True, draft: str = "auto", **sampling) -> Reply:
     """Model.chat: the answer to `messages` (see there)."""
     tools = T.tools_of(tools)
     stops, rule = constraint(model, tools, tool_choice, response_format, think, constrain)
@@ -175,7 +175,7 @@ def chat(model: "Model", messages: Sequence[dict], think: bool = False, max_new_
         raise EdgeRTError("truncate=True cannot drop part of a prompt that holds audio; shorten it instead")
     ids = fit(model, ids, max_new_tokens, truncate)
     state = model.new_state()
-    return Reply(model, generate_ids(model, state, ids, max_new_tokens, sampler, stops, soft, drafter(draft)),
+    return Reply(model, generate_ids(model, state, ids, max_new_tokens, sampler, stops, soft, drafter(draft, model)),
                  state, stops)
 
 
@@ -188,10 +188,10 @@ class ChatSession:
     """Turns appended to one KV cache: only each new turn is prefilled."""
 
     def __init__(self, model: "Model", system: str | None, think: bool, sampling: dict, tools: Sequence = (),
-                 draft: str = "none"):
+                 draft: str = "auto"):
         Sampling.of(sampling)  # an unknown option is an error now, not at the first turn
         self.model, self.think, self.sampling = model, think, dict(sampling)
-        self.drafter = drafter(draft)
+        self.drafter = drafter(draft, model)
         self.system = system
         self.tools = T.tools_of(tools)
         self.last: Reply | None = None
