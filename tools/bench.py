@@ -62,6 +62,9 @@ def add_parser(sub) -> None:
     p.add_argument("--draft", metavar="MODEL", default=None,
                    help="measure prompt-lookup drafting on grounded tasks on MODEL ('default': the embedded "
                         "default model) beside llama.cpp's, instead")
+    p.add_argument("--mtp", metavar="KIND", default=None, choices=("e2b", "e4b"),
+                   help="measure Gemma 4's drafter on the synthetic KIND (e2b or e4b) and a random drafter of "
+                        "the published shape: a draft step and verify passes against a decode step, instead")
     p.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="the report to write ('' for none)")
     p.set_defaults(func=main)
 
@@ -629,6 +632,8 @@ def main(args) -> int:
         return _serve(args, threads, log)
     if args.draft:
         return _draft(args, threads, llama, log)
+    if args.mtp:
+        return _mtp(args, threads, log)
     log(f"memory bandwidth at {threads} threads ...")
     bandwidth = memory_bandwidth(threads)
     if args.kernels:
@@ -696,6 +701,28 @@ def _draft(args, threads: int, llama: str | None, log) -> int:
     head = [f"- date: {datetime.date.today().isoformat()}", f"- commit: {_commit()}",
             f"- CPU: {_cpu_name()}; edgert kernels: {cpu.describe()}; {threads} threads", ""]
     _report("\n".join(head + bench_draft.section(Path(path).name, ours, theirs, line)), args.out, log)
+    return 0
+
+
+def _mtp(args, threads: int, log) -> int:
+    import edgert
+    from quant import cpu
+    from tools import bench_mtp
+    from tools.common import ProgressBar
+    from tools.synth import ASSISTANT_GUESSED, write_synthetic_assistant
+
+    models = Path(args.models_dir) if args.models_dir else Path.home() / ".cache" / "edgert" / "bench"
+    target = _model_file(args.mtp, args.type, models)
+    drafter = models / f"gemma4-{args.mtp}-assistant-synthetic-{args.type}.gguf"
+    if not drafter.exists():
+        write_synthetic_assistant(args.mtp, drafter, args.type, progress=ProgressBar(f"writing {drafter.name}"))
+    model = edgert.load(target, n_ctx=args.ctx, threads=threads, drafter=drafter)
+    log(f"{args.mtp}: decode, draft and verify steps ...")
+    r = bench_mtp.measure(model)
+    head = [f"- date: {datetime.date.today().isoformat()}", f"- commit: {_commit()}",
+            f"- CPU: {_cpu_name()}; edgert kernels: {cpu.describe()}; {threads} threads", ""]
+    body = bench_mtp.section(args.mtp, r, drafter.stat().st_size, f"{target.name} ({args.type})", ASSISTANT_GUESSED)
+    _report("\n".join(head + body), args.out, log)
     return 0
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from gguf import GGMLQuantizationType
 
 from edgert.config import config_from_hf, published, rope_freqs_factors, tensor_manifest
 from edgert.files.convert import Progress, write_gguf
@@ -177,3 +178,52 @@ def write_synthetic(kind: str, out_path: str | Path, qtype: str = "q4_0", seed: 
         tensors.append((name, shape, t, payload))
     return write_gguf(out_path, cfg, vocab, tensors, f"synthetic gemma4-{kind}",
                       TYPES[qtype], progress)
+
+
+# Gemma 4's drafters (Gemma4AssistantForCausalLM) have no published config beside this repo's;
+# these shapes are the public facts (4 layers, three sliding and one global, width 256, the
+# target's head dims and KV heads, 2048 centroids of which 32 are scored) and two guesses,
+# marked: 4 query heads and an MLP of 2048.
+ASSISTANT_SHAPE = dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=2048,
+                       layer_types=["sliding_attention"] * 3 + ["full_attention"])
+ASSISTANT_GUESSED = ("num_attention_heads", "intermediate_size")
+
+
+def assistant_config(kind: str) -> dict:
+    """A drafter config.json for the published `kind`, with ASSISTANT_SHAPE."""
+    target = published(kind)
+    text = dict(target.get("text_config", target))
+    text.update(ASSISTANT_SHAPE, hidden_size_per_layer_input=0, vocab_size_per_layer_input=0,
+                use_double_wide_mlp=False, num_kv_shared_layers=ASSISTANT_SHAPE["num_hidden_layers"],
+                model_type="gemma4_text")
+    return dict(model_type="gemma4_assistant", text_config=text, backbone_hidden_size=text_hidden(target),
+                use_ordered_embeddings=True, num_centroids=2048, centroid_intermediate_top_k=32)
+
+
+def text_hidden(config: dict) -> int:
+    return int(config.get("text_config", config)["hidden_size"])
+
+
+def write_synthetic_assistant(kind: str, out_path: str | Path, qtype: str = "q4_0", seed: int = 1,
+                              progress: Progress | None = None) -> Path:
+    """A random-weight drafter for the synthetic `kind` model, in llama.cpp's gemma4-assistant
+    layout with the centroid head (a random token ordering)."""
+    from edgert.config import ASSISTANT_ARCH, assistant_config_from_hf, assistant_manifest
+
+    cfg = assistant_config_from_hf(assistant_config(kind))
+    rng = np.random.default_rng(seed)
+    tensors = []
+    for name, shape in assistant_manifest(cfg).items():
+        if name == "masked_embd_ordering":
+            tensors.append((name, shape, GGMLQuantizationType.I32, rng.permutation(shape[0]).astype(np.int32)))
+        elif name == "rope_freqs.weight":
+            tensors.append((name, shape, QType.F32, np.asarray(rope_freqs_factors(cfg.text), dtype=np.float32)))
+        elif len(shape) == 1:
+            tensors.append((name, shape, QType.F32, np.ones(shape, dtype=np.float32)))
+        else:
+            t = TYPES[qtype] if shape[1] % BLOCKS[TYPES[qtype]].values == 0 else QType.F16
+            tensors.append((name, shape, t, _RandomBlocks(rng, shape[0], shape[1], t)))
+    ints = {"embedding_length_out": cfg.n_backbone, "nextn_predict_layers": cfg.text.n_layer,
+            "centroid_top_k": cfg.centroid_top_k}
+    return write_gguf(out_path, cfg.text, None, tensors, f"synthetic gemma4-{kind}-assistant", TYPES[qtype],
+                      progress, arch=ASSISTANT_ARCH, ints=ints)

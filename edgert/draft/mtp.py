@@ -36,39 +36,46 @@ if TYPE_CHECKING:
 F32 = np.float32
 
 
-@dataclass(frozen=True)
 class Head:
-    """The drafter's LM head: its tied table (vocab, H), and the centroid narrowing if any."""
+    """The drafter's LM head: its tied table (vocab, H), narrowed by centroids if it has them.
 
-    table: QTensor
-    centroids: QTensor | None  # (clusters, H)
-    ordering: np.ndarray | None  # (clusters, vocab / clusters): the token ids of each cluster
-    top_k: int
+    With centroids, the table is copied once in cluster order, each cluster's rows contiguous:
+    a step then scores its clusters with the matrix kernels on those blocks, reading 32 blocks
+    of quantized rows, instead of gathering and dequantizing 4096 scattered rows (5 ms a step
+    on E2B's; 0.13 of a decode step went there)."""
 
-    def candidates(self, x: np.ndarray) -> np.ndarray | None:
-        """The ids scored for the normed hidden x (H,): those of the top_k clusters; None: all."""
-        if self.centroids is None:
-            return None
+    def __init__(self, table: QTensor, centroids: QTensor | None, ordering: np.ndarray | None, top_k: int):
+        self.table, self.centroids, self.ordering, self.top_k = table, centroids, ordering, top_k
+        self.blocks = None
+        if centroids is not None:
+            per = ordering.shape[1]
+            ordered = np.ascontiguousarray(table.raw[ordering.reshape(-1)])
+            self.blocks = [QTensor(ordered[c * per:(c + 1) * per], table.qtype, (per, table.shape[1]))
+                           for c in range(len(ordering))]
+
+    def clusters(self, x: np.ndarray) -> np.ndarray:
+        """The top_k clusters for the normed hidden x (H,)."""
         scores = matmul(x[None], self.centroids)[0]
-        top = np.argpartition(-scores, self.top_k - 1)[:self.top_k]
-        return self.ordering[top].reshape(-1)
+        return np.argpartition(-scores, self.top_k - 1)[:self.top_k]
+
+    def scored(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, logits) of the tokens the head scores: those of the top clusters, or all."""
+        if self.centroids is None:
+            return np.arange(self.table.shape[0]), matmul(x[None], self.table)[0]
+        top = self.clusters(x)
+        return self.ordering[top].reshape(-1), np.concatenate([matmul(x[None], self.blocks[c])[0] for c in top])
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """(vocab,) as Gemma4AssistantMaskedEmbedder gives them: tokens outside the chosen
         clusters get the least candidate logit minus 1."""
-        ids = self.candidates(x)
-        if ids is None:
-            return matmul(x[None], self.table)[0]
-        scored = self.table.rows(ids) @ x
+        ids, scored = self.scored(x)
         out = np.full(self.table.shape[0], scored.min() - F32(1), dtype=F32)
         out[ids] = scored
         return out
 
     def best(self, x: np.ndarray) -> int:
-        ids = self.candidates(x)
-        if ids is None:
-            return int(np.argmax(matmul(x[None], self.table)[0]))
-        return int(ids[np.argmax(self.table.rows(ids) @ x)])
+        ids, scored = self.scored(x)
+        return int(ids[np.argmax(scored)])
 
 
 class Assistant:
