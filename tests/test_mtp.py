@@ -122,3 +122,38 @@ def test_a_drafter_that_keeps_missing_pauses():
     assert budgets.count(0) >= 2 + 4 - 1  # pauses of 2, then 4
     d.update(1, 1)
     assert d.pause == 2 and d.k == 2
+
+
+def test_the_file_has_llama_cpps_names_and_keys(pair):
+    import gguf
+
+    _, _, model, path = pair
+    r = gguf.GGUFReader(path)
+    names = {t.name for t in r.tensors}
+    assert {"nextn.pre_projection.weight", "nextn.post_projection.weight", "token_embd.weight",
+            "output_norm.weight", "blk.0.attn_q.weight", "blk.1.layer_output_scale.weight"} <= names
+    assert not any(".attn_k." in n or ".attn_v." in n for n in names)  # queries only
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+    assert arch == "gemma4-assistant"
+    assert int(r.fields[f"{arch}.embedding_length_out"].parts[-1][0]) == model.config.n_embd
+
+
+def test_command_line_converts_and_drafts(pair, tmp_path):
+    import subprocess
+    import sys
+
+    _, assistant, model, _ = pair
+    assistant.save_pretrained(tmp_path / "hf")
+    out = tmp_path / "drafter.gguf"
+    cli = [sys.executable, "-m", "tools.cli"]
+    done = subprocess.run(cli + ["convert", str(tmp_path / "hf"), "-o", str(out), "--type", "q8_0"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    texts = []
+    for draft in ("none", "mtp"):
+        run = subprocess.run(cli + ["run", str(model.file.path), "--drafter", str(out), "--draft", draft, "-p",
+                                    "hello there", "-n", "12", "--temperature", "0"],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        texts.append(run.stdout)
+    assert texts[0] == texts[1] and texts[0].strip()

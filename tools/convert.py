@@ -5,7 +5,7 @@ from tools.common import ProgressBar
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("convert", help="convert a Hugging Face Gemma 4 checkpoint to GGUF")
+    p = sub.add_parser("convert", help="convert a Hugging Face Gemma 4 checkpoint (or its drafter, *-assistant) to GGUF")
     p.add_argument("hf_dir", help="directory with config.json, *.safetensors, tokenizer.json")
     p.add_argument("-o", "--output", required=True, help="the GGUF file to write")
     p.add_argument("--type", default="q8_0", choices=sorted(TYPES), help="type of the large matrices")

@@ -19,7 +19,6 @@ states it passes hold them, as after a prefill; after a decode step they do not.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
