@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import edgert
-from edgert.draft import Lookup, lookup
+from edgert.draft import Adaptive, Lookup, lookup
 from edgert.draft.speculate import generate_ids as drafted
 from edgert.generation import generate_ids
 from edgert.sampling import make_sampler
@@ -114,3 +114,49 @@ def test_draft_option_on_generate_and_chat(gemma3):
         list(gemma3.generate(prompt, draft="medusa"))
     with pytest.raises(ValueError, match="draft='mtp' needs a drafter"):
         list(gemma3.generate(prompt, draft="mtp"))
+
+
+class _Fixed(Adaptive):
+    """A drafter that always guesses the same tokens (some drawn, some not)."""
+
+    def __init__(self, guesses: list[int]):
+        super().__init__(len(guesses), len(guesses), len(guesses))
+        self.guesses = guesses
+
+    def draft(self, state, history, room):
+        return self.guesses[:room]
+
+
+def test_drafted_sampling_draws_from_the_models_distribution(checkpoints):
+    """A chi-square test: the first two sampled tokens, drawn 3000 times with a drafter whose
+    guess for the second is often but not always drawn, against the model's own joint probabilities
+    p(t1) p(t2 | t1) at temperature 0.3 (no top-k or top-p)."""
+    model = edgert.load(checkpoints.gguf("e2b", "q8_0"), n_ctx=32, threads=1)  # tiny: no team
+    prompt = [2, 50, 51, 52, 53, 50, 51]
+    T = 0.3  # a random model spreads its mass thin: concentrate it, so that pairs have counts
+
+    def probs(ids):
+        x = model.forward(ids)[-1].astype(np.float64) / T
+        p = np.exp(x - x.max())
+        return p / p.sum()
+
+    p1 = probs(prompt)
+    first = [int(t) for t in np.flatnonzero(p1 > 2e-3)]
+    joint = {(a, b): p1[a] * q for a in first for b, q in enumerate(probs(prompt + [a])) if q > 0}
+    best = max(joint, key=joint.get)
+    d = _Fixed([best[1]])
+    n, counts = 3000, {}
+    rng = np.random.default_rng(1)
+    for _ in range(n):
+        sampler = make_sampler(temperature=T, top_k=0, top_p=1.0, min_p=0.0, rng=rng)
+        # a budget of 3: the guess for t2 is checked by the pass that feeds t1
+        got = tuple(drafted(model, model.new_state(), prompt, 3, sampler, set(), d))[:2]
+        counts[got] = counts.get(got, 0) + 1
+    assert d.accepted > 0 and d.drafted > d.accepted  # guesses both drawn and not
+    bins = [pair for pair, p in joint.items() if p * n >= 5]
+    observed = [counts.get(pair, 0) for pair in bins] + [n - sum(counts.get(pair, 0) for pair in bins)]
+    expected = [joint[pair] * n for pair in bins] + [n * (1 - sum(joint[pair] for pair in bins))]
+    chi2 = sum((o - e) ** 2 / e for o, e in zip(observed, expected) if e > 0)
+    df = len(bins)
+    z = 3.09  # p = 0.001; Wilson-Hilferty's chi-square quantile
+    assert len(bins) >= 5 and chi2 < df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3

@@ -157,3 +157,14 @@ def test_command_line_converts_and_drafts(pair, tmp_path):
         assert run.returncode == 0, run.stderr
         texts.append(run.stdout)
     assert texts[0] == texts[1] and texts[0].strip()
+
+
+def test_chat_and_sessions_draft_with_it_by_default(pair):
+    _, _, model, _ = pair
+    messages = [{"role": "user", "content": "hello there"}]
+    plain = model.chat(messages, max_new_tokens=16, temperature=0, draft="none").result()
+    assert model.chat(messages, max_new_tokens=16, temperature=0).result() == plain  # draft="auto": the drafter
+    a, b = model.chat_session(temperature=0, draft="none"), model.chat_session(temperature=0)
+    assert isinstance(b.drafter, Mtp)
+    for turn in ("hello there", "and again"):
+        assert b.send(turn, max_new_tokens=10) == a.send(turn, max_new_tokens=10)
