@@ -16,7 +16,7 @@ import numpy as np
 
 from audio.encoder import AudioConfig, AudioEncoder, build, quantize_int8
 from audio.features import log_mel
-from audio.wav import AudioError, load_audio
+from audio.files import AudioError, load_audio
 from edgert.errors import EdgeRTError, no_audio_tower
 
 MAX_SOFT_TOKENS = 750  # Gemma 4 hears at most 30 s per clip: one soft token per 40 ms

@@ -12,7 +12,7 @@ import pytest
 
 from audio.features import log_mel
 from audio.resample import resample
-from audio.wav import RATE, AudioError, load_audio, read_wav
+from audio.files import RATE, AudioError, load_audio, read_wav
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 import edgert
 from audio.features import log_mel
-from audio.wav import load_audio
+from audio.files import load_audio
 from edgert.files.convert import convert
 from edgert.errors import EdgeRTError
 from edgert.gemma4 import SoftTokens
@@ -214,7 +214,7 @@ FAKE_SOUNDDEVICE = '''
 """A stand-in for sounddevice: its input stream plays a WAV file, 100 ms a block, then Ctrl-C."""
 import os, signal, threading, time
 import numpy as np
-from audio.wav import load_audio
+from audio.files import load_audio
 
 class PortAudioError(Exception):
     pass

@@ -236,7 +236,7 @@ def main(args) -> int:
     args.functions = load_tools(args.tools) if args.tools else []
     session = model.chat_session(system=args.system, tools=args.functions, **sampling(args))
     if args.wav:
-        from audio.wav import load_audio
+        from audio.files import load_audio
 
         samples = load_audio(args.wav).samples
         # the file as a microphone would deliver it: 100 ms at a time, then a second of silence

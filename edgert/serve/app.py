@@ -344,7 +344,7 @@ def create_app(model, name: str = "edgert", api_key: str | None = None, limits: 
 
 
 def _wav_file(data, encoded: bool = True) -> str:
-    """Audio bytes (base64 text when `encoded`) in a temporary WAV file, which audio.wav reads."""
+    """Audio bytes (base64 text when `encoded`) in a temporary WAV file, which audio.files reads."""
     if encoded:
         if not isinstance(data, str):
             raise HTTPError(400, "an input_audio part needs its base64 WAV bytes in input_audio.data")
