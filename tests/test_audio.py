@@ -1,5 +1,6 @@
-"""Audio in: WAV reading in every common format, resampling, and log-mel features against
-transformers' Gemma4AudioFeatureExtractor on real speech (espeak-ng makes it)."""
+"""Audio in: files in every common format (WAV of every depth, FLAC, OGG Vorbis and Opus,
+MP3), resampling, and log-mel features against transformers' Gemma4AudioFeatureExtractor on
+real speech (espeak-ng makes it)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ import numpy as np
 import pytest
 
 from audio.features import log_mel
-from audio.resample import resample
-from audio.files import RATE, AudioError, load_audio, read_wav
+from audio.files import RATE, AudioError, load_audio, read_audio
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_features_equal_transformers_on_speech(speech):
     from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
 
     clip = load_audio(speech)
-    assert clip.source_rate == 22050 and abs(clip.seconds - len(read_wav(speech)[0]) / 22050) < 1e-3
+    assert clip.source_rate == 22050 and abs(clip.seconds - len(read_audio(speech)[0]) / 22050) < 1e-3
     expected = Gemma4AudioFeatureExtractor()([clip.samples], return_tensors="np")
     features, mask = log_mel(clip.samples)
     np.testing.assert_array_equal(mask, expected["input_features_mask"][0])
@@ -56,6 +56,11 @@ def _tone(freq: float, rate: int, seconds: float = 1.0, amplitude: float = 0.5) 
     return amplitude * np.sin(2 * np.pi * freq * np.arange(int(rate * seconds)) / rate)
 
 
+def resample(x, src: int, dst: int) -> np.ndarray:
+    assert dst == RATE
+    return load_audio(np.asarray(x, dtype=np.float32), rate=src).samples
+
+
 @pytest.mark.parametrize("src", [8000, 22050, 44100, 48000])
 def test_resampling_keeps_a_tone_and_its_level(src):
     y = resample(_tone(1000.0, src), src, RATE)
@@ -67,9 +72,15 @@ def test_resampling_keeps_a_tone_and_its_level(src):
 
 
 def test_resampling_removes_what_16_khz_cannot_hold():
-    y = resample(_tone(12000.0, 44100), 44100, RATE)  # would alias to 4 kHz
-    assert 20 * np.log10(y[2000:-2000].std() / (0.5 / np.sqrt(2))) < -60
-    np.testing.assert_allclose(resample(np.ones(44100), 44100, RATE)[100:-100], 1.0, atol=1e-6)
+    for f in (8600.0, 12000.0, 20000.0):  # would alias to 7.4, 4 and 3.9 kHz
+        y = resample(_tone(f, 44100), 44100, RATE)
+        assert 20 * np.log10(y[2000:-2000].std() / (0.5 / np.sqrt(2))) < -100
+    np.testing.assert_allclose(resample(np.full(44100, 0.5), 44100, RATE)[100:-100], 0.5, atol=1e-5)
+
+
+def test_the_passband_is_flat_to_7_khz():
+    y = resample(_tone(7000.0, 44100), 44100, RATE)
+    assert abs(np.sqrt(2) * y[2000:-2000].std() - 0.5) < 0.5 * 0.01
 
 
 @pytest.mark.parametrize("options", [["-b", "8"], ["-b", "24"], ["-b", "32"], ["-e", "floating-point", "-b", "32"],
@@ -81,6 +92,29 @@ def test_every_common_wav_format_reads_the_same(speech, tmp_path, options):
     n = min(len(reference), len(other.samples))
     error = np.abs(other.samples[:n] - reference[:n]).max()
     assert error < (0.02 if "8" in options else 0.002), error
+
+
+@pytest.mark.parametrize("fmt, subtype, tolerance", [("FLAC", "PCM_16", 0.0), ("OGG", "VORBIS", None),
+                                                      ("OGG", "OPUS", None), ("MP3", "MPEG_LAYER_III", None)])
+def test_flac_ogg_opus_and_mp3_read_as_the_wav_does(speech, tmp_path, fmt, subtype, tolerance):
+    """FLAC is lossless: the same samples. The lossy codecs keep the speech: the same length,
+    and a waveform that correlates with the original's."""
+    import soundfile
+
+    x, rate = soundfile.read(speech, dtype="float32")
+    if subtype == "OPUS":  # Opus runs at 48 kHz
+        x, rate = resample(x, rate, RATE), RATE
+    path = tmp_path / f"speech.{subtype.lower()}"
+    soundfile.write(path, x, rate, format=fmt, subtype=subtype)
+    reference, other = load_audio(speech).samples, load_audio(path)
+    if tolerance is not None:
+        np.testing.assert_array_equal(other.samples, reference)
+        return
+    assert abs(other.seconds - len(x) / rate) < 0.1
+    a, b = reference, other.samples
+    best = max(np.corrcoef(a[:len(a) - 2000], b[d:d + len(a) - 2000])[0, 1] for d in range(0, 1200, 8)
+               if d + len(a) - 2000 <= len(b))
+    assert best > 0.8, best
 
 
 def test_8_khz_audio_is_upsampled(speech, tmp_path):
@@ -115,10 +149,10 @@ def test_clipped_audio_warns_and_loud_float_audio_is_scaled(tmp_path):
 @pytest.mark.parametrize("make, message", [
     (lambda p: p.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x80\x3e\x00\x00"
                              b"\x00\x7d\x00\x00\x02\x00\x10\x00data\x00\x00\x00\x00"), "no samples"),
-    (lambda p: p.write_bytes(b"ID3 this is an mp3"), "not a WAV file"),
+    (lambda p: p.write_bytes(b"this is a text file, not sound"), "not an audio file edgert reads"),
     (lambda p: p.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x02\x00\x01\x00\x80\x3e\x00\x00"
-                             b"\x00\x7d\x00\x00\x02\x00\x04\x00data\x02\x00\x00\x00\x00\x00"), "does not read"),
-    (lambda p: None, "cannot read"),
+                             b"\x00\x7d\x00\x00\x02\x00\x04\x00data\x02\x00\x00\x00\x00\x00"), "not an audio file"),
+    (lambda p: None, "no such file"),
 ])
 def test_bad_files_get_clear_errors(tmp_path, make, message):
     path = tmp_path / "bad.wav"

@@ -155,7 +155,23 @@ def test_voice_without_a_microphone_suggests_wav(checkpoint, tmp_path):
 
 def test_voice_on_a_model_without_audio_says_so(checkpoints, speech):
     done = _cli("voice", str(checkpoints.gguf("e2b", "q8_0")), "--wav", str(speech))
-    assert done.returncode == 2 and "no audio encoder" in done.stderr
+    assert done.returncode == 2 and "no audio encoder" in done.stderr and "mmproj" in done.stderr
+
+
+def test_voice_says_what_is_wrong_before_loading_a_model(checkpoints, tmp_path):
+    """A missing or unreadable recording is reported before any model loads; without a model,
+    voice says which files can hear rather than loading the text-only default."""
+    model = str(checkpoints.gguf("e2b", "q8_0"))
+    missing = _cli("voice", model, "--wav", "/nonexistent.wav")
+    assert missing.returncode == 2 and "/nonexistent.wav" in missing.stderr and "no such file" in missing.stderr
+    assert "loading" not in missing.stderr and "Traceback" not in missing.stderr
+    text = tmp_path / "notes.wav"
+    text.write_text("not sound at all")
+    bad = _cli("voice", model, "--wav", str(text))
+    assert bad.returncode == 2 and "not an audio file" in bad.stderr and "loading" not in bad.stderr
+    none = _cli("voice", "--wav", str(text))
+    assert none.returncode == 2 and "audio tower" in none.stderr and "mmproj" in none.stderr
+    assert "loading" not in none.stderr
 
 
 def test_session_keeps_audio_turns(checkpoint, speech, tmp_path):

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from edgert.errors import EdgeRTError
+from edgert.errors import EdgeRTError, no_audio_tower
 from tools.common import add_model_argument, add_sampling_arguments, load_model, sampling
 
 RATE = 16_000
@@ -228,17 +228,26 @@ def _listen(session, args) -> int:
     return 0
 
 
+HEARS = ("edgert voice needs a model that can hear: a Gemma 4 file with its audio tower (`edgert convert` of an "
+         "E2B or E4B checkpoint), or a Gemma 4 GGUF with llama.cpp's mmproj*.gguf beside it (or --mmproj FILE); "
+         "the default model reads text only")
+
+
 def main(args) -> int:
-    model = load_model(args, audio_int8=args.audio_int8)
-    if model.file.audio is None:
-        raise EdgeRTError(f"{model.file.path} has no audio encoder; convert a Gemma 4 checkpoint that has one "
-                          "(E2B and E4B do)")
-    args.functions = load_tools(args.tools) if args.tools else []
-    session = model.chat_session(system=args.system, tools=args.functions, **sampling(args))
-    if args.wav:
+    if args.model is None:
+        raise EdgeRTError(HEARS)
+    clip = None
+    if args.wav:  # a file that cannot be used is said before any model loads
         from audio.files import load_audio
 
-        samples = load_audio(args.wav).samples
+        clip = load_audio(args.wav)
+    args.functions = load_tools(args.tools) if args.tools else []
+    model = load_model(args, audio_int8=args.audio_int8)
+    if model.file.audio is None:
+        raise no_audio_tower(model.file.path)
+    session = model.chat_session(system=args.system, tools=args.functions, **sampling(args))
+    if clip is not None:
+        samples = clip.samples
         # the file as a microphone would deliver it: 100 ms at a time, then a second of silence
         samples = np.concatenate([samples, np.zeros(RATE, dtype=np.float32)])
         blocks = (samples[i:i + RATE // 10] for i in range(0, len(samples), RATE // 10))
