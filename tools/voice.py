@@ -43,6 +43,9 @@ def add_parser(sub) -> None:
                         "call; each call runs, and the model answers from its result")
     p.add_argument("--tool-choice", default="auto", choices=("auto", "required", "none"),
                    help="whether the model may (auto), must (required) or must not (none) call a tool first")
+    p.add_argument("--vad", default="auto", choices=("auto", "silero", "energy"),
+                   help="voice-activity detector: silero (Silero VAD, which noise and music do not fool), energy "
+                        "(a level threshold), or auto (Silero where it loads)")
     p.add_argument("--push-to-talk", action="store_true",
                    help="Enter starts and ends an utterance (microphone), instead of voice-activity detection")
     add_sampling_arguments(p)
@@ -141,7 +144,7 @@ def converse(session, blocks, args, events=None) -> int:
         for batch in events(blocks):
             handle(batch)
         return answered
-    segmenter = Segmenter()
+    segmenter = Segmenter(args.vad)
     for block in blocks:
         handle(segmenter.push(block))
     handle(segmenter.flush())
