@@ -128,7 +128,10 @@ def relative_keys(w: dict, p: str, c: AudioConfig) -> np.ndarray:
     return keys.reshape(c.window, c.heads, c.hidden // c.heads).astype(np.float32)
 
 
-def _attention(g: _Graph, x: str, w: dict, p: str, c: AudioConfig, key_index: str, key_valid: str) -> str:
+def _attention(g: _Graph, x: str, w: dict, p: str, c: AudioConfig, key_index: str, key_valid: str,
+               state: tuple[str, str]) -> tuple[str, str, str]:
+    """Local attention of the frames x over themselves and the window - 1 frames before them,
+    whose keys and values `state` holds; returns the output and the state after x."""
     d = c.hidden // c.heads
     shape = g.const([-1, c.heads, d], np.int64)
     per_dim = np.log1p(np.exp(w[f"{p}.per_dim_scale"].astype(np.float64)))  # softplus
@@ -137,28 +140,38 @@ def _attention(g: _Graph, x: str, w: dict, p: str, c: AudioConfig, key_index: st
     k_scale = g.const(math.log(1 + math.e) / math.log(2))
     k = g.op("Mul", g.op("Reshape", _linear(g, x, w, f"{p}.k_proj"), shape), k_scale)
     v = g.op("Reshape", _linear(g, x, w, f"{p}.v_proj"), shape)
-    front = g.const([c.window - 1, 0, 0, 0, 0, 0], np.int64)  # zero frames before the first
-    k_ctx = g.op("Gather", g.op("Pad", k, front), key_index, axis=0)  # (T, window, heads, d)
-    v_ctx = g.op("Gather", g.op("Pad", v, front), key_index, axis=0)
+    k_all = g.op("Concat", state[0], k, axis=0)  # (window - 1 + T, heads, d): the state, then x's
+    v_all = g.op("Concat", state[1], v, axis=0)
+    k_ctx = g.op("Gather", k_all, key_index, axis=0)  # (T, window, heads, d)
+    v_ctx = g.op("Gather", v_all, key_index, axis=0)
     logits = g.op("Add", g.op("Einsum", q, k_ctx, equation="thd,tjhd->thj"),
                   g.op("Einsum", q, g.const(relative_keys(w, p, c)), equation="thd,jhd->thj"))
     cap = g.const(c.logit_cap)
     logits = g.op("Mul", g.op("Tanh", g.op("Div", logits, cap)), cap)
     logits = g.op("Where", key_valid, logits, g.const(c.invalid_logit))  # key_valid: (T, 1, window)
     out = g.op("Einsum", g.op("Softmax", logits, axis=-1), v_ctx, equation="thj,tjhd->thd")
-    return _linear(g, g.op("Reshape", out, g.const([-1, c.hidden], np.int64)), w, f"{p}.post")
+    out = _linear(g, g.op("Reshape", out, g.const([-1, c.hidden], np.int64)), w, f"{p}.post")
+    return out, _last(g, k_all, c.window - 1), _last(g, v_all, c.window - 1)
 
 
-def _light_conv(g: _Graph, x: str, w: dict, p: str, c: AudioConfig) -> str:
+def _last(g: _Graph, x: str, n: int) -> str:
+    """The last n frames of x (axis 0)."""
+    return g.op("Slice", x, g.const([-n], np.int64), g.const([np.iinfo(np.int64).max], np.int64),
+                g.const([0], np.int64))
+
+
+def _light_conv(g: _Graph, x: str, w: dict, p: str, c: AudioConfig, state: str) -> tuple[str, str]:
+    """The causal light convolution over x after the kernel - 1 frames of its input that `state`
+    holds (zeros before a clip); returns the output and the state after x."""
     h = _linear(g, _rms_norm(g, x, w[f"{p}.pre_layer_norm.weight"], c.eps), w, f"{p}.linear_start")
     a, b = g.op("Split", h, g.const([c.hidden, c.hidden], np.int64), axis=-1, outputs=2)
-    h = g.op("Mul", a, g.op("Sigmoid", b))  # GLU
-    h = g.op("Unsqueeze", g.op("Transpose", h, perm=[1, 0]), g.const([0], np.int64))  # (1, hidden, T)
-    h = g.op("Pad", h, g.const([0, 0, c.kernel - 1, 0, 0, 0], np.int64))  # causal: all padding in front
+    h = g.op("Concat", state, g.op("Mul", a, g.op("Sigmoid", b)), axis=0)  # GLU, after the state
+    new_state = _last(g, h, c.kernel - 1)
+    h = g.op("Unsqueeze", g.op("Transpose", h, perm=[1, 0]), g.const([0], np.int64))  # (1, hidden, kernel - 1 + T)
     h = g.op("Conv", h, g.const(w[f"{p}.depthwise_conv1d.weight"]), group=c.hidden)
     h = g.op("Transpose", g.op("Squeeze", h, g.const([0], np.int64)), perm=[1, 0])
     h = _rms_norm(g, _clamp(g, h, c), w[f"{p}.conv_norm.weight"], c.eps)
-    return g.op("Add", _linear(g, _silu(g, h), w, f"{p}.linear_end"), x)
+    return g.op("Add", _linear(g, _silu(g, h), w, f"{p}.linear_end"), x), new_state
 
 
 def _subsample(g: _Graph, features: str, mask0: str, mask1: str, w: dict, c: AudioConfig) -> str:
@@ -177,59 +190,96 @@ def _subsample(g: _Graph, features: str, mask0: str, mask1: str, w: dict, c: Aud
     return _linear(g, x, w, "subsample_conv_projection.input_proj_linear")
 
 
+GRAPH_VERSION = 2  # the graph's inputs and outputs; a cached graph of another version is rebuilt
+
+
+def state_names(c: AudioConfig) -> list[str]:
+    """The graph's state inputs, layer by layer: attention keys and values, convolution inputs
+    (its outputs are the same names with "_out")."""
+    return [f"{kind}{i}" for i in range(c.layers) for kind in ("k", "v", "c")]
+
+
 def build(weights: dict[str, np.ndarray], c: AudioConfig, embed: dict[str, np.ndarray] | None = None):
     """The ONNX model. weights: Gemma4AudioModel's state dict (numpy, float32); embed: the
     embed_audio projection's (embedding_projection.weight), or None to output soft tokens.
-    Inputs: features (F, 128), mask0 (F, 1), mask1 (1, 1, ceil(F/2), 1) float, key_index
-    (T, window) int64, key_valid (T, 1, window) bool. Output: (T, out_dims or text hidden)."""
+
+    Inputs: features (F, 128), mask0 (F, 1), mask1 (1, 1, ceil(F/2), 1) float; skip (1,)
+    int64: 1 when the features begin with 4 frames of context before the first frame wanted
+    (its subsampled frame, which the convolutions' zero padding spoils, is dropped), 0 at the
+    start of a clip; key_index (T, window) int64, key_valid (T, 1, window) bool; and each
+    layer's state (state_names): k_i, v_i (window - 1, heads, head_dim), the keys and values
+    of the frames before; c_i (kernel - 1, hidden), the convolution's inputs before (zeros at
+    the start of a clip). Outputs: output (T, out_dims or text hidden), and the state after
+    the T frames (k_i_out, ...)."""
     import onnx
     from onnx import TensorProto, helper
 
     w = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
     g = _Graph()
     x = _subsample(g, "features", "mask0", "mask1", w, c)
+    x = g.op("Slice", x, "skip", g.const([np.iinfo(np.int64).max], np.int64), g.const([0], np.int64))
+    states = []
     for i in range(c.layers):
         p = f"layers.{i}"
         x = _feed_forward(g, x, w, f"{p}.feed_forward1", c)
         h = _rms_norm(g, _clamp(g, x, c), w[f"{p}.norm_pre_attn.weight"], c.eps)
-        h = _attention(g, h, w, f"{p}.self_attn", c, "key_index", "key_valid")
+        h, k, v = _attention(g, h, w, f"{p}.self_attn", c, "key_index", "key_valid", (f"k{i}", f"v{i}"))
         x = g.op("Add", _rms_norm(g, _clamp(g, h, c), w[f"{p}.norm_post_attn.weight"], c.eps), x)
-        x = _light_conv(g, x, w, f"{p}.lconv1d", c)
+        x, conv = _light_conv(g, x, w, f"{p}.lconv1d", c, f"c{i}")
         x = _feed_forward(g, x, w, f"{p}.feed_forward2", c)
         x = _rms_norm(g, _clamp(g, x, c), w[f"{p}.norm_out.weight"], c.eps)
+        states += [k, v, conv]
     x = _linear(g, x, w, "output_proj")
     if embed is not None:  # Gemma4MultimodalEmbedder: a norm without weight, then the projection
         x = g.op("MatMul", _rms_norm(g, x, None, c.eps), g.const(np.ascontiguousarray(
             np.asarray(embed["embedding_projection.weight"], dtype=np.float32).T)))
     g.nodes.append(helper.make_node("Identity", [x], ["output"]))
+    for name, value in zip(state_names(c), states):
+        g.nodes.append(helper.make_node("Identity", [value], [f"{name}_out"]))
     f32 = TensorProto.FLOAT
+    d = c.hidden // c.heads
+    shapes = {"k": [c.window - 1, c.heads, d], "v": [c.window - 1, c.heads, d], "c": [c.kernel - 1, c.hidden]}
+    state_info = [(name, shapes[name[0]]) for name in state_names(c)]
     inputs = [helper.make_tensor_value_info("features", f32, ["F", 128]),
               helper.make_tensor_value_info("mask0", f32, ["F", 1]),
               helper.make_tensor_value_info("mask1", f32, [1, 1, "F2", 1]),
+              helper.make_tensor_value_info("skip", TensorProto.INT64, [1]),
               helper.make_tensor_value_info("key_index", TensorProto.INT64, ["T", c.window]),
               helper.make_tensor_value_info("key_valid", TensorProto.BOOL, ["T", 1, c.window])]
-    out = helper.make_tensor_value_info("output", f32, ["T", c.text_hidden if embed is not None else c.out_dims])
-    graph = helper.make_graph(g.nodes, "gemma4_audio_encoder", inputs, [out], g.inits)
+    inputs += [helper.make_tensor_value_info(name, f32, shape) for name, shape in state_info]
+    outputs = [helper.make_tensor_value_info("output", f32, ["T", c.text_hidden if embed is not None else c.out_dims])]
+    outputs += [helper.make_tensor_value_info(f"{name}_out", f32, shape) for name, shape in state_info]
+    graph = helper.make_graph(g.nodes, "gemma4_audio_encoder", inputs, outputs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgert")
     model.ir_version = 9
     onnx.checker.check_model(model)
     return model
 
 
-def encoder_inputs(features: np.ndarray, mask: np.ndarray, window: int) -> tuple[dict, np.ndarray]:
-    """The graph's inputs for features (F, 128) with frame mask (F,), and the mask of its T
-    output frames (transformers keeps every second frame's flag, twice)."""
+def zero_state(c: AudioConfig) -> dict[str, np.ndarray]:
+    """The state before a clip: no frames before it (the convolutions' zero padding)."""
+    d = c.hidden // c.heads
+    shapes = {"k": (c.window - 1, c.heads, d), "v": (c.window - 1, c.heads, d), "c": (c.kernel - 1, c.hidden)}
+    return {name: np.zeros(shapes[name[0]], dtype=np.float32) for name in state_names(c)}
+
+
+def encoder_inputs(features: np.ndarray, mask: np.ndarray, window: int, first: int = 0,
+                   skip: int = 0) -> tuple[dict, np.ndarray]:
+    """The graph's inputs (but the state) for features (F, 128) with frame mask (F,), and the
+    mask of its T output frames (transformers keeps every second frame's flag, twice). first:
+    the clip's index of the first output frame (the state holds real frames before it); skip:
+    1 when the features begin with 4 frames of context (their output frame is dropped)."""
     f = len(features)
     mask0 = mask.astype(np.float32)
     mask1 = mask[::2].astype(np.float32)
-    out_mask = mask[::2][::2]
+    out_mask = mask[::2][::2][skip:]
     t = len(out_mask)
     j = np.arange(window)
-    key = np.arange(t)[:, None] - (window - 1) + j[None, :]  # key frame of each context slot
-    valid = (key >= 0) & out_mask[np.clip(key, 0, t - 1)]
+    key = np.arange(t)[:, None] - (window - 1) + j[None, :]  # key frame of each context slot, in this run
+    valid = (key + first >= 0) & ((key < 0) | out_mask[np.clip(key, 0, max(t - 1, 0))])
     inputs = {"features": np.ascontiguousarray(features, dtype=np.float32), "mask0": mask0.reshape(f, 1),
-              "mask1": mask1.reshape(1, 1, -1, 1), "key_index": (key + window - 1).astype(np.int64),
-              "key_valid": valid[:, None, :]}
+              "mask1": mask1.reshape(1, 1, -1, 1), "skip": np.array([skip], dtype=np.int64),
+              "key_index": (key + window - 1).astype(np.int64), "key_valid": valid[:, None, :]}
     return inputs, out_mask
 
 
@@ -262,5 +312,14 @@ class AudioEncoder:
     def __call__(self, features: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """features (F, 128) -> (T, dims) float32 for the T = ceil(ceil(F/2)/2) frames, and their mask."""
         mask = np.ones(len(features), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-        inputs, out_mask = encoder_inputs(features, mask, self.config.window)
-        return self.session.run(["output"], inputs)[0], out_mask
+        out, out_mask, _ = self.run(features, mask, zero_state(self.config))
+        return out, out_mask
+
+    def run(self, features: np.ndarray, mask: np.ndarray, state: dict[str, np.ndarray], first: int = 0,
+            skip: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """One run after `state` (a stream's frames before, as encoder_inputs takes first and
+        skip): the output frames, their mask, and the state after them."""
+        inputs, out_mask = encoder_inputs(features, mask, self.config.window, first, skip)
+        names = state_names(self.config)
+        out = self.session.run(["output"] + [f"{n}_out" for n in names], {**inputs, **state})
+        return out[0], out_mask, dict(zip(names, out[1:]))

@@ -41,8 +41,10 @@ _FILTERS = mel_filters()
 _WINDOW = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(FRAME) / FRAME)).astype(np.float32)  # periodic Hann
 
 
-def log_mel(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(n,) 16 kHz float samples -> features (frames, 128) float32 and mask (frames,) bool."""
+def log_mel(samples: np.ndarray, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) 16 kHz float samples -> features (frames, 128) float32 and mask (frames,) bool.
+    start: compute only the frames from `start` on (the same values; a stream computes each
+    frame once)."""
     x = np.asarray(samples, dtype=np.float64)
     n = len(x)
     padded_len = -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
@@ -51,11 +53,18 @@ def log_mel(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     wave = np.zeros(padded_len + FRAME // 2)
     wave[FRAME // 2:FRAME // 2 + n] = x
     n_frames = (len(wave) - (FRAME + 1)) // HOP + 1
-    if n_frames <= 0:
+    if n_frames <= start:
         return np.zeros((0, MELS), dtype=np.float32), np.zeros(0, dtype=bool)
-    starts = np.arange(n_frames) * HOP
+    starts = np.arange(start, n_frames) * HOP
     frames = wave[starts[:, None] + np.arange(FRAME)[None, :]] * _WINDOW  # (frames, 320)
     spectrum = np.abs(np.fft.rfft(frames, n=FFT, axis=-1))  # (frames, 257)
     features = np.log(spectrum @ _FILTERS + MEL_FLOOR).astype(np.float32)
     mask = real[starts + FRAME]  # the last sample of each frame's 321-sample window
     return features * mask[:, None], mask
+
+
+def final_frames(n_samples: int) -> int:
+    """How many leading frames of a stream of n_samples so far are final: frame i's window
+    [160 i - 160, 160 i + 160] has arrived, and the whole clip's padding to 128 samples cannot
+    reach it."""
+    return max(0, (n_samples - HOP - PAD_MULTIPLE) // HOP + 1)

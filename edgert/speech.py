@@ -10,12 +10,13 @@ written, the graph lives in memory only.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 
-from audio.encoder import AudioConfig, AudioEncoder, build, quantize_int8
-from audio.features import log_mel
+from audio.encoder import GRAPH_VERSION, AudioConfig, AudioEncoder, build, quantize_int8, zero_state
+from audio.features import final_frames, log_mel
 from audio.files import AudioError, load_audio
 from edgert.errors import EdgeRTError, no_audio_tower
 
@@ -28,8 +29,10 @@ def _too_long(seconds: float) -> EdgeRTError:
 
 
 def _stamp(path: Path) -> str:
+    """The model file's size and time, and the graph's version: either changed, the cached
+    graph is rebuilt."""
     st = path.stat()
-    return f"{st.st_size}-{st.st_mtime_ns}"
+    return f"{st.st_size}-{st.st_mtime_ns}-v{GRAPH_VERSION}"
 
 
 def open_encoder(model_file, threads: int | None = None, int8: bool = False) -> AudioEncoder:
@@ -89,50 +92,56 @@ def soft_tokens(encoder: AudioEncoder, audio, rate: int | None = None) -> np.nda
 
 
 class StreamingEncoder:
-    """Soft tokens while the audio arrives, equal to those of the whole clip.
+    """Soft tokens while the audio arrives, equal to those of the whole clip, each computed once.
 
-    Every layer of the encoder looks back only (attention: 11 frames, convolution: 4), and the
-    subsampling convolutions look one frame ahead at each of their two stages, so soft token t
-    is final once feature frame 4t + 3 exists, and it depends on nothing older than
-    CONTEXT soft tokens back. A push that makes `every` more tokens final re-runs the encoder
-    over that much context before them and keeps what is final; `finish` encodes the tail
-    exactly as the whole clip would (its padding and mask included). Exact, but each run pays
-    for the context again: a stateful encoder (each layer's last keys, values and convolution
-    inputs kept between runs) would pay for the new frames only."""
+    The encoder keeps its state between runs (audio.encoder.build: each conformer layer's last
+    11 attention keys and values and 4 convolution inputs), and the log-mel frames are computed
+    once each, as they become final. Soft token t is final once feature frame 4t + 3 exists
+    (the subsampling convolutions look one frame ahead at each of their two stages); a push
+    that makes `every` more tokens final encodes just those, after 4 frames of context for the
+    subsampling. `finish` encodes the tail as the whole clip would (its padding and mask)."""
 
-    CONTEXT = 12 * (11 + 4)  # soft tokens of left context: 12 layers of attention and convolution
-
-    def __init__(self, encoder: AudioEncoder, every: int = 25):
+    def __init__(self, encoder: AudioEncoder, every: int = 12):
         self.encoder = encoder
-        self.every = every  # encode once this many soft tokens (40 ms each) are final: re-encoding
-        # the context costs as much as CONTEXT tokens, so each run should bring enough new ones
+        self.every = every  # soft tokens (40 ms each) per run: 12, the conformer's own chunk (480 ms)
         self.samples = np.zeros(0, dtype=np.float32)
+        self.features = np.zeros((0, 128), dtype=np.float32)  # the final frames so far
+        self.state = zero_state(encoder.config)
         self.done = 0  # soft tokens handed out so far
+        self.encode_s = 0.0  # seconds spent in the encoder and the features
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Append 16 kHz samples; the soft tokens that became final, (k, H)."""
+        t0 = time.perf_counter()
         self.samples = np.concatenate([self.samples, np.asarray(samples, dtype=np.float32)])
-        # feature frame i is final when its window [160 i - 160, 160 i + 160] has arrived, and the
-        # whole-clip padding to 128 samples does not reach it
-        n_final = max(0, (len(self.samples) - 160 - 128) // 160 + 1)
+        n_final = final_frames(len(self.samples))
+        if n_final > len(self.features):
+            new, _ = log_mel(self.samples, start=len(self.features))
+            self.features = np.concatenate([self.features, new[:n_final - len(self.features)]])
         final_tokens = max(0, (n_final - 4) // 4 + 1)  # token t needs feature frames up to 4t + 3
-        if final_tokens < self.done + self.every:
-            return np.zeros((0, self.encoder.config.text_hidden), dtype=np.float32)
-        start = max(0, self.done - self.CONTEXT)  # in soft tokens; its features start at 4 * start
-        features, _ = log_mel(self.samples)
-        window = features[4 * start:4 * final_tokens + 4]
-        out, _ = self.encoder(window, np.ones(len(window), dtype=bool))
-        rows = out[self.done - start:final_tokens - start]
-        self.done = final_tokens
+        rows = np.zeros((0, self.encoder.config.text_hidden), dtype=np.float32)
+        if final_tokens >= self.done + self.every:
+            start = max(0, 4 * self.done - 4)
+            features = self.features[start:4 * final_tokens]
+            rows = self._run(features, np.ones(len(features), dtype=bool))
+        self.encode_s += time.perf_counter() - t0
         return rows
 
-    def finish(self) -> np.ndarray:
-        """The remaining soft tokens, once the audio has ended."""
-        features, mask = log_mel(self.samples)
-        start = max(0, self.done - self.CONTEXT)
-        out, out_mask = self.encoder(features[4 * start:], mask[4 * start:])
-        rows = out[self.done - start:][out_mask[self.done - start:]]
+    def _run(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        out, out_mask, self.state = self.encoder.run(features, mask, self.state, self.done, 1 if self.done else 0)
+        rows = out[out_mask]
         self.done += len(rows)
         if self.done > MAX_SOFT_TOKENS:
             raise EdgeRTError("the utterance lasted over 30 s; Gemma 4 hears at most 30 s per clip")
         return rows
+
+    def finish(self) -> np.ndarray:
+        """The remaining soft tokens, once the audio has ended."""
+        t0 = time.perf_counter()
+        tail, tail_mask = log_mel(self.samples, start=len(self.features))
+        start = max(0, 4 * self.done - 4)
+        features = np.concatenate([self.features[start:], tail])
+        mask = np.concatenate([np.ones(len(self.features) - start, dtype=bool), tail_mask])
+        rows = self._run(features, mask) if len(features) > 4 * self.done - start else features[:0, :0]
+        self.encode_s += time.perf_counter() - t0
+        return rows.reshape(-1, self.encoder.config.text_hidden)

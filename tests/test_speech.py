@@ -209,6 +209,34 @@ def test_streamed_soft_tokens_equal_the_whole_clip(checkpoint, speech, tmp_path)
     np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-5 * np.abs(whole).max())
 
 
+@pytest.mark.parametrize("block, every", [(160, 1), (480, 3), (1600, 12), (3200, 12), (7000, 5), (32000, 12),
+                                          (32000, 50)])
+def test_the_stateful_stream_equals_the_whole_clip_and_encodes_each_frame_once(checkpoint, speech, tmp_path,
+                                                                               block, every):
+    """Pushes of 1 feature frame (10 ms) to 2 s, runs of 1 to 50 soft tokens: the state carried
+    between runs gives the whole clip's soft tokens, and no run encodes a frame again (each
+    takes its new frames and 4 of context; the tail at the end is only the tail)."""
+    from edgert.speech import StreamingEncoder
+
+    _, directory = checkpoint
+    path = tmp_path / "m.gguf"
+    model = edgert.load(path if path.exists() else convert(directory, path, "f32"))
+    samples = np.concatenate([load_audio(speech).samples] * 2)
+    whole = model.hear(samples, rate=16000)
+    stream = StreamingEncoder(model.audio_encoder, every=every)
+    runs = []
+    run = stream.encoder.run
+    stream.encoder.run = lambda f, *a: runs.append(len(f)) or run(f, *a)
+    try:
+        parts = [stream.push(samples[i:i + block]) for i in range(0, len(samples), block)]
+        parts.append(stream.finish())
+    finally:
+        stream.encoder.run = run
+    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-5 * np.abs(whole).max())
+    assert sum(runs) <= 4 * len(whole) + 4 * len(runs) + 8  # every frame once, plus context and padding
+    assert runs[-1] <= 4 * (every + block // 640 + 2) + 8  # the tail
+
+
 def test_streamed_turn_equals_the_whole_turn(checkpoint, speech, tmp_path):
     _, directory = checkpoint
     model = edgert.load(convert(directory, tmp_path / "m.gguf", "f32"))
