@@ -190,13 +190,13 @@ def _subsample(g: _Graph, features: str, mask0: str, mask1: str, w: dict, c: Aud
     return _linear(g, x, w, "subsample_conv_projection.input_proj_linear")
 
 
-GRAPH_VERSION = 2  # the graph's inputs and outputs; a cached graph of another version is rebuilt
+GRAPH_VERSION = 3  # the graph's inputs and outputs; a cached graph of another version is rebuilt
 
 
 def state_names(c: AudioConfig) -> list[str]:
     """The graph's state inputs, layer by layer: attention keys and values, convolution inputs
     (its outputs are the same names with "_out")."""
-    return [f"{kind}{i}" for i in range(c.layers) for kind in ("k", "v", "c")]
+    return [f"state_{kind}{i}" for i in range(c.layers) for kind in ("k", "v", "c")]  # apart from _Graph's names
 
 
 def build(weights: dict[str, np.ndarray], c: AudioConfig, embed: dict[str, np.ndarray] | None = None):
@@ -207,10 +207,10 @@ def build(weights: dict[str, np.ndarray], c: AudioConfig, embed: dict[str, np.nd
     int64: 1 when the features begin with 4 frames of context before the first frame wanted
     (its subsampled frame, which the convolutions' zero padding spoils, is dropped), 0 at the
     start of a clip; key_index (T, window) int64, key_valid (T, 1, window) bool; and each
-    layer's state (state_names): k_i, v_i (window - 1, heads, head_dim), the keys and values
-    of the frames before; c_i (kernel - 1, hidden), the convolution's inputs before (zeros at
-    the start of a clip). Outputs: output (T, out_dims or text hidden), and the state after
-    the T frames (k_i_out, ...)."""
+    layer's state (state_names): state_k_i, state_v_i (window - 1, heads, head_dim), the keys
+    and values of the frames before; state_c_i (kernel - 1, hidden), the convolution's inputs
+    before (zeros at the start of a clip). Outputs: output (T, out_dims or text hidden), and
+    the state after the T frames (state_k_i_out, ...)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -223,9 +223,9 @@ def build(weights: dict[str, np.ndarray], c: AudioConfig, embed: dict[str, np.nd
         p = f"layers.{i}"
         x = _feed_forward(g, x, w, f"{p}.feed_forward1", c)
         h = _rms_norm(g, _clamp(g, x, c), w[f"{p}.norm_pre_attn.weight"], c.eps)
-        h, k, v = _attention(g, h, w, f"{p}.self_attn", c, "key_index", "key_valid", (f"k{i}", f"v{i}"))
+        h, k, v = _attention(g, h, w, f"{p}.self_attn", c, "key_index", "key_valid", (f"state_k{i}", f"state_v{i}"))
         x = g.op("Add", _rms_norm(g, _clamp(g, h, c), w[f"{p}.norm_post_attn.weight"], c.eps), x)
-        x, conv = _light_conv(g, x, w, f"{p}.lconv1d", c, f"c{i}")
+        x, conv = _light_conv(g, x, w, f"{p}.lconv1d", c, f"state_c{i}")
         x = _feed_forward(g, x, w, f"{p}.feed_forward2", c)
         x = _rms_norm(g, _clamp(g, x, c), w[f"{p}.norm_out.weight"], c.eps)
         states += [k, v, conv]
@@ -239,7 +239,7 @@ def build(weights: dict[str, np.ndarray], c: AudioConfig, embed: dict[str, np.nd
     f32 = TensorProto.FLOAT
     d = c.hidden // c.heads
     shapes = {"k": [c.window - 1, c.heads, d], "v": [c.window - 1, c.heads, d], "c": [c.kernel - 1, c.hidden]}
-    state_info = [(name, shapes[name[0]]) for name in state_names(c)]
+    state_info = [(name, shapes[name[len("state_")]]) for name in state_names(c)]
     inputs = [helper.make_tensor_value_info("features", f32, ["F", 128]),
               helper.make_tensor_value_info("mask0", f32, ["F", 1]),
               helper.make_tensor_value_info("mask1", f32, [1, 1, "F2", 1]),
@@ -260,7 +260,7 @@ def zero_state(c: AudioConfig) -> dict[str, np.ndarray]:
     """The state before a clip: no frames before it (the convolutions' zero padding)."""
     d = c.hidden // c.heads
     shapes = {"k": (c.window - 1, c.heads, d), "v": (c.window - 1, c.heads, d), "c": (c.kernel - 1, c.hidden)}
-    return {name: np.zeros(shapes[name[0]], dtype=np.float32) for name in state_names(c)}
+    return {name: np.zeros(shapes[name[len("state_")]], dtype=np.float32) for name in state_names(c)}
 
 
 def encoder_inputs(features: np.ndarray, mask: np.ndarray, window: int, first: int = 0,

@@ -68,3 +68,13 @@ def test_embedding_projection_equals_transformers():
     got, mask = encoder(features)
     assert mask.all() and got.shape == (25, 32)
     np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_the_graph_passes_strict_shape_inference():
+    """onnxruntime's int8 quantizer infers every shape and type first; a graph whose names
+    collide (a state input named like an initializer) fails it."""
+    import onnx
+
+    model, config = small_audio_model()
+    c = AudioConfig.from_hf(config.to_dict(), text_hidden=32)
+    onnx.shape_inference.infer_shapes(build(_weights(model), c), strict_mode=True)

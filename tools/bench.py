@@ -65,6 +65,9 @@ def add_parser(sub) -> None:
     p.add_argument("--vad", action="store_true",
                    help="compare the voice-activity detectors (Silero, energy) on speech mixed with noise and "
                         "music at several SNRs, instead")
+    p.add_argument("--voice", action="store_true",
+                   help="time the voice assistant's turns (speech end to first token and to first audio out) on "
+                        "the --model list (e2b, e4b) with a random audio tower, instead")
     p.add_argument("--mtp", metavar="KIND", default=None, choices=("e2b", "e4b"),
                    help="measure Gemma 4's drafter on the synthetic KIND (e2b or e4b) and a random drafter of "
                         "the published shape: a draft step and verify passes against a decode step, instead")
@@ -644,6 +647,8 @@ def main(args) -> int:
         return _draft(args, threads, llama, log)
     if args.mtp:
         return _mtp(args, threads, log)
+    if args.voice:
+        return _voice(args, threads, log)
     log(f"memory bandwidth at {threads} threads ...")
     bandwidth = memory_bandwidth(threads)
     if args.kernels:
@@ -733,6 +738,22 @@ def _mtp(args, threads: int, log) -> int:
             f"- CPU: {_cpu_name()}; edgert kernels: {cpu.describe()}; {threads} threads", ""]
     body = bench_mtp.section(args.mtp, r, drafter.stat().st_size, f"{target.name} ({args.type})", ASSISTANT_GUESSED)
     _report("\n".join(head + body), args.out, log)
+    return 0
+
+
+def _voice(args, threads: int, log) -> int:
+    from quant import cpu
+    from tools import bench_voice
+
+    models = Path(args.models_dir) if args.models_dir else Path.home() / ".cache" / "edgert" / "bench"
+    results = []
+    for spec in args.model.split(","):
+        log(f"{spec}: voice turns ...")
+        results.append(bench_voice.measure(spec, _model_file(spec.strip(), args.type, models), models, threads,
+                                           log=log))
+    head = [f"- date: {datetime.date.today().isoformat()}", f"- commit: {_commit()}",
+            f"- CPU: {_cpu_name()}; edgert kernels: {cpu.describe()}; {threads} threads", ""]
+    _report("\n".join(head + bench_voice.section(results)), args.out, log)
     return 0
 
 

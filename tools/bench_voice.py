@@ -1,0 +1,175 @@
+"""edgert bench --voice: how soon the voice assistant answers, on the full-size synthetic E2B
+and E4B with a random audio tower of the published shape (Gemma4AudioModel, built by
+transformers with random weights, run as edgert's ONNX graph).
+
+Each utterance (espeak-ng speech cut to 1, 3, 5 and 10 s) arrives as a microphone delivers it,
+100 ms at a time: the streaming encoder (audio.encoder, stateful) encodes it and its soft
+tokens are prefilled while it is spoken, as `edgert voice` does (the work during speech is
+timed, not slept through). Then, from the end of the speech:
+
+- to the first token: the encoder's tail, its prefill, the turn's end, the first draw;
+- to the first audio out: the first clause of the reply (up to a punctuation mark, or 8
+  tokens: random weights write no sentences) decoded, then espeak-ng's first samples of it;
+- decode tok/s over 32 tokens; and the encoder's work per second of speech (real-time factor,
+  f32 and int8).
+
+Speech end here is where the audio stops; the voice-activity detector adds its hangover before
+it calls the utterance over (BENCHMARKS.md, the VAD table). Random soft tokens are scaled by
+0.02 before the prefill (the tower's weights are random)."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RATE = 16_000
+SECONDS = (1, 3, 5, 10)
+TEXT = ("Could you tell me what the weather will be like tomorrow morning in the city, and whether I should take "
+        "an umbrella when I walk to the station, because last week I got completely soaked on the way to work.")
+BLOCK = RATE // 10
+CLAUSE_TOKENS = 8
+
+
+def utterances() -> dict[int, np.ndarray]:
+    from audio.files import load_audio
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "long.wav"
+        subprocess.run(["espeak-ng", "-w", str(path), TEXT], check=True, capture_output=True)
+        speech = load_audio(path).samples
+    assert len(speech) >= RATE * max(SECONDS), "espeak-ng spoke under 10 s"
+    return {s: speech[:RATE * s] for s in SECONDS}
+
+
+def tower_encoders(models_dir: Path, text_hidden: int, threads: int):
+    """(f32, int8) AudioEncoders of a random full-size audio tower, projecting into text_hidden,
+    built once and kept in models_dir."""
+    import onnx
+
+    from audio.encoder import AudioConfig, AudioEncoder, build, quantize_int8
+    from edgert.config import published
+
+    hf = published("e2b")["audio_config"]
+    c = AudioConfig.from_hf(hf, text_hidden)
+    f32_path = models_dir / f"audio-tower-random-{text_hidden}.onnx"
+    int8_path = models_dir / f"audio-tower-random-{text_hidden}-int8.onnx"
+    if not int8_path.exists():
+        import torch
+        from transformers import Gemma4AudioConfig
+        from transformers.models.gemma4.modeling_gemma4 import Gemma4AudioModel
+
+        torch.manual_seed(0)
+        tower = Gemma4AudioModel(Gemma4AudioConfig(**hf)).eval()
+        with torch.no_grad():
+            for p in tower.parameters():
+                p.normal_(0.0, p.shape[-1] ** -0.5 if p.ndim > 1 else 0.1).add_(1.0 if p.ndim == 1 else 0.0)
+        weights = {k: v.detach().float().numpy() for k, v in tower.state_dict().items()}
+        rng = np.random.default_rng(0)
+        embed = {"embedding_projection.weight":
+                 (rng.standard_normal((text_hidden, c.out_dims)) * c.out_dims ** -0.5).astype(np.float32)}
+        onnx.save(build(weights, c, embed=embed), str(f32_path), save_as_external_data=True)
+        quantize_int8(f32_path, int8_path)
+    return AudioEncoder(str(f32_path), c, threads), AudioEncoder(str(int8_path), c, threads)
+
+
+def first_audio(text: str) -> float:
+    """Seconds until espeak-ng has the first samples of `text` (WAV on its stdout)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(["espeak-ng", "--stdout", text or "okay"], stdout=subprocess.PIPE)
+    p.stdout.read(44 + 320)  # the header, then 10 ms of samples
+    seconds = time.perf_counter() - t0
+    p.kill()
+    p.wait()
+    return seconds
+
+
+def turn(model, encoder, utterance: np.ndarray) -> dict:
+    """One spoken turn, streamed; the timings from the end of the speech."""
+    from edgert.gemma4 import SoftTokens
+    from edgert.speech import StreamingEncoder
+
+    tok = model.tokenizer
+    head, tail = tok.encode("<bos><|turn>user\n"), tok.encode("<turn|>\n<|turn>model\n")
+    state, stream = model.new_state(), StreamingEncoder(encoder)
+    model.prefill(state, head, logits="none")
+
+    def prefill_soft(rows):
+        rows = (rows * 0.02).astype(np.float32)
+        model.prefill(state, [tok.pad] * len(rows), logits="none",
+                      soft=SoftTokens(np.ones(len(rows), dtype=bool), rows))
+
+    during = 0.0
+    for i in range(0, len(utterance), BLOCK):
+        t0 = time.perf_counter()
+        rows = stream.push(utterance[i:i + BLOCK])
+        if len(rows):
+            prefill_soft(rows)
+        during += time.perf_counter() - t0
+    encode_during = stream.encode_s
+    t0 = time.perf_counter()  # the speech ends
+    rows = stream.finish()
+    if len(rows):
+        prefill_soft(rows)
+    logits = model.prefill(state, tail)
+    token = int(np.argmax(logits))
+    first_token = time.perf_counter() - t0
+    ids = [token]
+    clause_at = None
+    t_dec = time.perf_counter()
+    for _ in range(32):
+        token = int(np.argmax(model.decode_step(state, token)))
+        ids.append(token)
+        if clause_at is None and (any(c in tok.decode([token]) for c in ".!?,;:") or len(ids) >= CLAUSE_TOKENS):
+            clause_at = time.perf_counter() - t0
+            clause = tok.decode(ids)
+    decode_tps = 32 / (time.perf_counter() - t_dec)
+    audio_out = clause_at + first_audio(clause)
+    seconds = len(utterance) / RATE
+    return dict(first_token=first_token, first_audio=audio_out, clause_tokens=len(tok.encode(clause)),
+                decode_tps=decode_tps, encoder_rtf=encode_during / seconds, work_rtf=during / seconds)
+
+
+def measure(kind: str, model_path: Path, models_dir: Path, threads: int, reps: int = 3, log=print) -> dict:
+    import edgert
+
+    model = edgert.load(model_path, n_ctx=2048, threads=threads)
+    f32, int8 = tower_encoders(models_dir, model.config.n_embd, threads)
+    speech = utterances()
+    turn(model, f32, speech[1])  # warm-up: kernels compiled or loaded from their cache
+    rows = []
+    for seconds, utterance in speech.items():
+        for _ in range(reps):
+            rows.append(dict(seconds=seconds, **turn(model, f32, utterance)))
+        int8_turn = turn(model, int8, utterance)
+        rows[-1]["int8_rtf"] = int8_turn["encoder_rtf"]
+        log(f"  {kind} {seconds} s done")
+    return dict(kind=kind, rows=rows)
+
+
+def _pct(values, q) -> float:
+    return float(np.percentile(values, q))
+
+
+def section(results: list[dict]) -> list[str]:
+    lines = ["| model | utterance | speech end to first token, p50 / p95 | to first audio out, p50 | decode | "
+             "encoder work per s of speech, f32 / int8 | all work during speech, per s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        for seconds in SECONDS:
+            rows = [x for x in r["rows"] if x["seconds"] == seconds]
+            ft = [x["first_token"] for x in rows]
+            int8 = next(x["int8_rtf"] for x in rows if "int8_rtf" in x)
+            lines.append(f"| {r['kind'].upper()} | {seconds} s | {_pct(ft, 50):.2f} / {_pct(ft, 95):.2f} s | "
+                         f"{_pct([x['first_audio'] for x in rows], 50):.2f} s | "
+                         f"{np.median([x['decode_tps'] for x in rows]):.1f} tok/s | "
+                         f"{np.median([x['encoder_rtf'] for x in rows]):.3f} / {int8:.3f} | "
+                         f"{np.median([x['work_rtf'] for x in rows]):.2f} |")
+        ft = [x["first_token"] for x in r["rows"]]
+        fa = [x["first_audio"] for x in r["rows"]]
+        lines.append(f"| {r['kind'].upper()} | all | **{_pct(ft, 50):.2f} / {_pct(ft, 95):.2f} s** | "
+                     f"**{_pct(fa, 50):.2f} s** | | | |")
+    return lines
