@@ -39,7 +39,7 @@ def utterances() -> dict[int, np.ndarray]:
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "long.wav"
-        subprocess.run(["espeak-ng", "-w", str(path), TEXT], check=True, capture_output=True)
+        subprocess.run(["espeak-ng", "-w", str(path), TEXT + " " + TEXT], check=True, capture_output=True)
         speech = load_audio(path).samples
     assert len(speech) >= RATE * max(SECONDS), "espeak-ng spoke under 10 s"
     return {s: speech[:RATE * s] for s in SECONDS}
@@ -87,14 +87,16 @@ def first_audio(text: str) -> float:
     return seconds
 
 
-def turn(model, encoder, utterance: np.ndarray) -> dict:
-    """One spoken turn, streamed; the timings from the end of the speech."""
+def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dict:
+    """One spoken turn, streamed; the timings from the end of the speech. every: the stream's
+    soft tokens per run (default: StreamingEncoder's)."""
     from edgert.gemma4 import SoftTokens
     from edgert.speech import StreamingEncoder
 
     tok = model.tokenizer
     head, tail = tok.encode("<bos><|turn>user\n"), tok.encode("<turn|>\n<|turn>model\n")
-    state, stream = model.new_state(), StreamingEncoder(encoder)
+    state = model.new_state()
+    stream = StreamingEncoder(encoder) if every is None else StreamingEncoder(encoder, every=every)
     model.prefill(state, head, logits="none")
 
     def prefill_soft(rows):
