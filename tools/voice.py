@@ -38,6 +38,9 @@ def add_parser(sub) -> None:
     p.add_argument("--audio-int8", action="store_true", help="run the audio encoder in int8")
     p.add_argument("--no-stream", dest="stream", action="store_false",
                    help="encode an utterance only once it has ended (default: while it is spoken)")
+    p.add_argument("--encode-every", type=int, default=12, metavar="N",
+                   help="soft tokens (40 ms each) per run of the streaming encoder (default 12): more cost less "
+                        "per second of speech and leave more to encode when the speaker stops")
     p.add_argument("--tools", metavar="FILE.py", default=None,
                    help="a Python file whose functions (type hints and docstrings) are tools the model may "
                         "call; each call runs, and the model answers from its result")
@@ -125,7 +128,7 @@ def converse(session, blocks, args, events=None) -> int:
         for kind, samples in events:
             if kind == "speech" and args.stream:
                 t0 = time.perf_counter()
-                turn = turn or session.listen()
+                turn = turn or session.listen(args.encode_every)
                 turn.push(samples)
                 encode_s += time.perf_counter() - t0
             elif kind == "end":

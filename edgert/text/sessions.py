@@ -241,11 +241,12 @@ class ChatSession:
         text += self.model.format.generation_prompt(self.think, after_results=True)
         return self._reply(self.model.tokenizer.encode(text), max_new_tokens, None, tool_choice)
 
-    def listen(self) -> "AudioTurn":
+    def listen(self, every: int = 12) -> "AudioTurn":
         """Start a user turn whose audio arrives while it is spoken: push() samples as they
         come (their soft tokens are encoded and prefilled at once), then finish() for the reply;
-        only the tail is left to compute when the speaker stops."""
-        return AudioTurn(self)
+        only the tail is left to compute when the speaker stops. every: soft tokens (40 ms each)
+        per encoder run; more cost less per second of speech and leave a longer tail."""
+        return AudioTurn(self, every)
 
     def _head(self) -> tuple[list[int], str]:
         """What opens a user turn: ids (the conversation's opening) and text (closing the
@@ -291,12 +292,12 @@ class ChatSession:
 class AudioTurn:
     """A user turn of speech, prefilled while it is spoken (ChatSession.listen)."""
 
-    def __init__(self, session: ChatSession):
+    def __init__(self, session: ChatSession, every: int = 12):
         from edgert.speech import StreamingEncoder
 
         model = session.model
         self.session, self.model = session, model
-        self.stream = StreamingEncoder(model.audio_encoder)  # says so if the file has no audio tower
+        self.stream = StreamingEncoder(model.audio_encoder, every)  # says so if the file has no audio tower
         self.audio_id = model.file.audio.tokens["audio"]
         boa = model.tokenizer.tokens[model.file.audio.tokens["boa"]]
         head, opened = session._head()
