@@ -228,3 +228,66 @@ def test_an_unknown_detector_is_named():
 
     with pytest.raises(ValueError, match="auto, silero, energy"):
         Segmenter("webrtc")
+
+
+def test_a_streamed_reply_is_cut_into_sentences_as_it_comes():
+    from audio.speak import sentences
+
+    pieces, text, spoken = ["Sure", ". The light", " is on", "! Anything", " else?", " Bye"], "", []
+    for piece in pieces:
+        done, text = sentences(text + piece)
+        spoken += done
+    assert spoken == ["Sure.", "The light is on!", "Anything else?"] and text == "Bye"
+    long = "word " * 12 + "and a clause, then more words that go on for a while without an end"
+    done, rest = sentences(long)
+    assert done == [long[:long.index(",") + 1].strip()] and rest.startswith("then")
+
+
+def test_the_speaker_speaks_in_order_and_stops_at_once():
+    """espeak-ng's samples, played by a stand-in output: in order, the first audio timed; a
+    stop cuts the sentence playing and drops the queue (a barge-in)."""
+    import threading
+    import time
+
+    from audio.speak import Speaker
+
+    played, started = [], threading.Event()
+
+    def play(samples, rate, stop):
+        played.append((len(samples), rate))
+        started.set()
+        for _ in range(int(len(samples) / rate / 0.01)):  # "plays" in real time, 10 ms a step
+            if stop.is_set():
+                return
+            time.sleep(0.01)
+
+    speaker = Speaker(play=play)
+    t0 = time.perf_counter()
+    for text in ("One.", "Two.", "Three."):
+        speaker.say(text)
+    speaker.close()
+    assert speaker.spoken == ["One.", "Two.", "Three."] and speaker.error is None
+    assert all(n > 0.2 * rate for n, rate in played) and speaker.first_audio > t0
+
+    played.clear()
+    started.clear()
+    speaker = Speaker(play=play)
+    speaker.say("This sentence is long enough to be cut off in the middle of it.")
+    speaker.say("And this one is never heard.")
+    assert started.wait(10)
+    speaker.stop()
+    speaker.close()
+    assert len(played) == 1 and speaker.spoken == ["This sentence is long enough to be cut off in the middle of it."]
+
+
+def test_a_speaker_without_a_sound_card_says_why_once():
+    from audio.speak import Speaker
+
+    def play(samples, rate, stop):
+        raise OSError("no output device")
+
+    speaker = Speaker(play=play)
+    speaker.say("Hello.")
+    speaker.say("Again.")
+    speaker.close()
+    assert isinstance(speaker.error, OSError) and speaker.spoken == [] and speaker.first_audio is None

@@ -12,8 +12,6 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import queue
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -34,7 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--wav", help="answer this recording instead of listening to the microphone")
     p.add_argument("--prompt", default=None, help="text sent after the audio (default: none)")
     p.add_argument("--system", default=None, help="system prompt")
-    p.add_argument("--say", action="store_true", help="speak the reply with espeak-ng")
+    p.add_argument("--say", action="store_true",
+                   help="speak the reply with espeak-ng, a sentence at a time while it is written")
     p.add_argument("--audio-int8", action="store_true", help="run the audio encoder in int8")
     p.add_argument("--no-stream", dest="stream", action="store_false",
                    help="encode an utterance only once it has ended (default: while it is spoken)")
@@ -90,27 +89,46 @@ def _answer(session, reply, args, speech_end: float, encode_s: float, seconds: f
 
 
 def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float) -> None:
-    """Stream the reply's text, then the --verbose timings and the --say speech."""
-    first, n, text = None, 0, []
+    """Stream the reply's text and, with --say, speak it a sentence at a time as it is written;
+    then the --verbose timings."""
+    from audio.speak import Speaker, sentences
+
+    speaker = None
+    if args.say:
+        if Speaker.available():
+            speaker = Speaker()
+        else:
+            print("(--say needs espeak-ng: apt-get install espeak-ng)", file=sys.stderr)
+    first, n, pending = None, 0, ""
     try:
         for piece in reply:
             if first is None:
                 first = time.perf_counter()
             n += 1
-            text.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()
+            if speaker is not None:
+                done, pending = sentences(pending + piece)
+                for sentence in done:
+                    speaker.say(sentence)
     except KeyboardInterrupt:
         sys.stdout.write(" [stopped]")
+        if speaker is not None:
+            speaker.stop()
     sys.stdout.write("\n")
     done = time.perf_counter()
+    if speaker is not None:
+        speaker.say(pending)
+        speaker.close()
+        if speaker.error is not None:
+            print(f"(could not speak: {speaker.error})", file=sys.stderr)
     if args.verbose:
         decode = (n - 1) / (done - first) if first and n > 1 and done > first else 0.0
-        print(f"speech end to first token {(first or done) - speech_end:.2f} s; encoder {encode_s:.2f} s for "
-              f"{seconds:.1f} s of audio (real-time factor {encode_s / max(seconds, 1e-9):.3f}); "
+        audio = (f"; speech end to first audio out {speaker.first_audio - speech_end:.2f} s"
+                 if speaker is not None and speaker.first_audio else "")
+        print(f"speech end to first token {(first or done) - speech_end:.2f} s{audio}; encoder {encode_s:.2f} s "
+              f"for {seconds:.1f} s of audio (real-time factor {encode_s / max(seconds, 1e-9):.3f}); "
               f"{n} pieces, decode {decode:.1f}/s", file=sys.stderr)
-    if args.say:
-        _say("".join(text))
 
 
 def converse(session, blocks, args, events=None) -> int:
@@ -152,17 +170,6 @@ def converse(session, blocks, args, events=None) -> int:
         handle(segmenter.push(block))
     handle(segmenter.flush())
     return answered
-
-
-def _say(text: str) -> None:
-    if not text.strip():
-        return
-    if shutil.which("espeak-ng") is None:
-        print("(--say needs espeak-ng: apt-get install espeak-ng)", file=sys.stderr)
-        return
-    done = subprocess.run(["espeak-ng", text], capture_output=True, text=True)
-    if done.returncode:
-        print(f"(espeak-ng could not speak: {done.stderr.strip()[:200]})", file=sys.stderr)
 
 
 def _microphone():

@@ -1,0 +1,117 @@
+"""Speech out: a reply spoken a sentence at a time while it is still being written.
+
+`sentences` cuts streamed text at sentence ends (and at a clause's comma once it is long), so
+that the first sentence is spoken while the model writes the second. `Speaker` synthesizes
+each with espeak-ng (its WAV on stdout, read by soundfile) and plays it (sounddevice) on a
+thread of its own, in order; `stop` cuts it off at once (a barge-in) and drops what was
+queued. `first_audio` is when the first samples went out."""
+
+from __future__ import annotations
+
+import io
+import queue
+import re
+import shutil
+import subprocess
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+_END = re.compile(r"[.!?;:](?=\s)|\n")  # a sentence's end, once the space after it shows
+_CLAUSE = re.compile(r",(?=\s)")
+LONG = 80  # characters after which a clause's comma ends a piece too
+
+
+def sentences(text: str) -> tuple[list[str], str]:
+    """The complete pieces at the start of `text`, and what is left to be continued."""
+    pieces = []
+    while True:
+        m = _END.search(text)
+        if m is None and len(text) > LONG:
+            m = next((c for c in _CLAUSE.finditer(text) if c.end() >= LONG // 2), None)
+        if m is None:
+            return pieces, text
+        piece, text = text[:m.end()].strip(), text[m.end():].lstrip()
+        if piece:
+            pieces.append(piece)
+
+
+def espeak(text: str) -> tuple[np.ndarray, int]:
+    """text -> (samples float32, rate), spoken by espeak-ng."""
+    import soundfile
+
+    done = subprocess.run(["espeak-ng", "--stdout", text], capture_output=True)
+    if done.returncode:
+        raise RuntimeError(f"espeak-ng could not speak: {done.stderr.decode(errors='replace').strip()[:200]}")
+    samples, rate = soundfile.read(io.BytesIO(done.stdout), dtype="float32")
+    return samples, rate
+
+
+def play_sounddevice(samples: np.ndarray, rate: int, stop: threading.Event) -> None:
+    """Play through the default output, 50 ms at a time, until done or stopped."""
+    import sounddevice as sd
+
+    block = rate // 20
+    with sd.OutputStream(samplerate=rate, channels=1, dtype="float32") as out:
+        for i in range(0, len(samples), block):
+            if stop.is_set():
+                return
+            out.write(samples[i:i + block].reshape(-1, 1))
+
+
+class Speaker:
+    """Speaks queued text in order, on its own thread. synth: text -> (samples, rate) (espeak-ng);
+    play: (samples, rate, stop event) -> None, returning when done or stopped (sounddevice)."""
+
+    def __init__(self, synth: Callable = espeak, play: Callable = play_sounddevice):
+        self.synth, self.play = synth, play
+        self.first_audio: float | None = None
+        self.spoken: list[str] = []  # what was played (to its end or to a stop), in order
+        self.error: Exception | None = None
+        self._queue: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("espeak-ng") is not None
+
+    def say(self, text: str) -> None:
+        if text.strip():
+            self._queue.put(text)
+
+    def _run(self) -> None:
+        while True:
+            text = self._queue.get()
+            if text is None:
+                return
+            if self._stop.is_set() or self.error is not None:
+                continue
+            try:
+                samples, rate = self.synth(text)
+                if self._stop.is_set():
+                    continue
+                first = self.first_audio is None
+                if first:
+                    self.first_audio = time.perf_counter()
+                try:
+                    self.play(samples, rate, self._stop)
+                except Exception:
+                    if first:
+                        self.first_audio = None  # nothing was heard
+                    raise
+                self.spoken.append(text)
+            except Exception as e:  # noqa: BLE001 - a voice that cannot speak says so once, and goes on in text
+                self.error = e
+
+    def stop(self) -> None:
+        """Cut off what is playing and drop what is queued (the user spoke over it)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Wait until everything queued is spoken (or stopped), then end the thread."""
+        self._queue.put(None)
+        self._thread.join()
