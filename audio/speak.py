@@ -42,6 +42,7 @@ def espeak(text: str) -> tuple[np.ndarray, int]:
     """text -> (samples float32, rate), spoken by espeak-ng."""
     import soundfile
 
+    text = "".join(c for c in text if c.isprintable() or c.isspace())  # no NUL or other control bytes
     done = subprocess.run(["espeak-ng", "--stdout", text], capture_output=True)
     if done.returncode:
         raise RuntimeError(f"espeak-ng could not speak: {done.stderr.decode(errors='replace').strip()[:200]}")
@@ -65,12 +66,13 @@ class Speaker:
     """Speaks queued text in order, on its own thread. synth: text -> (samples, rate) (espeak-ng);
     play: (samples, rate, stop event) -> None, returning when done or stopped (sounddevice)."""
 
-    def __init__(self, synth: Callable = espeak, play: Callable = play_sounddevice):
-        self.synth, self.play = synth, play
+    def __init__(self, synth: Callable | None = None, play: Callable | None = None):
+        self.synth, self.play = synth or espeak, play or play_sounddevice
         self.first_audio: float | None = None
         self.spoken: list[str] = []  # what was played (to its end or to a stop), in order
         self.error: Exception | None = None
         self._queue: queue.Queue = queue.Queue()
+        self._busy = 0  # texts queued or playing
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -81,31 +83,43 @@ class Speaker:
 
     def say(self, text: str) -> None:
         if text.strip():
+            self._busy += 1
             self._queue.put(text)
+
+    @property
+    def speaking(self) -> bool:
+        """Something is queued or playing."""
+        return self._busy > 0
 
     def _run(self) -> None:
         while True:
             text = self._queue.get()
             if text is None:
                 return
-            if self._stop.is_set() or self.error is not None:
-                continue
             try:
-                samples, rate = self.synth(text)
-                if self._stop.is_set():
-                    continue
-                first = self.first_audio is None
+                self._speak(text)
+            finally:
+                self._busy -= 1
+
+    def _speak(self, text: str) -> None:
+        if self._stop.is_set() or self.error is not None:
+            return
+        try:
+            samples, rate = self.synth(text)
+            if self._stop.is_set():
+                return
+            first = self.first_audio is None
+            if first:
+                self.first_audio = time.perf_counter()
+            try:
+                self.play(samples, rate, self._stop)
+            except Exception:
                 if first:
-                    self.first_audio = time.perf_counter()
-                try:
-                    self.play(samples, rate, self._stop)
-                except Exception:
-                    if first:
-                        self.first_audio = None  # nothing was heard
-                    raise
-                self.spoken.append(text)
-            except Exception as e:  # noqa: BLE001 - a voice that cannot speak says so once, and goes on in text
-                self.error = e
+                    self.first_audio = None  # nothing was heard
+                raise
+            self.spoken.append(text)
+        except Exception as e:  # noqa: BLE001 - a voice that cannot speak says so once, and goes on in text
+            self.error = e
 
     def stop(self) -> None:
         """Cut off what is playing and drop what is queued (the user spoke over it)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -325,3 +326,99 @@ def test_push_to_talk_takes_what_is_said_between_two_enters():
     events = [e for batch in push_to_talk(mic(), talking) for e in batch]
     assert [kind for kind, _ in events] == ["speech"] * 4 + ["end"]
     np.testing.assert_array_equal(events[-1][1], np.concatenate(blocks[3:7]))
+
+
+FAKE_SPEAKERS = '''
+"""A stand-in for sounddevice's output: a stream that takes as long to write as the sound lasts."""
+import time
+
+class PortAudioError(Exception):
+    pass
+
+class OutputStream:
+    def __init__(self, samplerate, channels, dtype):
+        self.rate = samplerate
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return False
+    def write(self, block):
+        time.sleep(len(block) / self.rate)
+'''
+
+
+@pytest.fixture(scope="module")
+def conversation(tmp_path_factory) -> Path:
+    """Two utterances, the second begun 1.2 s after the first ends (while the answer is spoken)."""
+    import soundfile
+
+    d = tmp_path_factory.mktemp("conversation")
+    parts = []
+    for i, text in enumerate(["What will the weather be like today in the city?", "Stop. Tell me a joke instead."]):
+        subprocess.run(["espeak-ng", "-w", str(d / f"{i}.wav"), text], check=True)
+        parts.append(load_audio(d / f"{i}.wav").samples)
+    samples = np.concatenate([np.zeros(8000, np.float32), parts[0], np.zeros(19200, np.float32), parts[1]])
+    soundfile.write(d / "conversation.wav", samples, 16000)
+    return d / "conversation.wav"
+
+
+def test_speaking_over_the_reply_stops_it_and_keeps_what_it_said(checkpoint, conversation, tmp_path, monkeypatch,
+                                                                 capsys):
+    """A barge-in, in the library: the reply is being spoken when the second utterance starts;
+    it stops (the speaking, and the writing if it was still going), what it had written stays in
+    the conversation, and the second utterance is answered."""
+    import types
+
+    import audio.speak
+    from tools import voice
+
+    def play(samples, rate, stop):  # a sound card: writing takes as long as the sound lasts
+        for i in range(0, len(samples), rate // 50):
+            if stop.is_set():
+                return
+            time.sleep(0.02)
+
+    monkeypatch.setattr(audio.speak, "play_sounddevice", play)
+    _, directory = checkpoint
+    model = edgert.load(convert(directory, tmp_path / "m.gguf", "q8_0"))
+    session = model.chat_session(temperature=0)
+    args = types.SimpleNamespace(vad="silero", stream=True, encode_every=12, prompt=None, max_new_tokens=60,
+                                 functions=[], tool_choice="auto", say=True, verbose=False)
+    replies = []
+    real = session._reply
+
+    def recording_reply(*a, **k):
+        replies.append(real(*a, **k))
+        return replies[-1]
+
+    session._reply = recording_reply
+    assert voice.converse(session, voice.Recording(load_audio(conversation).samples), args) == 2
+    first, second = replies
+    assert first.done and first.token_count > 0 and second.done and second.finish_reason != "interrupted"
+    assert capsys.readouterr().err.count("[barge-in] the reply stopped") == 1
+    # the conversation holds the first reply's ids, then the turn closed and the second user turn
+    tokens, tok, fmt = session.state.tokens, model.tokenizer, model.format
+    after = tok.encode(f"{fmt.close}\n{fmt.open}user\n")
+    n = len(first.ids)
+    at = [i for i in range(len(tokens) - n) if tokens[i:i + n] == first.ids]
+    assert at and tokens[at[0] + n:at[0] + n + len(after)] == after  # (the second reply may begin alike)
+    assert tok.decode(tokens).count(f"{fmt.open}model\n") == 2
+
+
+def test_voice_wav_conversation_with_a_barge_in(checkpoint, conversation, tmp_path):
+    """`edgert voice --wav --say` through two utterances, the second spoken over the first answer:
+    the first answer is cut off and said so, the second utterance is answered."""
+    import sys
+
+    _, directory = checkpoint
+    path = convert(directory, tmp_path / "m.gguf", "q8_0")
+    (tmp_path / "sounddevice.py").write_text(FAKE_SPEAKERS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parent.parent)])}
+    done = subprocess.run([sys.executable, "-m", "tools.cli", "voice", str(path), "--wav", str(conversation), "--say",
+                           "-v", "--temperature", "0", "-n", "60"], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout.rstrip()
+    assert out.count(" [interrupted]\n") == 1 and not out.endswith("[interrupted]")  # the second answer follows
+    assert done.stderr.count("[barge-in] the reply stopped after") == 1
+    assert done.stderr.count("speech end to first token") == 2 and "speech end to first audio out" in done.stderr

@@ -22,6 +22,7 @@ from edgert.errors import EdgeRTError, no_audio_tower
 from tools.common import add_model_argument, add_sampling_arguments, load_model, sampling
 
 RATE = 16_000
+BLOCK = RATE // 10  # 100 ms, as the microphone delivers it
 NO_MIC = ("no microphone could be opened ({why}); answer a recording instead with "
           "`edgert voice MODEL --wav FILE`")
 
@@ -71,11 +72,13 @@ def load_tools(path: str) -> list:
     return functions
 
 
-def _answer(session, reply, args, speech_end: float, encode_s: float, seconds: float) -> None:
+def _answer(session, reply, args, speech_end: float, encode_s: float, seconds: float, heard=None) -> None:
     """Speak a reply; while it calls tools, run them and speak what the model makes of the
-    results (a few rounds at most; the last may not call again)."""
+    results (a few rounds at most; the last may not call again). heard(): whether the user has
+    begun to speak meanwhile, which stops the reply (a barge-in)."""
     for round_ in range(4):
-        _speak_reply(reply, args, speech_end, encode_s, seconds)
+        if _speak_reply(reply, args, speech_end, encode_s, seconds, heard):
+            return
         if not reply.tool_calls or not args.functions:
             return
         from edgert.text.tools import run_calls
@@ -88,9 +91,11 @@ def _answer(session, reply, args, speech_end: float, encode_s: float, seconds: f
         speech_end, encode_s = time.perf_counter(), 0.0
 
 
-def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float) -> None:
+def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float, heard=None) -> bool:
     """Stream the reply's text and, with --say, speak it a sentence at a time as it is written;
-    then the --verbose timings."""
+    then the --verbose timings. Returns whether the user spoke over it (heard()): the reply
+    stops there, writing and speaking, and what it had written stays in the conversation (a
+    reply is written faster than it is spoken, so that can be more than was heard)."""
     from audio.speak import Speaker, sentences
 
     speaker = None
@@ -99,7 +104,7 @@ def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float
             speaker = Speaker()
         else:
             print("(--say needs espeak-ng: apt-get install espeak-ng)", file=sys.stderr)
-    first, n, pending = None, 0, ""
+    first, n, pending, barged = None, 0, "", False
     try:
         for piece in reply:
             if first is None:
@@ -111,17 +116,32 @@ def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float
                 done, pending = sentences(pending + piece)
                 for sentence in done:
                     speaker.say(sentence)
+            if heard is not None and heard():
+                barged = True
+                break
     except KeyboardInterrupt:
         sys.stdout.write(" [stopped]")
         if speaker is not None:
             speaker.stop()
-    sys.stdout.write("\n")
     done = time.perf_counter()
-    if speaker is not None:
+    if speaker is not None and not barged:
         speaker.say(pending)
+        while speaker.speaking and not barged:  # the reply is written; it is still being spoken
+            time.sleep(0.02)
+            barged = heard is not None and heard()
+    if barged:
+        reply.stop()
+        if speaker is not None:
+            speaker.stop()
+        sys.stdout.write(" [interrupted]")
+    sys.stdout.write("\n")
+    if speaker is not None:
         speaker.close()
         if speaker.error is not None:
             print(f"(could not speak: {speaker.error})", file=sys.stderr)
+    if barged:
+        print(f"[barge-in] the reply stopped after {reply.token_count} tokens written; they stay in the "
+              "conversation", file=sys.stderr)
     if args.verbose:
         decode = (n - 1) / (done - first) if first and n > 1 and done > first else 0.0
         audio = (f"; speech end to first audio out {speaker.first_audio - speech_end:.2f} s"
@@ -129,21 +149,87 @@ def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float
         print(f"speech end to first token {(first or done) - speech_end:.2f} s{audio}; encoder {encode_s:.2f} s "
               f"for {seconds:.1f} s of audio (real-time factor {encode_s / max(seconds, 1e-9):.3f}); "
               f"{n} pieces, decode {decode:.1f}/s", file=sys.stderr)
+    return barged
 
 
-def converse(session, blocks, args, events=None) -> int:
-    """Answer the utterances in a stream of 16 kHz blocks (a microphone's, or a file's cut to
-    100 ms). Voice-activity detection cuts them (or `events`, a function from blocks to lists
-    of the same events, for push-to-talk); with streaming (the default), each is encoded and
-    prefilled while it is spoken, so that its end leaves only the tail to compute. Returns
-    the number of utterances answered."""
+class Recording:
+    """A recording as the microphone would hear it: 100 ms blocks, then a second of silence.
+    While the assistant listens, the blocks come at once; while it answers (`answering`), the
+    recording plays on in real time, so that speaking over the reply in a file is heard when
+    it would be live (a barge-in)."""
+
+    def __init__(self, samples: np.ndarray):
+        samples = np.concatenate([samples, np.zeros(RATE, dtype=np.float32)])
+        self.blocks = [samples[i:i + BLOCK] for i in range(0, len(samples), BLOCK)]
+        self.at, self._since = 0, None
+
+    def __iter__(self):
+        while self.at < len(self.blocks):
+            self.at += 1
+            yield self.blocks[self.at - 1]
+
+    def answering(self, on: bool) -> None:
+        self._since = (time.perf_counter(), self.at) if on else None
+
+    def arrived(self) -> list[np.ndarray]:
+        """The blocks heard since the last call, while answering."""
+        if self._since is None:
+            return []
+        t0, at0 = self._since
+        due = min(len(self.blocks), at0 + int((time.perf_counter() - t0) * RATE / BLOCK))
+        out, self.at = self.blocks[self.at:due], max(self.at, due)
+        return out
+
+
+class Microphone:
+    """The microphone's blocks, as its callback queues them."""
+
+    def __init__(self):
+        self.queue: queue.Queue = queue.Queue()
+
+    def callback(self, indata, frames, at, status) -> None:
+        self.queue.put(indata[:, 0].copy())
+
+    def __iter__(self):
+        while True:
+            try:
+                yield self.queue.get(timeout=0.2)  # a timeout keeps Ctrl-C responsive
+            except queue.Empty:
+                continue
+
+    def answering(self, on: bool) -> None:
+        pass
+
+    def arrived(self) -> list[np.ndarray]:
+        out = []
+        while not self.queue.empty():
+            out.append(self.queue.get_nowait())
+        return out
+
+
+def converse(session, source, args, events=None) -> int:
+    """Answer the utterances in a stream of 16 kHz blocks (a Microphone, or a Recording).
+    Voice-activity detection cuts them (or `events`, a function from blocks to lists of the same
+    events, for push-to-talk); with streaming (the default), each is encoded and prefilled while
+    it is spoken, so that its end leaves only the tail to compute. While a reply is written and
+    spoken, the source is still heard: speech (300 ms of it) stops the reply, and is the next
+    utterance. Returns the number of utterances answered."""
     from audio.vad import Segmenter
 
     turn, encode_s, answered = None, 0.0, 0
+    segmenter = Segmenter(args.vad) if events is None else None
+    held: list = []  # events heard while answering
 
-    def handle(events):
+    def heard() -> bool:
+        for block in source.arrived():
+            held.extend(segmenter.push(block))
+        return any(kind == "speech" for kind, _ in held)
+
+    def handle(batch):
         nonlocal turn, encode_s, answered
-        for kind, samples in events:
+        todo = list(batch)
+        while todo:
+            kind, samples = todo.pop(0)
             if kind == "speech" and args.stream:
                 t0 = time.perf_counter()
                 turn = turn or session.listen(args.encode_every)
@@ -158,15 +244,21 @@ def converse(session, blocks, args, events=None) -> int:
                     parts = [{"type": "audio", "audio": samples, "rate": RATE}]
                     parts += [{"type": "text", "text": args.prompt}] if args.prompt else []
                     reply = session.stream(parts, max_new_tokens=args.max_new_tokens, tool_choice=choice)
-                _answer(session, reply, args, speech_end, encode_s, len(samples) / RATE)
+                source.answering(True)
+                try:
+                    _answer(session, reply, args, speech_end, encode_s, len(samples) / RATE,
+                            heard if segmenter is not None else None)
+                finally:
+                    source.answering(False)
                 turn, encode_s, answered = None, 0.0, answered + 1
+                todo += held  # what was said over the reply is the next utterance
+                held.clear()
 
     if events is not None:
-        for batch in events(blocks):
+        for batch in events(iter(source)):
             handle(batch)
         return answered
-    segmenter = Segmenter(args.vad)
-    for block in blocks:
+    for block in source:
         handle(segmenter.push(block))
     handle(segmenter.flush())
     return answered
@@ -209,30 +301,18 @@ def _enter_toggles(talking: threading.Event) -> None:
 
 def _listen(session, args) -> int:
     sd, device = _microphone()
-    blocks: queue.Queue = queue.Queue()
-
-    def callback(indata, frames, at, status):
-        blocks.put(indata[:, 0].copy())
-
+    mic = Microphone()
     how = "Enter to talk, Enter to stop" if args.push_to_talk else "speak, then pause"
     print(f"listening on {device['name']} ({how}; Ctrl-C to leave)", file=sys.stderr)
 
-    def stream():
-        while True:
-            try:
-                block = blocks.get(timeout=0.2)  # a timeout keeps Ctrl-C responsive
-            except queue.Empty:
-                continue
-            yield block
-
     try:
-        with sd.InputStream(samplerate=RATE, channels=1, dtype="float32", blocksize=RATE // 10, callback=callback):
+        with sd.InputStream(samplerate=RATE, channels=1, dtype="float32", blocksize=BLOCK, callback=mic.callback):
             if args.push_to_talk:
                 talking = threading.Event()
                 threading.Thread(target=_enter_toggles, args=(talking,), daemon=True).start()
-                converse(session, stream(), args, events=lambda blocks: push_to_talk(blocks, talking))
+                converse(session, mic, args, events=lambda blocks: push_to_talk(blocks, talking))
             else:
-                converse(session, stream(), args)
+                converse(session, mic, args)
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 0
@@ -260,11 +340,7 @@ def main(args) -> int:
         raise no_audio_tower(model.file.path)
     session = model.chat_session(system=args.system, tools=args.functions, **sampling(args))
     if clip is not None:
-        samples = clip.samples
-        # the file as a microphone would deliver it: 100 ms at a time, then a second of silence
-        samples = np.concatenate([samples, np.zeros(RATE, dtype=np.float32)])
-        blocks = (samples[i:i + RATE // 10] for i in range(0, len(samples), RATE // 10))
-        if not converse(session, blocks, args):
+        if not converse(session, Recording(clip.samples), args):
             print("(no speech found in the recording)", file=sys.stderr)
         return 0
     return _listen(session, args)

@@ -36,6 +36,7 @@ class Reply:
         self.text, self.thought = "", ""
         self.tool_calls: list[T.ToolCall] = []
         self.token_count = 0
+        self.ids: list[int] = []  # the turn's token ids, as they were drawn
         self.done = False
         self.finish_reason: str | None = None
 
@@ -47,6 +48,7 @@ class Reply:
         in_thought, call, call_text = False, None, ""
         for t in self._tokens:
             self.token_count += 1
+            self.ids.append(t)
             if call is not None:  # inside a call: its text, control tokens included (<|"|>)
                 if t == call_close:
                     self._add_call(call_text + call.flush())
@@ -93,6 +95,14 @@ class Reply:
             self.tool_calls.append(T.ToolCall(name, arguments, call_id, raw))
         except T.ToolError as e:
             self.tool_calls.append(T.ToolCall("", {}, call_id, raw, str(e)))
+
+    def stop(self) -> None:
+        """End the turn where it is (the user spoke over it): what was generated stays in the
+        conversation, and the rest is never computed. finish_reason becomes "interrupted"."""
+        close = getattr(self._tokens, "close", None)
+        if close is not None and not self.done:
+            close()  # the generator's own cleanup runs now (a draft's cache rollback)
+            self.done, self.finish_reason = True, "interrupted"
 
     def result(self) -> str:
         """Run to the end and return the answer."""
