@@ -12,7 +12,10 @@ A detector says, frame by frame, whether a frame is speech:
 
 `Segmenter` turns the frames into utterances: one starts at the first speech frame (with
 240 ms of what came before, so that a soft onset is kept) and ends after 800 ms without
-speech; shorter than 300 ms of speech, it is dropped as a click.
+speech, keeping 240 ms of the silence after its last speech; shorter than 300 ms of speech, it
+is dropped as a click. While a pause may be the end, its silence is held back (given on if
+the speech goes on): a listener has nothing new to encode, and says so with a "pause" event,
+so that it can finish what it has before the end is called.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 
 RATE = 16_000
 MARGIN_DB, FLOOR_DB = 12.0, -50.0
-PRE_ROLL_MS, HANGOVER_MS, MIN_SPEECH_MS = 240, 800, 300
+PRE_ROLL_MS, POST_ROLL_MS, HANGOVER_MS, MIN_SPEECH_MS = 240, 240, 800, 300
 
 
 def level_db(frame: np.ndarray) -> float:
@@ -86,8 +89,11 @@ class Segmenter:
 
     - ("speech", samples): the newest samples of an utterance, once it has enough speech not
       to be a click (the first such event starts at its pre-roll), so that a listener can
-      encode it while it is spoken;
-    - ("end", utterance): the whole utterance, when it has ended.
+      encode it while it is spoken; a pause's silence past the post-roll is held back until
+      the speech goes on;
+    - ("pause", None): the speech paused, and all of it so far has been given;
+    - ("end", utterance): the whole utterance, when it has ended (its last speech, then the
+      post-roll).
 
     The "speech" events of an utterance add up to its "end" event. vad: a detector, or the
     name `detector` takes."""
@@ -95,28 +101,36 @@ class Segmenter:
     def __init__(self, vad="auto"):
         self.vad = detector(vad) if isinstance(vad, str) else vad
         ms = 1000 * self.vad.frame / RATE
-        self.pre_roll, self.hangover, self.min_speech = (round(t / ms) for t in (PRE_ROLL_MS, HANGOVER_MS,
-                                                                                   MIN_SPEECH_MS))
+        self.pre_roll, self.post_roll, self.hangover, self.min_speech = (
+            round(t / ms) for t in (PRE_ROLL_MS, POST_ROLL_MS, HANGOVER_MS, MIN_SPEECH_MS))
         self._pending = np.zeros(0, dtype=np.float32)  # samples short of a whole frame
         self._history: list[np.ndarray] = []  # recent frames before an utterance (pre-roll)
         self._utterance: list[np.ndarray] = []
         self._given = 0  # frames of the utterance already sent as "speech"
         self._speech_frames = 0
-        self._silent = 0
+        self._silent = 0  # non-speech frames since the last speech
+        self._paused = False  # the current pause has been announced
 
     @property
     def in_speech(self) -> bool:
         return bool(self._utterance)
 
     def _give(self, events: list) -> None:
-        if self._speech_frames >= self.min_speech and self._given < len(self._utterance):
-            events.append(("speech", np.concatenate(self._utterance[self._given:])))
-            self._given = len(self._utterance)
+        """Give the frames up to the last speech and its post-roll; a pause once they are out."""
+        if self._speech_frames < self.min_speech:
+            return
+        upto = min(len(self._utterance), len(self._utterance) - self._silent + self.post_roll)
+        if self._given < upto:
+            events.append(("speech", np.concatenate(self._utterance[self._given:upto])))
+            self._given = upto
+        if self._silent > self.post_roll and not self._paused:
+            events.append(("pause", None))
+            self._paused = True
 
     def _end(self, events: list) -> None:
         if self._speech_frames >= self.min_speech:
             self._give(events)
-            events.append(("end", np.concatenate(self._utterance)))
+            events.append(("end", np.concatenate(self._utterance[:self._given])))
         self._utterance, self._history, self._given, self._speech_frames = [], [], 0, 0
 
     def push(self, samples: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -131,14 +145,14 @@ class Segmenter:
             if not self._utterance:
                 if speech:
                     self._utterance = self._history + [frame]
-                    self._speech_frames, self._silent = 1, 0
+                    self._speech_frames, self._silent, self._paused = 1, 0, False
                 else:
                     self._history = (self._history + [frame])[-self.pre_roll:]
                 continue
             self._utterance.append(frame)
             if speech:
                 self._speech_frames += 1
-                self._silent = 0
+                self._silent, self._paused = 0, False
             else:
                 self._silent += 1
                 if self._silent >= self.hangover:

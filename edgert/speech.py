@@ -99,19 +99,25 @@ class StreamingEncoder:
     once each, as they become final. Soft token t is final once feature frame 4t + 3 exists
     (the subsampling convolutions look one frame ahead at each of their two stages); a push
     that makes `every` more tokens final encodes just those, after 4 frames of context for the
-    subsampling. `finish` encodes the tail as the whole clip would (its padding and mask)."""
+    subsampling, and so does `pause` whatever is final (the speaker paused: it may be the
+    end). `finish` encodes the tail as the whole clip would (its padding and mask).
 
-    def __init__(self, encoder: AudioEncoder, every: int = 12):
+    A run reads every weight of the encoder once, whatever it encodes, so its cost per second
+    of speech falls as runs grow; runs of 25 tokens (1 s) while speech goes on, and one at each
+    pause, leave only the pause's last fraction of a second to encode at the end."""
+
+    def __init__(self, encoder: AudioEncoder, every: int = 25):
         self.encoder = encoder
-        self.every = every  # soft tokens (40 ms each) per run: 12, the conformer's own chunk (480 ms)
+        self.every = every  # soft tokens (40 ms each) per run while the speech goes on
         self.samples = np.zeros(0, dtype=np.float32)
         self.features = np.zeros((0, 128), dtype=np.float32)  # the final frames so far
         self.state = zero_state(encoder.config)
         self.done = 0  # soft tokens handed out so far
         self.encode_s = 0.0  # seconds spent in the encoder and the features
 
-    def push(self, samples: np.ndarray) -> np.ndarray:
-        """Append 16 kHz samples; the soft tokens that became final, (k, H)."""
+    def push(self, samples: np.ndarray, eager: bool = False) -> np.ndarray:
+        """Append 16 kHz samples; the soft tokens encoded, (k, H): none until `every` more are
+        final, or (eager) all that are."""
         t0 = time.perf_counter()
         self.samples = np.concatenate([self.samples, np.asarray(samples, dtype=np.float32)])
         n_final = final_frames(len(self.samples))
@@ -120,12 +126,16 @@ class StreamingEncoder:
             self.features = np.concatenate([self.features, new[:n_final - len(self.features)]])
         final_tokens = max(0, (n_final - 4) // 4 + 1)  # token t needs feature frames up to 4t + 3
         rows = np.zeros((0, self.encoder.config.text_hidden), dtype=np.float32)
-        if final_tokens >= self.done + self.every:
+        if final_tokens >= self.done + (1 if eager else self.every):
             start = max(0, 4 * self.done - 4)
             features = self.features[start:4 * final_tokens]
             rows = self._run(features, np.ones(len(features), dtype=bool))
         self.encode_s += time.perf_counter() - t0
         return rows
+
+    def pause(self) -> np.ndarray:
+        """The speaker paused: encode what is final now (the end may come next)."""
+        return self.push(np.zeros(0, dtype=np.float32), eager=True)
 
     def _run(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
         out, out_mask, self.state = self.encoder.run(features, mask, self.state, self.done, 1 if self.done else 0)

@@ -198,6 +198,30 @@ def test_voice_activity_cuts_two_utterances(speech, vad):
     np.testing.assert_array_equal(np.concatenate([s for k, s in events[:first_end] if k == "speech"]), found[0])
 
 
+def test_a_pause_is_announced_its_silence_held_back_and_the_end_trimmed(speech):
+    """Speech, half a second of silence (a pause, shorter than the hangover), speech again: one
+    utterance; the pause is announced once all speech so far is out, its silence is given only
+    when the speech goes on, and the utterance ends 240 ms after its last speech."""
+    from audio.vad import Segmenter
+
+    voice = load_audio(speech).samples
+    gap = np.zeros(RATE // 2, dtype=np.float32)
+    stream = np.concatenate([np.zeros(RATE, np.float32), voice, gap, voice, np.zeros(RATE * 2, np.float32)])
+    segmenter = Segmenter("silero")
+    events = []
+    for start in range(0, len(stream), 1600):
+        events += [(kind, samples, start) for kind, samples in segmenter.push(stream[start:start + 1600])]
+    kinds = [k for k, _, _ in events]
+    assert kinds.count("end") == 1 and kinds.count("pause") >= 2  # in the gap, and at the end
+    first_pause = kinds.index("pause")
+    given = sum(len(s) for k, s, _ in events[:first_pause] if k == "speech")
+    assert given < RATE + len(voice) + RATE // 4  # the gap's silence was not given before the pause
+    end = next(s for k, s, _ in events if k == "end")
+    np.testing.assert_array_equal(np.concatenate([s for k, s, _ in events if k == "speech"]), end)
+    # the utterance: pre-roll, speech, gap, speech, then at most the post-roll of silence
+    assert len(end) <= 0.24 * RATE + 2 * len(voice) + len(gap) + 0.3 * RATE
+
+
 @pytest.mark.parametrize("vad", ["silero", "energy"])
 def test_voice_activity_ignores_silence_and_clicks(vad):
     from audio.vad import Segmenter

@@ -229,7 +229,11 @@ def test_the_stateful_stream_equals_the_whole_clip_and_encodes_each_frame_once(c
     run = stream.encoder.run
     stream.encoder.run = lambda f, *a: runs.append(len(f)) or run(f, *a)
     try:
-        parts = [stream.push(samples[i:i + block]) for i in range(0, len(samples), block)]
+        parts = []
+        for n, i in enumerate(range(0, len(samples), block)):
+            parts.append(stream.push(samples[i:i + block]))
+            if n % 7 == 6:
+                parts.append(stream.pause())  # the speaker paused: what is final is encoded now
         parts.append(stream.finish())
     finally:
         stream.encoder.run = run
@@ -402,7 +406,6 @@ def test_speaking_over_the_reply_stops_it_and_keeps_what_it_said(checkpoint, con
     n = len(first.ids)
     at = [i for i in range(len(tokens) - n) if tokens[i:i + n] == first.ids]
     assert at and tokens[at[0] + n:at[0] + n + len(after)] == after  # (the second reply may begin alike)
-    assert tok.decode(tokens).count(f"{fmt.open}model\n") == 2
 
 
 def test_voice_wav_conversation_with_a_barge_in(checkpoint, conversation, tmp_path):

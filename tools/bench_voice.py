@@ -2,10 +2,12 @@
 and E4B with a random audio tower of the published shape (Gemma4AudioModel, built by
 transformers with random weights, run as edgert's ONNX graph).
 
-Each utterance (espeak-ng speech cut to 1, 3, 5 and 10 s) arrives as a microphone delivers it,
-100 ms at a time: the streaming encoder (audio.encoder, stateful) encodes it and its soft
-tokens are prefilled while it is spoken, as `edgert voice` does (the work during speech is
-timed, not slept through). Then, from the end of the speech:
+Each utterance (espeak-ng speech cut to 1, 3, 5 and 10 s, then silence) arrives as a microphone
+delivers it, 100 ms at a time, through the voice-activity detector (Silero): the streaming
+encoder (audio.encoder, stateful) encodes its speech and the soft tokens are prefilled while it
+is spoken, a pause flushes the encoder, as `edgert voice` does (the work during speech is
+timed, not slept through). Then, from the moment the detector calls the end (its wait after
+the last speech is reported apart):
 
 - to the first token: the encoder's tail, its prefill, the turn's end, the first draw;
 - to the first audio out: the first clause of the reply (up to a punctuation mark, or 8
@@ -13,9 +15,7 @@ timed, not slept through). Then, from the end of the speech:
 - decode tok/s over 32 tokens; and the encoder's work per second of speech (real-time factor,
   f32 and int8).
 
-Speech end here is where the audio stops; the voice-activity detector adds its hangover before
-it calls the utterance over (BENCHMARKS.md, the VAD table). Random soft tokens are scaled by
-0.02 before the prefill (the tower's weights are random)."""
+Random soft tokens are scaled by 0.02 before the prefill (the tower's weights are random)."""
 
 from __future__ import annotations
 
@@ -88,8 +88,11 @@ def first_audio(text: str) -> float:
 
 
 def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dict:
-    """One spoken turn, streamed; the timings from the end of the speech. every: the stream's
-    soft tokens per run (default: StreamingEncoder's)."""
+    """One spoken turn as `edgert voice` takes it: the utterance and 1.5 s of silence, 100 ms a
+    block, through the voice-activity detector (Silero); its speech is streamed into the encoder
+    and prefilled, its pauses flush the encoder, and its end starts the answer. Times from the
+    end event. every: the stream's soft tokens per run (default: StreamingEncoder's)."""
+    from audio.vad import Segmenter
     from edgert.gemma4 import SoftTokens
     from edgert.speech import StreamingEncoder
 
@@ -100,22 +103,32 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
     model.prefill(state, head, logits="none")
 
     def prefill_soft(rows):
-        rows = (rows * 0.02).astype(np.float32)
-        model.prefill(state, [tok.pad] * len(rows), logits="none",
-                      soft=SoftTokens(np.ones(len(rows), dtype=bool), rows))
-
-    during = 0.0
-    for i in range(0, len(utterance), BLOCK):
-        t0 = time.perf_counter()
-        rows = stream.push(utterance[i:i + BLOCK])
         if len(rows):
-            prefill_soft(rows)
+            rows = (rows * 0.02).astype(np.float32)
+            model.prefill(state, [tok.pad] * len(rows), logits="none",
+                          soft=SoftTokens(np.ones(len(rows), dtype=bool), rows))
+
+    audio = np.concatenate([utterance, np.zeros(int(1.5 * RATE), dtype=np.float32)])
+    segmenter, during, heard, ended = Segmenter("silero"), 0.0, 0, None
+    for i in range(0, len(audio), BLOCK):
+        events = segmenter.push(audio[i:i + BLOCK])
+        t0 = time.perf_counter()
+        for kind, samples in events:
+            if kind == "speech":
+                prefill_soft(stream.push(samples))
+                heard += len(samples)
+            elif kind == "pause":
+                prefill_soft(stream.pause())
+            elif kind == "end":
+                ended = (i + BLOCK) / RATE
+        if ended is not None:
+            break
         during += time.perf_counter() - t0
+    if ended is None:
+        raise RuntimeError("the voice-activity detector heard no end of the utterance")
     encode_during = stream.encode_s
-    t0 = time.perf_counter()  # the speech ends
-    rows = stream.finish()
-    if len(rows):
-        prefill_soft(rows)
+    t0 = time.perf_counter()  # the end is called
+    prefill_soft(stream.finish())
     logits = model.prefill(state, tail)
     token = int(np.argmax(logits))
     first_token = time.perf_counter() - t0
@@ -132,7 +145,8 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
     audio_out = clause_at + first_audio(clause)
     seconds = len(utterance) / RATE
     return dict(first_token=first_token, first_audio=audio_out, clause_tokens=len(tok.encode(clause)),
-                decode_tps=decode_tps, encoder_rtf=encode_during / seconds, work_rtf=during / seconds)
+                decode_tps=decode_tps, encoder_rtf=encode_during / seconds, work_rtf=during / seconds,
+                wait=ended - seconds, heard=heard / RATE)
 
 
 def measure(kind: str, model_path: Path, models_dir: Path, threads: int, reps: int = 3, log=print) -> dict:
@@ -157,9 +171,10 @@ def _pct(values, q) -> float:
 
 
 def section(results: list[dict]) -> list[str]:
-    lines = ["| model | utterance | speech end to first token, p50 / p95 | to first audio out, p50 | decode | "
-             "encoder work per s of speech, f32 / int8 | all work during speech, per s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| model | utterance | end of speech called to first token, p50 / p95 | to first audio out, p50 | "
+             "decode | encoder work per s of speech, f32 / int8 | all work during speech, per s | "
+             "the detector's wait |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         for seconds in SECONDS:
             rows = [x for x in r["rows"] if x["seconds"] == seconds]
@@ -169,9 +184,10 @@ def section(results: list[dict]) -> list[str]:
                          f"{_pct([x['first_audio'] for x in rows], 50):.2f} s | "
                          f"{np.median([x['decode_tps'] for x in rows]):.1f} tok/s | "
                          f"{np.median([x['encoder_rtf'] for x in rows]):.3f} / {int8:.3f} | "
-                         f"{np.median([x['work_rtf'] for x in rows]):.2f} |")
+                         f"{np.median([x['work_rtf'] for x in rows]):.2f} | "
+                         f"{np.median([x['wait'] for x in rows]):.2f} s |")
         ft = [x["first_token"] for x in r["rows"]]
         fa = [x["first_audio"] for x in r["rows"]]
         lines.append(f"| {r['kind'].upper()} | all | **{_pct(ft, 50):.2f} / {_pct(ft, 95):.2f} s** | "
-                     f"**{_pct(fa, 50):.2f} s** | | | |")
+                     f"**{_pct(fa, 50):.2f} s** | | | | |")
     return lines

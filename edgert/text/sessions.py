@@ -251,7 +251,7 @@ class ChatSession:
         text += self.model.format.generation_prompt(self.think, after_results=True)
         return self._reply(self.model.tokenizer.encode(text), max_new_tokens, None, tool_choice)
 
-    def listen(self, every: int = 12) -> "AudioTurn":
+    def listen(self, every: int = 25) -> "AudioTurn":
         """Start a user turn whose audio arrives while it is spoken: push() samples as they
         come (their soft tokens are encoded and prefilled at once), then finish() for the reply;
         only the tail is left to compute when the speaker stops. every: soft tokens (40 ms each)
@@ -302,7 +302,7 @@ class ChatSession:
 class AudioTurn:
     """A user turn of speech, prefilled while it is spoken (ChatSession.listen)."""
 
-    def __init__(self, session: ChatSession, every: int = 12):
+    def __init__(self, session: ChatSession, every: int = 25):
         from edgert.speech import StreamingEncoder
 
         model = session.model
@@ -322,7 +322,14 @@ class AudioTurn:
 
     def push(self, samples: np.ndarray) -> int:
         """Append 16 kHz samples; returns how many soft tokens were prefilled."""
-        rows = self.stream.push(samples)
+        return self._prefill(self.stream.push(samples))
+
+    def pause(self) -> int:
+        """The speaker paused (voice activity says so): encode and prefill what is final now,
+        so that if this is the end, only the last fraction of a second is left."""
+        return self._prefill(self.stream.pause())
+
+    def _prefill(self, rows: np.ndarray) -> int:
         if len(rows):
             self._feed([self.audio_id] * len(rows), rows)
             self.soft_tokens += len(rows)
@@ -330,10 +337,7 @@ class AudioTurn:
 
     def finish(self, text: str | None = None, max_new_tokens: int = 1024, tool_choice=None) -> Reply:
         """The speaker stopped: the last soft tokens, `text` after the audio, and the reply."""
-        rows = self.stream.finish()
-        if len(rows):
-            self._feed([self.audio_id] * len(rows), rows)
-            self.soft_tokens += len(rows)
+        self._prefill(self.stream.finish())
         eoa = self.model.tokenizer.tokens[self.model.file.audio.tokens["eoa"]]
         after = eoa + (user_content(self.model.format, text) if text else "") + self.session._tail()
         return self.session._reply(self.model.tokenizer.encode(after), max_new_tokens, None, tool_choice)
