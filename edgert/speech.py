@@ -103,10 +103,11 @@ class StreamingEncoder:
     end). `finish` encodes the tail as the whole clip would (its padding and mask).
 
     A run reads every weight of the encoder once, whatever it encodes, so its cost per second
-    of speech falls as runs grow; runs of 25 tokens (1 s) while speech goes on, and one at each
-    pause, leave only the pause's last fraction of a second to encode at the end."""
+    of speech falls as runs grow; runs of 50 tokens (2 s) while speech goes on, and one at each
+    pause that has 8 or more waiting, leave only the pause's last fraction of a second to
+    encode at the end (BENCHMARKS.md measures the choice)."""
 
-    def __init__(self, encoder: AudioEncoder, every: int = 25):
+    def __init__(self, encoder: AudioEncoder, every: int = 50):
         self.encoder = encoder
         self.every = every  # soft tokens (40 ms each) per run while the speech goes on
         self.samples = np.zeros(0, dtype=np.float32)
@@ -133,8 +134,12 @@ class StreamingEncoder:
         self.encode_s += time.perf_counter() - t0
         return rows
 
-    def pause(self) -> np.ndarray:
-        """The speaker paused: encode what is final now (the end may come next)."""
+    def pause(self, least: int = 8) -> np.ndarray:
+        """The speaker paused: encode what is final now, if it is at least `least` soft tokens
+        (the end may come next; a run costs a pass over the weights, worth it for a few)."""
+        final_tokens = max(0, (len(self.features) - 4) // 4 + 1)
+        if final_tokens - self.done < least:
+            return np.zeros((0, self.encoder.config.text_hidden), dtype=np.float32)
         return self.push(np.zeros(0, dtype=np.float32), eager=True)
 
     def _run(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:

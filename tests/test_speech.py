@@ -206,7 +206,7 @@ def test_streamed_soft_tokens_equal_the_whole_clip(checkpoint, speech, tmp_path)
     stream = StreamingEncoder(model.audio_encoder)
     parts = [stream.push(samples[i:i + 3200]) for i in range(0, len(samples), 3200)]  # 200 ms at a time
     parts.append(stream.finish())
-    assert sum(len(p) > 0 for p in parts) >= 8  # they came while the audio arrived, about each second
+    assert sum(len(p) > 0 for p in parts) >= 5  # they came while the audio arrived, every 2 s
     np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-5 * np.abs(whole).max())
 
 
@@ -250,10 +250,11 @@ def test_streamed_turn_equals_the_whole_turn(checkpoint, speech, tmp_path):
     batch_tokens = list(batch.stream([{"type": "audio", "audio": samples, "rate": 16000},
                                       {"type": "text", "text": "Answer."}], max_new_tokens=6)._tokens)
     streamed = model.chat_session(system="Listen.", temperature=0)
-    turn = streamed.listen()
+    turn = streamed.listen(every=12)  # the clip is short: encode every 480 ms
     for i in range(0, len(samples), 1600):
         turn.push(samples[i:i + 1600])
     assert turn.soft_tokens > 0  # prefilled before the end of speech
+    turn.pause()
     tokens = list(turn.finish("Answer.", max_new_tokens=6)._tokens)
     assert tokens == batch_tokens
     assert streamed.state.tokens == batch.state.tokens and len(batch.state.tokens) > turn.soft_tokens

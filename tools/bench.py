@@ -633,6 +633,8 @@ def main(args) -> int:
         head = [f"- date: {datetime.date.today().isoformat()}", f"- commit: {_commit()}", f"- CPU: {_cpu_name()}", ""]
         _report("\n".join(head + bench_vad.section(bench_vad.measure())), args.out, print)
         return 0
+    if args.voice:  # Silero too: before llama.cpp loads
+        return _voice(args, threads, lambda msg: print(msg, file=sys.stderr, flush=True))
     llama = _llama_available()
     if not args.no_llama and llama is None:
         print("llama-cpp-python is not installed, so there is no llama.cpp column; "
@@ -647,8 +649,6 @@ def main(args) -> int:
         return _draft(args, threads, llama, log)
     if args.mtp:
         return _mtp(args, threads, log)
-    if args.voice:
-        return _voice(args, threads, log)
     log(f"memory bandwidth at {threads} threads ...")
     bandwidth = memory_bandwidth(threads)
     if args.kernels:

@@ -38,9 +38,9 @@ def add_parser(sub) -> None:
     p.add_argument("--audio-int8", action="store_true", help="run the audio encoder in int8")
     p.add_argument("--no-stream", dest="stream", action="store_false",
                    help="encode an utterance only once it has ended (default: while it is spoken)")
-    p.add_argument("--encode-every", type=int, default=25, metavar="N",
+    p.add_argument("--encode-every", type=int, default=50, metavar="N",
                    help="soft tokens (40 ms each) per run of the streaming encoder while speech goes on (default "
-                        "25, and one run at each pause): more cost less per second of speech")
+                        "50, and one run at each pause): more cost less per second of speech")
     p.add_argument("--tools", metavar="FILE.py", default=None,
                    help="a Python file whose functions (type hints and docstrings) are tools the model may "
                         "call; each call runs, and the model answers from its result")

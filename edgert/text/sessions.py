@@ -251,7 +251,7 @@ class ChatSession:
         text += self.model.format.generation_prompt(self.think, after_results=True)
         return self._reply(self.model.tokenizer.encode(text), max_new_tokens, None, tool_choice)
 
-    def listen(self, every: int = 25) -> "AudioTurn":
+    def listen(self, every: int = 50) -> "AudioTurn":
         """Start a user turn whose audio arrives while it is spoken: push() samples as they
         come (their soft tokens are encoded and prefilled at once), then finish() for the reply;
         only the tail is left to compute when the speaker stops. every: soft tokens (40 ms each)
@@ -302,7 +302,7 @@ class ChatSession:
 class AudioTurn:
     """A user turn of speech, prefilled while it is spoken (ChatSession.listen)."""
 
-    def __init__(self, session: ChatSession, every: int = 25):
+    def __init__(self, session: ChatSession, every: int = 50):
         from edgert.speech import StreamingEncoder
 
         model = session.model
