@@ -54,6 +54,27 @@ class State:
     def kv_bytes(self) -> int:
         return sum(c.nbytes for c in self.caches.values())
 
+    def checkpoint(self) -> "Checkpoint":
+        """A place to come back to (restore): the tokens held, and copies of the sliding rings
+        (E2B: about 6 MB), whose entries later tokens overwrite."""
+        return Checkpoint(self.pos, {i: c.save() for i, c in self.caches.items()}, self.hidden)
+
+    def restore(self, at: "Checkpoint") -> None:
+        """Forget every token fed since `at` was taken (and any pending one)."""
+        for i, cache in self.caches.items():
+            cache.restore(at.saved[i], at.pos)
+        del self.tokens[at.pos:]
+        self.pending, self.unconfirmed, self.hidden, self._checked = [], 0, at.hidden, None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """State.checkpoint: how many tokens stood, and what each cache needs to return there."""
+
+    pos: int
+    saved: dict[int, tuple | None]
+    hidden: np.ndarray | None
+
 
 LAYOUTS = ("x8", "rows")
 
@@ -148,6 +169,9 @@ class Model:
         self.config = file.config
         self.n_ctx = min(n_ctx, self.config.n_ctx_train)
         self.n_batch = n_batch or prompt_step(self.config, self.threads)
+        # a verify step's queries each read the ring as if decoded alone, which needs the whole
+        # step inside the ring: no more ids than a sliding window (E2B: 512; small test models: 8)
+        self.max_verify = min(self.n_batch, self.config.sliding_window or self.n_batch)
         self.tokenizer = Tokenizer(file.tokenizer)
         file = self.file = _with_mmproj(file, mmproj, self.tokenizer)
         file.gguf.release_header()  # the tokenizer's index is built; lookups map back single pages
@@ -246,11 +270,11 @@ class Model:
         return out[-1][-1] if logits == "last" else np.concatenate(out)
 
     def verify(self, state: State, ids: Sequence[int]) -> np.ndarray:
-        """Feed `ids` (a token and the draft after it, at most n_batch) in one step and return
+        """Feed `ids` (a token and the draft after it, at most max_verify) in one step and return
         the logits at every one of them, (len(ids), n_vocab); the caches hold them only until
         `keep` says how many stand. (Speculative decoding: one pass checks a whole draft.)"""
         ids = np.asarray(ids, dtype=np.int64)
-        if not 1 < len(ids) <= self.n_batch or state.pos + len(ids) > self.n_ctx:
+        if not 1 < len(ids) <= self.max_verify or state.pos + len(ids) > self.n_ctx:
             raise EdgeRTError(f"a draft of {len(ids) - 1} tokens does not fit the batch or the context")
         pos = np.arange(state.pos, state.pos + len(ids))
         numba.set_num_threads(self.threads)

@@ -160,3 +160,16 @@ def test_drafted_sampling_draws_from_the_models_distribution(checkpoints):
     df = len(bins)
     z = 3.09  # p = 0.001; Wilson-Hilferty's chi-square quantile
     assert len(bins) >= 5 and chi2 < df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3
+
+
+def test_a_verify_step_holds_no_more_than_a_sliding_window(tiny):
+    """A verify step's queries each read the sliding ring as if decoded alone, so the step must
+    fit in the ring: a drafter that would guess more is given less room (hypothesis found 8
+    guesses and their token, 9 ids, failing on the small models' window of 8)."""
+    prompt = [2] + list(range(300, 312)) * 4
+    plain = list(generate_ids(tiny, tiny.new_state(), prompt, 30, make_sampler(temperature=0), tiny.stop_ids))
+    d = Lookup(k=16, k_min=16, k_max=16)
+    fast = list(drafted(tiny, tiny.new_state(), prompt, 30, make_sampler(temperature=0), tiny.stop_ids, d))
+    assert fast == plain and d.drafted > 0 and tiny.max_verify == 8
+    with pytest.raises(edgert.EdgeRTError, match="does not fit"):
+        tiny.verify(tiny.new_state(), list(range(300, 309)))

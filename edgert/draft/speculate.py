@@ -39,7 +39,7 @@ def generate_ids(model: "Model", state: "State", prompt: Sequence[int], max_new_
         emitted += 1
         if emitted == max_new_tokens or state.pos + 1 >= model.n_ctx:
             return
-        room = min(max_new_tokens - emitted - 1, model.n_ctx - state.pos - 2, model.n_batch - 1)
+        room = min(max_new_tokens - emitted - 1, model.n_ctx - state.pos - 2, model.max_verify - 1)
         draft = drafter.draft(state, history, room) if room > 0 else []
         try:
             if not draft:
