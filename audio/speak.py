@@ -4,7 +4,8 @@
 that the first sentence is spoken while the model writes the second. `Speaker` synthesizes
 each with espeak-ng (its WAV on stdout, read by soundfile) and plays it (sounddevice) on a
 thread of its own, in order; `stop` cuts it off at once (a barge-in) and drops what was
-queued. `first_audio` is when the first samples went out."""
+queued. `first_audio` is when the first samples went out; `heard` is how far into the
+speaker's text the listener got, in whole words (what a cut-off reply keeps)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,15 @@ def play_sounddevice(samples: np.ndarray, rate: int, stop: threading.Event) -> N
             out.write(samples[i:i + block].reshape(-1, 1))
 
 
+def words_heard(text: str, fraction: float) -> str:
+    """The words of `text` wholly said when `fraction` of its sound had played (speech is taken
+    to go at an even pace through the characters)."""
+    said = text[:max(0, int(fraction * len(text)))]
+    if len(said) == len(text) or text[len(said)].isspace():
+        return said.rstrip()
+    return said[:said.rfind(" ") + 1].rstrip() if " " in said else ""
+
+
 class Speaker:
     """Speaks queued text in order, on its own thread. synth: text -> (samples, rate) (espeak-ng);
     play: (samples, rate, stop event) -> None, returning when done or stopped (sounddevice)."""
@@ -70,6 +80,8 @@ class Speaker:
         self.synth, self.play = synth or espeak, play or play_sounddevice
         self.first_audio: float | None = None
         self.spoken: list[str] = []  # what was played (to its end or to a stop), in order
+        self.heard = 0  # characters of the text said so far (say's `end`) that were played, in whole words
+        self._stopped_at: float | None = None
         self.error: Exception | None = None
         self._queue: queue.Queue = queue.Queue()
         self._busy = 0  # texts queued or playing
@@ -81,10 +93,11 @@ class Speaker:
     def available() -> bool:
         return shutil.which("espeak-ng") is not None
 
-    def say(self, text: str) -> None:
+    def say(self, text: str, end: int | None = None) -> None:
+        """Queue `text`; end: where it ends in the whole text being spoken (for `heard`)."""
         if text.strip():
             self._busy += 1
-            self._queue.put(text)
+            self._queue.put((text, end))
 
     @property
     def speaking(self) -> bool:
@@ -93,15 +106,15 @@ class Speaker:
 
     def _run(self) -> None:
         while True:
-            text = self._queue.get()
-            if text is None:
+            item = self._queue.get()
+            if item is None:
                 return
             try:
-                self._speak(text)
+                self._speak(*item)
             finally:
                 self._busy -= 1
 
-    def _speak(self, text: str) -> None:
+    def _speak(self, text: str, end: int | None) -> None:
         if self._stop.is_set() or self.error is not None:
             return
         try:
@@ -109,8 +122,9 @@ class Speaker:
             if self._stop.is_set():
                 return
             first = self.first_audio is None
+            start = time.perf_counter()
             if first:
-                self.first_audio = time.perf_counter()
+                self.first_audio = start
             try:
                 self.play(samples, rate, self._stop)
             except Exception:
@@ -118,11 +132,16 @@ class Speaker:
                     self.first_audio = None  # nothing was heard
                 raise
             self.spoken.append(text)
+            if end is not None:
+                cut = self._stopped_at is not None and self._stopped_at < start + len(samples) / rate
+                part = words_heard(text, (self._stopped_at - start) * rate / len(samples)) if cut else text
+                self.heard = end - len(text) + len(part)
         except Exception as e:  # noqa: BLE001 - a voice that cannot speak says so once, and goes on in text
             self.error = e
 
     def stop(self) -> None:
         """Cut off what is playing and drop what is queued (the user spoke over it)."""
+        self._stopped_at = time.perf_counter()
         self._stop.set()
 
     def close(self) -> None:

@@ -148,6 +148,20 @@ class KVCache:
         """The step finished: its writes stand."""
         self._undo = None
 
+    def save(self) -> tuple[np.ndarray, ...] | None:
+        """What `restore` needs to bring this cache back to now: a copy of a ring's entries, or
+        None for an append cache, which restore rolls back instead (it only ever appended)."""
+        return tuple(a.copy() for a in self.arrays) if self.ring else None
+
+    def restore(self, saved: tuple[np.ndarray, ...] | None, n: int) -> None:
+        """Back to what `save` found, when positions < n stood."""
+        if saved is None:
+            self.rollback(n)
+            return
+        self._undo = None
+        for a, s in zip(self.arrays, saved):
+            a[...] = s
+
     def rollback(self, n: int) -> None:
         """Keep the positions < n of the step in flight, then commit: what it wrote for later
         positions is forgotten, and a ring gets back the entries those writes evicted (a step

@@ -5,6 +5,7 @@ real speech (espeak-ng makes it)."""
 from __future__ import annotations
 
 import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -302,6 +303,41 @@ def test_the_speaker_speaks_in_order_and_stops_at_once():
     speaker.stop()
     speaker.close()
     assert len(played) == 1 and speaker.spoken == ["This sentence is long enough to be cut off in the middle of it."]
+
+
+def test_what_was_heard_of_a_cut_off_reply_is_whole_words():
+    """Speaker.heard: where the listener got to in the text spoken, at the end of each piece
+    played whole, and inside a piece cut off by its share of the sound, back to a word's end."""
+    import threading
+
+    from audio.speak import Speaker, words_heard
+
+    assert words_heard("one two three", 1.0) == "one two three"
+    assert words_heard("one two three", 0.55) == "one two"  # 7 of 13 characters: "one two", a space next
+    assert words_heard("one two three", 0.45) == "one"  # "one t" : "two" is cut
+    assert words_heard("one two three", 0.1) == "" and words_heard("one", 0.9) == ""
+
+    whole = "First piece. And the second one is cut off half way."
+    first, second = "First piece.", whole[len("First piece. "):]
+    started = []
+
+    def play(samples, rate, stop):  # 1 s of sound each, played in 10 ms steps
+        started.append(threading.Event())
+        started[-1].set()
+        for _ in range(100):
+            if stop.wait(0.01):
+                return
+
+    speaker = Speaker(synth=lambda text: (np.zeros(16000, np.float32), 16000), play=play)
+    speaker.say(first, end=len(first))
+    speaker.say(second, end=len(whole))
+    while len(started) < 2:
+        time.sleep(0.01)
+    time.sleep(0.5)
+    speaker.stop()
+    speaker.close()
+    assert whole[:speaker.heard].startswith(first + " And the")  # half of the second piece, in whole words
+    assert len(first) + 10 < speaker.heard < len(whole) - 10 and whole[speaker.heard] == " "
 
 
 def test_a_speaker_without_a_sound_card_says_why_once():

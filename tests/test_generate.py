@@ -92,6 +92,36 @@ def test_cut_off_stream_keeps_what_was_generated(model):
     assert session.state.pos > n
 
 
+def test_a_reply_cut_back_to_what_was_heard_leaves_only_that_in_the_conversation(model):
+    """Reply.stop(heard=n) (a spoken reply the user spoke over): the cache goes back to where
+    the turn began, sliding rings included (the small model's window is 8, so the reply
+    overwrote them), and only the ids of the heard text wait to be fed: the next turn sees
+    exactly the conversation in which the model said only that."""
+    from edgert.generation import take_pending
+
+    session = model.chat_session(temperature=0)
+    reply = session.stream("Tell me a story", max_new_tokens=24)
+    text, ids = reply.result(), list(reply.ids)
+    prompt = session.state.tokens[:session.state.pos - (len(ids) - 1)]
+    heard = len(text) // 2
+    reply.stop(heard=heard)
+    assert reply.finish_reason == "interrupted" and reply.text == text[:heard] and text[:heard]
+    n = len(reply.ids)
+    assert 0 < n < len(ids) and reply.ids == ids[:n]
+    # the ids kept are the fewest whose text reaches `heard`
+    assert len(Reply(model, iter(ids[:n - 1])).result()) < heard <= len(Reply(model, iter(ids[:n])).result())
+    assert session.state.tokens == prompt and session.state.pending == ids[:n]
+    fed = model.tokenizer.encode("<turn|>\n" + fmt.turn("user", "And then?") + fmt.generation_prompt())
+    feed, _ = take_pending(session.state, fed, None)
+    got = model.prefill(session.state, feed, logits="all")
+    want = model.forward(prompt + ids[:n] + fed)[-len(feed):]
+    np.testing.assert_allclose(got, want, atol=2e-4)
+    plain = Reply(model, iter(ids), model.new_state())  # not a session's: no place to go back to
+    plain.result()
+    with pytest.raises(edgert.EdgeRTError, match="interruptible"):
+        plain.stop(heard=1)
+
+
 def test_reset_and_system(model):
     session = model.chat_session(temperature=0)
     session.send("Hi", max_new_tokens=2)

@@ -94,8 +94,8 @@ def _answer(session, reply, args, speech_end: float, encode_s: float, seconds: f
 def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float, heard=None) -> bool:
     """Stream the reply's text and, with --say, speak it a sentence at a time as it is written;
     then the --verbose timings. Returns whether the user spoke over it (heard()): the reply
-    stops there, writing and speaking, and what it had written stays in the conversation (a
-    reply is written faster than it is spoken, so that can be more than was heard)."""
+    stops there, writing and speaking, and the conversation keeps what was heard of it (spoken,
+    in whole words), or without --say what was written."""
     from audio.speak import Speaker, sentences
 
     speaker = None
@@ -104,7 +104,14 @@ def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float
             speaker = Speaker()
         else:
             print("(--say needs espeak-ng: apt-get install espeak-ng)", file=sys.stderr)
-    first, n, pending, barged = None, 0, "", False
+    first, n, pending, at, barged = None, 0, "", 0, False
+
+    def say(pieces):
+        nonlocal at
+        for sentence in pieces:
+            at = reply.text.index(sentence, at) + len(sentence)
+            speaker.say(sentence, end=at)
+
     try:
         for piece in reply:
             if first is None:
@@ -114,8 +121,7 @@ def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float
             sys.stdout.flush()
             if speaker is not None:
                 done, pending = sentences(pending + piece)
-                for sentence in done:
-                    speaker.say(sentence)
+                say(done)
             if heard is not None and heard():
                 barged = True
                 break
@@ -125,23 +131,27 @@ def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float
             speaker.stop()
     done = time.perf_counter()
     if speaker is not None and not barged:
-        speaker.say(pending)
+        say([pending.strip()] if pending.strip() else [])
         while speaker.speaking and not barged:  # the reply is written; it is still being spoken
             time.sleep(0.02)
             barged = heard is not None and heard()
-    if barged:
-        reply.stop()
-        if speaker is not None:
-            speaker.stop()
-        sys.stdout.write(" [interrupted]")
-    sys.stdout.write("\n")
     if speaker is not None:
+        if barged:
+            speaker.stop()
         speaker.close()
         if speaker.error is not None:
             print(f"(could not speak: {speaker.error})", file=sys.stderr)
     if barged:
-        print(f"[barge-in] the reply stopped after {reply.token_count} tokens written; they stay in the "
-              "conversation", file=sys.stderr)
+        written = reply.token_count
+        spoken = speaker is not None and speaker.error is None
+        reply.stop(heard=speaker.heard if spoken else None)
+        sys.stdout.write(" [interrupted]")
+    sys.stdout.write("\n")
+    if barged:
+        kept = (f"{reply.token_count} of them, the {len(reply.text)} characters heard, stay" if spoken
+                else "they stay")
+        print(f"[barge-in] the reply stopped after {written} tokens written; {kept} in the conversation",
+              file=sys.stderr)
     if args.verbose:
         decode = (n - 1) / (done - first) if first and n > 1 and done > first else 0.0
         audio = (f"; speech end to first audio out {speaker.first_audio - speech_end:.2f} s"

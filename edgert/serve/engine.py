@@ -20,7 +20,7 @@ from edgert.text.constrain import constrained
 from edgert.text.sessions import Reply, constraint, prompt_ids
 
 if TYPE_CHECKING:
-    from edgert.model import Model, State
+    from edgert.model import Checkpoint, Model, State
 
 
 class Busy(EdgeRTError):
@@ -51,42 +51,32 @@ class Job:
 
 
 class PromptCache:
-    """The state of the last request, with a copy of its sliding-window rings taken where its
-    prompt's history ended (before the generation prompt): a next request that starts with
-    that history (the same conversation, one turn on) goes on from there. Global layers'
-    caches only append, so rolling them back is forgetting positions; a ring has overwritten
-    its old entries, so it is restored from the copy."""
+    """The state of the last request, with a checkpoint taken where its prompt's history ended
+    (before the generation prompt): a next request that starts with that history (the same
+    conversation, one turn on) goes on from there."""
 
     def __init__(self, model: "Model"):
         self.model = model
         self.state: State | None = None
         self.history: list[int] = []
-        self.rings: dict[int, tuple] = {}
+        self.at: Checkpoint | None = None
         self.reused = 0  # tokens not prefilled again, over the server's life
 
     def start(self, ids: list[int]) -> "State":
         """A state holding the longest cached head of `ids` (the marked history or nothing)."""
         n = len(self.history)
         if self.state is not None and n and ids[:n] == self.history and len(ids) > n:
-            for i, cache in self.state.caches.items():
-                if i in self.rings:
-                    for a, saved in zip(cache.arrays, self.rings[i]):
-                        a[...] = saved
-                else:
-                    cache.rollback(n)
-            self.state.tokens[:] = self.history
-            self.state.pending = []
+            self.state.restore(self.at)
             self.reused += n
             return self.state
-        self.state, self.history, self.rings = self.model.new_state(), [], {}
+        self.state, self.history, self.at = self.model.new_state(), [], None
         return self.state
 
     def mark(self, state: "State") -> None:
-        self.history = list(state.tokens)
-        self.rings = {i: tuple(a.copy() for a in c.arrays) for i, c in state.caches.items() if c.ring}
+        self.history, self.at = list(state.tokens), state.checkpoint()
 
     def forget(self) -> None:
-        self.state, self.history, self.rings = None, [], {}
+        self.state, self.history, self.at = None, [], None
 
 
 class Engine:

@@ -30,13 +30,17 @@ class Reply:
     tool calls (`<|tool_call>call:NAME{…}<tool_call|>`) in `.tool_calls`, parsed. When it is
     done, `.finish_reason` says why it ended: "stop", "tool_calls" or "length"."""
 
-    def __init__(self, model: "Model", tokens: Iterator[int], state=None, stop_ids: set[int] = frozenset()):
+    def __init__(self, model: "Model", tokens: Iterator[int], state=None, stop_ids: set[int] = frozenset(),
+                 interruptible: bool = False):
         self.model, self._tokens = model, tokens
         self.state, self.stop_ids = state, stop_ids
         self.text, self.thought = "", ""
         self.tool_calls: list[T.ToolCall] = []
         self.token_count = 0
         self.ids: list[int] = []  # the turn's token ids, as they were drawn
+        self._text_at: list[int] = []  # len(self.text) once each id was read
+        self._interruptible = interruptible and state is not None
+        self._start = None  # with interruptible: the state where the turn began (stop(heard=...) returns there)
         self.done = False
         self.finish_reason: str | None = None
 
@@ -47,8 +51,11 @@ class Reply:
         answer, thought = tok.stream(special=False), tok.stream(special=False)
         in_thought, call, call_text = False, None, ""
         for t in self._tokens:
+            if self._interruptible and self._start is None:  # fed: the prompt; pending: t
+                self._start = self.state.checkpoint()
             self.token_count += 1
             self.ids.append(t)
+            self._text_at.append(len(self.text))
             if call is not None:  # inside a call: its text, control tokens included (<|"|>)
                 if t == call_close:
                     self._add_call(call_text + call.flush())
@@ -71,6 +78,7 @@ class Reply:
             piece = answer.push(t)
             if piece:
                 self.text += piece
+                self._text_at[-1] = len(self.text)
                 yield piece
         if call is not None:
             self._add_call(call_text + call.flush(), cut=True)
@@ -96,13 +104,27 @@ class Reply:
         except T.ToolError as e:
             self.tool_calls.append(T.ToolCall("", {}, call_id, raw, str(e)))
 
-    def stop(self) -> None:
-        """End the turn where it is (the user spoke over it): what was generated stays in the
-        conversation, and the rest is never computed. finish_reason becomes "interrupted"."""
+    def stop(self, heard: int | None = None) -> None:
+        """End the turn where it is (the user spoke over it): the rest is never computed, and
+        finish_reason becomes "interrupted". What stays in the conversation is what was
+        generated, or with `heard` (a spoken reply: how many characters of .text the user heard
+        before speaking over it; needs an interruptible reply, as ChatSession makes) only the
+        ids up to there: the cache goes back to where the turn began and they wait, pending, to
+        be fed with the next turn. A reply that ended is cut back the same way."""
         close = getattr(self._tokens, "close", None)
         if close is not None and not self.done:
             close()  # the generator's own cleanup runs now (a draft's cache rollback)
-            self.done, self.finish_reason = True, "interrupted"
+            self.done = True
+        self.finish_reason = "interrupted"
+        if heard is None or heard >= len(self.text):
+            return
+        if self._start is None:
+            raise EdgeRTError("only an interruptible reply (a ChatSession's) can be cut back to what was heard")
+        n = next(i + 1 for i, at in enumerate(self._text_at) if at >= heard) if heard > 0 else 0
+        self.state.restore(self._start)
+        self.state.pending = self.ids[:n]
+        del self.ids[n:], self._text_at[n:]
+        self.text, self.token_count, self.tool_calls = self.text[:heard], n, []
 
     def result(self) -> str:
         """Run to the end and return the answer."""
@@ -295,7 +317,7 @@ class ChatSession:
         stops, rule = constraint(self.model, self.tools, tool_choice, response_format, self.think)
         sampler = constrained(Sampling.of(self.sampling).sampler(), rule)
         self.last = Reply(self.model, generate_ids(self.model, self.state, ids, budget, sampler, stops, soft,
-                                                   self.drafter), self.state, stops)
+                                                   self.drafter), self.state, stops, interruptible=True)
         return self.last
 
 
