@@ -125,8 +125,8 @@ class StreamingEncoder:
         if n_final > len(self.features):
             new, _ = log_mel(self.samples, start=len(self.features))
             self.features = np.concatenate([self.features, new[:n_final - len(self.features)]])
-        final_tokens = max(0, (n_final - 4) // 4 + 1)  # token t needs feature frames up to 4t + 3
-        rows = np.zeros((0, self.encoder.config.text_hidden), dtype=np.float32)
+        final_tokens = self._final_tokens()
+        rows = self._none()
         if final_tokens >= self.done + (1 if eager else self.every):
             start = max(0, 4 * self.done - 4)
             features = self.features[start:4 * final_tokens]
@@ -137,10 +137,16 @@ class StreamingEncoder:
     def pause(self, least: int = 8) -> np.ndarray:
         """The speaker paused: encode what is final now, if it is at least `least` soft tokens
         (the end may come next; a run costs a pass over the weights, worth it for a few)."""
-        final_tokens = max(0, (len(self.features) - 4) // 4 + 1)
-        if final_tokens - self.done < least:
-            return np.zeros((0, self.encoder.config.text_hidden), dtype=np.float32)
+        if self._final_tokens() - self.done < least:
+            return self._none()
         return self.push(np.zeros(0, dtype=np.float32), eager=True)
+
+    def _final_tokens(self) -> int:
+        """Soft tokens the final feature frames make: token t needs frames up to 4t + 3."""
+        return max(0, (len(self.features) - 4) // 4 + 1)
+
+    def _none(self) -> np.ndarray:
+        return np.zeros((0, self.encoder.config.text_hidden), dtype=np.float32)
 
     def _run(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
         out, out_mask, self.state = self.encoder.run(features, mask, self.state, self.done, 1 if self.done else 0)
@@ -157,6 +163,6 @@ class StreamingEncoder:
         start = max(0, 4 * self.done - 4)
         features = np.concatenate([self.features[start:], tail])
         mask = np.concatenate([np.ones(len(self.features) - start, dtype=bool), tail_mask])
-        rows = self._run(features, mask) if len(features) > 4 * self.done - start else features[:0, :0]
+        rows = self._run(features, mask) if len(features) > 4 * self.done - start else self._none()
         self.encode_s += time.perf_counter() - t0
-        return rows.reshape(-1, self.encoder.config.text_hidden)
+        return rows

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from edgert.draft.adaptive import Adaptive
 from edgert.draft.lookup import Lookup, lookup
-from edgert.draft.mtp import Adaptive, Assistant, Mtp
+from edgert.draft.mtp import Assistant, Mtp
 
 if TYPE_CHECKING:
     from edgert.model import Model

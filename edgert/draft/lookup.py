@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from edgert.draft.mtp import Adaptive
+from edgert.draft.adaptive import Adaptive
 
 if TYPE_CHECKING:
     from edgert.model import State

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 from edgert.generation import prefill_prompt
 
 if TYPE_CHECKING:
-    from edgert.draft.mtp import Adaptive
+    from edgert.draft.adaptive import Adaptive
     from edgert.model import Model, SoftTokens, State
 
 

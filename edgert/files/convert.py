@@ -372,8 +372,8 @@ def convert_assistant(hf_dir: Path, hf_config: dict, out_path: Path, qtype: str 
                 raise CheckpointError("the drafter's token ordering is not a permutation of the vocabulary")
             tensors.append((name, shape, gguf.GGMLQuantizationType.I32, ordering.astype(np.int32)))
             continue
-        tensors.append((name, shape, matrix_type(name, shape, TYPES[qtype]) if len(shape) > 1 else QType.F32,
-                        _matrix_payload(st, shape, matrix_type(name, shape, TYPES[qtype]))))
+        stored = matrix_type(name, shape, TYPES[qtype])  # 1-D: f32
+        tensors.append((name, shape, stored, _matrix_payload(st, shape, stored)))
     vocab = read_vocab(hf_dir) if (hf_dir / "tokenizer.json").is_file() else None
     ints = {"embedding_length_out": cfg.n_backbone, "nextn_predict_layers": cfg.text.n_layer}
     if cfg.n_centroids:
