@@ -12,7 +12,7 @@ A detector says, frame by frame, whether a frame is speech:
 
 `Segmenter` turns the frames into utterances: one starts at the first speech frame (with
 240 ms of what came before, so that a soft onset is kept) and ends after 800 ms without
-speech, keeping 240 ms of the silence after its last speech; shorter than 300 ms of speech, it
+speech (Pipecat's default; `silence_ms`), keeping 240 ms of the silence after its last speech; shorter than 300 ms of speech, it
 is dropped as a click. While a pause may be the end, its silence is held back (given on if
 the speech goes on): a listener has nothing new to encode, and says so with a "pause" event,
 so that it can finish what it has before the end is called.
@@ -96,13 +96,17 @@ class Segmenter:
       post-roll).
 
     The "speech" events of an utterance add up to its "end" event. vad: a detector, or the
-    name `detector` takes."""
+    name `detector` takes; silence_ms: the silence that ends an utterance (longer waits more
+    before answering; shorter may take a pause for the end)."""
 
-    def __init__(self, vad="auto"):
+    def __init__(self, vad="auto", silence_ms: int = HANGOVER_MS):
         self.vad = detector(vad) if isinstance(vad, str) else vad
+        if silence_ms <= POST_ROLL_MS:
+            raise ValueError(f"the silence that ends an utterance must be over {POST_ROLL_MS} ms (its post-roll), "
+                             f"not {silence_ms}")
         ms = 1000 * self.vad.frame / RATE
         self.pre_roll, self.post_roll, self.hangover, self.min_speech = (
-            round(t / ms) for t in (PRE_ROLL_MS, POST_ROLL_MS, HANGOVER_MS, MIN_SPEECH_MS))
+            round(t / ms) for t in (PRE_ROLL_MS, POST_ROLL_MS, silence_ms, MIN_SPEECH_MS))
         self._pending = np.zeros(0, dtype=np.float32)  # samples short of a whole frame
         self._history: list[np.ndarray] = []  # recent frames before an utterance (pre-roll)
         self._utterance: list[np.ndarray] = []

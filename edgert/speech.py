@@ -141,6 +141,14 @@ class StreamingEncoder:
             return self._none()
         return self.push(np.zeros(0, dtype=np.float32), eager=True)
 
+    def mark(self) -> tuple:
+        """Where the stream is (the encoder's state, the tokens handed out), for `back`: a
+        `finish` that turned out early (the speaker had only paused) is undone by going back."""
+        return self.state, self.done
+
+    def back(self, mark: tuple) -> None:
+        self.state, self.done = mark
+
     def _final_tokens(self) -> int:
         """Soft tokens the final feature frames make: token t needs frames up to 4t + 3."""
         return max(0, (len(self.features) - 4) // 4 + 1)

@@ -173,6 +173,8 @@ def test_voice_says_what_is_wrong_before_loading_a_model(checkpoints, tmp_path):
     none = _cli("voice", "--wav", str(text))
     assert none.returncode == 2 and "audio tower" in none.stderr and "mmproj" in none.stderr
     assert "loading" not in none.stderr
+    short = _cli("voice", model, "--vad-silence", "100")
+    assert short.returncode == 2 and "must be over 240 ms" in short.stderr and "loading" not in short.stderr
 
 
 def test_session_keeps_audio_turns(checkpoint, speech, tmp_path):
@@ -258,6 +260,40 @@ def test_streamed_turn_equals_the_whole_turn(checkpoint, speech, tmp_path):
     tokens = list(turn.finish("Answer.", max_new_tokens=6)._tokens)
     assert tokens == batch_tokens
     assert streamed.state.tokens == batch.state.tokens and len(batch.state.tokens) > turn.soft_tokens
+
+
+def test_an_answer_begun_at_a_pause_is_dropped_if_the_speech_goes_on_and_is_the_answer_if_it_ends(
+        checkpoint, speech, tmp_path):
+    """AudioTurn.answer_early: at a pause, the reply is begun and read ahead; the speech going
+    on takes the turn back to the pause (cache and encoder), and at the end the early reply is
+    the very reply of the whole clip."""
+    _, directory = checkpoint
+    model = edgert.load(convert(directory, tmp_path / "m.gguf", "f32"))
+    samples = load_audio(speech).samples
+    batch = model.chat_session(system="Listen.", temperature=0)
+    whole = batch.stream([{"type": "audio", "audio": samples, "rate": 16000},
+                          {"type": "text", "text": "Answer."}], max_new_tokens=6)
+    whole.result()
+    streamed = model.chat_session(system="Listen.", temperature=0)
+    turn = streamed.listen(every=12)
+    half = len(samples) // 2 // 1600 * 1600
+    for i in range(0, half, 1600):
+        turn.push(samples[i:i + 1600])
+    turn.pause()
+    at_pause = list(streamed.state.tokens)
+    early = turn.answer_early("Answer.", max_new_tokens=6)
+    early.read_ahead()  # the turn's end is prefilled and the first piece drawn, during the pause
+    assert streamed.state.pos > len(at_pause) and early.token_count > 0
+    turn.go_on()  # the speaker goes on
+    assert streamed.state.tokens == at_pause and not streamed.state.pending and streamed.last is not early
+    for i in range(half, len(samples), 1600):
+        turn.push(samples[i:i + 1600])
+    turn.pause()
+    final = turn.answer_early("Answer.", max_new_tokens=6)
+    while final.read_ahead():
+        pass
+    assert final.result() == whole.text and final.ids == whole.ids  # the read-ahead pieces come first, in order
+    assert streamed.state.tokens == batch.state.tokens
 
 
 FAKE_SOUNDDEVICE = '''
@@ -388,7 +424,8 @@ def test_speaking_over_the_reply_stops_it_and_keeps_what_it_said(checkpoint, con
     _, directory = checkpoint
     model = edgert.load(convert(directory, tmp_path / "m.gguf", "q8_0"))
     session = model.chat_session(temperature=0)
-    args = types.SimpleNamespace(vad="silero", stream=True, encode_every=12, prompt=None, max_new_tokens=60,
+    args = types.SimpleNamespace(vad="silero", vad_silence=800, early=True, stream=True, encode_every=12, prompt=None,
+                                 max_new_tokens=60,
                                  functions=[], tool_choice="auto", say=True, verbose=False)
     replies = []
     real = session._reply
@@ -430,3 +467,4 @@ def test_voice_wav_conversation_with_a_barge_in(checkpoint, conversation, tmp_pa
     assert out.count(" [interrupted]\n") == 1 and not out.endswith("[interrupted]")  # the second answer follows
     assert done.stderr.count("[barge-in] the reply stopped after") == 1 and "characters heard, stay" in done.stderr
     assert done.stderr.count("speech end to first token") == 2 and "speech end to first audio out" in done.stderr
+    assert "written during the pause" in done.stderr  # answered at the pause, before the end was called

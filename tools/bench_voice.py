@@ -7,7 +7,10 @@ delivers it, 100 ms at a time, through the voice-activity detector (Silero): the
 encoder (audio.encoder, stateful) encodes its speech and the soft tokens are prefilled while it
 is spoken, a pause flushes the encoder, as `edgert voice` does (the work during speech is
 timed, not slept through). Then, from the moment the detector calls the end (its wait after
-the last speech is reported apart):
+the last speech is reported apart), answered two ways: begun when the end is called
+(`--no-early`), and begun at the last pause, read ahead while the silence lasts (`--early`, the
+default; its work is timed alone, and only what of it outlasts the silence between the pause
+and the end is waited for):
 
 - to the first token: the encoder's tail, its prefill, the turn's end, the first draw;
 - to the first audio out: the first clause of the reply (up to a punctuation mark, or 8
@@ -91,7 +94,10 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
     """One spoken turn as `edgert voice` takes it: the utterance and 1.5 s of silence, 100 ms a
     block, through the voice-activity detector (Silero); its speech is streamed into the encoder
     and prefilled, its pauses flush the encoder, and its end starts the answer. Times from the
-    end event. every: the stream's soft tokens per run (default: StreamingEncoder's)."""
+    end event, two ways: answered when the end is called (--no-early), and answered at the last
+    pause and read ahead while the silence lasted (--early, the default): its work is timed
+    alone, and what of it outlasts the silence between the pause and the end is what the user
+    waits for. every: the stream's soft tokens per run (default: StreamingEncoder's)."""
     from audio.vad import Segmenter
     from edgert.gemma4 import SoftTokens
     from edgert.speech import StreamingEncoder
@@ -108,17 +114,45 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
             model.prefill(state, [tok.pad] * len(rows), logits="none",
                           soft=SoftTokens(np.ones(len(rows), dtype=bool), rows))
 
+    def answer(decode: int = 0) -> dict:
+        """The answer from here: seconds to the first token and to the first clause, then
+        (decode > 0) decode tok/s over that many tokens."""
+        t0 = time.perf_counter()
+        prefill_soft(stream.finish())
+        token = int(np.argmax(model.prefill(state, tail)))
+        out = dict(first_token=time.perf_counter() - t0)
+        ids = [token]
+        t_dec = time.perf_counter()
+        for _ in range(max(decode, CLAUSE_TOKENS)):
+            token = int(np.argmax(model.decode_step(state, token)))
+            ids.append(token)
+            if "clause" not in out and (any(c in tok.decode([token]) for c in ".!?,;:") or len(ids) >= CLAUSE_TOKENS):
+                out.update(clause=time.perf_counter() - t0, text=tok.decode(ids))
+                if not decode:
+                    break
+        if decode:
+            out["decode_tps"] = decode / (time.perf_counter() - t_dec)
+        return out
+
     audio = np.concatenate([utterance, np.zeros(int(1.5 * RATE), dtype=np.float32)])
-    segmenter, during, heard, ended = Segmenter("silero"), 0.0, 0, None
+    segmenter, during, heard, ended, early = Segmenter("silero"), 0.0, 0, None, None
     for i in range(0, len(audio), BLOCK):
         events = segmenter.push(audio[i:i + BLOCK])
         t0 = time.perf_counter()
         for kind, samples in events:
             if kind == "speech":
+                if early is not None:  # only a pause: back to it
+                    state.restore(early["at"])
+                    stream.back(early["mark"])
+                    early = None
                 prefill_soft(stream.push(samples))
                 heard += len(samples)
             elif kind == "pause":
                 prefill_soft(stream.pause())
+                during += time.perf_counter() - t0
+                early = dict(at=state.checkpoint(), mark=stream.mark(), when=(i + BLOCK) / RATE)
+                early.update(answer())  # in the silence: timed apart
+                t0 = time.perf_counter()
             elif kind == "end":
                 ended = (i + BLOCK) / RATE
         if ended is not None:
@@ -127,26 +161,19 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
     if ended is None:
         raise RuntimeError("the voice-activity detector heard no end of the utterance")
     encode_during = stream.encode_s
-    t0 = time.perf_counter()  # the end is called
-    prefill_soft(stream.finish())
-    logits = model.prefill(state, tail)
-    token = int(np.argmax(logits))
-    first_token = time.perf_counter() - t0
-    ids = [token]
-    clause_at = None
-    t_dec = time.perf_counter()
-    for _ in range(32):
-        token = int(np.argmax(model.decode_step(state, token)))
-        ids.append(token)
-        if clause_at is None and (any(c in tok.decode([token]) for c in ".!?,;:") or len(ids) >= CLAUSE_TOKENS):
-            clause_at = time.perf_counter() - t0
-            clause = tok.decode(ids)
-    decode_tps = 32 / (time.perf_counter() - t_dec)
-    audio_out = clause_at + first_audio(clause)
+    if early is not None:
+        state.restore(early["at"])
+        stream.back(early["mark"])
+    late = answer(decode=32)  # the end called, then the answer begun
+    spare = ended - early["when"] if early is not None else 0.0  # silence between the pause and the end
     seconds = len(utterance) / RATE
-    return dict(first_token=first_token, first_audio=audio_out, clause_tokens=len(tok.encode(clause)),
-                decode_tps=decode_tps, encoder_rtf=encode_during / seconds, work_rtf=during / seconds,
-                wait=ended - seconds, heard=heard / RATE)
+    out = dict(first_token=late["first_token"], first_audio=late["clause"] + first_audio(late["text"]),
+               decode_tps=late["decode_tps"], encoder_rtf=encode_during / seconds, work_rtf=during / seconds,
+               wait=ended - seconds, early=early is not None)
+    if early is not None:
+        out.update(early_first_token=max(0.0, early["first_token"] - spare),
+                   early_first_audio=max(0.0, early["clause"] - spare) + first_audio(early["text"]))
+    return out
 
 
 def measure(kind: str, model_path: Path, models_dir: Path, threads: int, reps: int = 3, log=print) -> dict:
@@ -171,23 +198,29 @@ def _pct(values, q) -> float:
 
 
 def section(results: list[dict]) -> list[str]:
-    lines = ["| model | utterance | end of speech called to first token, p50 / p95 | to first audio out, p50 | "
-             "decode | encoder work per s of speech, f32 / int8 | all work during speech, per s | "
-             "the detector's wait |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| model | utterance | end called to first token, p50 / p95: answered at the end | "
+             "answered at the pause | to first audio out, p50: at the end | at the pause | decode | "
+             "encoder work per s of speech, f32 / int8 | all work during speech, per s | the detector's wait |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def row(r, rows, label, bold=False):
+        b = "**" if bold else ""
+        ft = [x["first_token"] for x in rows]
+        eft = [x.get("early_first_token", x["first_token"]) for x in rows]
+        efa = [x.get("early_first_audio", x["first_audio"]) for x in rows]
+        cells = [f"{b}{_pct(ft, 50):.2f} / {_pct(ft, 95):.2f} s{b}", f"{b}{_pct(eft, 50):.2f} / {_pct(eft, 95):.2f} s{b}",
+                 f"{b}{_pct([x['first_audio'] for x in rows], 50):.2f} s{b}", f"{b}{_pct(efa, 50):.2f} s{b}"]
+        if not bold:
+            int8 = next(x["int8_rtf"] for x in rows if "int8_rtf" in x)
+            cells += [f"{np.median([x['decode_tps'] for x in rows]):.1f} tok/s",
+                      f"{np.median([x['encoder_rtf'] for x in rows]):.3f} / {int8:.3f}",
+                      f"{np.median([x['work_rtf'] for x in rows]):.2f}", f"{np.median([x['wait'] for x in rows]):.2f} s"]
+        else:
+            cells += [""] * 4
+        lines.append(f"| {r['kind'].upper()} | {label} | " + " | ".join(cells) + " |")
+
     for r in results:
         for seconds in SECONDS:
-            rows = [x for x in r["rows"] if x["seconds"] == seconds]
-            ft = [x["first_token"] for x in rows]
-            int8 = next(x["int8_rtf"] for x in rows if "int8_rtf" in x)
-            lines.append(f"| {r['kind'].upper()} | {seconds} s | {_pct(ft, 50):.2f} / {_pct(ft, 95):.2f} s | "
-                         f"{_pct([x['first_audio'] for x in rows], 50):.2f} s | "
-                         f"{np.median([x['decode_tps'] for x in rows]):.1f} tok/s | "
-                         f"{np.median([x['encoder_rtf'] for x in rows]):.3f} / {int8:.3f} | "
-                         f"{np.median([x['work_rtf'] for x in rows]):.2f} | "
-                         f"{np.median([x['wait'] for x in rows]):.2f} s |")
-        ft = [x["first_token"] for x in r["rows"]]
-        fa = [x["first_audio"] for x in r["rows"]]
-        lines.append(f"| {r['kind'].upper()} | all | **{_pct(ft, 50):.2f} / {_pct(ft, 95):.2f} s** | "
-                     f"**{_pct(fa, 50):.2f} s** | | | | |")
+            row(r, [x for x in r["rows"] if x["seconds"] == seconds], f"{seconds} s")
+        row(r, r["rows"], "all", bold=True)
     return lines

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from audio.vad import HANGOVER_MS, POST_ROLL_MS
 from edgert.errors import EdgeRTError, no_audio_tower
 from tools.common import add_model_argument, add_sampling_arguments, load_model, sampling
 
@@ -49,6 +50,12 @@ def add_parser(sub) -> None:
     p.add_argument("--vad", default="auto", choices=("auto", "silero", "energy"),
                    help="voice-activity detector: silero (Silero VAD, which noise and music do not fool), energy "
                         "(a level threshold), or auto (Silero where it loads)")
+    p.add_argument("--vad-silence", type=int, default=HANGOVER_MS, metavar="MS",
+                   help=f"silence that ends an utterance, in ms (default {HANGOVER_MS}; shorter answers sooner, and may "
+                        "take a pause for the end)")
+    p.add_argument("--no-early", dest="early", action="store_false",
+                   help="wait for the end of an utterance before answering (default: begin the answer at each pause, "
+                        "and drop it if the speech goes on)")
     p.add_argument("--push-to-talk", action="store_true",
                    help="Enter starts and ends an utterance (microphone), instead of voice-activity detection")
     add_sampling_arguments(p)
@@ -105,6 +112,7 @@ def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float
         else:
             print("(--say needs espeak-ng: apt-get install espeak-ng)", file=sys.stderr)
     first, n, pending, at, barged = None, 0, "", 0, False
+    ahead = len(reply.text)  # written during the pause, before the end was called (--early)
 
     def say(pieces):
         nonlocal at
@@ -156,7 +164,8 @@ def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float
         decode = (n - 1) / (done - first) if first and n > 1 and done > first else 0.0
         audio = (f"; speech end to first audio out {speaker.first_audio - speech_end:.2f} s"
                  if speaker is not None and speaker.first_audio else "")
-        print(f"speech end to first token {(first or done) - speech_end:.2f} s{audio}; encoder {encode_s:.2f} s "
+        early = f" ({ahead} characters of it written during the pause)" if ahead else ""
+        print(f"speech end to first token {(first or done) - speech_end:.2f} s{early}{audio}; encoder {encode_s:.2f} s "
               f"for {seconds:.1f} s of audio (real-time factor {encode_s / max(seconds, 1e-9):.3f}); "
               f"{n} pieces, decode {decode:.1f}/s", file=sys.stderr)
     return barged
@@ -180,6 +189,13 @@ class Recording:
 
     def answering(self, on: bool) -> None:
         self._since = (time.perf_counter(), self.at) if on else None
+
+    def idle(self) -> bool:
+        """No block is due yet (while answering: the blocks come in real time)."""
+        if self._since is None:
+            return False
+        t0, at0 = self._since
+        return self.at >= at0 + int((time.perf_counter() - t0) * RATE / BLOCK)
 
     def arrived(self) -> list[np.ndarray]:
         """The blocks heard since the last call, while answering."""
@@ -210,6 +226,10 @@ class Microphone:
     def answering(self, on: bool) -> None:
         pass
 
+    def idle(self) -> bool:
+        """No block is waiting."""
+        return self.queue.empty()
+
     def arrived(self) -> list[np.ndarray]:
         out = []
         while not self.queue.empty():
@@ -221,14 +241,18 @@ def converse(session, source, args, events=None) -> int:
     """Answer the utterances in a stream of 16 kHz blocks (a Microphone, or a Recording).
     Voice-activity detection cuts them (or `events`, a function from blocks to lists of the same
     events, for push-to-talk); with streaming (the default), each is encoded and prefilled while
-    it is spoken, so that its end leaves only the tail to compute. While a reply is written and
-    spoken, the source is still heard: speech (300 ms of it) stops the reply, and is the next
-    utterance. Returns the number of utterances answered."""
+    it is spoken, so that its end leaves only the tail to compute. At a pause, the answer is
+    begun at once and read ahead while the silence lasts (--early, the default): if the pause
+    is the end, the reply is under way when the end is called; if the speech goes on, the turn
+    goes back to the pause. While a reply is written and spoken, the source is still heard:
+    speech (300 ms of it) stops the reply, and is the next utterance. Returns the number of
+    utterances answered."""
     from audio.vad import Segmenter
 
-    turn, encode_s, answered = None, 0.0, 0
-    segmenter = Segmenter(args.vad) if events is None else None
+    turn, encode_s, answered, early = None, 0.0, 0, None
+    segmenter = Segmenter(args.vad, args.vad_silence) if events is None else None
     held: list = []  # events heard while answering
+    choice = args.tool_choice if args.functions else None
 
     def heard() -> bool:
         for block in source.arrived():
@@ -236,23 +260,31 @@ def converse(session, source, args, events=None) -> int:
         return any(kind == "speech" for kind, _ in held)
 
     def handle(batch):
-        nonlocal turn, encode_s, answered
+        nonlocal turn, encode_s, answered, early
         todo = list(batch)
         while todo:
             kind, samples = todo.pop(0)
             if kind == "speech" and args.stream:
                 t0 = time.perf_counter()
+                if early is not None:  # it was a pause, not the end
+                    turn.go_on()
+                    early = None
+                    source.answering(False)
                 turn = turn or session.listen(args.encode_every)
                 turn.push(samples)
                 encode_s += time.perf_counter() - t0
             elif kind == "pause" and args.stream and turn is not None:
                 t0 = time.perf_counter()
                 turn.pause()
+                if args.early:
+                    early = turn.answer_early(args.prompt, max_new_tokens=args.max_new_tokens, tool_choice=choice)
+                    source.answering(True)  # a recording plays on in real time while the answer is read ahead
                 encode_s += time.perf_counter() - t0
             elif kind == "end":
                 speech_end = time.perf_counter()
-                choice = args.tool_choice if args.functions else None
-                if args.stream:
+                if early is not None:
+                    reply, early = early, None
+                elif args.stream:
                     reply = turn.finish(args.prompt, max_new_tokens=args.max_new_tokens, tool_choice=choice)
                 else:
                     parts = [{"type": "audio", "audio": samples, "rate": RATE}]
@@ -274,6 +306,8 @@ def converse(session, source, args, events=None) -> int:
         return answered
     for block in source:
         handle(segmenter.push(block))
+        while early is not None and source.idle() and early.read_ahead():
+            pass  # the silence goes on: read the answer ahead, until the next block is due
     handle(segmenter.flush())
     return answered
 
@@ -343,6 +377,9 @@ HEARS = ("edgert voice needs a model that can hear: a Gemma 4 file with its audi
 def main(args) -> int:
     if args.model is None:
         raise EdgeRTError(HEARS)
+    if args.vad_silence <= POST_ROLL_MS:
+        raise EdgeRTError(f"--vad-silence {args.vad_silence}: the silence that ends an utterance must be over "
+                          f"{POST_ROLL_MS} ms, the speech's post-roll (default {HANGOVER_MS})")
     clip = None
     if args.wav:  # a file that cannot be used is said before any model loads
         from audio.files import load_audio

@@ -41,10 +41,27 @@ class Reply:
         self._text_at: list[int] = []  # len(self.text) once each id was read
         self._interruptible = interruptible and state is not None
         self._start = None  # with interruptible: the state where the turn began (stop(heard=...) returns there)
+        self._pieces: Iterator[str] | None = None
+        self._ahead: list[str] = []  # pieces computed by read_ahead, not yet given
         self.done = False
         self.finish_reason: str | None = None
 
     def __iter__(self) -> Iterator[str]:
+        while self._ahead or self.read_ahead():
+            yield self._ahead.pop(0)
+
+    def read_ahead(self) -> bool:
+        """Compute the next piece and hold it for the reader (a reply begun before it is known
+        to be wanted: the voice assistant answers at a pause, before the end is called);
+        False once the reply is done."""
+        if self._pieces is None:
+            self._pieces = self._generate()
+        piece = next(self._pieces, None)
+        if piece is not None:
+            self._ahead.append(piece)
+        return piece is not None
+
+    def _generate(self) -> Iterator[str]:
         tok = self.model.tokenizer
         open_id, close_id = self.model.channel_ids
         call_open, call_close = tok.token_id(T.CALL_OPEN), tok.token_id(T.CALL_CLOSE)
@@ -115,6 +132,7 @@ class Reply:
         if close is not None and not self.done:
             close()  # the generator's own cleanup runs now (a draft's cache rollback)
             self.done = True
+        self._ahead.clear()
         self.finish_reason = "interrupted"
         if heard is None or heard >= len(self.text):
             return
@@ -335,6 +353,7 @@ class AudioTurn:
         head, opened = session._head()
         self._feed(head + model.tokenizer.encode(opened + boa))
         self.soft_tokens = 0
+        self._back = None  # answer_early's way back
 
     def _feed(self, ids: list[int], rows: np.ndarray | None = None) -> None:
         self.session._check_room(len(ids))
@@ -350,6 +369,23 @@ class AudioTurn:
         """The speaker paused (voice activity says so): encode and prefill what is final now,
         so that if this is the end, only the last fraction of a second is left."""
         return self._prefill(self.stream.pause())
+
+    def answer_early(self, text: str | None = None, max_new_tokens: int = 1024, tool_choice=None) -> Reply:
+        """The speaker paused: answer now as if this were the end (finish), keeping the way
+        back (go_on) should the speech go on. The reply can be read ahead during the pause
+        (Reply.read_ahead), and is the same reply `finish` would give at the end: a pause has
+        all the speech the end will have."""
+        self._back = (self.session.state.checkpoint(), self.stream.mark(), self.soft_tokens, self.session.last)
+        return self.finish(text, max_new_tokens, tool_choice)
+
+    def go_on(self) -> None:
+        """The speech went on after answer_early: that reply is dropped, unread, and the turn
+        is where it was at the pause."""
+        early, (at, stream, self.soft_tokens, self.session.last) = self.session.last, self._back
+        early.stop()
+        self.session.state.restore(at)
+        self.stream.back(stream)
+        self._back = None
 
     def _prefill(self, rows: np.ndarray) -> int:
         if len(rows):
