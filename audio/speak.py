@@ -4,7 +4,8 @@
 that the first sentence is spoken while the model writes the second. `Speaker` synthesizes
 each with espeak-ng (its WAV on stdout, read by soundfile) and plays it (sounddevice) on a
 thread of its own, in order; `stop` cuts it off at once (a barge-in) and drops what was
-queued. `first_audio` is when the first samples went out; `heard` is how far into the
+queued. A held Speaker makes its sound ready and plays it only once released (a reply written
+at a pause, before the end is called). `first_audio` is when the first samples went out; `heard` is how far into the
 speaker's text the listener got, in whole words (what a cut-off reply keeps)."""
 
 from __future__ import annotations
@@ -76,8 +77,11 @@ class Speaker:
     """Speaks queued text in order, on its own thread. synth: text -> (samples, rate) (espeak-ng);
     play: (samples, rate, stop event) -> None, returning when done or stopped (sounddevice)."""
 
-    def __init__(self, synth: Callable | None = None, play: Callable | None = None):
+    def __init__(self, synth: Callable | None = None, play: Callable | None = None, held: bool = False):
         self.synth, self.play = synth or espeak, play or play_sounddevice
+        self._go = threading.Event()  # held: synthesize, but play nothing until release()
+        if not held:
+            self._go.set()
         self.first_audio: float | None = None
         self.spoken: list[str] = []  # what was played (to its end or to a stop), in order
         self.heard = 0  # characters of the text said so far (say's `end`) that were played, in whole words
@@ -119,6 +123,7 @@ class Speaker:
             return
         try:
             samples, rate = self.synth(text)
+            self._go.wait()
             if self._stop.is_set():
                 return
             first = self.first_audio is None
@@ -139,10 +144,15 @@ class Speaker:
         except Exception as e:  # noqa: BLE001 - a voice that cannot speak says so once, and goes on in text
             self.error = e
 
+    def release(self) -> None:
+        """A held speaker plays what it has made ready, and what comes next, from now on."""
+        self._go.set()
+
     def stop(self) -> None:
         """Cut off what is playing and drop what is queued (the user spoke over it)."""
         self._stopped_at = time.perf_counter()
         self._stop.set()
+        self._go.set()
 
     def close(self) -> None:
         """Wait until everything queued is spoken (or stopped), then end the thread."""

@@ -340,6 +340,36 @@ def test_what_was_heard_of_a_cut_off_reply_is_whole_words():
     assert len(first) + 10 < speaker.heard < len(whole) - 10 and whole[speaker.heard] == " "
 
 
+def test_a_held_speaker_makes_its_sound_ready_and_plays_only_once_released():
+    """Speaker(held=True): a reply begun at a pause is synthesized during the silence, and
+    heard only if the end is called (release); dropped (stop), nothing is played."""
+    import threading
+
+    from audio.speak import Speaker
+
+    made, played = threading.Event(), []
+
+    def synth(text):
+        made.set()
+        return np.zeros(160, np.float32), 16000
+
+    speaker = Speaker(synth=synth, play=lambda samples, rate, stop: played.append(len(samples)), held=True)
+    speaker.say("Ready.")
+    assert made.wait(10)
+    time.sleep(0.1)
+    assert played == [] and speaker.first_audio is None and speaker.speaking
+    t0 = time.perf_counter()
+    speaker.release()
+    speaker.close()
+    assert played == [160] and speaker.first_audio >= t0
+
+    dropped = Speaker(synth=synth, play=lambda samples, rate, stop: played.append(len(samples)), held=True)
+    dropped.say("Never heard.")
+    dropped.stop()
+    dropped.close()
+    assert played == [160] and dropped.first_audio is None
+
+
 def test_a_speaker_without_a_sound_card_says_why_once():
     from audio.speak import Speaker
 

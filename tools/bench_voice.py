@@ -171,8 +171,9 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
                decode_tps=late["decode_tps"], encoder_rtf=encode_during / seconds, work_rtf=during / seconds,
                wait=ended - seconds, early=early is not None)
     if early is not None:
+        # the first clause's sound is made ready in the silence too (a held Speaker)
         out.update(early_first_token=max(0.0, early["first_token"] - spare),
-                   early_first_audio=max(0.0, early["clause"] - spare) + first_audio(early["text"]))
+                   early_first_audio=max(0.0, early["clause"] + first_audio(early["text"]) - spare))
     return out
 
 

@@ -79,12 +79,14 @@ def load_tools(path: str) -> list:
     return functions
 
 
-def _answer(session, reply, args, speech_end: float, encode_s: float, seconds: float, heard=None) -> None:
+def _answer(session, reply, args, speech_end: float, encode_s: float, seconds: float, heard=None,
+            voice: "Voice | None" = None) -> None:
     """Speak a reply; while it calls tools, run them and speak what the model makes of the
     results (a few rounds at most; the last may not call again). heard(): whether the user has
-    begun to speak meanwhile, which stops the reply (a barge-in)."""
+    begun to speak meanwhile, which stops the reply (a barge-in). voice: the reply's held Voice,
+    when it was begun at a pause."""
     for round_ in range(4):
-        if _speak_reply(reply, args, speech_end, encode_s, seconds, heard):
+        if _speak_reply(reply, args, speech_end, encode_s, seconds, heard, voice):
             return
         if not reply.tool_calls or not args.functions:
             return
@@ -95,31 +97,57 @@ def _answer(session, reply, args, speech_end: float, encode_s: float, seconds: f
             print(f"[tool] {call.name}({call.arguments}) -> {result['content']}", file=sys.stderr)
         reply = session.stream_results(results, max_new_tokens=args.max_new_tokens,
                                        tool_choice="none" if round_ == 2 else "auto")
-        speech_end, encode_s = time.perf_counter(), 0.0
+        speech_end, encode_s, voice = time.perf_counter(), 0.0, None
 
 
-def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float, heard=None) -> bool:
+class Voice:
+    """A reply spoken a sentence at a time as it is written (--say): `feed` passes on what the
+    reply has written since the last call, `finish` the rest. Held, its speaker makes the first
+    sentence's sound ready and plays nothing until released (a reply begun at a pause, before
+    the end is called)."""
+
+    def __init__(self, reply, held: bool = False):
+        from audio.speak import Speaker
+
+        self.reply, self.speaker = reply, Speaker(held=held)
+        self.fed, self.pending, self.at = 0, "", 0  # text passed on; not yet a sentence; where said text ends
+
+    def feed(self) -> None:
+        from audio.speak import sentences
+
+        text = self.reply.text
+        done, self.pending = sentences(self.pending + text[self.fed:])
+        self.fed = len(text)
+        self._say(done)
+
+    def finish(self) -> None:
+        self.feed()
+        rest, self.pending = self.pending.strip(), ""
+        self._say([rest] if rest else [])
+
+    def _say(self, pieces) -> None:
+        for sentence in pieces:
+            self.at = self.reply.text.index(sentence, self.at) + len(sentence)
+            self.speaker.say(sentence, end=self.at)
+
+    def drop(self) -> None:
+        self.speaker.stop()
+        self.speaker.close()
+
+
+def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float, heard=None,
+                 voice: Voice | None = None) -> bool:
     """Stream the reply's text and, with --say, speak it a sentence at a time as it is written;
     then the --verbose timings. Returns whether the user spoke over it (heard()): the reply
     stops there, writing and speaking, and the conversation keeps what was heard of it (spoken,
     in whole words), or without --say what was written."""
-    from audio.speak import Speaker, sentences
-
-    speaker = None
-    if args.say:
-        if Speaker.available():
-            speaker = Speaker()
-        else:
-            print("(--say needs espeak-ng: apt-get install espeak-ng)", file=sys.stderr)
-    first, n, pending, at, barged = None, 0, "", 0, False
+    if voice is not None:
+        voice.speaker.release()
+    elif args.say:
+        voice = Voice(reply)
+    speaker = voice.speaker if voice is not None else None
+    first, n, barged = None, 0, False
     ahead = len(reply.text)  # written during the pause, before the end was called (--early)
-
-    def say(pieces):
-        nonlocal at
-        for sentence in pieces:
-            at = reply.text.index(sentence, at) + len(sentence)
-            speaker.say(sentence, end=at)
-
     try:
         for piece in reply:
             if first is None:
@@ -127,9 +155,8 @@ def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float
             n += 1
             sys.stdout.write(piece)
             sys.stdout.flush()
-            if speaker is not None:
-                done, pending = sentences(pending + piece)
-                say(done)
+            if voice is not None:
+                voice.feed()
             if heard is not None and heard():
                 barged = True
                 break
@@ -139,7 +166,7 @@ def _speak_reply(reply, args, speech_end: float, encode_s: float, seconds: float
             speaker.stop()
     done = time.perf_counter()
     if speaker is not None and not barged:
-        say([pending.strip()] if pending.strip() else [])
+        voice.finish()
         while speaker.speaking and not barged:  # the reply is written; it is still being spoken
             time.sleep(0.02)
             barged = heard is not None and heard()
@@ -249,7 +276,7 @@ def converse(session, source, args, events=None) -> int:
     utterances answered."""
     from audio.vad import Segmenter
 
-    turn, encode_s, answered, early = None, 0.0, 0, None
+    turn, encode_s, answered, early, voice = None, 0.0, 0, None, None
     segmenter = Segmenter(args.vad, args.vad_silence) if events is None else None
     held: list = []  # events heard while answering
     choice = args.tool_choice if args.functions else None
@@ -260,7 +287,7 @@ def converse(session, source, args, events=None) -> int:
         return any(kind == "speech" for kind, _ in held)
 
     def handle(batch):
-        nonlocal turn, encode_s, answered, early
+        nonlocal turn, encode_s, answered, early, voice
         todo = list(batch)
         while todo:
             kind, samples = todo.pop(0)
@@ -268,7 +295,9 @@ def converse(session, source, args, events=None) -> int:
                 t0 = time.perf_counter()
                 if early is not None:  # it was a pause, not the end
                     turn.go_on()
-                    early = None
+                    if voice is not None:
+                        voice.drop()
+                    early, voice = None, None
                     source.answering(False)
                 turn = turn or session.listen(args.encode_every)
                 turn.push(samples)
@@ -278,6 +307,7 @@ def converse(session, source, args, events=None) -> int:
                 turn.pause()
                 if args.early:
                     early = turn.answer_early(args.prompt, max_new_tokens=args.max_new_tokens, tool_choice=choice)
+                    voice = Voice(early, held=True) if args.say else None  # its first sound made ready too
                     source.answering(True)  # a recording plays on in real time while the answer is read ahead
                 encode_s += time.perf_counter() - t0
             elif kind == "end":
@@ -293,10 +323,10 @@ def converse(session, source, args, events=None) -> int:
                 source.answering(True)
                 try:
                     _answer(session, reply, args, speech_end, encode_s, len(samples) / RATE,
-                            heard if segmenter is not None else None)
+                            heard if segmenter is not None else None, voice)
                 finally:
                     source.answering(False)
-                turn, encode_s, answered = None, 0.0, answered + 1
+                turn, encode_s, answered, voice = None, 0.0, answered + 1, None
                 todo += held  # what was said over the reply is the next utterance
                 held.clear()
 
@@ -307,7 +337,8 @@ def converse(session, source, args, events=None) -> int:
     for block in source:
         handle(segmenter.push(block))
         while early is not None and source.idle() and early.read_ahead():
-            pass  # the silence goes on: read the answer ahead, until the next block is due
+            if voice is not None:  # the silence goes on: read the answer ahead, until the next block is due
+                voice.feed()
     handle(segmenter.flush())
     return answered
 
@@ -386,6 +417,12 @@ def main(args) -> int:
 
         clip = load_audio(args.wav)
     args.functions = load_tools(args.tools) if args.tools else []
+    if args.say:
+        from audio.speak import Speaker
+
+        if not Speaker.available():
+            print("(--say needs espeak-ng: apt-get install espeak-ng)", file=sys.stderr)
+            args.say = False
     model = load_model(args, audio_int8=args.audio_int8)
     if model.file.audio is None:
         raise no_audio_tower(model.file.path)
