@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from edgert.draft import drafter
+from edgert.draft import drafter as make_drafter
 from edgert.errors import ContextOverflowError
 from edgert.sampling import Sampling
 from edgert.text.tokenizer import StreamDecoder
@@ -18,37 +18,77 @@ if TYPE_CHECKING:
     from edgert.model import Model, SoftTokens, State
 
 
+class NoDraft:
+    """Plain decoding, as a drafter that never guesses: one token per step."""
+
+    def draft(self, state, history, room) -> list[int]:
+        return []
+
+
 def generate_ids(model: "Model", state: "State", prompt: Sequence[int], max_new_tokens: int,
                  sampler: Callable, stop_ids: set[int], soft: "SoftTokens | None" = None,
                  drafter=None) -> Iterator[int]:
     """Prefill `prompt` (after any pending ids), then sample until a stop id, the token
     budget or the context runs out. Sampled ids are yielded before they are fed, so a
     consumer that stops early leaves the last one in `state.pending`. soft: the prompt's
-    soft tokens, as `Model.prefill` takes them. drafter: guesses checked several at a time
-    (edgert.draft), the same ids drawn the same way."""
-    if drafter is not None:
-        from edgert.draft.speculate import generate_ids as drafted
+    soft tokens, as `Model.prefill` takes them.
 
-        yield from drafted(model, state, prompt, max_new_tokens, sampler, stop_ids, drafter, soft)
-        return
+    drafter (edgert.draft; none: plain decoding): speculative decoding. The drafter guesses
+    the next tokens, and one pass of the model over the last token and the guesses checks them
+    all: decode reads every weight once per pass, so each guess that stands is a token for
+    free. Exactness: every emitted token is drawn by the sampler from the model's own logits
+    at its position, one draw per token as in plain decoding; a guess stands only when the draw
+    equals it. Greedy output is therefore the plain output, and sampling keeps the model's
+    distribution (for a drafter that proposes one token per position, this is speculative
+    sampling: a guess with target probability p stands with probability p). The cache keeps
+    only what stands; the sliding layers' rings get back what rejected guesses evicted
+    (KVCache.rollback)."""
+    drafter = drafter or NoDraft()
     logits = prefill_prompt(model, state, prompt, soft)
+    if max_new_tokens <= 0:  # as plain decoding: the prompt is fed, nothing is drawn
+        return
     history = list(state.tokens)
-    for n in range(max_new_tokens):
-        token = sampler(logits, history)
+    emitted = 0
+    token = sampler(logits, history)  # drawn, not yet emitted nor fed
+    while True:
         if token in stop_ids:
             state.pending = [token]
             return
         history.append(token)
         state.pending = [token]
         yield token
-        if n + 1 == max_new_tokens or state.pos + 1 >= model.n_ctx:
+        emitted += 1
+        if emitted == max_new_tokens or state.pos + 1 >= model.n_ctx:
             return
-        state.pending = []
+        room = min(max_new_tokens - emitted - 1, model.n_ctx - state.pos - 2, model.max_verify - 1)
+        draft = drafter.draft(state, history, room) if room > 0 else []
         try:
-            logits = model.decode_step(state, token)
+            if not draft:
+                logits = model.decode_step(state, token)
+            else:
+                rows = model.verify(state, [token, *draft])
         except BaseException:
-            state.pending = [token]  # not in the cache: feed it again next time
+            state.pending = [token]  # not in the cache: fed again next time
             raise
+        state.pending = []
+        if not draft:
+            token = sampler(logits, history)
+            continue
+        kept = 1  # of [token, *draft], those that stand: the token, then each guess drawn again
+        try:
+            for guess, row in zip(draft, rows):
+                token = sampler(row, history)
+                if token != guess or token in stop_ids:
+                    break
+                history.append(token)
+                kept += 1
+                yield token
+                emitted += 1
+            else:
+                token = sampler(rows[len(draft)], history)
+        finally:
+            model.keep(state, kept)  # also when the reader stops mid-draft
+        drafter.update(len(draft), kept - 1)
 
 
 def prefill_prompt(model: "Model", state: "State", prompt: Sequence[int], soft: "SoftTokens | None"):
@@ -135,5 +175,5 @@ def generate(model: "Model", prompt: str | Sequence[int], max_new_tokens: int = 
     ids = fit(model, ids, max_new_tokens, truncate)
     sampler = Sampling.of(sampling).sampler()
     tokens = generate_ids(model, model.new_state(), ids, max_new_tokens, sampler, model.stop_ids,
-                          drafter=drafter(draft, model))
+                          drafter=make_drafter(draft, model))
     yield from stop_strings(text(tokens, model.tokenizer.stream(special)), stop)

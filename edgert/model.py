@@ -251,14 +251,7 @@ class Model:
                 keep = None
             pos = np.arange(state.pos, state.pos + len(chunk))
             chunk_soft = soft.part(start, start + len(chunk)) if soft is not None else None
-            numba.set_num_threads(self.threads)  # a per-thread setting: the caller may be any thread
-            try:
-                step = gemma4.forward(self.config, self.weights, state.caches, feed[start:start + len(chunk)], pos,
-                                      keep, chunk_soft)
-            except BaseException:  # Ctrl-C mid-step: undo its partial cache writes
-                for cache in state.caches.values():
-                    cache.rollback(state.pos)
-                raise
+            step = self._step(state, feed[start:start + len(chunk)], pos, keep, chunk_soft)
             for cache in state.caches.values():
                 cache.commit()
             state.tokens.extend(int(i) for i in chunk)
@@ -276,19 +269,24 @@ class Model:
         ids = np.asarray(ids, dtype=np.int64)
         if not 1 < len(ids) <= self.max_verify or state.pos + len(ids) > self.n_ctx:
             raise EdgeRTError(f"a draft of {len(ids) - 1} tokens does not fit the batch or the context")
-        pos = np.arange(state.pos, state.pos + len(ids))
-        numba.set_num_threads(self.threads)
+        with exact_rows():
+            logits, state._checked = self._step(state, ids, np.arange(state.pos, state.pos + len(ids)),
+                                                np.arange(len(ids)), exact=True)
+        state.tokens.extend(int(i) for i in ids)
+        state.unconfirmed = len(ids)
+        return logits
+
+    def _step(self, state: State, ids: np.ndarray, pos: np.ndarray, keep: np.ndarray | None,
+              soft: SoftTokens | None = None, exact: bool = False):
+        """One pass of the model (gemma4.forward) after what `state` holds; cut short (Ctrl-C),
+        its partial cache writes are undone."""
+        numba.set_num_threads(self.threads)  # a per-thread setting: the caller may be any thread
         try:
-            with exact_rows():
-                logits, state._checked = gemma4.forward(self.config, self.weights, state.caches, ids, pos,
-                                                        np.arange(len(ids)), exact=True)
+            return gemma4.forward(self.config, self.weights, state.caches, ids, pos, keep, soft, exact=exact)
         except BaseException:
             for cache in state.caches.values():
                 cache.rollback(state.pos)
             raise
-        state.tokens.extend(int(i) for i in ids)
-        state.unconfirmed = len(ids)
-        return logits
 
     def keep(self, state: State, n: int) -> None:
         """After `verify`: the first n of its ids stand, the rest are forgotten (the sliding

@@ -323,3 +323,22 @@ def write_mmproj(checkpoint: Path, out: Path, projector: str = "gemma4a", audio:
     w.write_tensors_to_file()
     w.close()
     return out
+
+
+def plain_ids(model, state, prompt, max_new_tokens, sampler, stop_ids) -> list[int]:
+    """The obvious decoding loop, one token per step: the slow twin edgert's one loop (with
+    or without a drafter) is checked against."""
+    logits = model.prefill(state, list(prompt))
+    out, history = [], list(state.tokens)
+    for _ in range(max_new_tokens):
+        token = sampler(logits, history)
+        state.pending = [token]  # drawn, not fed
+        if token in stop_ids:
+            break
+        out.append(token)
+        history.append(token)
+        if len(out) == max_new_tokens or state.pos + 1 >= model.n_ctx:
+            break
+        state.pending = []
+        logits = model.decode_step(state, token)
+    return out

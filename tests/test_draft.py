@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 import edgert
 from edgert.draft import Adaptive, Lookup, lookup
-from edgert.draft.speculate import generate_ids as drafted
 from edgert.generation import generate_ids
+from tests.reference import plain_ids
 from edgert.sampling import make_sampler
 
 
@@ -48,7 +48,7 @@ def gemma3():
 def _both(model, prompt, n, sampler):
     """Plain and drafted ids from fresh states, the states, and the drafter."""
     plain_state, draft_state, d = model.new_state(), model.new_state(), Lookup()
-    plain = list(generate_ids(model, plain_state, prompt, n, sampler(), model.stop_ids))
+    plain = list(plain_ids(model, plain_state, prompt, n, sampler(), model.stop_ids))
     fast = list(drafted(model, draft_state, prompt, n, sampler(), model.stop_ids, d))
     return plain, fast, plain_state, draft_state, d
 
@@ -167,9 +167,13 @@ def test_a_verify_step_holds_no_more_than_a_sliding_window(tiny):
     fit in the ring: a drafter that would guess more is given less room (hypothesis found 8
     guesses and their token, 9 ids, failing on the small models' window of 8)."""
     prompt = [2] + list(range(300, 312)) * 4
-    plain = list(generate_ids(tiny, tiny.new_state(), prompt, 30, make_sampler(temperature=0), tiny.stop_ids))
+    plain = list(plain_ids(tiny, tiny.new_state(), prompt, 30, make_sampler(temperature=0), tiny.stop_ids))
     d = Lookup(k=16, k_min=16, k_max=16)
     fast = list(drafted(tiny, tiny.new_state(), prompt, 30, make_sampler(temperature=0), tiny.stop_ids, d))
     assert fast == plain and d.drafted > 0 and tiny.max_verify == 8
     with pytest.raises(edgert.EdgeRTError, match="does not fit"):
         tiny.verify(tiny.new_state(), list(range(300, 309)))
+
+
+def drafted(model, state, prompt, n, sampler, stop_ids, d, soft=None):
+    return generate_ids(model, state, prompt, n, sampler, stop_ids, soft, d)

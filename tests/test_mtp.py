@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 import edgert
 from edgert.draft import Mtp, drafter
-from edgert.draft.speculate import generate_ids as drafted
 from edgert.errors import ArchitectureError
 from edgert.files.convert import convert
 from edgert.generation import generate_ids
+from tests.reference import plain_ids
 from edgert.sampling import make_sampler
 from tests.reference import build_assistant, hf_draft, rel_err
 
@@ -71,7 +71,7 @@ def test_a_drafter_for_another_model_is_refused(pair, checkpoints):
 
 def _both(model, prompt, n, sampler, d):
     a, b = model.new_state(), model.new_state()
-    plain = list(generate_ids(model, a, prompt, n, sampler(), model.stop_ids))
+    plain = list(plain_ids(model, a, prompt, n, sampler(), model.stop_ids))
     fast = list(drafted(model, b, prompt, n, sampler(), model.stop_ids, d))
     return plain, fast, a, b
 
@@ -168,3 +168,7 @@ def test_chat_and_sessions_draft_with_it_by_default(pair):
     assert isinstance(b.drafter, Mtp)
     for turn in ("hello there", "and again"):
         assert b.send(turn, max_new_tokens=10) == a.send(turn, max_new_tokens=10)
+
+
+def drafted(model, state, prompt, n, sampler, stop_ids, d, soft=None):
+    return generate_ids(model, state, prompt, n, sampler, stop_ids, soft, d)

@@ -1,5 +1,5 @@
-"""Speculative decoding: drafters (Gemma 4's own drafter, prompt lookup) and the loop that
-verifies their guesses."""
+"""Speculative decoding: drafters (Gemma 4's own drafter, prompt lookup), which guess the next
+tokens; edgert.generation.generate_ids checks their guesses as it decodes."""
 
 from __future__ import annotations
 
