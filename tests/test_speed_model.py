@@ -90,3 +90,20 @@ def test_trace_records_every_product_once_and_accounts_for_the_step(tmp_path):
     rows = speed_model.where_time_goes(Phase("decode", 1, calls, wall, ops))
     assert abs(sum(ms for _, ms in rows) - wall * 1000) < 1e-6
     assert {"attention", "RMS norms"} <= {what for what, _ in rows}
+
+
+@pytest.mark.parametrize("cpu", ["emeraldrapids", "graniterapids", "znver5", "arrowlake"])
+def test_a_core_newer_than_the_llvm_mca_at_hand_is_modelled_by_an_older_one_it_knows(cpu):
+    """Debian 12's llvm-mca 14 knows no Emerald Rapids: the bench's speed model then uses the
+    nearest older core's model, rather than failing on this machine."""
+    import subprocess
+
+    from tools.speed_model import llvm_mca, mca_core
+
+    mca = llvm_mca()
+    if mca is None:
+        pytest.skip("no llvm-mca on PATH")
+    core = mca_core(mca, "x86_64", cpu)
+    done = subprocess.run([mca, "-mtriple=x86_64", f"-mcpu={core}"], input="add %rax, %rbx\n", capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and "not a recognized processor" not in done.stderr, (core, done.stderr)

@@ -16,6 +16,7 @@ is how far the model can be trusted.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -63,6 +64,22 @@ def llvm_mca() -> str | None:
     return found[-1][1] if found else shutil.which("llvm-mca")
 
 
+# a core newer than the llvm-mca at hand knows, and the nearest older one it may know
+OLDER_CORE = {"emeraldrapids": "sapphirerapids", "graniterapids": "sapphirerapids", "diamondrapids": "graniterapids",
+              "znver5": "znver4", "znver4": "znver3", "arrowlake": "alderlake", "meteorlake": "alderlake",
+              "lunarlake": "alderlake", "pantherlake": "alderlake", "raptorlake": "alderlake"}
+
+
+def mca_core(mca: str, arch: str, cpu: str) -> str:
+    """llvm-mca's scheduling model for `cpu`: its own, or that of the nearest older core the
+    llvm-mca at hand knows (Debian 12's llvm-mca 14 has no Emerald Rapids, nor Zen 4)."""
+    listed = subprocess.run([mca, f"-mtriple={arch}", "-mcpu=help"], input="", capture_output=True, text=True)
+    known = set(re.findall(r"^\s+(\S+)\s+- ", listed.stdout + listed.stderr, re.MULTILINE))
+    while cpu not in known and cpu in OLDER_CORE:
+        cpu = OLDER_CORE[cpu]
+    return cpu
+
+
 def _on_path(prefix: str) -> list[str]:
     names = set()
     for d in os.environ.get("PATH", "").split(os.pathsep):
@@ -85,7 +102,7 @@ def block_cycles(mca: str, target: asm.Target, mca_cpu: str, fmt: str, tokens: i
     else:
         body = asm.main_loop(asm.row_dot_assembly(target, qtype, tokens))
         blocks = simd.FORMATS[qtype].unroll
-    arch = "aarch64" if target.triple.startswith("aarch64") else "x86_64"
+    arch = _arch(target)
     iterations = 200
     done = subprocess.run([mca, f"-mtriple={arch}", f"-mcpu={mca_cpu}", f"-iterations={iterations}"],
                           input="\n".join(body) + "\n", capture_output=True, text=True)
@@ -93,6 +110,10 @@ def block_cycles(mca: str, target: asm.Target, mca_cpu: str, fmt: str, tokens: i
     if done.returncode or not found:
         raise RuntimeError(f"llvm-mca failed on {fmt} for {mca_cpu}: {done.stderr.strip()[:500]}")
     return int(found.group(1)) / iterations / blocks / tokens
+
+
+def _arch(target: asm.Target) -> str:
+    return "aarch64" if target.triple.startswith("aarch64") else "x86_64"
 
 
 def cycles_table(mca: str, target: asm.Target, mca_cpu: str) -> dict[str, tuple[float, float]]:
@@ -276,6 +297,7 @@ def section(results: list[dict], meta: dict, log) -> list[str]:
         return head + ["llvm-mca was not found, so there is no model: `apt-get install llvm-19` adds it.", ""]
     log("speed model: llvm-mca on the compiled inner loops ...")
     here, pi = host(threads, bandwidth), pi5()
+    here = dataclasses.replace(here, mca_cpu=mca_core(mca, _arch(here.target), here.mca_cpu))
     cyc_here = cycles_table(mca, here.target, here.mca_cpu)
     cyc_pi = cycles_table(mca, pi.target, pi.mca_cpu)
     cyc_a57 = cycles_table(mca, pi.target, pi.target.cpu)
