@@ -280,13 +280,14 @@ def test_an_answer_begun_at_a_pause_is_dropped_if_the_speech_goes_on_and_is_the_
     for i in range(0, half, 1600):
         turn.push(samples[i:i + 1600])
     at_pause = list(streamed.state.tokens)
-    early = turn.answer_early("Answer.", max_new_tokens=6)  # in place of pause(): one encoder run
+    early = turn.answer_early("Answer.", max_new_tokens=6)  # without pause(): one encoder run for all
     early.read_ahead()  # the turn's end is prefilled and the first piece drawn, during the pause
     assert streamed.state.pos > len(at_pause) and early.token_count > 0
     turn.go_on()  # the speaker goes on
     assert streamed.state.tokens == at_pause and not streamed.state.pending and streamed.last is not early
     for i in range(half, len(samples), 1600):
         turn.push(samples[i:i + 1600])
+    turn.pause()  # as `edgert voice` does: what is final, then the answer with the tail
     final = turn.answer_early("Answer.", max_new_tokens=6)
     while final.read_ahead():
         pass

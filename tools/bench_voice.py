@@ -137,7 +137,7 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
 
     audio = np.concatenate([utterance, np.zeros(int(1.5 * RATE), dtype=np.float32)])
     segmenter, during, heard, ended, early = Segmenter("silero"), 0.0, 0, None, None
-    encode_early = pause_s = 0.0  # the encoder's runs in the answers begun at pauses (each finish), and at pauses
+    encode_early = 0.0  # the encoder's runs in the answers begun at pauses (each one's finish)
     for i in range(0, len(audio), BLOCK):
         events = segmenter.push(audio[i:i + BLOCK])
         t0 = time.perf_counter()
@@ -146,20 +146,20 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
                 prefill_soft(stream.push(samples))
                 heard += len(samples)
             elif kind == "pause":
-                # --early: the answer from here, timed alone (it runs in the silence); its finish
-                # encodes what is final and the tail in one run. Then back, for --no-early's way:
-                # the pause's own run now, the finish at the end.
-                during += time.perf_counter() - t0
+                # the pause's own run (both ways), then --early's answer from here, timed alone
+                # (it runs in the silence, after that run); then back, for --no-early's way
+                prefill_soft(stream.pause())
+                paused = time.perf_counter() - t0
+                during += paused
                 at, mark, spent = state.checkpoint(), stream.mark(), stream.encode_s
-                early = dict(when=(i + BLOCK) / RATE, **answer())
+                early = answer()
+                early.update(when=(i + BLOCK) / RATE, first_token=paused + early["first_token"],
+                             clause=paused + early["clause"])
                 encode_early += stream.encode_s - spent
                 state.restore(at)
                 stream.back(mark)
                 stream.encode_s = spent
                 t0 = time.perf_counter()
-                spent = stream.encode_s
-                prefill_soft(stream.pause())
-                pause_s += stream.encode_s - spent
             elif kind == "end":
                 ended = (i + BLOCK) / RATE
         if ended is not None:
@@ -173,8 +173,8 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
     seconds = len(utterance) / RATE
     out = dict(first_token=late["first_token"], first_audio=late["clause"] + first_audio(late["text"]),
                decode_tps=late["decode_tps"], encoder_late=stream.encode_s / seconds, work_rtf=during / seconds,
-               # --early runs no pause run of its own: the runs while speech went on, then its finishes
-               encoder_rtf=(spent - pause_s + encode_early) / seconds, wait=ended - seconds)
+               # --early: the same runs, and the finish of each answer begun at a pause
+               encoder_rtf=(spent + encode_early) / seconds, wait=ended - seconds)
     if early is not None:
         # the first clause's sound is made ready in the silence too (a held Speaker)
         out.update(early_first_token=max(0.0, early["first_token"] - spare),

@@ -374,8 +374,8 @@ class AudioTurn:
         """The speaker paused: answer now as if this were the end (finish), keeping the way
         back (go_on) should the speech go on. The reply can be read ahead during the pause
         (Reply.read_ahead), and is the same reply `finish` would give at the end: a pause has
-        all the speech the end will have. Call it instead of `pause`: the encoder then runs
-        once for what is final and the tail (a run is a pass over its weights)."""
+        all the speech the end will have. After `pause`, which leaves only the tail to encode
+        (or, with few soft tokens waiting, in its place: one encoder run for both)."""
         self._back = (self.session.state.checkpoint(), self.stream.mark(), self.soft_tokens, self.session.last)
         return self.finish(text, max_new_tokens, tool_choice)
 
