@@ -6,11 +6,11 @@ Each utterance (espeak-ng speech cut to 1, 3, 5 and 10 s, then silence) arrives 
 delivers it, 100 ms at a time, through the voice-activity detector (Silero): the streaming
 encoder (audio.encoder, stateful) encodes its speech and the soft tokens are prefilled while it
 is spoken, a pause flushes the encoder, as `edgert voice` does (the work during speech is
-timed, not slept through). Then, from the moment the detector calls the end (its wait after
-the last speech is reported apart), answered two ways: begun when the end is called
-(`--no-early`), and begun at the last pause, read ahead while the silence lasts (`--early`, the
-default; its work is timed alone, and only what of it outlasts the silence between the pause
-and the end is waited for):
+timed, not slept through, and a clock of the turn as it would run live carries work that
+falls behind the speech over to what comes after it). Then, from the moment the detector
+calls the end (its wait after the last speech is reported apart), answered two ways: begun
+when the end is called (`--no-early`), and begun at the last pause, read ahead while the
+silence lasts (`--early`, the default; only what of it outlasts the silence is waited for):
 
 - to the first token: the encoder's tail, its prefill, the turn's end, the first draw;
 - to the first audio out: the first clause of the reply (up to a punctuation mark, or 8
@@ -95,10 +95,10 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
     """One spoken turn as `edgert voice` takes it: the utterance and 1.5 s of silence, 100 ms a
     block, through the voice-activity detector (Silero); its speech is streamed into the encoder
     and prefilled, its pauses flush the encoder, and its end starts the answer. Times from the
-    end event, two ways: answered when the end is called (--no-early), and answered at the last
-    pause and read ahead while the silence lasted (--early, the default): its work is timed
-    alone, and what of it outlasts the silence between the pause and the end is what the user
-    waits for. every: the stream's soft tokens per run (default: StreamingEncoder's)."""
+    end event, on a clock of the turn as it would run live (work that falls behind the speech
+    delays the end's), two ways: answered when the end is called (--no-early), and answered at
+    the last pause and read ahead while the silence lasts (--early, the default). every: the
+    stream's soft tokens per run (default: StreamingEncoder's)."""
     from audio.vad import Segmenter
     from edgert.gemma4 import SoftTokens
     from edgert.speech import StreamingEncoder
@@ -135,26 +135,29 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
             out["decode_tps"] = decode / (time.perf_counter() - t_dec)
         return out
 
+    # A clock of the turn as it would run live: block i arrives at its audio time, and its work
+    # starts once the work before it is done, so that work which falls behind the speech (a
+    # slow machine, a large model) delays what comes after it, the end included.
     audio = np.concatenate([utterance, np.zeros(int(1.5 * RATE), dtype=np.float32)])
-    segmenter, during, heard, ended, early = Segmenter("silero"), 0.0, 0, None, None
+    segmenter, during, heard, ended, early, clock = Segmenter("silero"), 0.0, 0, None, None, 0.0
     encode_early = 0.0  # the encoder's runs in the answers begun at pauses (each one's finish)
     for i in range(0, len(audio), BLOCK):
         events = segmenter.push(audio[i:i + BLOCK])
+        clock = max(clock, (i + BLOCK) / RATE)  # the block has arrived, the work before it is done
         t0 = time.perf_counter()
         for kind, samples in events:
             if kind == "speech":
                 prefill_soft(stream.push(samples))
                 heard += len(samples)
             elif kind == "pause":
-                # the pause's own run (both ways), then --early's answer from here, timed alone
-                # (it runs in the silence, after that run); then back, for --no-early's way
+                # the pause's own run (both ways), then --early's answer from there, timed alone;
+                # then back, for --no-early's way
                 prefill_soft(stream.pause())
-                paused = time.perf_counter() - t0
-                during += paused
+                during += time.perf_counter() - t0
+                clock += time.perf_counter() - t0
                 at, mark, spent = state.checkpoint(), stream.mark(), stream.encode_s
                 early = answer()
-                early.update(when=(i + BLOCK) / RATE, first_token=paused + early["first_token"],
-                             clause=paused + early["clause"])
+                early["start"] = clock
                 encode_early += stream.encode_s - spent
                 state.restore(at)
                 stream.back(mark)
@@ -165,20 +168,22 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
         if ended is not None:
             break
         during += time.perf_counter() - t0
+        clock += time.perf_counter() - t0
     if ended is None:
         raise RuntimeError("the voice-activity detector heard no end of the utterance")
     spent = stream.encode_s  # the runs while speech went on, and the pauses' own
     late = answer(decode=32)  # --no-early: the end called, then the answer begun
-    spare = ended - early["when"] if early is not None else 0.0  # silence between the pause and the end
+    behind = clock - ended  # > 0: the work before the end was still going when it was called
     seconds = len(utterance) / RATE
-    out = dict(first_token=late["first_token"], first_audio=late["clause"] + first_audio(late["text"]),
+    out = dict(first_token=behind + late["first_token"], first_audio=behind + late["clause"] + first_audio(late["text"]),
                decode_tps=late["decode_tps"], encoder_late=stream.encode_s / seconds, work_rtf=during / seconds,
                # --early: the same runs, and the finish of each answer begun at a pause
-               encoder_rtf=(spent + encode_early) / seconds, wait=ended - seconds)
+               encoder_rtf=(spent + encode_early) / seconds, wait=ended - seconds, behind=behind)
     if early is not None:
-        # the first clause's sound is made ready in the silence too (a held Speaker)
-        out.update(early_first_token=max(0.0, early["first_token"] - spare),
-                   early_first_audio=max(0.0, early["clause"] + first_audio(early["text"]) - spare))
+        # read ahead from when the pause's work was done; the first clause's sound is made
+        # ready in the silence too (a held Speaker)
+        out.update(early_first_token=max(0.0, early["start"] + early["first_token"] - ended),
+                   early_first_audio=max(0.0, early["start"] + early["clause"] + first_audio(early["text"]) - ended))
     return out
 
 
