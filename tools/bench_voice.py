@@ -54,13 +54,13 @@ def tower_encoders(models_dir: Path, text_hidden: int, threads: int):
     built once and kept in models_dir."""
     import onnx
 
-    from audio.encoder import AudioConfig, AudioEncoder, build, quantize_int8
+    from audio.encoder import GRAPH_VERSION, AudioConfig, AudioEncoder, build, quantize_int8
     from edgert.config import published
 
     hf = published("e2b")["audio_config"]
     c = AudioConfig.from_hf(hf, text_hidden)
-    f32_path = models_dir / f"audio-tower-random-{text_hidden}.onnx"
-    int8_path = models_dir / f"audio-tower-random-{text_hidden}-int8.onnx"
+    f32_path = models_dir / f"audio-tower-random-{text_hidden}-v{GRAPH_VERSION}.onnx"
+    int8_path = models_dir / f"audio-tower-random-{text_hidden}-v{GRAPH_VERSION}-int8.onnx"
     if not int8_path.exists():
         import torch
         from transformers import Gemma4AudioConfig
