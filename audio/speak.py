@@ -1,7 +1,9 @@
 """Speech out: a reply spoken a sentence at a time while it is still being written.
 
 `sentences` cuts streamed text at sentence ends (and at a clause's comma once it is long), so
-that the first sentence is spoken while the model writes the second. `Speaker` synthesizes
+that the first sentence is spoken while the model writes the second. The reply's first piece
+is cut sooner, at its first comma or after its first FIRST_WORDS words, as RealtimeTTS's fast
+first fragment is: the first sound waits for a few words, not a sentence. `Speaker` synthesizes
 each with espeak-ng (its WAV on stdout, read by soundfile) and plays it (sounddevice) on a
 thread of its own, in order; `stop` cuts it off at once (a barge-in) and drops what was
 queued. A held Speaker makes its sound ready and plays it only once released (a reply written
@@ -24,18 +26,25 @@ import numpy as np
 _END = re.compile(r"[.!?;:](?=\s)|\n")  # a sentence's end, once the space after it shows
 _CLAUSE = re.compile(r",(?=\s)")
 LONG = 80  # characters after which a clause's comma ends a piece too
+FIRST_WORDS = 4  # words after which the reply's first piece ends, if no punctuation came sooner
+_WORDS = re.compile(r"\s*(?:\S+\s+){%d}" % FIRST_WORDS)  # the first words, once the space after them shows
 
 
-def sentences(text: str) -> tuple[list[str], str]:
-    """The complete pieces at the start of `text`, and what is left to be continued."""
+def sentences(text: str, first: bool = False) -> tuple[list[str], str]:
+    """The complete pieces at the start of `text`, and what is left to be continued. first:
+    `text` begins the reply, so its first piece ends at the first of a sentence's end, a comma
+    or FIRST_WORDS words."""
     pieces = []
     while True:
-        m = _END.search(text)
-        if m is None and len(text) > LONG:
-            m = next((c for c in _CLAUSE.finditer(text) if c.end() >= LONG // 2), None)
-        if m is None:
+        ends = [m.end() for m in (_END.search(text),) if m]
+        if first and not pieces:
+            ends += [m.end() for m in (_CLAUSE.search(text), _WORDS.match(text)) if m]
+        elif not ends and len(text) > LONG:
+            ends = [c.end() for c in _CLAUSE.finditer(text) if c.end() >= LONG // 2][:1]
+        if not ends:
             return pieces, text
-        piece, text = text[:m.end()].strip(), text[m.end():].lstrip()
+        end = min(ends)
+        piece, text = text[:end].strip(), text[end:].lstrip()
         if piece:
             pieces.append(piece)
 

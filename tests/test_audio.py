@@ -268,6 +268,23 @@ def test_a_streamed_reply_is_cut_into_sentences_as_it_comes():
     assert done == [long[:long.index(",") + 1].strip()] and rest.startswith("then")
 
 
+def test_a_replys_first_piece_is_cut_after_a_few_words_or_its_first_comma():
+    """The first piece waits for FIRST_WORDS whole words, a comma or a sentence's end, whichever
+    comes first; the pieces after it are sentences again."""
+    from audio.speak import FIRST_WORDS, sentences
+
+    words = [f"w{i}" for i in range(12)]
+    spoken, text, first = [], "", True
+    for word in words:
+        done, text = sentences(text + word + " ", first=first)
+        spoken += done
+        first = first and not done
+    assert spoken == [" ".join(words[:FIRST_WORDS])] and text.strip() == " ".join(words[FIRST_WORDS:])
+    assert sentences("Well, the light is on. Yes", first=True) == (["Well,", "the light is on."], "Yes")
+    assert sentences("Sure! Anything", first=True) == (["Sure!"], "Anything")
+    assert sentences("one two thr", first=True) == ([], "one two thr")  # a word is whole once its space shows
+
+
 def test_the_speaker_speaks_in_order_and_stops_at_once():
     """espeak-ng's samples, played by a stand-in output: in order, the first audio timed; a
     stop cuts the sentence playing and drops the queue (a barge-in)."""

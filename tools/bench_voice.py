@@ -13,8 +13,10 @@ when the end is called (`--no-early`), and begun at the last pause, read ahead w
 silence lasts (`--early`, the default; only what of it outlasts the silence is waited for):
 
 - to the first token: the encoder's tail, its prefill, the turn's end, the first draw;
-- to the first audio out: the first clause of the reply (up to a punctuation mark, or 8
-  tokens: random weights write no sentences) decoded, then espeak-ng's first samples of it;
+- to the first audio out: the reply's first piece as `edgert voice --say` cuts it
+  (audio.speak.sentences: a sentence's end, a comma or FIRST_WORDS words; at most
+  PIECE_TOKENS tokens, for random weights may write long words) decoded, then espeak-ng's
+  first samples of it;
 - decode tok/s over 32 tokens; and the encoder's work per second of speech, every run counted
   (while speech goes on, and the finish; --no-early also runs it at each pause): a real-time
   factor, f32 both ways, and int8 answered at the pause.
@@ -35,7 +37,7 @@ SECONDS = (1, 3, 5, 10)
 TEXT = ("Could you tell me what the weather will be like tomorrow morning in the city, and whether I should take "
         "an umbrella when I walk to the station, because last week I got completely soaked on the way to work.")
 BLOCK = RATE // 10
-CLAUSE_TOKENS = 8
+PIECE_TOKENS = 16
 
 
 def utterances() -> dict[int, np.ndarray]:
@@ -99,6 +101,7 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
     delays the end's), two ways: answered when the end is called (--no-early), and answered at
     the last pause and read ahead while the silence lasts (--early, the default). every: the
     stream's soft tokens per run (default: StreamingEncoder's)."""
+    from audio.speak import sentences
     from audio.vad import Segmenter
     from edgert.gemma4 import SoftTokens
     from edgert.speech import StreamingEncoder
@@ -116,7 +119,7 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
                           soft=SoftTokens(np.ones(len(rows), dtype=bool), rows))
 
     def answer(decode: int = 0) -> dict:
-        """The answer from here: seconds to the first token and to the first clause, then
+        """The answer from here: seconds to the first token and to the first piece, then
         (decode > 0) decode tok/s over that many tokens."""
         t0 = time.perf_counter()
         prefill_soft(stream.finish())
@@ -124,11 +127,12 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
         out = dict(first_token=time.perf_counter() - t0)
         ids = [token]
         t_dec = time.perf_counter()
-        for _ in range(max(decode, CLAUSE_TOKENS)):
+        for _ in range(max(decode, PIECE_TOKENS)):
             token = int(np.argmax(model.decode_step(state, token)))
             ids.append(token)
-            if "clause" not in out and (any(c in tok.decode([token]) for c in ".!?,;:") or len(ids) >= CLAUSE_TOKENS):
-                out.update(clause=time.perf_counter() - t0, text=tok.decode(ids))
+            piece, _ = sentences(tok.decode(ids), first=True)
+            if "piece" not in out and (piece or len(ids) >= PIECE_TOKENS):
+                out.update(piece=time.perf_counter() - t0, text=piece[0] if piece else tok.decode(ids), piece_ids=len(ids))
                 if not decode:
                     break
         if decode:
@@ -175,15 +179,15 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
     late = answer(decode=32)  # --no-early: the end called, then the answer begun
     behind = clock - ended  # > 0: the work before the end was still going when it was called
     seconds = len(utterance) / RATE
-    out = dict(first_token=behind + late["first_token"], first_audio=behind + late["clause"] + first_audio(late["text"]),
-               decode_tps=late["decode_tps"], encoder_late=stream.encode_s / seconds, work_rtf=during / seconds,
+    out = dict(first_token=behind + late["first_token"], first_audio=behind + late["piece"] + first_audio(late["text"]),
+               piece_ids=late["piece_ids"], decode_tps=late["decode_tps"], encoder_late=stream.encode_s / seconds, work_rtf=during / seconds,
                # --early: the same runs, and the finish of each answer begun at a pause
                encoder_rtf=(spent + encode_early) / seconds, wait=ended - seconds, behind=behind)
     if early is not None:
-        # read ahead from when the pause's work was done; the first clause's sound is made
+        # read ahead from when the pause's work was done; the first piece's sound is made
         # ready in the silence too (a held Speaker)
         out.update(early_first_token=max(0.0, early["start"] + early["first_token"] - ended),
-                   early_first_audio=max(0.0, early["start"] + early["clause"] + first_audio(early["text"]) - ended))
+                   early_first_audio=max(0.0, early["start"] + early["piece"] + first_audio(early["text"]) - ended))
     return out
 
 
@@ -212,8 +216,8 @@ def section(results: list[dict]) -> list[str]:
     lines = ["| model | utterance | end called to first token, p50 / p95: answered at the end | "
              "answered at the pause | to first audio out, p50: at the end | at the pause | decode | "
              "encoder work per s of speech, every run: f32 at the pause / at the end; int8 at the pause | "
-             "all work during speech, per s | the detector's wait |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "all work during speech, per s | the detector's wait | tokens in the first piece |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
     def row(r, rows, label, bold=False):
         b = "**" if bold else ""
@@ -227,9 +231,10 @@ def section(results: list[dict]) -> list[str]:
             cells += [f"{np.median([x['decode_tps'] for x in rows]):.1f} tok/s",
                       f"{np.median([x['encoder_rtf'] for x in rows]):.3f} / "
                       f"{np.median([x['encoder_late'] for x in rows]):.3f}; {int8:.3f}",
-                      f"{np.median([x['work_rtf'] for x in rows]):.2f}", f"{np.median([x['wait'] for x in rows]):.2f} s"]
+                      f"{np.median([x['work_rtf'] for x in rows]):.2f}", f"{np.median([x['wait'] for x in rows]):.2f} s",
+                      f"{np.median([x['piece_ids'] for x in rows]):.0f}"]
         else:
-            cells += [""] * 4
+            cells += [""] * 5
         lines.append(f"| {r['kind'].upper()} | {label} | " + " | ".join(cells) + " |")
 
     for r in results:

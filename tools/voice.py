@@ -116,7 +116,7 @@ class Voice:
         from audio.speak import sentences
 
         text = self.reply.text
-        done, self.pending = sentences(self.pending + text[self.fed:])
+        done, self.pending = sentences(self.pending + text[self.fed:], first=self.at == 0)
         self.fed = len(text)
         self._say(done)
 
