@@ -151,13 +151,13 @@ def _attention(g: _Graph, x: str, w: dict, p: str, c: AudioConfig, key_index: st
     logits = g.op("Where", key_valid, logits, g.const(c.invalid_logit))  # key_valid: (T, 1, window)
     out = g.op("Einsum", g.op("Softmax", logits, axis=-1), v_ctx, equation="thj,tjhd->thd")
     out = _linear(g, g.op("Reshape", out, g.const([-1, c.hidden], np.int64)), w, f"{p}.post")
-    return out, _last(g, k_all, c.window - 1), _last(g, v_all, c.window - 1)
+    return out, _state_at(g, k_all, c.window - 1), _state_at(g, v_all, c.window - 1)
 
 
-def _last(g: _Graph, x: str, n: int) -> str:
-    """The last n frames of x (axis 0)."""
-    return g.op("Slice", x, g.const([-n], np.int64), g.const([np.iinfo(np.int64).max], np.int64),
-                g.const([0], np.int64))
+def _state_at(g: _Graph, x: str, n: int) -> str:
+    """The n frames of x (axis 0: n frames of state, then this run's) before this run's frame
+    `cut` (an input): the state a run ending there would leave."""
+    return g.op("Slice", x, "cut", g.op("Add", "cut", g.const([n], np.int64)), g.const([0], np.int64))
 
 
 def _light_conv(g: _Graph, x: str, w: dict, p: str, c: AudioConfig, state: str) -> tuple[str, str]:
@@ -166,7 +166,7 @@ def _light_conv(g: _Graph, x: str, w: dict, p: str, c: AudioConfig, state: str) 
     h = _linear(g, _rms_norm(g, x, w[f"{p}.pre_layer_norm.weight"], c.eps), w, f"{p}.linear_start")
     a, b = g.op("Split", h, g.const([c.hidden, c.hidden], np.int64), axis=-1, outputs=2)
     h = g.op("Concat", state, g.op("Mul", a, g.op("Sigmoid", b)), axis=0)  # GLU, after the state
-    new_state = _last(g, h, c.kernel - 1)
+    new_state = _state_at(g, h, c.kernel - 1)
     h = g.op("Unsqueeze", g.op("Transpose", h, perm=[1, 0]), g.const([0], np.int64))  # (1, hidden, kernel - 1 + T)
     h = g.op("Conv", h, g.const(w[f"{p}.depthwise_conv1d.weight"]), group=c.hidden)
     h = g.op("Transpose", g.op("Squeeze", h, g.const([0], np.int64)), perm=[1, 0])
@@ -190,7 +190,7 @@ def _subsample(g: _Graph, features: str, mask0: str, mask1: str, w: dict, c: Aud
     return _linear(g, x, w, "subsample_conv_projection.input_proj_linear")
 
 
-GRAPH_VERSION = 4  # the graph's inputs and outputs; a cached graph of another version is rebuilt
+GRAPH_VERSION = 5  # the graph's inputs and outputs; a cached graph of another version is rebuilt
 
 
 def state_names(c: AudioConfig) -> list[str]:
@@ -206,11 +206,14 @@ def build(weights: dict[str, np.ndarray], c: AudioConfig, embed: dict[str, np.nd
     Inputs: features (F, 128), mask0 (F, 1), mask1 (1, 1, ceil(F/2), 1) float; skip (1,)
     int64: 1 when the features begin with 4 frames of context before the first frame wanted
     (its subsampled frame, which the convolutions' zero padding spoils, is dropped), 0 at the
-    start of a clip; key_index (T, window) int64, key_valid (T, 1, window) bool; and each
-    layer's state (state_names): state_k_i, state_v_i (window - 1, heads, head_dim), the keys
-    and values of the frames before; state_c_i (kernel - 1, hidden), the convolution's inputs
-    before (zeros at the start of a clip). Outputs: output (T, out_dims or text hidden), and
-    the state after the T frames (state_k_i_out, ...)."""
+    start of a clip; cut (1,) int64, the output frame whose state is returned (T: the run's
+    end); key_index (T, window) int64, key_valid (T, 1, window) bool; and each layer's state
+    (state_names): state_k_i, state_v_i (window - 1, heads, head_dim), the keys and values of
+    the frames before; state_c_i (kernel - 1, hidden), the convolution's inputs before (zeros
+    at the start of a clip). Outputs: output (T, out_dims or text hidden), and the state after
+    the first `cut` of the T frames (state_k_i_out, ...): the encoder is causal, so that is
+    the state a run ending there would leave, and one run can both finish a clip and leave
+    the state at a point before its end."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -244,6 +247,7 @@ def build(weights: dict[str, np.ndarray], c: AudioConfig, embed: dict[str, np.nd
               helper.make_tensor_value_info("mask0", f32, ["F", 1]),
               helper.make_tensor_value_info("mask1", f32, [1, 1, "F2", 1]),
               helper.make_tensor_value_info("skip", TensorProto.INT64, [1]),
+              helper.make_tensor_value_info("cut", TensorProto.INT64, [1]),
               helper.make_tensor_value_info("key_index", TensorProto.INT64, ["T", c.window]),
               helper.make_tensor_value_info("key_valid", TensorProto.BOOL, ["T", 1, c.window])]
     inputs += [helper.make_tensor_value_info(name, f32, shape) for name, shape in state_info]
@@ -264,11 +268,12 @@ def zero_state(c: AudioConfig) -> dict[str, np.ndarray]:
 
 
 def encoder_inputs(features: np.ndarray, mask: np.ndarray, window: int, first: int = 0,
-                   skip: int = 0) -> tuple[dict, np.ndarray]:
+                   skip: int = 0, cut: int | None = None) -> tuple[dict, np.ndarray]:
     """The graph's inputs (but the state) for features (F, 128) with frame mask (F,), and the
     mask of its T output frames (transformers keeps every second frame's flag, twice). first:
     the clip's index of the first output frame (the state holds real frames before it); skip:
-    1 when the features begin with 4 frames of context (their output frame is dropped)."""
+    1 when the features begin with 4 frames of context (their output frame is dropped); cut:
+    the output frame the returned state is taken before (None: after all T)."""
     f = len(features)
     mask0 = mask.astype(np.float32)
     mask1 = mask[::2].astype(np.float32)
@@ -279,7 +284,7 @@ def encoder_inputs(features: np.ndarray, mask: np.ndarray, window: int, first: i
     valid = (key + first >= 0) & ((key < 0) | out_mask[np.clip(key, 0, max(t - 1, 0))])
     inputs = {"features": np.ascontiguousarray(features, dtype=np.float32), "mask0": mask0.reshape(f, 1),
               "mask1": mask1.reshape(1, 1, -1, 1), "skip": np.array([skip], dtype=np.int64),
-              "key_index": (key + window - 1).astype(np.int64), "key_valid": valid[:, None, :]}
+              "cut": np.array([t if cut is None else cut], dtype=np.int64), "key_index": (key + window - 1).astype(np.int64), "key_valid": valid[:, None, :]}
     return inputs, out_mask
 
 
@@ -316,10 +321,11 @@ class AudioEncoder:
         return out, out_mask
 
     def run(self, features: np.ndarray, mask: np.ndarray, state: dict[str, np.ndarray], first: int = 0,
-            skip: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """One run after `state` (a stream's frames before, as encoder_inputs takes first and
-        skip): the output frames, their mask, and the state after them."""
-        inputs, out_mask = encoder_inputs(features, mask, self.config.window, first, skip)
+            skip: int = 0, cut: int | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """One run after `state` (a stream's frames before, as encoder_inputs takes first,
+        skip and cut): the output frames, their mask, and the state after them (or after the
+        first `cut` of them)."""
+        inputs, out_mask = encoder_inputs(features, mask, self.config.window, first, skip, cut)
         names = state_names(self.config)
         out = self.session.run(["output"] + [f"{n}_out" for n in names], {**inputs, **state})
         return out[0], out_mask, dict(zip(names, out[1:]))

@@ -156,8 +156,11 @@ class StreamingEncoder:
     def _none(self) -> np.ndarray:
         return np.zeros((0, self.encoder.config.text_hidden), dtype=np.float32)
 
-    def _run(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        out, out_mask, self.state = self.encoder.run(features, mask, self.state, self.done, 1 if self.done else 0)
+    def _run(self, features: np.ndarray, mask: np.ndarray, cut: int | None = None) -> np.ndarray:
+        """Encode features after the state; the state kept is the one after `cut` of the output
+        frames (None: all of them)."""
+        out, out_mask, self.state = self.encoder.run(features, mask, self.state, self.done, 1 if self.done else 0,
+                                                     cut)
         rows = out[out_mask]
         self.done += len(rows)
         if self.done > MAX_SOFT_TOKENS:
@@ -166,11 +169,24 @@ class StreamingEncoder:
 
     def finish(self) -> np.ndarray:
         """The remaining soft tokens, once the audio has ended."""
+        return self.finish_split()[0]
+
+    def finish_split(self) -> tuple[np.ndarray, int, tuple]:
+        """`finish` at a pause that may not be the end: the remaining soft tokens in one run,
+        how many of them are final (the same whatever audio comes next), and the `mark` of a
+        stream that has encoded just those, to go `back` to if the speech goes on. One run
+        where a pause's run and then a finish would be two: a run reads every weight."""
         t0 = time.perf_counter()
         tail, tail_mask = log_mel(self.samples, start=len(self.features))
         start = max(0, 4 * self.done - 4)
         features = np.concatenate([self.features[start:], tail])
         mask = np.concatenate([np.ones(len(self.features) - start, dtype=bool), tail_mask])
-        rows = self._run(features, mask) if len(features) > 4 * self.done - start else self._none()
+        final = max(0, self._final_tokens() - self.done)
+        mark = self.mark()
+        if len(features) > 4 * self.done - start:
+            rows = self._run(features, mask, cut=final)
+            mark = (self.state, mark[1] + final)
+        else:
+            rows = self._none()
         self.encode_s += time.perf_counter() - t0
-        return rows
+        return rows, final, mark

@@ -244,6 +244,34 @@ def test_the_stateful_stream_equals_the_whole_clip_and_encodes_each_frame_once(c
     assert runs[-1] <= 4 * (every + block // 640 + 2) + 8  # the tail
 
 
+@pytest.mark.parametrize("block", [480, 3200])
+def test_a_finish_at_a_pause_leaves_the_state_of_what_is_final(checkpoint, speech, tmp_path, block):
+    """finish_split at pauses that turn out not to be the end (an answer begun early): one run
+    encodes what is final and the tail, and going back to its mark continues the stream as if
+    only what is final had been encoded: the whole clip's soft tokens in the end."""
+    from edgert.speech import StreamingEncoder
+
+    _, directory = checkpoint
+    path = tmp_path / "m.gguf"
+    model = edgert.load(path if path.exists() else convert(directory, path, "f32"))
+    samples = np.concatenate([load_audio(speech).samples] * 2)
+    whole = model.hear(samples, rate=16000)
+    stream = StreamingEncoder(model.audio_encoder, every=12)
+    parts, splits = [], 0
+    for n, i in enumerate(range(0, len(samples), block)):
+        parts.append(stream.push(samples[i:i + block]))
+        if n % 5 == 4:
+            done = stream.done
+            rows, final, mark = stream.finish_split()
+            assert len(rows) >= final and mark[1] == done + final  # and the tail's tokens, if any
+            parts.append(rows[:final])
+            stream.back(mark)
+            splits += final > 0
+    parts.append(stream.finish())
+    assert splits >= 2
+    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-5 * np.abs(whole).max())
+
+
 def test_streamed_turn_equals_the_whole_turn(checkpoint, speech, tmp_path):
     _, directory = checkpoint
     model = edgert.load(convert(directory, tmp_path / "m.gguf", "f32"))
@@ -279,15 +307,16 @@ def test_an_answer_begun_at_a_pause_is_dropped_if_the_speech_goes_on_and_is_the_
     half = len(samples) // 2 // 1600 * 1600
     for i in range(0, half, 1600):
         turn.push(samples[i:i + 1600])
-    at_pause = list(streamed.state.tokens)
-    early = turn.answer_early("Answer.", max_new_tokens=6)  # without pause(): one encoder run for all
+    at_pause, soft = list(streamed.state.tokens), turn.soft_tokens
+    early = turn.answer_early("Answer.", max_new_tokens=6)  # one encoder run for what is final and the tail
     early.read_ahead()  # the turn's end is prefilled and the first piece drawn, during the pause
     assert streamed.state.pos > len(at_pause) and early.token_count > 0
-    turn.go_on()  # the speaker goes on
-    assert streamed.state.tokens == at_pause and not streamed.state.pending and streamed.last is not early
+    turn.go_on()  # the speaker goes on: back to the pause, what was final there kept
+    final = turn.soft_tokens - soft
+    assert final > 0 and streamed.state.tokens == at_pause + [turn.audio_id] * final
+    assert not streamed.state.pending and streamed.last is not early
     for i in range(half, len(samples), 1600):
         turn.push(samples[i:i + 1600])
-    turn.pause()  # as `edgert voice` does: what is final, then the answer with the tail
     final = turn.answer_early("Answer.", max_new_tokens=6)
     while final.read_ahead():
         pass

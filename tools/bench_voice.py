@@ -122,7 +122,7 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
         """The answer from here: seconds to the first token and to the first piece, then
         (decode > 0) decode tok/s over that many tokens."""
         t0 = time.perf_counter()
-        prefill_soft(stream.finish())
+        prefill_soft(stream.finish())  # at a pause, one run for what is final and the tail, as answer_early
         token = int(np.argmax(model.prefill(state, tail)))
         out = dict(first_token=time.perf_counter() - t0)
         ids = [token]
@@ -145,6 +145,7 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
     audio = np.concatenate([utterance, np.zeros(int(1.5 * RATE), dtype=np.float32)])
     segmenter, during, heard, ended, early, clock = Segmenter("silero"), 0.0, 0, None, None, 0.0
     encode_early = 0.0  # the encoder's runs in the answers begun at pauses (each one's finish)
+    paused = 0.0  # the pauses' own runs, which --early does not make (its finish encodes what they would)
     for i in range(0, len(audio), BLOCK):
         events = segmenter.push(audio[i:i + BLOCK])
         clock = max(clock, (i + BLOCK) / RATE)  # the block has arrived, the work before it is done
@@ -154,9 +155,8 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
                 prefill_soft(stream.push(samples))
                 heard += len(samples)
             elif kind == "pause":
-                # the pause's own run (both ways), then --early's answer from there, timed alone;
-                # then back, for --no-early's way
-                prefill_soft(stream.pause())
+                # --early's answer from here (one encoder run for what is final and the tail),
+                # timed alone; then back, and --no-early's way: the pause's own run
                 during += time.perf_counter() - t0
                 clock += time.perf_counter() - t0
                 at, mark, spent = state.checkpoint(), stream.mark(), stream.encode_s
@@ -167,6 +167,8 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
                 stream.back(mark)
                 stream.encode_s = spent
                 t0 = time.perf_counter()
+                prefill_soft(stream.pause())
+                paused += stream.encode_s - spent
             elif kind == "end":
                 ended = (i + BLOCK) / RATE
         if ended is not None:
@@ -182,7 +184,7 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
     out = dict(first_token=behind + late["first_token"], first_audio=behind + late["piece"] + first_audio(late["text"]),
                piece_ids=late["piece_ids"], decode_tps=late["decode_tps"], encoder_late=stream.encode_s / seconds, work_rtf=during / seconds,
                # --early: the same runs, and the finish of each answer begun at a pause
-               encoder_rtf=(spent + encode_early) / seconds, wait=ended - seconds, behind=behind)
+               encoder_rtf=(spent - paused + encode_early) / seconds, wait=ended - seconds, behind=behind)
     if early is not None:
         # read ahead from when the pause's work was done; the first piece's sound is made
         # ready in the silence too (a held Speaker)

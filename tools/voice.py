@@ -304,11 +304,12 @@ def converse(session, source, args, events=None) -> int:
                 encode_s += time.perf_counter() - t0
             elif kind == "pause" and args.stream and turn is not None:
                 t0 = time.perf_counter()
-                turn.pause()  # the encoder runs for what is final, if 8 or more soft tokens wait
-                if args.early:
+                if args.early:  # one encoder run for what is final and the tail, then the answer from there
                     early = turn.answer_early(args.prompt, max_new_tokens=args.max_new_tokens, tool_choice=choice)
                     voice = Voice(early, held=True) if args.say else None  # its first sound made ready too
                     source.answering(True)  # a recording plays on in real time while the answer is read ahead
+                else:
+                    turn.pause()  # the encoder runs for what is final, if 8 or more soft tokens wait
                 encode_s += time.perf_counter() - t0
             elif kind == "end":
                 speech_end = time.perf_counter()

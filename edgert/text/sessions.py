@@ -374,10 +374,14 @@ class AudioTurn:
         """The speaker paused: answer now as if this were the end (finish), keeping the way
         back (go_on) should the speech go on. The reply can be read ahead during the pause
         (Reply.read_ahead), and is the same reply `finish` would give at the end: a pause has
-        all the speech the end will have. After `pause`, which leaves only the tail to encode
-        (or, with few soft tokens waiting, in its place: one encoder run for both)."""
-        self._back = (self.session.state.checkpoint(), self.stream.mark(), self.soft_tokens, self.session.last)
-        return self.finish(text, max_new_tokens, tool_choice)
+        all the speech the end will have. One encoder run for all that waits, in place of
+        `pause` (which it makes needless): its final soft tokens are prefilled, the way back
+        is kept there, then the rest."""
+        rows, final, mark = self.stream.finish_split()
+        self._prefill(rows[:final])
+        self._back = (self.session.state.checkpoint(), mark, self.soft_tokens, self.session.last)
+        self._prefill(rows[final:])
+        return self._answer(text, max_new_tokens, tool_choice)
 
     def go_on(self) -> None:
         """The speech went on after answer_early: that reply is dropped, unread, and the turn
@@ -397,6 +401,10 @@ class AudioTurn:
     def finish(self, text: str | None = None, max_new_tokens: int = 1024, tool_choice=None) -> Reply:
         """The speaker stopped: the last soft tokens, `text` after the audio, and the reply."""
         self._prefill(self.stream.finish())
+        return self._answer(text, max_new_tokens, tool_choice)
+
+    def _answer(self, text: str | None, max_new_tokens: int, tool_choice) -> Reply:
+        """The audio's end, `text` after it, and the reply."""
         eoa = self.model.tokenizer.tokens[self.model.file.audio.tokens["eoa"]]
         after = eoa + (user_content(self.model.format, text) if text else "") + self.session._tail()
         return self.session._reply(self.model.tokenizer.encode(after), max_new_tokens, None, tool_choice)
