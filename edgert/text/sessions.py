@@ -385,7 +385,7 @@ class AudioTurn:
 
     def go_on(self) -> None:
         """The speech went on after answer_early: that reply is dropped, unread, and the turn
-        is where it was at the pause."""
+        is where it was at the pause, with what was final there encoded and prefilled."""
         early, (at, stream, self.soft_tokens, self.session.last) = self.session.last, self._back
         early.stop()
         self.session.state.restore(at)
