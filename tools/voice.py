@@ -35,7 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--prompt", default=None, help="text sent after the audio (default: none)")
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--say", action="store_true",
-                   help="speak the reply with espeak-ng, a sentence at a time while it is written")
+                   help="speak the reply with espeak-ng, a sentence at a time while it is written (the first "
+                        "after its first comma or four words)")
     p.add_argument("--audio-int8", action="store_true", help="run the audio encoder in int8")
     p.add_argument("--no-stream", dest="stream", action="store_false",
                    help="encode an utterance only once it has ended (default: while it is spoken)")
