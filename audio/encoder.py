@@ -284,7 +284,8 @@ def encoder_inputs(features: np.ndarray, mask: np.ndarray, window: int, first: i
     valid = (key + first >= 0) & ((key < 0) | out_mask[np.clip(key, 0, max(t - 1, 0))])
     inputs = {"features": np.ascontiguousarray(features, dtype=np.float32), "mask0": mask0.reshape(f, 1),
               "mask1": mask1.reshape(1, 1, -1, 1), "skip": np.array([skip], dtype=np.int64),
-              "cut": np.array([t if cut is None else cut], dtype=np.int64), "key_index": (key + window - 1).astype(np.int64), "key_valid": valid[:, None, :]}
+              "cut": np.array([t if cut is None else cut], dtype=np.int64),
+              "key_index": (key + window - 1).astype(np.int64), "key_valid": valid[:, None, :]}
     return inputs, out_mask
 
 

@@ -181,12 +181,8 @@ class StreamingEncoder:
         start = max(0, 4 * self.done - 4)
         features = np.concatenate([self.features[start:], tail])
         mask = np.concatenate([np.ones(len(self.features) - start, dtype=bool), tail_mask])
-        final = max(0, self._final_tokens() - self.done)
-        mark = self.mark()
-        if len(features) > 4 * self.done - start:
-            rows = self._run(features, mask, cut=final)
-            mark = (self.state, mark[1] + final)
-        else:
-            rows = self._none()
+        done, final = self.done, max(0, self._final_tokens() - self.done)
+        rows = self._run(features, mask, cut=final) if len(features) > 4 * done - start else self._none()
+        mark = (self.state, done + final)  # _run kept the state after the final frames
         self.encode_s += time.perf_counter() - t0
         return rows, final, mark

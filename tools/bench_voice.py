@@ -130,9 +130,12 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
         for _ in range(max(decode, PIECE_TOKENS)):
             token = int(np.argmax(model.decode_step(state, token)))
             ids.append(token)
+            if "piece" in out:  # the rest only times decode
+                continue
             piece, _ = sentences(tok.decode(ids), first=True)
-            if "piece" not in out and (piece or len(ids) >= PIECE_TOKENS):
-                out.update(piece=time.perf_counter() - t0, text=piece[0] if piece else tok.decode(ids), piece_ids=len(ids))
+            if piece or len(ids) >= PIECE_TOKENS:
+                out.update(piece=time.perf_counter() - t0, text=piece[0] if piece else tok.decode(ids),
+                           piece_ids=len(ids))
                 if not decode:
                     break
         if decode:
@@ -182,7 +185,8 @@ def turn(model, encoder, utterance: np.ndarray, every: int | None = None) -> dic
     behind = clock - ended  # > 0: the work before the end was still going when it was called
     seconds = len(utterance) / RATE
     out = dict(first_token=behind + late["first_token"], first_audio=behind + late["piece"] + first_audio(late["text"]),
-               piece_ids=late["piece_ids"], decode_tps=late["decode_tps"], encoder_late=stream.encode_s / seconds, work_rtf=during / seconds,
+               piece_ids=late["piece_ids"], decode_tps=late["decode_tps"], encoder_late=stream.encode_s / seconds,
+               work_rtf=during / seconds,
                # --early: the same runs, and the finish of each answer begun at a pause
                encoder_rtf=(spent - paused + encode_early) / seconds, wait=ended - seconds, behind=behind)
     if early is not None:
@@ -233,8 +237,8 @@ def section(results: list[dict]) -> list[str]:
             cells += [f"{np.median([x['decode_tps'] for x in rows]):.1f} tok/s",
                       f"{np.median([x['encoder_rtf'] for x in rows]):.3f} / "
                       f"{np.median([x['encoder_late'] for x in rows]):.3f}; {int8:.3f}",
-                      f"{np.median([x['work_rtf'] for x in rows]):.2f}", f"{np.median([x['wait'] for x in rows]):.2f} s",
-                      f"{np.median([x['piece_ids'] for x in rows]):.0f}"]
+                      f"{np.median([x['work_rtf'] for x in rows]):.2f}",
+                      f"{np.median([x['wait'] for x in rows]):.2f} s", f"{np.median([x['piece_ids'] for x in rows]):.0f}"]
         else:
             cells += [""] * 5
         lines.append(f"| {r['kind'].upper()} | {label} | " + " | ".join(cells) + " |")
