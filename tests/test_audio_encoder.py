@@ -11,13 +11,13 @@ from audio.encoder import AudioConfig, AudioEncoder, build
 torch = pytest.importorskip("torch")
 
 
-def small_audio_model(seed: int = 0, clipped: bool = True):
+def small_audio_model(seed: int = 0, clipped: bool = True, **config):
     """A random Gemma4AudioModel with the real structure, narrow; clipped linears with finite bounds."""
     from transformers import Gemma4AudioConfig
     from transformers.models.gemma4.modeling_gemma4 import Gemma4AudioModel
 
     config = Gemma4AudioConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                               subsampling_conv_channels=[128, 8], output_proj_dims=48)
+                               subsampling_conv_channels=[128, 8], output_proj_dims=48, **config)
     torch.manual_seed(seed)
     model = Gemma4AudioModel(config).eval()
     with torch.no_grad():
@@ -29,6 +29,21 @@ def small_audio_model(seed: int = 0, clipped: bool = True):
             if clipped and name.endswith(("input_max", "output_max")):
                 b.fill_(2.0)
     return model, config
+
+
+def test_a_clamp_inside_a_linears_output_bounds_is_merged_and_still_equals_transformers():
+    """The residual stream's clamp (gradient_clipping) right after a clipped linear is one Clip
+    with the linear's output bounds: at 1.5, inside their +-2, it is the one that acts."""
+    model, config = small_audio_model(seed=2, gradient_clipping=1.5)
+    c = AudioConfig.from_hf(config.to_dict(), text_hidden=32)
+    graph = build(_weights(model), c)
+    clips = [n for n in graph.graph.node if n.op_type == "Clip"]
+    assert len(clips) == 50, "23 clips a layer, 4 outside them"
+    features = np.random.default_rng(2).standard_normal((96, 128)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(features)[None]).last_hidden_state[0].numpy()
+    got, _ = AudioEncoder(graph, c)(features)
+    np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
 
 
 def _weights(module) -> dict:
