@@ -343,9 +343,12 @@ class AudioEncoder:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        # no busy-waiting between runs: in streaming the encoder takes turns with the decoder's
-        # kernel threads on the same cores, and spinning threads starved them 30-fold
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # busy-waiting within a run, none between runs: in streaming the encoder takes turns
+        # with the decoder's kernel threads on the same cores, and threads left spinning
+        # starved them 30-fold; without spinning at all, each of the graph's ~1,400 nodes
+        # waits for its threads to wake (int8 runs took 1.2-1.6x as long)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
