@@ -43,23 +43,22 @@ _WINDOW = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(FRAME) / FRAME)).astype(np.f
 
 def log_mel(samples: np.ndarray, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(n,) 16 kHz float samples -> features (frames, 128) float32 and mask (frames,) bool.
-    start: compute only the frames from `start` on (the same values; a stream computes each
-    frame once)."""
-    x = np.asarray(samples, dtype=np.float64)
-    n = len(x)
-    padded_len = -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
-    real = np.zeros(padded_len + FRAME // 2, dtype=bool)
-    real[FRAME // 2:FRAME // 2 + n] = True
-    wave = np.zeros(padded_len + FRAME // 2)
-    wave[FRAME // 2:FRAME // 2 + n] = x
-    n_frames = (len(wave) - (FRAME + 1)) // HOP + 1
+    start: compute only the frames from `start` on, from the samples they read (the same values;
+    a stream computes each frame once, at a cost that does not grow with what came before)."""
+    n = len(samples)
+    length = -(-n // PAD_MULTIPLE) * PAD_MULTIPLE + FRAME // 2  # the clip, padded, after FRAME // 2 zeros
+    n_frames = (length - (FRAME + 1)) // HOP + 1
     if n_frames <= start:
         return np.zeros((0, MELS), dtype=np.float32), np.zeros(0, dtype=bool)
+    first = start * HOP  # the first sample of that padded wave the frames from `start` read
+    wave = np.zeros(length - first)
+    real = max(first, FRAME // 2)  # where the clip's samples begin in it, from `first` on
+    wave[real - first:FRAME // 2 + n - first] = samples[real - FRAME // 2:]
     starts = np.arange(start, n_frames) * HOP
-    frames = wave[starts[:, None] + np.arange(FRAME)[None, :]] * _WINDOW  # (frames, 320)
+    frames = wave[(starts - first)[:, None] + np.arange(FRAME)[None, :]] * _WINDOW  # (frames, 320)
     spectrum = np.abs(np.fft.rfft(frames, n=FFT, axis=-1))  # (frames, 257)
     features = np.log(spectrum @ _FILTERS + MEL_FLOOR).astype(np.float32)
-    mask = real[starts + FRAME]  # the last sample of each frame's 321-sample window
+    mask = starts + FRAME < FRAME // 2 + n  # the last sample of each frame's 321-sample window is the clip's
     return features * mask[:, None], mask
 
 

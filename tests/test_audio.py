@@ -53,6 +53,19 @@ def test_features_equal_transformers_at_awkward_lengths(n):
     np.testing.assert_allclose(features, expected["input_features"][0], atol=1e-4)
 
 
+@pytest.mark.parametrize("n", [1, 161, 481, 16000, 16001, 160_000])
+def test_features_from_a_frame_on_are_the_whole_clips_from_there(n):
+    """A stream asks for the frames from `start` on, reading only the samples they need; they
+    are the whole clip's, bit for bit, and so is their mask (the padding's frames included)."""
+    x = np.random.default_rng(n).uniform(-0.5, 0.5, n).astype(np.float32)
+    whole, whole_mask = log_mel(x)
+    k = len(whole)
+    for start in {s for s in (0, 1, 2, k // 2, k - 3, k - 1, k, k + 4) if s >= 0}:
+        features, mask = log_mel(x, start=start)
+        np.testing.assert_array_equal(features, whole[start:])
+        np.testing.assert_array_equal(mask, whole_mask[start:])
+
+
 def _tone(freq: float, rate: int, seconds: float = 1.0, amplitude: float = 0.5) -> np.ndarray:
     return amplitude * np.sin(2 * np.pi * freq * np.arange(int(rate * seconds)) / rate)
 
