@@ -111,13 +111,17 @@ class Super:
             super-block) of the sums of 16 activations that the group's values meet
     offset  what comes off every value (Q6_K's 32), through those sums
     signed  whether the values are signed bytes (IQ4_XS's levels) rather than unsigned
-    mins    (dmin <8 x float>, [(integer min <8 x i32>, sums)]) for formats with mins"""
+    mins    (dmin <8 x float>, [(integer min <8 x i32>, sums)]) for formats with mins
+    top     the largest value, for unsigned values small enough that a group's dot (less the
+            offset) fits a signed word (Q2_K's 3, Q3_K's 7): the dot loop then scales it with
+            a word product"""
 
     d: object
     groups: list
     offset: int = 0
     signed: bool = False
     mins: tuple | None = None
+    top: int | None = None
 
 
 # Pieces the row walkers of several formats share (quant.simd walks the file's own rows)

@@ -128,9 +128,9 @@ def matmul_blocks(fmt, values_per_block, w, x, out, exact=False):
 
 @kernel
 def _sums_of_16(xq):
-    """The integer sum of each 16 activations (n, K / 16), as float32 (exact): Q8_K's bsums."""
+    """The integer sum of each 16 activations (n, K / 16), int32: Q8_K's bsums."""
     n, k = xq.shape
-    out = np.empty((n, k // 16), dtype=np.float32)
+    out = np.empty((n, k // 16), dtype=np.int32)
     for t in range(n):
         for g in range(k // 16):
             total = 0
@@ -197,7 +197,7 @@ def matmul_packed(fmts, ws, count, x, outs, exact=False):
     kind = ACTIVATION[fmts[0]]
     xq, xd, xs = _quantized(x, kind)
     if kind == Q8_K:
-        xs = _sums_of_16(xq)
+        xs = _sums_of_16(xq).view(np.float32)  # read as int32 by the kernels: one array type for both kinds
     n, k = xq.shape
     n_blocks = k // 256 if kind == Q8_K else k // 32  # tiles per group
     n_xb = xd.shape[1]

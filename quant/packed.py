@@ -58,6 +58,12 @@ class _Vnni:
         u = values if bias is not None else self.b.xor(values, const_vec(I8, 32, 0x80))
         return self.b.call(self._dp, [acc, self.b.bitcast(u, V8I32), self.b.bitcast(x, V8I32)])
 
+    def madd16(self, acc, a, c):
+        """acc + a c, lane by lane, for i32 lanes whose values fit a signed word: one vpdpwssd (the
+        low words' product plus the high words', a's high word cleared). a: the factor that
+        stays while tokens pass (a scale, a min), so that clearing it is done once for all."""
+        a = self.b.and_(a, const_vec(I32, 8, 0xFFFF))
+        return self.b.call(declare(self.b, "llvm.x86.avx512.vpdpwssd.256", V8I32, [V8I32] * 3), [acc, a, c])
 
 class _Madd:
     """AVX2 without VNNI: vpmaddubsw (pairs, into i16) then vpmaddwd by ones (into i32)."""
@@ -79,12 +85,19 @@ class _Madd:
         pairs = b.call(self._maddubs, [values, x])  # 31 x 127 or 128 x 127, twice: no saturation
         return b.add(acc, b.call(self._maddwd, [pairs, const_vec(I16, 16, 1)]))
 
+    def madd16(self, acc, a, c):  # _Vnni.madd16 through vpmaddwd
+        v16i16 = vec(I16, 16)
+        a = self.b.bitcast(self.b.and_(a, const_vec(I32, 8, 0xFFFF)), v16i16)
+        return self.b.add(acc, self.b.call(self._maddwd, [a, self.b.bitcast(c, v16i16)]))
 
 class _Signed:
     """Dots of signed bytes: the bias comes off the values before the dot, none after it."""
 
     def bias(self, bias):
         return 0
+
+    def madd16(self, acc, a, c):  # _Vnni.madd16 as an i32 multiply-add (mla on ARM)
+        return self.b.add(acc, self.b.mul(a, c))
 
     def signed(self, values, bias):
         return values if bias is None else self.b.sub(values, const_vec(I8, 32, bias))
@@ -274,17 +287,17 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                          x_offs, xd_ptr, xs_ptr, xbs, n):
     """emit_tiles_dot for the 256-value formats (quant.layout.SUPER_TILES) over `n` super-blocks.
     The activations are Q8_K's: xd holds one scale per 32 values (the super-block's, repeated)
-    and xs the integer sum of each 16 values (as float), both indexed from xb = the token's
-    first 32-value block.
+    and xs the integer sum of each 16 values (int32, as quant.kernels._sums_of_16 makes them:
+    llama.cpp's bsums), both indexed from xb = the token's first 32-value block.
 
     Each format's decoder (its entry's `decode`, in quant.formats) turns a tile into groups of
     values with integer scales (quant.ir.Super). Unsigned values go into the byte dots as they
     are; signed ones (IQ4_XS) as the flavor takes them. Per row and group, the eight lanes'
     integer dots are scaled by the rows' integer scales and summed in i32 over the super-block
-    (at most 127 x 127 x 32 x 32 x 8 < 2^31); an offset on the values (Q6_K's 32, the VNNI
-    bias of signed values) comes off through the activation sums of 16, and mins (Q4_K, Q5_K,
-    Q2_K, and Q3_K's 4 as a min of 4 x scale) through the
-    same sums in float, as llama.cpp's bsums do. One float step per super-block and token
+    (at most 127 x 127 x 32 x 32 x 8 < 2^31); an offset on the values (Q6_K's 32, Q3_K's 4, the
+    VNNI bias of signed values) comes off each group's dot through the activation sums of 16,
+    and mins (Q4_K, Q5_K, Q2_K) through the same sums, summed in i32 as word products (at most
+    63 x 4096 x 8). One float step per super-block and token
     then applies the rows' d (and dmin) and the token's scale."""
     b = builder
     dots = _dot_class(flavor, features)(b)
@@ -296,6 +309,7 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
     prefetch = len(x_offs) == 1 and flavor in PREFETCH_FLAVORS
     acc = [cgutils.alloca_once_value(b, ir.Constant(V8F32, None)) for _ in x_offs]
     zero = ir.Constant(V8I32, None)
+    sums_ptr = b.bitcast(xs_ptr, I32.as_pointer())
     with cgutils.for_range_slice(b, const(0), n, const(1)) as (i, _):
         tile = Bytes(b, b.gep(w_ptr, [b.add(w_off, b.mul(i, const(fmt.tile_bytes)))]))
         sup = FORMATS[qtype].decode(tile, ByteOps(b, flavor, features))
@@ -304,9 +318,19 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
         share = 64 * -(-lines // len(sup.groups))  # the bytes of them each group prefetches
         firsts = [b.add(xb, b.mul(i, const(8))) for xb in xbs]  # each token's first 32-value block here
         xs = [Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, const(256)))])) for x_off in x_offs]
+        # where a group's dot fits a signed word, its scale is applied as a word product (vpdpwssd: one
+        # instruction where vpmulld is two, and the add with it)
+        narrow = (sup.top is not None and max(sup.top - offset, offset) * 128 * 4 * max(len(p) for _, p, _ in sup.groups)
+                  < 2 ** 15)
 
         def sum16(t, s):
-            return b.load(b.gep(xs_ptr, [b.add(b.mul(firsts[t], const(2)), const(s))]))
+            return b.load(b.gep(sums_ptr, [b.add(b.mul(firsts[t], const(2)), const(s))]))
+
+        def xsum(t, sums):  # the total of these sums of 16 (of two at most: 2 x 16 x 128 fits a word)
+            total = sum16(t, sums[0])
+            for s in sums[1:]:
+                total = b.add(total, sum16(t, s))
+            return total
 
         totals = [zero] * len(x_offs)
         for g, (scale, parts, sums) in enumerate(sup.groups):  # group by group, each meeting every token
@@ -320,23 +344,20 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                                                        b.bitcast(word, V32I8))
                 dot = chains[0] if len(chains) == 1 else b.add(*chains)
                 if offset:  # (q - offset) x = q x - offset x
-                    xsum = b.fptosi(sum16(t, sums[0]), I32)
-                    for s in sums[1:]:
-                        xsum = b.add(xsum, b.fptosi(sum16(t, s), I32))
-                    dot = b.sub(dot, splat(b, b.mul(xsum, ir.Constant(I32, offset)), 8))
-                totals[t] = b.add(totals[t], b.mul(dot, scale))
+                    dot = b.sub(dot, splat(b, b.mul(xsum(t, sums), ir.Constant(I32, offset)), 8))
+                if narrow:
+                    totals[t] = dots.madd16(totals[t], scale, dot)
+                else:
+                    totals[t] = b.add(totals[t], b.mul(dot, scale))
         for t, total in enumerate(totals):
             xd = splat(b, b.load(b.gep(xd_ptr, [firsts[t]])), 8)
             scaled = b.fmul(b.fmul(sup.d, xd), b.sitofp(total, V8F32))
-            if sup.mins is not None:  # - dmin * min * (sum of the group's activations)
+            if sup.mins is not None:  # - dmin * (sum of min x the group's activations), exact in i32
                 dmin, mins = sup.mins
-                off = ir.Constant(V8F32, None)
+                off = zero
                 for m, sums in mins:
-                    xsum = sum16(t, sums[0])
-                    for s in sums[1:]:
-                        xsum = b.fadd(xsum, sum16(t, s))
-                    off = b.call(_fma(b), [b.sitofp(m, V8F32), splat(b, xsum, 8), off])
-                scaled = b.call(_fma(b), [b.fneg(b.fmul(dmin, xd)), off, scaled])
+                    off = dots.madd16(off, m, splat(b, xsum(t, sums), 8))
+                scaled = b.call(_fma(b), [b.fneg(b.fmul(dmin, xd)), b.sitofp(off, V8F32), scaled])
             b.store(b.fadd(b.load(acc[t]), scaled), acc[t])
     return [b.load(a) for a in acc]
 

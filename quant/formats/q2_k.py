@@ -53,7 +53,7 @@ def _decode(tile, ops) -> Super:
     sc = [b.zext(tile.load(32 + 8 * g, vec(I8, 8)), V8I32) for g in range(16)]
     scales = [b.and_(s, const_vec(I32, 8, 15)) for s in sc]
     mins = [b.lshr(s, const_vec(I32, 8, 4)) for s in sc]
-    return Super(halves(b, tile, 0), two_bit_groups(ops, tile, TILE.header, scales),
+    return Super(halves(b, tile, 0), two_bit_groups(ops, tile, TILE.header, scales), top=3,
                  mins=(halves(b, tile, 16), [(m, (g,)) for g, m in enumerate(mins)]))
 
 

@@ -27,7 +27,8 @@ TILE = SuperTileFormat(header=368, source=super_source(110, head=[108], scales=r
 
 def _decode(tile, ops) -> Super:
     """Q3_K: scale i takes nibble i // 8 of byte i % 8 and bits 2 (i // 4) of byte 8 + i % 4, less 32;
-    a value is 2 bits and a third from hmask, less 4."""
+    a value is 2 bits and a third from hmask, less 4 (the dot loop's offset: a group's dot, its
+    values 0..7 less 4, still fits a word)."""
     b = ops.b
     sc = [b.zext(tile.load(16 + 8 * k, vec(I8, 8)), V8I32) for k in range(12)]
     c = lambda v: const_vec(I32, 8, v)  # noqa: E731
@@ -35,9 +36,7 @@ def _decode(tile, ops) -> Super:
                           b.shl(b.and_(b.lshr(sc[8 + i % 4], c(2 * (i // 4))), c(3)), c(4))), c(32))
               for i in range(16)]
     hmask = [[Once(lambda at=112 + 32 * L: tile.load(at, V32I8)) for L in range(8)] for _ in range(2)]  # once per h
-    d = halves(b, tile, 0)  # the 4 off every value comes off as a min of 4 x scale, in float (fewer steps)
-    return Super(d, two_bit_groups(ops, tile, TILE.header, scales, hmask),
-                 mins=(d, [(b.shl(s, c(2)), (g,)) for g, s in enumerate(scales)]))
+    return Super(halves(b, tile, 0), two_bit_groups(ops, tile, TILE.header, scales, hmask), offset=4, top=7)
 
 
 Q3_K = Format(QType.Q3_K, Block(256, 32 + 64 + 12 + 2, (108,)), _dequantize, activations=Activations.Q8_K,
