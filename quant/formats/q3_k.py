@@ -5,7 +5,7 @@ import numpy as np
 
 from quant.formats.base import Activations, Block, Format, QType, SuperTileFormat, f16, super_source
 from quant.formats.q2_k import two_bit_groups, two_bit_values
-from quant.ir import I8, I32, V8I32, V32I8, Once, Super, const_vec, halves, vec
+from quant.ir import I8, V8I32, V32I8, Once, Super, const_vec, halves, shuffle
 
 
 def _dequantize(blocks):
@@ -30,11 +30,13 @@ def _decode(tile, ops) -> Super:
     a value is 2 bits and a third from hmask, less 4 (the dot loop's offset: a group's dot, its
     values 0..7 less 4, still fits a word)."""
     b = ops.b
-    sc = [b.zext(tile.load(16 + 8 * k, vec(I8, 8)), V8I32) for k in range(12)]
-    c = lambda v: const_vec(I32, 8, v)  # noqa: E731
-    scales = [b.sub(b.or_(b.and_(b.lshr(sc[i % 8], c(4 * (i // 8))), c(15)),
-                          b.shl(b.and_(b.lshr(sc[8 + i % 4], c(2 * (i // 4))), c(3)), c(4))), c(32))
-              for i in range(16)]
+    low = [tile.load(16 + 32 * k, V32I8) for k in range(2)]  # bytes 0-3 and 4-7 of the eight rows
+    high = tile.load(80, V32I8)  # bytes 8-11
+    scales = []
+    for q in range(4):  # scales 4q..4q+3, as bytes: nibble q // 2 of bytes (q % 2) * 4.., bits 2q of 8..11
+        v = b.or_(ops.field(low[q % 2], 4 * (q // 2), 4), ops.field(high, 2 * q, 2, to=4))
+        v = b.sub(v, const_vec(I8, 32, 32))
+        scales += [b.sext(shuffle(b, v, v, range(8 * j, 8 * j + 8)), V8I32) for j in range(4)]
     hmask = [[Once(lambda at=112 + 32 * L: tile.load(at, V32I8)) for L in range(8)] for _ in range(2)]  # once per h
     return Super(halves(b, tile, 0), two_bit_groups(ops, tile, TILE.header, scales, hmask), offset=4, top=7)
 
