@@ -65,6 +65,7 @@ class _Vnni:
         a = self.b.and_(a, const_vec(I32, 8, 0xFFFF))
         return self.b.call(declare(self.b, "llvm.x86.avx512.vpdpwssd.256", V8I32, [V8I32] * 3), [acc, a, c])
 
+
 class _Madd:
     """AVX2 without VNNI: vpmaddubsw (pairs, into i16) then vpmaddwd by ones (into i32)."""
 
@@ -89,6 +90,7 @@ class _Madd:
         v16i16 = vec(I16, 16)
         a = self.b.bitcast(self.b.and_(a, const_vec(I32, 8, 0xFFFF)), v16i16)
         return self.b.add(acc, self.b.call(self._maddwd, [a, self.b.bitcast(c, v16i16)]))
+
 
 class _Signed:
     """Dots of signed bytes: the bias comes off the values before the dot, none after it."""
