@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -129,19 +130,31 @@ def test_block_rows_match_the_float_rows():
         assert BLOCKS[qtype].values in (1, 32)
 
 
-def test_prefetch_records_what_the_step_waited(checkpoints):
-    """With prefetch the forward pass waits only for what layer 0 did not cover; without it,
-    for the whole read. Either way the logits are the same."""
+def test_prefetch_reads_the_rows_beside_the_step_and_records_its_wait(checkpoints, monkeypatch):
+    """With prefetch the rows are read on the store's own thread while layer 0 runs; without it,
+    on the caller's. Either way the logits are the same and the wait is recorded. (How much
+    the read hides is a speed figure: `edgert bench` measures it, not this test.)"""
     path = checkpoints.gguf("e2b", "q8_0")
-    logits, waits = {}, {}
+    read_on = []
+    rows = PLEStore.rows
+
+    def recording(self, ids):
+        read_on.append(threading.current_thread().name)
+        return rows(self, ids)
+
+    monkeypatch.setattr(PLEStore, "rows", recording)
+    logits = {}
     for prefetch in (False, True):
+        read_on.clear()
         model = edgert.load(path, n_ctx=64, ple_prefetch=prefetch)
         logits[prefetch] = model.forward([2, 40, 41, 42])
         s = model.ple_stats()
-        waits[prefetch] = s.wait_us
-        assert s.wait_us["mean"] >= 0
+        assert read_on and s.wait_us["mean"] >= 0
+        if prefetch:
+            assert all(name.startswith("ple") for name in read_on), read_on
+        else:
+            assert set(read_on) == {threading.current_thread().name}
     np.testing.assert_array_equal(logits[False], logits[True])
-    assert waits[True]["mean"] <= waits[False]["mean"] + 50  # the hidden read costs the step no more
 
 
 def test_converter_writes_the_table_at_its_own_precision(checkpoints, tmp_path):
