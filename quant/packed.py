@@ -50,6 +50,7 @@ class _Vnni:
     def __init__(self, builder):
         self.b = builder
         self._dp = declare(builder, "llvm.x86.avx512.vpdpbusd.256", V8I32, [V8I32] * 3)
+        self._dpw = declare(builder, "llvm.x86.avx512.vpdpwssd.256", V8I32, [V8I32] * 3)
 
     def bias(self, bias):
         return 128 if bias is None else bias
@@ -63,7 +64,7 @@ class _Vnni:
         low words' product plus the high words', a's high word cleared). a: the factor that
         stays while tokens pass (a scale, a min), so that clearing it is done once for all."""
         a = self.b.and_(a, const_vec(I32, 8, 0xFFFF))
-        return self.b.call(declare(self.b, "llvm.x86.avx512.vpdpwssd.256", V8I32, [V8I32] * 3), [acc, a, c])
+        return self.b.call(self._dpw, [acc, a, c])
 
 
 class _Madd:
