@@ -109,7 +109,7 @@ class Super:
     groups  (integer scale <8 x i32>, [(values: Once of <32 x i8>, activation offset)], sums): each
             group's dot is weighted by its scale; `sums` are the indices (within the
             super-block) of the sums of 16 activations that the group's values meet
-    offset  what comes off every value (Q6_K's 32), through those sums
+    offset  what comes off every value (Q6_K's 32, Q3_K's 4), through those sums
     signed  whether the values are signed bytes (IQ4_XS's levels) rather than unsigned
     mins    (dmin <8 x float>, [(integer min <8 x i32>, sums)]) for formats with mins
     top     the largest value, for unsigned values small enough that a group's dot (less the
