@@ -114,7 +114,10 @@ class Super:
     mins    (dmin <8 x float>, [(integer min <8 x i32>, sums)]) for formats with mins
     top     the largest value, for unsigned values small enough that a group's dot (less the
             offset) fits a signed word (Q2_K's 3, Q3_K's 7): the dot loop then scales it with
-            a word product"""
+            a word product
+    shifts  per group, the bits its values sit above bit 0 (Q2_K's fields left in place, masked
+            but not shifted down): the dot loop shifts the group's dot down by as many, exactly,
+            as the dot is a multiple of their power of two"""
 
     d: object
     groups: list
@@ -122,6 +125,7 @@ class Super:
     signed: bool = False
     mins: tuple | None = None
     top: int | None = None
+    shifts: list | None = None
 
 
 # Pieces the row walkers of several formats share (quant.simd walks the file's own rows)

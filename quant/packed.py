@@ -346,6 +346,8 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                     chains[c % len(chains)] = dots.dot(chains[c % len(chains)], values(), None if sup.signed else 0,
                                                        b.bitcast(word, V32I8))
                 dot = chains[0] if len(chains) == 1 else b.add(*chains)
+                if sup.shifts and sup.shifts[g]:  # the values' power of two off (exact: the dot is its multiple)
+                    dot = b.ashr(dot, const_vec(I32, 8, sup.shifts[g]))
                 if offset:  # (q - offset) x = q x - offset x
                     dot = b.sub(dot, splat(b, b.mul(xsum(t, sums), ir.Constant(I32, offset)), 8))
                 if narrow:

@@ -27,16 +27,18 @@ def _dequantize(blocks):
 TILE = SuperTileFormat(header=160, source=super_source(84, head=[80, 82], scales=range(0, 16), runs=[(16, 64)]))
 
 
-def two_bit_groups(ops, tile, at: int, scales, high=None):
-    """Q2_K's and Q3_K's sixteen groups of 16: value 128h + 32s + 4L + j is bits 2s of 2-bit
-    sub-vector (h, L) at `at` (and bit 4h + s of high[h][L], Q3_K's hmask, its third bit)."""
+def two_bit_groups(ops, tile, at: int, scales, high=None, in_place=()):
+    """Q2_K's and Q3_K's sixteen groups of 16, and each group's shift (quant.ir.Super): value
+    128h + 32s + 4L + j is bits 2s of 2-bit sub-vector (h, L) at `at` (and bit 4h + s of
+    high[h][L], Q3_K's hmask, its third bit). The fields s in `in_place` stay where they are,
+    masked but not shifted (4^s times their values), and their groups' dots are shifted down."""
     qs = [[Once(lambda at=at + 32 * (8 * h + L): tile.load(at, V32I8)) for L in range(8)] for h in range(2)]
 
     def value(h, s, L):
-        v = ops.field(qs[h][L](), 2 * s, 2)
+        v = ops.field(qs[h][L](), 2 * s, 2, to=2 * s if s in in_place else 0)
         return v if high is None else ops.with_bit(v, high[h][L](), 4 * h + s, 2)
 
-    groups = []  # half by half, so that only four sub-vectors of each kind are live at a time
+    groups, shifts = [], []  # half by half, so that only four sub-vectors of each kind are live at a time
     for h in range(2):
         for half in range(2):
             for s in range(4):
@@ -44,7 +46,8 @@ def two_bit_groups(ops, tile, at: int, scales, high=None):
                          for L in range(4 * half, 4 * half + 4)]
                 g = 8 * h + 2 * s + half
                 groups.append((scales[g], parts, (g,)))
-    return groups
+                shifts.append(2 * s if s in in_place else 0)
+    return groups, shifts
 
 
 def _decode(tile, ops) -> Super:
@@ -53,7 +56,11 @@ def _decode(tile, ops) -> Super:
     sc = [b.zext(tile.load(32 + 8 * g, vec(I8, 8)), V8I32) for g in range(16)]
     scales = [b.and_(s, const_vec(I32, 8, 15)) for s in sc]
     mins = [b.lshr(s, const_vec(I32, 8, 4)) for s in sc]
-    return Super(halves(b, tile, 0), two_bit_groups(ops, tile, TILE.header, scales), top=3,
+    # fields 1 and 2 in place: a mask each where a shift and a mask would be (values up to 48 stay
+    # within a signed byte for every flavor's dot); 345 -> 321 instructions a tile on x86, +11%
+    # from L3 on a Xeon with AVX512-VNNI
+    groups, shifts = two_bit_groups(ops, tile, TILE.header, scales, in_place=(1, 2))
+    return Super(halves(b, tile, 0), groups, top=3, shifts=shifts,
                  mins=(halves(b, tile, 16), [(m, (g,)) for g, m in enumerate(mins)]))
 
 
