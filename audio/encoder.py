@@ -183,7 +183,7 @@ def _band(g: _Graph, c: AudioConfig, key_index: str, key_valid: str) -> dict[str
     zeros = g.op("ConstantOfShape", g.op("Concat", g.const([c.heads], np.int64), t, n, axis=0),
                  value=numpy_helper.from_array(np.zeros(1, np.float32)))
     return dict(index=g.op("Expand", key_index, g.const([c.heads, 1, 1], np.int64)),
-                valid=g.op("Reshape", key_valid, g.const([-1, c.window], np.int64)), zeros=zeros)
+                valid=key_valid, zeros=zeros)
 
 
 def _state_at(g: _Graph, x: str, n: int) -> str:
@@ -222,7 +222,7 @@ def _subsample(g: _Graph, features: str, mask0: str, mask1: str, w: dict, c: Aud
     return _linear(g, x, w, "subsample_conv_projection.input_proj_linear")
 
 
-GRAPH_VERSION = 6  # the graph's inputs, outputs and nodes; a cached graph of another version is rebuilt
+GRAPH_VERSION = 7  # the graph's inputs, outputs and nodes; a cached graph of another version is rebuilt
 
 
 def state_names(c: AudioConfig) -> list[str]:
@@ -239,7 +239,7 @@ def build(weights: dict[str, np.ndarray], c: AudioConfig, embed: dict[str, np.nd
     int64: 1 when the features begin with 4 frames of context before the first frame wanted
     (its subsampled frame, which the convolutions' zero padding spoils, is dropped), 0 at the
     start of a clip; cut (1,) int64, the output frame whose state is returned (T: the run's
-    end); key_index (T, window) int64, key_valid (T, 1, window) bool; and each layer's state
+    end); key_index (T, window) int64, key_valid (T, window) bool; and each layer's state
     (state_names): state_k_i, state_v_i (window - 1, heads, head_dim), the keys and values of
     the frames before; state_c_i (kernel - 1, hidden), the convolution's inputs before (zeros
     at the start of a clip). Outputs: output (T, out_dims or text hidden), and the state after
@@ -282,7 +282,7 @@ def build(weights: dict[str, np.ndarray], c: AudioConfig, embed: dict[str, np.nd
               helper.make_tensor_value_info("skip", TensorProto.INT64, [1]),
               helper.make_tensor_value_info("cut", TensorProto.INT64, [1]),
               helper.make_tensor_value_info("key_index", TensorProto.INT64, ["T", c.window]),
-              helper.make_tensor_value_info("key_valid", TensorProto.BOOL, ["T", 1, c.window])]
+              helper.make_tensor_value_info("key_valid", TensorProto.BOOL, ["T", c.window])]
     inputs += [helper.make_tensor_value_info(name, f32, shape) for name, shape in state_info]
     outputs = [helper.make_tensor_value_info("output", f32, ["T", c.text_hidden if embed is not None else c.out_dims])]
     outputs += [helper.make_tensor_value_info(f"{name}_out", f32, shape) for name, shape in state_info]
@@ -318,7 +318,7 @@ def encoder_inputs(features: np.ndarray, mask: np.ndarray, window: int, first: i
     inputs = {"features": np.ascontiguousarray(features, dtype=np.float32), "mask0": mask0.reshape(f, 1),
               "mask1": mask1.reshape(1, 1, -1, 1), "skip": np.array([skip], dtype=np.int64),
               "cut": np.array([t if cut is None else cut], dtype=np.int64),
-              "key_index": (key + window - 1).astype(np.int64), "key_valid": valid[:, None, :]}
+              "key_index": (key + window - 1).astype(np.int64), "key_valid": valid}
     return inputs, out_mask
 
 
