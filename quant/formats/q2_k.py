@@ -35,8 +35,9 @@ def two_bit_groups(ops, tile, at: int, scales, high=None, in_place=()):
     qs = [[Once(lambda at=at + 32 * (8 * h + L): tile.load(at, V32I8)) for L in range(8)] for h in range(2)]
 
     def value(h, s, L):
-        v = ops.field(qs[h][L](), 2 * s, 2, to=2 * s if s in in_place else 0)
-        return v if high is None else ops.with_bit(v, high[h][L](), 4 * h + s, 2)
+        lo = 2 * s if s in in_place else 0  # where the field's low bit goes
+        v = ops.field(qs[h][L](), 2 * s, 2, to=lo)
+        return v if high is None else ops.with_bit(v, high[h][L](), 4 * h + s, lo + 2)
 
     groups, shifts = [], []  # half by half, so that only four sub-vectors of each kind are live at a time
     for h in range(2):
