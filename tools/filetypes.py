@@ -193,66 +193,87 @@ DRAM_BYTES = 1.5e9  # enough matrices in turn to pass every cache (the stream fr
 GEMM_SHAPE, GEMM_TOKENS = (4096, 2048), 64
 
 
-def kernel_speeds(threads: int, log, repeats: int = 5) -> list[dict]:
+def kernel_speeds(threads: int, log, rounds: int = 5, repeats: int = 3) -> list[dict]:
     """Per x8-tiled type, on random blocks of realistic scales: the GEMV's weight bytes per
     second over CACHED_MATRICES matrices (cache-resident where the L3 is large: what its
     arithmetic allows) and over DRAM_BYTES of them (streamed from memory), and the GEMM's
-    weights times tokens per second (GEMM_TOKENS tokens, from cache); each the best of
-    `repeats`."""
+    weights times tokens per second (GEMM_TOKENS tokens, from cache).
+
+    Each type is measured in `rounds` rounds alternating with Q4_K's, each figure the best of
+    `repeats` passes: a shared machine drifts by more than the differences between types
+    within minutes, so each type's ratios to Q4_K ("vs_" keys) are the medians of its rounds'
+    ratios, taken a few seconds apart, and its speeds the medians of its rounds."""
     import time
 
     from quant import BLOCKS, QTensor, cpu, layout, matmul, packed
+    from quant.formats import QType
     from tools.synth import _RandomBlocks
 
     cpu.set_threads(threads)
     rng = np.random.default_rng(0)
-    out = []
-    for qtype in packed.TILED:
-        log(f"kernels: {qtype.name} ...")
+    x = rng.standard_normal((1, GEMV_SHAPE[1])).astype(np.float32)
+    xs = rng.standard_normal((GEMM_TOKENS, GEMM_SHAPE[1])).astype(np.float32)
 
+    def matrices(qtype) -> tuple[list, list, object]:
+        """The type's cached set, its set from memory, and its GEMM matrix, each run once (compiled,
+        and every page touched)."""
         def tensor(rows, cols):
             raw = _RandomBlocks(rng, rows, cols, qtype)._chunk(rows).reshape(rows, -1)
             return QTensor(raw, qtype, (rows, cols), layout.pack(raw, qtype))
 
-        x = rng.standard_normal((1, GEMV_SHAPE[1])).astype(np.float32)
-
-        def gemv(ws) -> float:
-            for w in ws:
-                matmul(x, w)  # compiled, and every page touched
-            best = float("inf")
-            for _ in range(repeats):
-                t = time.perf_counter()
-                for w in ws:
-                    matmul(x, w)
-                best = min(best, time.perf_counter() - t)
-            return sum(w.nbytes for w in ws) / best / 1e9
-
         one = tensor(*GEMV_SHAPE)
-        cached = gemv([one] + [tensor(*GEMV_SHAPE) for _ in range(CACHED_MATRICES - 1)])
-        dram = gemv([one] + [tensor(*GEMV_SHAPE) for _ in range(int(DRAM_BYTES / one.nbytes))])
+        cached = [one] + [tensor(*GEMV_SHAPE) for _ in range(CACHED_MATRICES - 1)]
+        dram = [one] + [tensor(*GEMV_SHAPE) for _ in range(int(DRAM_BYTES / one.nbytes))]
         w = tensor(*GEMM_SHAPE)
-        xs = rng.standard_normal((GEMM_TOKENS, GEMM_SHAPE[1])).astype(np.float32)
+        for m in dram[1:] + cached[1:]:
+            matmul(x, m)
         matmul(xs, w)
+        return cached, dram, w
+
+    def gemv(ws) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for w in ws:
+                matmul(x, w)
+            best = min(best, time.perf_counter() - t)
+        return sum(w.nbytes for w in ws) / best / 1e9
+
+    def speeds(sets) -> np.ndarray:
+        cached, dram, w = sets
         best = min(bench._timed(matmul, xs, w) for _ in range(repeats))
-        out.append(dict(type=qtype.name, bits=8 * BLOCKS[qtype].nbytes / BLOCKS[qtype].values, gemv_gbs=cached,
-                        dram_gbs=dram, gemm_gvals=GEMM_SHAPE[0] * GEMM_SHAPE[1] * GEMM_TOKENS / best / 1e9))
+        return np.array([gemv(cached), gemv(dram), GEMM_SHAPE[0] * GEMM_SHAPE[1] * GEMM_TOKENS / best / 1e9])
+
+    log("kernels: Q4_K, the reference ...")
+    reference = matrices(QType.Q4_K)
+    out = []
+    for qtype in packed.TILED:
+        log(f"kernels: {qtype.name} ...")
+        sets = reference if qtype == QType.Q4_K else matrices(qtype)
+        own, ratio = [], []
+        for _ in range(rounds):
+            s, r = speeds(sets), speeds(reference)
+            own.append(s)
+            ratio.append(s / r)
+        own, ratio = np.median(own, axis=0), np.median(ratio, axis=0)
+        out.append(dict(type=qtype.name, bits=8 * BLOCKS[qtype].nbytes / BLOCKS[qtype].values, gemv_gbs=own[0],
+                        dram_gbs=own[1], gemm_gvals=own[2], vs_gemv=ratio[0], vs_dram=ratio[1], vs_gemm=ratio[2]))
+        del sets
     return out
 
 
 def kernel_section(speeds: list[dict], threads: int, bandwidth: float) -> list[str]:
-    base = next(s for s in speeds if s["type"] == "Q4_K")
     lines = ["", "## The kernels alone, per type", "",
              f"Random blocks in edgert's x8 layout, {threads} threads (tools/filetypes.py: kernel_speeds). GEMV: "
              f"matrices of {GEMV_SHAPE[0]} x {GEMV_SHAPE[1]} in turn, one token, weight bytes per second: "
              f"{CACHED_MATRICES} of them (within a large L3: what the arithmetic allows per byte), and "
              f"{DRAM_BYTES / 1e9:.1f} GB of them (from memory; a streaming read makes {bandwidth:.1f} GB/s). "
              f"GEMM: {GEMM_TOKENS} tokens against {GEMM_SHAPE[0]} x {GEMM_SHAPE[1]}, weights x tokens per second. "
-             "Each beside Q4_K's.", "",
+             "Each beside Q4_K's, measured alternately with it (medians of the rounds' ratios).", "",
              "| type | bits per weight | GEMV from cache GB/s | vs Q4_K | GEMV from memory GB/s | vs Q4_K "
              "| GEMM G weights x tokens / s | vs Q4_K |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in speeds:
-        lines.append(f"| {s['type']} | {s['bits']:.2f} | {s['gemv_gbs']:.1f} | {s['gemv_gbs'] / base['gemv_gbs']:.2f} | "
-                     f"{s['dram_gbs']:.1f} | {s['dram_gbs'] / base['dram_gbs']:.2f} | "
-                     f"{s['gemm_gvals']:.1f} | {s['gemm_gvals'] / base['gemm_gvals']:.2f} |")
+        lines.append(f"| {s['type']} | {s['bits']:.2f} | {s['gemv_gbs']:.1f} | {s['vs_gemv']:.2f} | "
+                     f"{s['dram_gbs']:.1f} | {s['vs_dram']:.2f} | {s['gemm_gvals']:.1f} | {s['vs_gemm']:.2f} |")
     return lines
