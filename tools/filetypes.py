@@ -199,10 +199,12 @@ def kernel_speeds(threads: int, log, rounds: int = 5, repeats: int = 3) -> list[
     arithmetic allows) and over DRAM_BYTES of them (streamed from memory), and the GEMM's
     weights times tokens per second (GEMM_TOKENS tokens, from cache).
 
-    Each type is measured in `rounds` rounds alternating with Q4_K's, each figure the best of
-    `repeats` passes: a shared machine drifts by more than the differences between types
-    within minutes, so each type's ratios to Q4_K ("vs_" keys) are the medians of its rounds'
-    ratios, taken a few seconds apart, and its speeds the medians of its rounds."""
+    Each type is measured in `rounds` rounds alternating with Q4_K's (first in one round,
+    second in the next), each figure the best of `repeats` passes: a shared machine drifts by
+    more than the differences between types within minutes, so each type's ratios to Q4_K
+    ("vs_" keys) are the medians of its rounds' ratios, taken seconds apart, and its speeds the
+    medians of its rounds. Q4_K's own row, measured against itself, shows what is left of the
+    noise."""
     import time
 
     from quant import BLOCKS, QTensor, cpu, layout, matmul, packed
@@ -251,8 +253,11 @@ def kernel_speeds(threads: int, log, rounds: int = 5, repeats: int = 3) -> list[
         log(f"kernels: {qtype.name} ...")
         sets = reference if qtype == QType.Q4_K else matrices(qtype)
         own, ratio = [], []
-        for _ in range(rounds):
-            s, r = speeds(sets), speeds(reference)
+        for k in range(rounds):  # in turn first and second: the second of a pair measured 7% faster
+            if k % 2:
+                r, s = speeds(reference), speeds(sets)
+            else:
+                s, r = speeds(sets), speeds(reference)
             own.append(s)
             ratio.append(s / r)
         own, ratio = np.median(own, axis=0), np.median(ratio, axis=0)
