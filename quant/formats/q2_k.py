@@ -33,11 +33,11 @@ def two_bit_groups(ops, tile, at: int, scales, high=None, in_place=()):
     high[h][L], Q3_K's hmask, its third bit). The fields s in `in_place` stay where they are,
     masked but not shifted (4^s times their values), and their groups' dots are shifted down."""
     qs = [[Once(lambda at=at + 32 * (8 * h + L): tile.load(at, V32I8)) for L in range(8)] for h in range(2)]
+    lift = [2 * s if s in in_place else 0 for s in range(4)]  # where field s's low bit goes: its group's shift
 
     def value(h, s, L):
-        lo = 2 * s if s in in_place else 0  # where the field's low bit goes
-        v = ops.field(qs[h][L](), 2 * s, 2, to=lo)
-        return v if high is None else ops.with_bit(v, high[h][L](), 4 * h + s, lo + 2)
+        v = ops.field(qs[h][L](), 2 * s, 2, to=lift[s])
+        return v if high is None else ops.with_bit(v, high[h][L](), 4 * h + s, lift[s] + 2)
 
     groups, shifts = [], []  # half by half, so that only four sub-vectors of each kind are live at a time
     for h in range(2):
@@ -47,7 +47,7 @@ def two_bit_groups(ops, tile, at: int, scales, high=None, in_place=()):
                          for L in range(4 * half, 4 * half + 4)]
                 g = 8 * h + 2 * s + half
                 groups.append((scales[g], parts, (g,)))
-                shifts.append(2 * s if s in in_place else 0)
+                shifts.append(lift[s])
     return groups, shifts
 
 
