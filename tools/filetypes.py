@@ -227,7 +227,7 @@ def kernel_speeds(threads: int, log, rounds: int = 5, repeats: int = 3) -> list[
         cached = [one] + [tensor(*GEMV_SHAPE) for _ in range(CACHED_MATRICES - 1)]
         dram = [one] + [tensor(*GEMV_SHAPE) for _ in range(int(DRAM_BYTES / one.nbytes))]
         w = tensor(*GEMM_SHAPE)
-        for m in dram[1:] + cached[1:]:
+        for m in dram + cached[1:]:  # `one` heads both
             matmul(x, m)
         matmul(xs, w)
         return cached, dram, w
