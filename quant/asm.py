@@ -47,14 +47,15 @@ def row_dot_assembly(target: Target, qtype: QType, tokens: int = 1) -> str:
     return _assembly(target, emit, [ir.FloatType()] * tokens, tokens)
 
 
-def tiles_dot_assembly(target: Target, qtype: QType, tokens: int = 1) -> str:
+def tiles_dot_assembly(target: Target, qtype: QType, tokens: int = 1, pair: bool = False) -> str:
     """Assembly of a function that runs the x8 layout's loop (quant.packed) for `qtype` over one
-    group of eight rows against `tokens` activation rows."""
+    group of eight rows (two with `pair`) against `tokens` activation rows."""
     def emit(builder, w, zero, x, x_offs, xd, xs, xbs, n):
         return packed.emit_tiles_dot(builder, target.flavor, _features(target), QType(qtype), w,
-                                     zero, x, x_offs, xd, xs, xbs, n)
+                                     zero, x, x_offs, xd, xs, xbs, n, pair)
 
-    return _assembly(target, emit, [packed.V8F32] * tokens, tokens)
+    from llvmlite import ir
+    return _assembly(target, emit, [ir.VectorType(ir.FloatType(), 16 if pair else 8)] * tokens, tokens)
 
 
 def _assembly(target: Target, emit, results: list, tokens: int) -> str:

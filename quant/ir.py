@@ -61,6 +61,50 @@ class Bytes:
         return self.load(offset, vec(I8, 32))
 
 
+class Tile(Bytes):
+    """A 256-value tile of the x8 layout as its decoder reads it: `load(offset, ty)` gives what
+    ty holds for the group's eight rows (a TilePair's: for sixteen)."""
+
+    @property
+    def bases(self):
+        return [self.base]
+
+
+class TilePair(Tile):
+    """Two groups' tiles at the same block column read as one: each load is the first tile's
+    vector followed by the second's (<32 x i8> becomes <64 x i8>, <8 x i16> <16 x i16>), so a
+    decoder written over Tile gives sixteen rows' values in 512-bit vectors. Both groups
+    meet the same activations, so one broadcast word still serves every row."""
+
+    def __init__(self, builder, first, second):
+        super().__init__(builder, first)
+        self.second = second
+
+    @property
+    def bases(self):
+        return [self.base, self.second]
+
+    def load(self, offset, ty):
+        halves = [Bytes(self.b, base).load(offset, ty) for base in self.bases]
+        return shuffle(self.b, halves[0], halves[1], range(2 * ty.count))
+
+
+def const_like(v, value):
+    """`value` in every lane of a vector of v's type."""
+    return const_vec(v.type.element, v.type.count, value)
+
+
+def widen(b, v, signed: bool = False):
+    """<n x i8 or i16> -> <n x i32>, zero- or sign-extended."""
+    return (b.sext if signed else b.zext)(v, vec(I32, v.type.count))
+
+
+def rows_of(b, v, j: int):
+    """The bytes of rows 0-7 at byte 8j of each group's 32 in v (<32 x i8> of one group,
+    <64 x i8> of a TilePair's two): <8 x i8> or <16 x i8>, row by row."""
+    return shuffle(b, v, v, [32 * p + 8 * j + r for p in range(v.type.count // 32) for r in range(ROWS)])
+
+
 def nibbles(b, v, shift: int):
     """The low (shift 0) or high (shift 4) 4 bits of each byte."""
     return b.and_(b.lshr(v, const_vec(I8, v.type.count, shift)) if shift else v, const_vec(I8, v.type.count, 0x0F))
@@ -68,7 +112,7 @@ def nibbles(b, v, shift: int):
 
 def bits(b, v, shift: int, mask: int):
     """(v >> shift) & mask, bytewise."""
-    return b.and_(b.lshr(v, const_vec(I8, 32, shift)) if shift else v, const_vec(I8, 32, mask))
+    return b.and_(b.lshr(v, const_like(v, shift)) if shift else v, const_like(v, mask))
 
 
 def lane_bits(b, masks, first: int, value: int = 16):
@@ -82,8 +126,9 @@ def lane_bits(b, masks, first: int, value: int = 16):
 
 
 def halves(b, tile: Bytes, at: int):
-    """Eight rows' f16 at byte `at` of a tile, as <8 x float>."""
-    return b.fpext(b.bitcast(tile.load(at, vec(I16, ROWS)), vec(HALF, ROWS)), V8F32)
+    """Eight rows' f16 at byte `at` of a tile, as <8 x float> (a TilePair's sixteen: <16 x float>)."""
+    v = tile.load(at, vec(I16, ROWS))
+    return b.fpext(b.bitcast(v, vec(HALF, v.type.count)), vec(F32, v.type.count))
 
 
 class Once:

@@ -34,11 +34,15 @@ from numba.extending import intrinsic
 
 from quant.cpu import FEATURES, FLAVOR
 from quant.formats import FORMATS, IQ4_NL_LEVELS, QType, TileFormat
-from quant.ir import (F32, I8, I16, I32, ROWS, V8F32, V8I32, V32I8, Bytes, bits, const_vec, declare,
-                      halves, lane_bits, nibbles, shuffle, splat, vec)
+from quant.ir import (F32, I8, I16, I32, ROWS, V8F32, V8I32, V32I8, Bytes, Tile, TilePair, bits, const_like,
+                      const_vec, declare, halves, lane_bits, nibbles, shuffle, splat, vec)
 from quant.layout import SUPER_TILES, TILES
 from quant.simd import switch
 
+PAIRED_FLAVORS = ("avx512",)  # two groups at once, sixteen rows in 512-bit vectors, for PAIRED's formats
+# the formats whose tiles say so (SuperTileFormat.paired). Measured against a group at a time: Q4_K
+# 1.11x from L3 but 0.88x from memory, Q6_K slower from L3 (its scale pairs spill): not paired yet
+PAIRED = tuple(q for q, t in SUPER_TILES.items() if t.paired)
 PREFETCH_FLAVORS = ("avx512", "avx2")  # GEMV prefetches; measured on x86 only (+14% E2B decode matmuls)
 AHEAD = 4096  # bytes ahead of the tile being read: 2-8 KB measured alike
 SUPER_AHEAD = 8192  # the same for the 256-value tiles (1-2 KB each): 4 KB streams 5% slower
@@ -49,22 +53,24 @@ class _Vnni:
 
     def __init__(self, builder):
         self.b = builder
-        self._dp = declare(builder, "llvm.x86.avx512.vpdpbusd.256", V8I32, [V8I32] * 3)
-        self._dpw = declare(builder, "llvm.x86.avx512.vpdpwssd.256", V8I32, [V8I32] * 3)
+
+    def _call(self, name, acc, a, c):  # on 256- or 512-bit vectors, as acc is
+        bits = 32 * acc.type.count
+        return self.b.call(declare(self.b, f"llvm.x86.avx512.{name}.{bits}", acc.type, [acc.type] * 3),
+                           [acc, self.b.bitcast(a, acc.type), self.b.bitcast(c, acc.type)])
 
     def bias(self, bias):
         return 128 if bias is None else bias
 
     def dot(self, acc, values, bias, x):
-        u = values if bias is not None else self.b.xor(values, const_vec(I8, 32, 0x80))
-        return self.b.call(self._dp, [acc, self.b.bitcast(u, V8I32), self.b.bitcast(x, V8I32)])
+        u = values if bias is not None else self.b.xor(values, const_like(values, 0x80))
+        return self._call("vpdpbusd", acc, u, x)
 
     def madd16(self, acc, a, c):
         """acc + a c, lane by lane, for i32 lanes whose values fit a signed word: one vpdpwssd (the
         low words' product plus the high words', a's high word cleared). a: the factor that
         stays while tokens pass (a scale, a min), so that clearing it is done once for all."""
-        a = self.b.and_(a, const_vec(I32, 8, 0xFFFF))
-        return self.b.call(self._dpw, [acc, a, c])
+        return self._call("vpdpwssd", acc, self.b.and_(a, const_like(a, 0xFFFF)), c)
 
 
 class _Madd:
@@ -157,8 +163,9 @@ def _levels(b, flavor: str, features: frozenset[str], idx):
     """<32 x i8> IQ4_NL levels of the 4-bit indices idx: pshufb on x86, tbl on ARM, else a
     chain of selects (the portable flavor off ARM, which only the tests run)."""
     table = [ir.Constant(I8, v) for v in IQ4_NL_LEVELS]
-    if flavor in ("avx512", "avx2"):
-        return b.call(declare(b, "llvm.x86.avx2.pshuf.b", V32I8, [V32I8, V32I8]), [ir.Constant(V32I8, table * 2), idx])
+    if flavor in ("avx512", "avx2"):  # <32 x i8> (vpshufb ymm) or a TilePair's <64 x i8> (zmm)
+        name = "llvm.x86.avx2.pshuf.b" if idx.type.count == 32 else "llvm.x86.avx512.pshuf.b.512"
+        return b.call(declare(b, name, idx.type, [idx.type] * 2), [ir.Constant(idx.type, table * (idx.type.count // 16)), idx])
     if {"neon", "dotprod"} & features:
         v16i8 = vec(I8, 16)
         tbl = declare(b, "llvm.aarch64.neon.tbl1.v16i8", v16i8, [v16i8, v16i8])
@@ -187,7 +194,7 @@ class ByteOps:
         where the CPU has it. One vgf2p8affineqb whose matrix also masks, written here, took
         10% of Q2_K's instructions and measured no faster on a Xeon with AVX512-VNNI.)"""
         out = bits(self.b, v, lo, (1 << width) - 1)
-        return self.b.shl(out, const_vec(I8, 32, to)) if to else out
+        return self.b.shl(out, const_like(out, to)) if to else out
 
     def nibbles(self, v, shift: int):
         """The low (shift 0) or high (shift 4) 4 bits of each byte."""
@@ -220,16 +227,21 @@ def _sub_vectors(b, fmt: TileFormat, tile: Bytes, levels):
 
 
 def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType, w_ptr, w_off, xq_ptr,
-                   x_offs, xd_ptr, xs_ptr, xbs, n):
+                   x_offs, xd_ptr, xs_ptr, xbs, n, pair: bool = False):
     """Emit the loop over a group's `n` tiles against the tokens (x_offs, xbs: each token's first
     activation and first scale index) and return one <8 x float> per token. Pure llvmlite: the
     intrinsics call it, and the tests compile it for other targets. Q4_1's and Q5_1's mins
-    meet xs, each block's activation scale times its sum."""
+    meet xs, each block's activation scale times its sum.
+
+    pair: the group at w_off and the next one (n tiles on) in one loop, sixteen rows in 512-bit
+    vectors, one <16 x float> per token (PAIRED's formats in PAIRED_FLAVORS)."""
+    b = builder
+    if pair and not (qtype in PAIRED and flavor in PAIRED_FLAVORS):
+        raise ValueError(f"{qtype.name} in the {flavor} flavor is taken a group at a time, not in pairs")
     if qtype in SUPER_TILES:
         return emit_super_tiles_dot(builder, flavor, features, qtype, w_ptr, w_off, xq_ptr, x_offs, xd_ptr, xs_ptr,
-                                    xbs, n)
+                                    xbs, n, pair)
     fmt = TILES[qtype]
-    b = builder
     dots = _dot_class(flavor, features)(b)
 
     def const(v):
@@ -287,7 +299,7 @@ def blocks_per_iteration(qtype: QType, tokens: int) -> int:
 
 
 def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType, w_ptr, w_off, xq_ptr,
-                         x_offs, xd_ptr, xs_ptr, xbs, n):
+                         x_offs, xd_ptr, xs_ptr, xbs, n, pair: bool = False):
     """emit_tiles_dot for the 256-value formats (quant.layout.SUPER_TILES) over `n` super-blocks.
     The activations are Q8_K's: xd holds one scale per 32 values (the super-block's, repeated)
     and xs the integer sum of each 16 values (int32, as quant.kernels._sums_of_16 makes them:
@@ -301,7 +313,9 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
     VNNI bias of signed values) comes off each group's dot through the activation sums of 16,
     and mins (Q4_K, Q5_K, Q2_K) through the same sums, summed in i32 as word products (at most
     63 x 4096 x 8). One float step per super-block and token
-    then applies the rows' d (and dmin) and the token's scale."""
+    then applies the rows' d (and dmin) and the token's scale.
+
+    pair: two groups at once, the one at w_off and the next (n tiles on), as one TilePair."""
     b = builder
     dots = _dot_class(flavor, features)(b)
     fmt = SUPER_TILES[qtype]
@@ -309,12 +323,17 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
     def const(v):
         return ir.Constant(cgutils.intp_t, v)
 
+    rows = 2 * ROWS if pair else ROWS
     prefetch = len(x_offs) == 1 and flavor in PREFETCH_FLAVORS
-    acc = [cgutils.alloca_once_value(b, ir.Constant(V8F32, None)) for _ in x_offs]
-    zero = ir.Constant(V8I32, None)
+    acc = [cgutils.alloca_once_value(b, ir.Constant(vec(F32, rows), None)) for _ in x_offs]
+    zero = ir.Constant(vec(I32, rows), None)
     sums_ptr = b.bitcast(xs_ptr, I32.as_pointer())
     with cgutils.for_range_slice(b, const(0), n, const(1)) as (i, _):
-        tile = Bytes(b, b.gep(w_ptr, [b.add(w_off, b.mul(i, const(fmt.tile_bytes)))]))
+        at = b.add(w_off, b.mul(i, const(fmt.tile_bytes)))
+        if pair:
+            tile = TilePair(b, b.gep(w_ptr, [at]), b.gep(w_ptr, [b.add(at, b.mul(n, const(fmt.tile_bytes)))]))
+        else:
+            tile = Tile(b, b.gep(w_ptr, [at]))
         sup = FORMATS[qtype].decode(tile, ByteOps(b, flavor, features))
         offset = sup.offset + (dots.bias(None) if sup.signed else 0)
         lines = -(-fmt.tile_bytes // 64)  # the tile's cache lines
@@ -338,31 +357,32 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
         totals = [zero] * len(x_offs)
         for g, (scale, parts, sums) in enumerate(sup.groups):  # group by group, each meeting every token
             if prefetch:  # the tile SUPER_AHEAD on, a few lines per group: see _pinned_prefetch
-                _pinned_prefetch(b, tile.base, SUPER_AHEAD + g * share, min(share, fmt.tile_bytes - g * share))
+                for base in tile.bases:
+                    _pinned_prefetch(b, base, SUPER_AHEAD + g * share, min(share, fmt.tile_bytes - g * share))
             for t, x in enumerate(xs):
                 chains = [zero] * (1 if len(parts) <= 4 else 2)  # the groups' own chains overlap
                 for c, (values, at) in enumerate(parts):
-                    word = splat(b, x.load(at, I32), 8)
+                    word = splat(b, x.load(at, I32), rows)
                     chains[c % len(chains)] = dots.dot(chains[c % len(chains)], values(), None if sup.signed else 0,
-                                                       b.bitcast(word, V32I8))
+                                                       b.bitcast(word, vec(I8, 4 * rows)))
                 dot = chains[0] if len(chains) == 1 else b.add(*chains)
                 if sup.shifts and sup.shifts[g]:  # the values' power of two off (exact: the dot is its multiple)
-                    dot = b.ashr(dot, const_vec(I32, 8, sup.shifts[g]))
+                    dot = b.ashr(dot, const_like(dot, sup.shifts[g]))
                 if offset:  # (q - offset) x = q x - offset x
-                    dot = b.sub(dot, splat(b, b.mul(xsum(t, sums), ir.Constant(I32, offset)), 8))
+                    dot = b.sub(dot, splat(b, b.mul(xsum(t, sums), ir.Constant(I32, offset)), rows))
                 if narrow:
                     totals[t] = dots.madd16(totals[t], scale, dot)
                 else:
                     totals[t] = b.add(totals[t], b.mul(dot, scale))
         for t, total in enumerate(totals):
-            xd = splat(b, b.load(b.gep(xd_ptr, [firsts[t]])), 8)
-            scaled = b.fmul(b.fmul(sup.d, xd), b.sitofp(total, V8F32))
+            xd = splat(b, b.load(b.gep(xd_ptr, [firsts[t]])), rows)
+            scaled = b.fmul(b.fmul(sup.d, xd), b.sitofp(total, xd.type))
             if sup.mins is not None:  # - dmin * (sum of min x the group's activations), exact in i32
                 dmin, mins = sup.mins
                 off = zero
                 for m, sums in mins:
-                    off = dots.madd16(off, m, splat(b, xsum(t, sums), 8))
-                scaled = b.call(_fma(b), [b.fneg(b.fmul(dmin, xd)), b.sitofp(off, V8F32), scaled])
+                    off = dots.madd16(off, m, splat(b, xsum(t, sums), rows))
+                scaled = b.call(_fma(b, rows), [b.fneg(b.fmul(dmin, xd)), b.sitofp(off, xd.type), scaled])
             b.store(b.fadd(b.load(acc[t]), scaled), acc[t])
     return [b.load(a) for a in acc]
 
@@ -388,16 +408,18 @@ def _pinned_prefetch(b, ptr, ahead: int, n_bytes: int):
     b.asm(ir.FunctionType(ir.VoidType(), []), "", "", [], side_effect=True)
 
 
-def _fma(b):
-    return declare(b, "llvm.fma.v8f32", V8F32, [V8F32] * 3)
+def _fma(b, rows: int = ROWS):
+    v = vec(F32, rows)
+    return declare(b, f"llvm.fma.v{rows}f32", v, [v] * 3)
 
 
 TILED = tuple(TILES) + tuple(SUPER_TILES)  # every format with an x8 layout, its kernel here
 
 
 def tiles_intrinsic(n_tokens: int, flavor: str = FLAVOR, features: frozenset[str] = FEATURES,
-                    qtypes: tuple[QType, ...] = TILED):
-    """A Numba intrinsic: one group of eight rows against `n_tokens` tokens, stored into out:
+                    qtypes: tuple[QType, ...] = TILED, pair: bool = False):
+    """A Numba intrinsic: one group of eight rows (with `pair`, two: sixteen rows, the group at
+    w_off and the next) against `n_tokens` tokens, stored into out:
 
         tiles_dot(fmt, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
 
@@ -426,10 +448,11 @@ def tiles_intrinsic(n_tokens: int, flavor: str = FLAVOR, features: frozenset[str
             def tiles(qtype):  # the format's loop, its eight dots per token stored into out
                 dots = emit_tiles_dot(builder, flavor, features, qtype, w_ptr, w_off_v, xq_ptr,
                                       [nth(x_off_v, x_stride_v, j) for j in range(n_tokens)], data(6, xd_v),
-                                      data(7, xs_v), [nth(xb_v, xb_stride_v, j) for j in range(n_tokens)], n_v)
+                                      data(7, xs_v), [nth(xb_v, xb_stride_v, j) for j in range(n_tokens)], n_v,
+                                      pair)
                 for j, dot in enumerate(dots):
                     where = builder.gep(out_ptr, [nth(out_off_v, out_stride_v, j)])
-                    builder.store(dot, builder.bitcast(where, V8F32.as_pointer()), align=4)
+                    builder.store(dot, builder.bitcast(where, dot.type.as_pointer()), align=4)
                 return []
 
             switch(builder, fmt_v, {q: q for q in qtypes}, 0, tiles)
@@ -442,3 +465,5 @@ def tiles_intrinsic(n_tokens: int, flavor: str = FLAVOR, features: frozenset[str
 
 TOKENS = 4  # tokens per call in prefill
 tiles_1, tiles_4 = tiles_intrinsic(1), tiles_intrinsic(TOKENS)
+PAIRS = PAIRED if FLAVOR in PAIRED_FLAVORS else ()  # the formats this host takes two groups at a time
+pairs_1, pairs_4 = tiles_intrinsic(1, qtypes=PAIRS, pair=True), tiles_intrinsic(TOKENS, qtypes=PAIRS, pair=True)

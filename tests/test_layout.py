@@ -172,20 +172,22 @@ def test_products_that_share_an_input_equal_separate_ones(qtypes):
             np.testing.assert_array_equal(got, matmul(x, w))
 
 
-def _run_flavor(flavor: str, features: frozenset[str], qtype: QType, w: QTensor, x: np.ndarray) -> np.ndarray:
-    """The x8 loop of another flavor, compiled here in a small Numba function of its own."""
+def _run_flavor(flavor: str, features: frozenset[str], qtype: QType, w: QTensor, x: np.ndarray,
+                pair: bool = False) -> np.ndarray:
+    """The x8 loop of another flavor, compiled here in a small Numba function of its own; with
+    `pair`, groups two at a time (quant.packed's pairs; w's groups an even count)."""
     from numba import njit
 
     from quant import kernels as qk
 
-    one, four = (packed.tiles_intrinsic(tokens, flavor, features, (qtype,)) for tokens in (1, 4))
-    values, fmt = BLOCKS[qtype].values, int(qtype)
+    one, four = (packed.tiles_intrinsic(tokens, flavor, features, (qtype,), pair) for tokens in (1, 4))
+    values, fmt, step = BLOCKS[qtype].values, int(qtype), 2 if pair else 1
 
     @njit
     def run(wp, xq, xd, xs, out):
         n, k = xq.shape
         rows = out.shape[1]
-        for g in range(wp.shape[0]):
+        for g in range(0, wp.shape[0], step):
             t = 0
             while t + 4 <= n:
                 four(fmt, wp, g * wp.shape[1], xq, t * k, k, xd, xs, t * xd.shape[1], xd.shape[1], k // values, out,
@@ -232,6 +234,20 @@ def test_every_flavor_the_host_runs_matches_the_reference(flavor, features, qtyp
     np.testing.assert_array_less(np.abs(got - want), 2e-5 * (np.abs(x) @ np.abs(w.dequantize()).T) + 1e-30)
 
 
+@pytest.mark.parametrize("flavor,features", [(f, s) for f, s in host_flavors() if f in packed.PAIRED_FLAVORS],
+                         ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("qtype", packed.PAIRED, ids=lambda q: q.name)
+def test_two_groups_at_once_give_each_group_s_own_dots_bit_for_bit(flavor, features, qtype):
+    """A pair call (sixteen rows in 512-bit vectors) gives exactly what one call per group
+    gives: decode and a draft's verification must agree to the bit whichever way a matrix's
+    groups were taken."""
+    rng = np.random.default_rng(4)
+    w, _ = tiled(rng, qtype, 32, 768)  # four groups: two pairs
+    x = rng.standard_normal((6, 768)).astype(np.float32)  # a call of four tokens and two of one
+    np.testing.assert_array_equal(_run_flavor(flavor, features, qtype, w, x, pair=True),
+                                  _run_flavor(flavor, features, qtype, w, x))
+
+
 @pytest.mark.parametrize("tokens", [1, packed.TOKENS], ids=["gemv", "gemm"])
 @pytest.mark.parametrize("qtype", TILED, ids=lambda q: q.name)
 def test_every_tile_dot_is_sdot_on_the_raspberry_pi_5(qtype, tokens):
@@ -250,6 +266,15 @@ def test_every_tile_dot_is_sdot_on_the_raspberry_pi_5(qtype, tokens):
         blocks = 2 if tokens == 1 else 1  # the GEMV loop takes two blocks per iteration
         assert loop.count("sdot") == 2 * 8 * blocks * tokens  # 8 sub-vectors of values per block
     assert not fallback & set(loop), sorted(fallback & set(loop))
+
+
+@pytest.mark.parametrize("qtype", packed.PAIRED, ids=lambda q: q.name)
+def test_a_pair_of_groups_is_one_loop_of_512_bit_dots(qtype):
+    """Two groups' super-blocks take the 64 byte dots one group takes, each on a 512-bit
+    vector (sixteen rows), not two loops of 256-bit ones."""
+    loop = asm.main_loop(asm.tiles_dot_assembly(asm.ZEN4_AVX512, qtype, 1, pair=True))
+    dots = [line for line in loop if line.split()[0] == "vpdpbusd"]
+    assert len(dots) == 64 and all("zmm" in line for line in dots), dots[:3]
 
 
 @pytest.mark.parametrize("target,instruction", [(asm.ZEN4_AVX512, "vpdpbusd"), (asm.ZEN2_AVX2, "vpmaddubsw")],

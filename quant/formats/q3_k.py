@@ -5,7 +5,7 @@ import numpy as np
 
 from quant.formats.base import Activations, Block, Format, QType, SuperTileFormat, f16, super_source
 from quant.formats.q2_k import two_bit_groups, two_bit_values
-from quant.ir import I8, V8I32, V32I8, Once, Super, const_vec, halves, shuffle
+from quant.ir import V32I8, Once, Super, const_like, halves, rows_of, widen
 
 
 def _dequantize(blocks):
@@ -22,7 +22,8 @@ def _dequantize(blocks):
 
 # the tile: d[8]; the 12 scale bytes at 16; hmask as eight sub-vectors at 112; the 2-bit bytes
 # as Q2_K's, at 368
-TILE = SuperTileFormat(header=368, source=super_source(110, head=[108], scales=range(96, 108), runs=[(0, 96)]))
+TILE = SuperTileFormat(header=368, source=super_source(110, head=[108], scales=range(96, 108), runs=[(0, 96)]),
+                       paired=True)  # two groups at once: 1.38x from L3, 1.05x from memory
 
 
 def _decode(tile, ops) -> Super:
@@ -35,8 +36,8 @@ def _decode(tile, ops) -> Super:
     scales = []
     for q in range(4):  # scales 4q..4q+3, as bytes: nibble q // 2 of bytes (q % 2) * 4.., bits 2q of 8..11
         v = b.or_(ops.field(low[q % 2], 4 * (q // 2), 4), ops.field(high, 2 * q, 2, to=4))
-        v = b.sub(v, const_vec(I8, 32, 32))
-        scales += [b.sext(shuffle(b, v, v, range(8 * j, 8 * j + 8)), V8I32) for j in range(4)]
+        v = b.sub(v, const_like(v, 32))
+        scales += [widen(b, rows_of(b, v, j), signed=True) for j in range(4)]
     hmask = [[Once(lambda at=112 + 32 * L: tile.load(at, V32I8)) for L in range(8)] for _ in range(2)]  # once per h
     groups, _ = two_bit_groups(ops, tile, TILE.header, scales, hmask)  # no field in place: measured slower
     return Super(halves(b, tile, 0), groups, offset=4, top=7)

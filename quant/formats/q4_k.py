@@ -9,7 +9,7 @@ import numpy as np
 from llvmlite import ir
 
 from quant.formats.base import Activations, Block, Format, QType, SuperTileFormat, f16, super_source
-from quant.ir import F32, I8, I32, V8I32, V32I8, Once, Super, const_vec, halves, nibbles, vec, walker
+from quant.ir import F32, I8, I32, V32I8, Once, Super, const_like, halves, nibbles, vec, walker, widen
 
 
 def q4_k_scale_min(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,8 +58,8 @@ Q5_K_TILE = SuperTileFormat(header=384, source=super_source(176, head=[0, 2], sc
 def _q4_k_scales(b, tile, at: int):
     """Q4_K's and Q5_K's eight 6-bit (scale, min) pairs of eight rows (ggml's get_scale_min_k4)
     from the 12 transposed bytes at `at`: two lists of eight <8 x i32>."""
-    sb = [b.zext(tile.load(at + 8 * k, vec(I8, 8)), V8I32) for k in range(12)]
-    c63, c15, c4, c6 = (const_vec(I32, 8, v) for v in (63, 15, 4, 6))
+    sb = [widen(b, tile.load(at + 8 * k, vec(I8, 8))) for k in range(12)]
+    c63, c15, c4, c6 = (const_like(sb[0], v) for v in (63, 15, 4, 6))
     scales = [b.and_(sb[j], c63) for j in range(4)]
     scales += [b.or_(b.and_(sb[j + 4], c15), b.shl(b.lshr(sb[j - 4], c6), c4)) for j in range(4, 8)]
     mins = [b.and_(sb[j + 4], c63) for j in range(4)]

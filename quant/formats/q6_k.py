@@ -4,7 +4,7 @@ per 16 values), d (f16); value = d * scale * (q - 32)."""
 import numpy as np
 
 from quant.formats.base import Activations, Block, Format, QType, SuperTileFormat, f16, super_source
-from quant.ir import I8, I16, V8I32, V32I8, Once, Super, bits, const_vec, halves, vec, walker
+from quant.ir import I8, I16, V32I8, Once, Super, bits, const_vec, halves, vec, walker, widen
 
 
 def _dequantize(blocks):
@@ -29,7 +29,7 @@ TILE = SuperTileFormat(header=144, source=super_source(210, head=[208], scales=r
 def _decode(tile, ops) -> Super:
     """Q6_K: a sub-vector of ql (h, a) and one of qh (h) give the values 128h + 32s + 4L + j."""
     b = ops.b
-    scales = [b.sext(tile.load(16 + 8 * k, vec(I8, 8)), V8I32) for k in range(16)]
+    scales = [widen(b, tile.load(16 + 8 * k, vec(I8, 8)), signed=True) for k in range(16)]
     by_value = {}
     for h in range(2):
         for L in range(8):
