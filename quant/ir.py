@@ -151,12 +151,15 @@ class Super:
     shape the dot loop (quant.packed.emit_super_tiles_dot) takes:
 
     d       the rows' scales, <8 x float>
-    groups  (integer scale <8 x i32>, [(values: Once of <32 x i8>, activation offset)], sums): each
+    groups  (integer scale: Once of <8 x i32>, [(values: Once of <32 x i8>, activation offset)], sums): each
             group's dot is weighted by its scale; `sums` are the indices (within the
             super-block) of the sums of 16 activations that the group's values meet
     offset  what comes off every value (Q6_K's 32, Q3_K's 4), through those sums
     signed  whether the values are signed bytes (IQ4_XS's levels) rather than unsigned
-    mins    (dmin <8 x float>, [(integer min <8 x i32>, sums)]) for formats with mins
+    mins    (dmin <8 x float>, [(integer min: Once of <8 x i32>, sums)]) for formats with mins
+            (the vectors twice as long for a TilePair; scales and mins are Once, like the values,
+            so that each is read beside its use: sixteen rows' of them all at the top would
+            not fit in registers)
     top     the largest value, for unsigned values small enough that a group's dot (less the
             offset) fits a signed word (Q2_K's 3, Q3_K's 7): the dot loop then scales it with
             a word product

@@ -191,8 +191,10 @@ def matmul_packed(fmts, ws, count, x, outs, exact=False):
     kernel: tuples of a fixed length keep it one compiled specialization.
 
     Threads split the groups of eight rows, GROUP_TILE at a time, of all the matrices laid
-    end to end. Each group meets the tokens TOKENS at a time, within tiles of TOKEN_TILE
-    tokens, so its tiles stay in L1 while the tokens pass. exact: one token at a time, as
+    end to end; a work item's two groups go in one call where the host pairs the format
+    (quant.packed.PAIRS: sixteen rows in 512-bit vectors). Each group meets the tokens
+    TOKENS at a time, within tiles of TOKEN_TILE tokens, so its tiles stay in L1 while the
+    tokens pass. exact: one token at a time, as
     decode takes it, so that each token's row of the product is bit for bit decode's (a
     draft's verification); the group's tiles still come from memory once for all of them."""
     kind = ACTIVATION[fmts[0]]

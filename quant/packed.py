@@ -371,9 +371,9 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                 if offset:  # (q - offset) x = q x - offset x
                     dot = b.sub(dot, splat(b, b.mul(xsum(t, sums), ir.Constant(I32, offset)), rows))
                 if narrow:
-                    totals[t] = dots.madd16(totals[t], scale, dot)
+                    totals[t] = dots.madd16(totals[t], scale(), dot)
                 else:
-                    totals[t] = b.add(totals[t], b.mul(dot, scale))
+                    totals[t] = b.add(totals[t], b.mul(dot, scale()))
         for t, total in enumerate(totals):
             xd = splat(b, b.load(b.gep(xd_ptr, [firsts[t]])), rows)
             scaled = b.fmul(b.fmul(sup.d, xd), b.sitofp(total, xd.type))
@@ -381,7 +381,7 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                 dmin, mins = sup.mins
                 off = zero
                 for m, sums in mins:
-                    off = dots.madd16(off, m, splat(b, xsum(t, sums), rows))
+                    off = dots.madd16(off, m(), splat(b, xsum(t, sums), rows))
                 scaled = b.call(_fma(b, rows), [b.fneg(b.fmul(dmin, xd)), b.sitofp(off, xd.type), scaled])
             b.store(b.fadd(b.load(acc[t]), scaled), acc[t])
     return [b.load(a) for a in acc]

@@ -37,17 +37,20 @@ def _decode_iq4_xs(tile, ops) -> Super:
     """IQ4_XS: sub-block ib's scale is nibble ib % 2 of scales_l[ib / 2] and bits 2ib of scales_h,
     less 32; its values are IQ4_NL levels, low nibbles first."""
     b = ops.b
-    high = widen(b, tile.load(16, vec(I16, ROWS)))
-    low = [widen(b, tile.load(32 + 8 * k, vec(I8, 8))) for k in range(4)]
-    c = lambda v: const_like(high, v)  # noqa: E731
+    high = Once(lambda: widen(b, tile.load(16, vec(I16, ROWS))))
+    low = [Once(lambda k=k: widen(b, tile.load(32 + 8 * k, vec(I8, 8)))) for k in range(4)]
+
+    def scale(ib):
+        c = lambda v: const_like(high(), v)  # noqa: E731
+        s = b.or_(b.and_(b.lshr(low[ib // 2](), c(4 * (ib % 2))), c(15)), b.shl(b.and_(b.lshr(high(), c(2 * ib)), c(3)), c(4)))
+        return b.sub(s, c(32))
+
     groups = []
     for ib in range(8):
-        scale = b.or_(b.and_(b.lshr(low[ib // 2], c(4 * (ib % 2))), c(15)),
-                      b.shl(b.and_(b.lshr(high, c(2 * ib)), c(3)), c(4)))
         subs = [Once(lambda at=XS_TILE.header + 32 * (4 * ib + L): tile.load(at, V32I8)) for L in range(4)]
         parts = [(Once(lambda v=v, hi=hi: ops.levels(ops.nibbles(v(), 4 if hi else 0))), 32 * ib + 16 * hi + 4 * L)
                  for hi in (False, True) for L, v in enumerate(subs)]
-        groups.append((b.sub(scale, c(32)), parts, (2 * ib, 2 * ib + 1)))
+        groups.append((Once(lambda ib=ib: scale(ib)), parts, (2 * ib, 2 * ib + 1)))
     return Super(halves(b, tile, 0), groups, signed=True)
 
 

@@ -55,9 +55,9 @@ def two_bit_groups(ops, tile, at: int, scales, high=None, in_place=()):
 def _decode(tile, ops) -> Super:
     """Q2_K: group g's scale is the low nibble of its byte, its min the high one."""
     b = ops.b
-    sc = [widen(b, tile.load(32 + 8 * g, vec(I8, 8))) for g in range(16)]
-    scales = [b.and_(s, const_like(s, 15)) for s in sc]
-    mins = [b.lshr(s, const_like(s, 4)) for s in sc]
+    sc = [Once(lambda g=g: widen(b, tile.load(32 + 8 * g, vec(I8, 8)))) for g in range(16)]
+    scales = [Once(lambda s=s: b.and_(s(), const_like(s(), 15))) for s in sc]
+    mins = [Once(lambda s=s: b.lshr(s(), const_like(s(), 4))) for s in sc]
     # fields 1 and 2 in place: a mask each where a shift and a mask would be (values up to 48 stay
     # within a signed byte for every flavor's dot); 345 -> 321 instructions a tile on x86, +11%
     # from L3 on a Xeon with AVX512-VNNI

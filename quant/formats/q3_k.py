@@ -37,7 +37,7 @@ def _decode(tile, ops) -> Super:
     for q in range(4):  # scales 4q..4q+3, as bytes: nibble q // 2 of bytes (q % 2) * 4.., bits 2q of 8..11
         v = b.or_(ops.field(low[q % 2], 4 * (q // 2), 4), ops.field(high, 2 * q, 2, to=4))
         v = b.sub(v, const_like(v, 32))
-        scales += [widen(b, rows_of(b, v, j), signed=True) for j in range(4)]
+        scales += [Once(lambda v=v, j=j: widen(b, rows_of(b, v, j), signed=True)) for j in range(4)]
     hmask = [[Once(lambda at=112 + 32 * L: tile.load(at, V32I8)) for L in range(8)] for _ in range(2)]  # once per h
     groups, _ = two_bit_groups(ops, tile, TILE.header, scales, hmask)  # no field in place: measured slower
     return Super(halves(b, tile, 0), groups, offset=4, top=7)

@@ -57,14 +57,24 @@ Q5_K_TILE = SuperTileFormat(header=384, source=super_source(176, head=[0, 2], sc
 
 def _q4_k_scales(b, tile, at: int):
     """Q4_K's and Q5_K's eight 6-bit (scale, min) pairs of eight rows (ggml's get_scale_min_k4)
-    from the 12 transposed bytes at `at`: two lists of eight <8 x i32>."""
-    sb = [widen(b, tile.load(at + 8 * k, vec(I8, 8))) for k in range(12)]
-    c63, c15, c4, c6 = (const_like(sb[0], v) for v in (63, 15, 4, 6))
-    scales = [b.and_(sb[j], c63) for j in range(4)]
-    scales += [b.or_(b.and_(sb[j + 4], c15), b.shl(b.lshr(sb[j - 4], c6), c4)) for j in range(4, 8)]
-    mins = [b.and_(sb[j + 4], c63) for j in range(4)]
-    mins += [b.or_(b.lshr(sb[j + 4], c4), b.shl(b.lshr(sb[j], c6), c4)) for j in range(4, 8)]
-    return scales, mins
+    from the 12 transposed bytes at `at`: two lists of eight Once of <8 x i32>, each byte read
+    where a scale or min is first asked for."""
+    sb = [Once(lambda k=k: widen(b, tile.load(at + 8 * k, vec(I8, 8)))) for k in range(12)]
+
+    def c(v):
+        return const_like(sb[0](), v)
+
+    def scale(j):
+        if j < 4:
+            return b.and_(sb[j](), c(63))
+        return b.or_(b.and_(sb[j + 4](), c(15)), b.shl(b.lshr(sb[j - 4](), c(6)), c(4)))
+
+    def min_(j):
+        if j < 4:
+            return b.and_(sb[j + 4](), c(63))
+        return b.or_(b.lshr(sb[j + 4](), c(4)), b.shl(b.lshr(sb[j](), c(6)), c(4)))
+
+    return [Once(lambda j=j: scale(j)) for j in range(8)], [Once(lambda j=j: min_(j)) for j in range(8)]
 
 
 def _decode(tile, ops, fifth_bits: bool) -> Super:

@@ -29,7 +29,7 @@ TILE = SuperTileFormat(header=144, source=super_source(210, head=[208], scales=r
 def _decode(tile, ops) -> Super:
     """Q6_K: a sub-vector of ql (h, a) and one of qh (h) give the values 128h + 32s + 4L + j."""
     b = ops.b
-    scales = [widen(b, tile.load(16 + 8 * k, vec(I8, 8)), signed=True) for k in range(16)]
+    scales = [Once(lambda k=k: widen(b, tile.load(16 + 8 * k, vec(I8, 8)), signed=True)) for k in range(16)]
     by_value = {}
     for h in range(2):
         for L in range(8):
