@@ -165,7 +165,8 @@ def _levels(b, flavor: str, features: frozenset[str], idx):
     table = [ir.Constant(I8, v) for v in IQ4_NL_LEVELS]
     if flavor in ("avx512", "avx2"):  # <32 x i8> (vpshufb ymm) or a TilePair's <64 x i8> (zmm)
         name = "llvm.x86.avx2.pshuf.b" if idx.type.count == 32 else "llvm.x86.avx512.pshuf.b.512"
-        return b.call(declare(b, name, idx.type, [idx.type] * 2), [ir.Constant(idx.type, table * (idx.type.count // 16)), idx])
+        lookup = ir.Constant(idx.type, table * (idx.type.count // 16))
+        return b.call(declare(b, name, idx.type, [idx.type] * 2), [lookup, idx])
     if {"neon", "dotprod"} & features:
         v16i8 = vec(I8, 16)
         tbl = declare(b, "llvm.aarch64.neon.tbl1.v16i8", v16i8, [v16i8, v16i8])
@@ -466,4 +467,4 @@ def tiles_intrinsic(n_tokens: int, flavor: str = FLAVOR, features: frozenset[str
 TOKENS = 4  # tokens per call in prefill
 tiles_1, tiles_4 = tiles_intrinsic(1), tiles_intrinsic(TOKENS)
 PAIRS = PAIRED if FLAVOR in PAIRED_FLAVORS else ()  # the formats this host takes two groups at a time
-pairs_1, pairs_4 = tiles_intrinsic(1, qtypes=PAIRS, pair=True), tiles_intrinsic(TOKENS, qtypes=PAIRS, pair=True)
+pairs_1, pairs_4 = (tiles_intrinsic(tokens, qtypes=PAIRS, pair=True) for tokens in (1, TOKENS))

@@ -42,7 +42,8 @@ def _decode_iq4_xs(tile, ops) -> Super:
 
     def scale(ib):
         c = lambda v: const_like(high(), v)  # noqa: E731
-        s = b.or_(b.and_(b.lshr(low[ib // 2](), c(4 * (ib % 2))), c(15)), b.shl(b.and_(b.lshr(high(), c(2 * ib)), c(3)), c(4)))
+        s = b.or_(b.and_(b.lshr(low[ib // 2](), c(4 * (ib % 2))), c(15)),
+                  b.shl(b.and_(b.lshr(high(), c(2 * ib)), c(3)), c(4)))
         return b.sub(s, c(32))
 
     groups = []
