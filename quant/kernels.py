@@ -24,7 +24,7 @@ from numba import prange
 
 from quant.cpu import kernel
 from quant.formats import ACTIVATIONS, FORMATS, Activations, QType
-from quant.packed import PAIRS, TOKENS, pairs_1, pairs_4, tiles_1, tiles_4
+from quant.packed import PAIRS, TOKENS, tiles_1, tiles_4
 from quant.simd import bf16_to_float, f32_from_bits, half_to_float, row_dot, row_dots, tokens_dot
 
 # the activations each format's dot takes, indexed by its QType's value (-1: none)
@@ -36,7 +36,7 @@ Q8_0, Q8_K = Activations.Q8_0.value, Activations.Q8_K.value
 F32, F16, BF16 = (FORMATS[q].float_kernel for q in (QType.F32, QType.F16, QType.BF16))
 ROW_TILE = 16  # weight rows per work item
 GROUP_TILE = 2  # groups of eight rows per work item in the x8 layout
-_PAIRED = np.array([q in {int(p) for p in PAIRS} for q in range(max(QType) + 1)])  # by format id: two groups a call
+_PAIRED = np.isin(np.arange(max(QType) + 1), [int(q) for q in PAIRS])  # by format id: two groups a call
 TOKEN_TILE = 64  # tokens multiplied with a row while it is in L1: 64 x 12288 int8 stays within L2
 
 
@@ -194,9 +194,9 @@ def matmul_packed(fmts, ws, count, x, outs, exact=False):
     end to end; a work item's two groups go in one call where the host pairs the format
     (quant.packed.PAIRS: sixteen rows in 512-bit vectors). Each group meets the tokens
     TOKENS at a time, within tiles of TOKEN_TILE tokens, so its tiles stay in L1 while the
-    tokens pass. exact: one token at a time, as
-    decode takes it, so that each token's row of the product is bit for bit decode's (a
-    draft's verification); the group's tiles still come from memory once for all of them."""
+    tokens pass. exact: one token at a time, as decode takes it, so that each token's row of
+    the product is bit for bit decode's (a draft's verification); the group's tiles still
+    come from memory once for all of them."""
     kind = ACTIVATION[fmts[0]]
     xq, xd, xs = _quantized(x, kind)
     if kind == Q8_K:
@@ -221,20 +221,12 @@ def matmul_packed(fmts, ws, count, x, outs, exact=False):
                 both = _PAIRED[fmt] and g + 1 < g_end  # two groups in one call: sixteen rows in 512-bit vectors
                 t = t0
                 while not exact and t + TOKENS <= t_end:
-                    if both:
-                        pairs_4(fmt, w, g * group_bytes, xq, t * k, k, xd, xs, t * n_xb, n_xb, n_blocks,
-                                out, t * rows + 8 * g, rows)
-                    else:
-                        tiles_4(fmt, w, g * group_bytes, xq, t * k, k, xd, xs, t * n_xb, n_xb, n_blocks,
-                                out, t * rows + 8 * g, rows)
+                    tiles_4(fmt, both, w, g * group_bytes, xq, t * k, k, xd, xs, t * n_xb, n_xb, n_blocks,
+                            out, t * rows + 8 * g, rows)
                     t += TOKENS
                 for tt in range(t, t_end):
-                    if both:
-                        pairs_1(fmt, w, g * group_bytes, xq, tt * k, k, xd, xs, tt * n_xb, n_xb, n_blocks,
-                                out, tt * rows + 8 * g, rows)
-                    else:
-                        tiles_1(fmt, w, g * group_bytes, xq, tt * k, k, xd, xs, tt * n_xb, n_xb, n_blocks,
-                                out, tt * rows + 8 * g, rows)
+                    tiles_1(fmt, both, w, g * group_bytes, xq, tt * k, k, xd, xs, tt * n_xb, n_xb, n_blocks,
+                            out, tt * rows + 8 * g, rows)
                 g += 2 if both else 1
 
 

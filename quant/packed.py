@@ -418,23 +418,26 @@ TILED = tuple(TILES) + tuple(SUPER_TILES)  # every format with an x8 layout, its
 
 
 def tiles_intrinsic(n_tokens: int, flavor: str = FLAVOR, features: frozenset[str] = FEATURES,
-                    qtypes: tuple[QType, ...] = TILED, pair: bool = False):
+                    qtypes: tuple[QType, ...] = TILED, pairs: tuple[QType, ...] = ()):
     """A Numba intrinsic: one group of eight rows (with `pair`, two: sixteen rows, the group at
     w_off and the next) against `n_tokens` tokens, stored into out:
 
-        tiles_dot(fmt, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride)
+        tiles_dot(fmt, pair, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off,
+                  out_stride)
 
-    `fmt` (a QType's value) picks the format at run time through a switch over `qtypes`; a
-    format outside them does nothing. The kernels take the host's flavor and every format;
-    the tests build others that the host can run too."""
+    `fmt` (a QType's value) and `pair` (a bool) pick the loop at run time: one group for the
+    formats in `qtypes`, two for those in `pairs` (PAIRED's in PAIRED_FLAVORS); a case outside
+    them does nothing. The kernels take the host's flavor and every format; the tests build
+    others that the host can run too."""
 
     @intrinsic
-    def tiles_dot(typingctx, fmt, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off, out_stride):
-        sig = types.none(types.intp, w, types.intp, xq, types.intp, types.intp, xd, xs, types.intp, types.intp,
-                         types.intp, out, types.intp, types.intp)
+    def tiles_dot(typingctx, fmt, pair, w, w_off, xq, x_off, x_stride, xd, xs, xb, xb_stride, n, out, out_off,
+                  out_stride):
+        sig = types.none(types.intp, types.boolean, w, types.intp, xq, types.intp, types.intp, xd, xs,
+                         types.intp, types.intp, types.intp, out, types.intp, types.intp)
 
         def codegen(context, builder, signature, args):
-            (fmt_v, w_v, w_off_v, xq_v, x_off_v, x_stride_v, xd_v, xs_v, xb_v, xb_stride_v, n_v,
+            (fmt_v, pair_v, w_v, w_off_v, xq_v, x_off_v, x_stride_v, xd_v, xs_v, xb_v, xb_stride_v, n_v,
              out_v, out_off_v, out_stride_v) = args
 
             def data(i, value):
@@ -443,20 +446,26 @@ def tiles_intrinsic(n_tokens: int, flavor: str = FLAVOR, features: frozenset[str
             def nth(base, stride, j):
                 return builder.add(base, builder.mul(stride, ir.Constant(cgutils.intp_t, j)))
 
-            w_ptr, xq_ptr = builder.bitcast(data(1, w_v), I8.as_pointer()), builder.bitcast(data(3, xq_v), I8.as_pointer())
-            out_ptr = data(11, out_v)
+            w_ptr = builder.bitcast(data(2, w_v), I8.as_pointer())
+            xq_ptr = builder.bitcast(data(4, xq_v), I8.as_pointer())
+            out_ptr = data(12, out_v)
 
-            def tiles(qtype):  # the format's loop, its eight dots per token stored into out
+            def tiles(case):  # the format's loop, its dots per token stored into out
+                qtype, pair = case
                 dots = emit_tiles_dot(builder, flavor, features, qtype, w_ptr, w_off_v, xq_ptr,
-                                      [nth(x_off_v, x_stride_v, j) for j in range(n_tokens)], data(6, xd_v),
-                                      data(7, xs_v), [nth(xb_v, xb_stride_v, j) for j in range(n_tokens)], n_v,
+                                      [nth(x_off_v, x_stride_v, j) for j in range(n_tokens)], data(7, xd_v),
+                                      data(8, xs_v), [nth(xb_v, xb_stride_v, j) for j in range(n_tokens)], n_v,
                                       pair)
                 for j, dot in enumerate(dots):
                     where = builder.gep(out_ptr, [nth(out_off_v, out_stride_v, j)])
                     builder.store(dot, builder.bitcast(where, dot.type.as_pointer()), align=4)
                 return []
 
-            switch(builder, fmt_v, {q: q for q in qtypes}, 0, tiles)
+            with builder.if_else(cgutils.as_bool_bit(builder, pair_v)) as (two, one):
+                with two:
+                    switch(builder, fmt_v, {q: (q, True) for q in pairs}, 0, tiles)
+                with one:
+                    switch(builder, fmt_v, {q: (q, False) for q in qtypes}, 0, tiles)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -465,6 +474,5 @@ def tiles_intrinsic(n_tokens: int, flavor: str = FLAVOR, features: frozenset[str
 
 
 TOKENS = 4  # tokens per call in prefill
-tiles_1, tiles_4 = tiles_intrinsic(1), tiles_intrinsic(TOKENS)
 PAIRS = PAIRED if FLAVOR in PAIRED_FLAVORS else ()  # the formats this host takes two groups at a time
-pairs_1, pairs_4 = (tiles_intrinsic(tokens, qtypes=PAIRS, pair=True) for tokens in (1, TOKENS))
+tiles_1, tiles_4 = (tiles_intrinsic(tokens, pairs=PAIRS) for tokens in (1, TOKENS))

@@ -180,7 +180,8 @@ def _run_flavor(flavor: str, features: frozenset[str], qtype: QType, w: QTensor,
 
     from quant import kernels as qk
 
-    one, four = (packed.tiles_intrinsic(tokens, flavor, features, (qtype,), pair) for tokens in (1, 4))
+    one, four = (packed.tiles_intrinsic(tokens, flavor, features, (qtype,), (qtype,) if pair else ())
+                 for tokens in (1, 4))
     values, fmt, step = BLOCKS[qtype].values, int(qtype), 2 if pair else 1
 
     @njit
@@ -190,12 +191,12 @@ def _run_flavor(flavor: str, features: frozenset[str], qtype: QType, w: QTensor,
         for g in range(0, wp.shape[0], step):
             t = 0
             while t + 4 <= n:
-                four(fmt, wp, g * wp.shape[1], xq, t * k, k, xd, xs, t * xd.shape[1], xd.shape[1], k // values, out,
-                     t * rows + 8 * g, rows)
+                four(fmt, pair, wp, g * wp.shape[1], xq, t * k, k, xd, xs, t * xd.shape[1], xd.shape[1],
+                     k // values, out, t * rows + 8 * g, rows)
                 t += 4
             for tt in range(t, n):
-                one(fmt, wp, g * wp.shape[1], xq, tt * k, k, xd, xs, tt * xd.shape[1], xd.shape[1], k // values, out,
-                    tt * rows + 8 * g, rows)
+                one(fmt, pair, wp, g * wp.shape[1], xq, tt * k, k, xd, xs, tt * xd.shape[1], xd.shape[1],
+                    k // values, out, tt * rows + 8 * g, rows)
 
     kind = ACTIVATIONS[qtype]
     xq, xd, xs = qk._quantized(x, int(kind))
