@@ -1,7 +1,12 @@
 """Tokenizer parity with the `tokenizers` library on a Gemma-style byte-fallback BPE
 tokenizer.json, through what the converter stored in the GGUF file."""
 
+import re
+
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgert.files.loader import open_model
 from edgert.text.tokenizer import Tokenizer
@@ -79,3 +84,44 @@ def test_stream_decoder_yields_whole_characters(tokenizers_pair):
     pieces = [stream.push(i) for i in ids] + [stream.flush()]
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
+
+
+
+def _specials(tok: Tokenizer) -> list[str]:
+    """The tokens the tokenizer cuts out before merging, longest first."""
+    return sorted((tok.tokens[i] for i in np.flatnonzero(tok._special_scan.keep)), key=len, reverse=True)
+
+
+def _pieces(specials: list[str]):
+    """Text made of special tokens, parts of them, whitespace runs and other text."""
+    part = st.sampled_from(specials).flatmap(
+        lambda s: st.sampled_from([s, s[:-1], s[1:], s[: len(s) // 2]]))
+    other = st.text(alphabet=st.sampled_from(list("ab <|>\n\t é日🙂")), max_size=6)
+    return st.lists(st.one_of(part, other), max_size=12).map("".join)
+
+
+@pytest.fixture(scope="module", params=["gemma4", "gemma3"])
+def scanned(request, tokenizers_pair):
+    """A tokenizer and its special tokens: the test vocabulary's few, or the ~6,400 of Gemma 3's
+    real one (runs of whitespace among them, one inside the next)."""
+    if request.param == "gemma4":
+        tok = tokenizers_pair[0]
+    else:
+        from edgert.demo import demo_model
+        tok = Tokenizer(open_model(demo_model()).tokenizer)
+    return tok, _specials(tok)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_special_tokens_are_found_where_a_regex_of_them_finds_them(scanned, data):
+    """The compiled scan over the special tokens against Python's re (the alternation of them
+    all, longest first: leftmost, then longest, never overlapping), and, for every special
+    token that occurs at all, against `in`."""
+    tok, specials = scanned
+    text = data.draw(_pieces(specials))
+    raw = text.encode("utf-8")
+    reference = [(len(text[:m.start()].encode()), len(text[:m.end()].encode()))
+                 for m in re.finditer("|".join(map(re.escape, specials)), text)]
+    assert [tuple(span) for span in tok._special_scan.spans(raw)] == reference
+    assert tok._special_scan.present(raw) == {s for s in specials if s in text}
