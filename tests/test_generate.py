@@ -33,6 +33,28 @@ def test_prompt_format_is_gemma4s():
         "<bos><|turn>user\nHi<turn|>\n<|turn>model\n<|channel>thought\n<channel|>"
 
 
+@pytest.mark.parametrize("think", [False, True])
+def test_a_prompt_is_encoded_once_and_split_where_its_history_ends(model, think):
+    """prompt_ids: the whole prompt's ids, and where the generation prompt begins in them
+    (the end of the history, which a later request shares), as encoding each apart gives."""
+    from edgert.text.sessions import prompt_ids
+
+    tools = [{"type": "function", "function": {"name": "add", "description": "Add two numbers.",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"a": {"type": "number"}}}}}]
+    for messages, tool_list in [
+        ([{"role": "user", "content": "Café 日本?"}], ()),
+        ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+          {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Why  \n\n so?"}], ()),
+        ([{"role": "user", "content": "What is 2 + 3?"}], tools),
+    ]:
+        ids, _, split = prompt_ids(model, messages, think, tool_list)
+        history = model.tokenizer.encode(fmt.render(messages, add_generation_prompt=False, think=think,
+                                                    tools=tool_list))
+        assert ids == model.tokenizer.encode(fmt.render(messages, think=think, tools=tool_list))
+        assert split == len(history) and ids[:split] == history
+
+
 def test_generate_streams_whole_characters_and_matches_greedy_ids(model):
     ids = model.tokenizer.encode(fmt.render([{"role": "user", "content": "Café 日本"}]))
     greedy = list(generation.generate_ids(model, model.new_state(), ids, 24, make_sampler(temperature=0), model.stop_ids))

@@ -125,3 +125,22 @@ def test_special_tokens_are_found_where_a_regex_of_them_finds_them(scanned, data
                  for m in re.finditer("|".join(map(re.escape, specials)), text)]
     assert [tuple(span) for span in tok._special_scan.spans(raw)] == reference
     assert tok._special_scan.present(raw) == {s for s in specials if s in text}
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_text_split_at_a_special_token_is_its_two_parts_encoded_apart(scanned, data):
+    """encode_split: where it says the ids split at character `at`, they are the two sides'
+    own ids; the text before `at` is not always ASCII, so characters and bytes must not mix."""
+    tok, specials = scanned
+    a, b = data.draw(_pieces(specials)), data.draw(_pieces(specials))
+    text = a + data.draw(st.sampled_from(specials)) + b
+    ids, split = tok.encode_split(text, len(a))
+    assert ids == tok.encode(text)
+    if split is not None:
+        assert (ids[:split], ids[split:]) == (tok.encode(a), tok.encode(text[len(a):]))
+    words = st.text(alphabet=st.sampled_from(list("abcé日")), max_size=8)  # no special token in them
+    a, b = data.draw(words), data.draw(words)
+    text = a + data.draw(st.sampled_from(specials)) + b
+    ids, split = tok.encode_split(text, len(a))
+    assert split is not None and (ids[:split], ids[split:]) == (tok.encode(a), tok.encode(text[len(a):]))

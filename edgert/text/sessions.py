@@ -207,10 +207,14 @@ def prompt_ids(model: "Model", messages: Sequence[dict], think: bool = False, to
     """The prompt of `messages` as ids, its soft tokens (audio), and where the generation
     prompt begins (what a later turn's prompt shares with this one ends there)."""
     messages, rows = hear_messages(model, messages)
-    fmt = model.format
-    history = model.tokenizer.encode(fmt.render(messages, add_generation_prompt=False, think=think, tools=tools))
-    ids = model.tokenizer.encode(fmt.render(messages, think=think, tools=tools))
-    return ids, _soft(model, ids, rows), len(history) if ids[:len(history)] == history else 0
+    fmt, tok = model.format, model.tokenizer
+    history = fmt.render(messages, add_generation_prompt=False, think=think, tools=tools)
+    text = fmt.render(messages, think=think, tools=tools)
+    ids, split = tok.encode_split(text, len(history) if text.startswith(history) else None)
+    if split is None:  # the generation prompt does not begin with a control token: encode the history apart
+        head = tok.encode(history)
+        split = len(head) if ids[:len(head)] == head else 0
+    return ids, _soft(model, ids, rows), split
 
 
 def chat(model: "Model", messages: Sequence[dict], think: bool = False, max_new_tokens: int = 1024,

@@ -97,17 +97,41 @@ class Tokenizer:
     def encode(self, text: str, add_bos: bool = False, parse_special: bool = True) -> list[int]:
         """Text -> ids. `parse_special`: control tokens written in the text become their ids."""
         ids = [self.bos] if add_bos and self.bos is not None else []
+        return ids + self.encode_split(text, None, parse_special)[0]
+
+    def encode_split(self, text: str, at: int | None, parse_special: bool = True) -> tuple[list[int], int | None]:
+        """encode(text), and how many of its ids are those of text[:at]: where the text's
+        special tokens begin one at character `at`, nothing is merged across it, so the ids
+        are encode(text[:at]) and then encode(text[at:]) (a prompt and its history, encoded
+        once). None where no special token begins at `at`."""
+        ids: list[int] = []
+        split = None
+        for begins_at, piece in self._pieces(text, parse_special, at):
+            if isinstance(piece, str):
+                ids += self._merge(piece)
+                continue
+            if begins_at:
+                split = len(ids)
+            ids.append(piece)
+        return ids, split
+
+    def _pieces(self, text: str, parse_special: bool, at: int | None):
+        """The text as the merges take it: (whether it begins at character `at`, a special
+        token's id) or (False, a fragment of text to merge), in order."""
         if self.spm:
-            return ids + self._encode_spm(text, parse_special)
+            yield from self._pieces_spm(text, parse_special, at)
+            return
         if not parse_special:
-            return ids + self._merge(text)
+            yield False, text
+            return
         raw = text.encode("utf-8")
+        mark = -1 if at is None else len(text[:at].encode("utf-8"))
         start = 0
         for s, e in self._special_scan.spans(raw):
-            ids += self._merge(raw[start:s].decode("utf-8"))
-            ids.append(self.token_id(raw[s:e].decode("utf-8")))
+            yield False, raw[start:s].decode("utf-8")
+            yield s == mark, self.token_id(raw[s:e].decode("utf-8"))
             start = e
-        return ids + self._merge(raw[start:].decode("utf-8"))
+        yield False, raw[start:].decode("utf-8")
 
     def _merge(self, text: str) -> list[int]:
         """One fragment through the merge loop: BPE by merge rank ("gemma4"), or SentencePiece
@@ -140,38 +164,37 @@ class Tokenizer:
         self._specials = [(self.tokens[i], i, self.types[i] == USER_DEFINED) for i in order]
         self._special_scan = _SpecialScan(self.tokens, np.isin(self.types, (CONTROL, USER_DEFINED, UNKNOWN)))
 
-    def _encode_spm(self, text: str, parse_special: bool) -> list[int]:
-        # cut out special tokens: each in turn, longest first, at every leftmost occurrence
-        fragments: list[str | int] = [text] if text else []
+    def _pieces_spm(self, text: str, parse_special: bool, at: int | None):
+        # cut out special tokens: each in turn, longest first, at every leftmost occurrence;
+        # a fragment is (its character offset, its text or a special token's id)
+        fragments: list[tuple[int, str | int]] = [(0, text)] if text else []
         present = self._special_scan.present(text.encode("utf-8"))  # of thousands, the few in the text
         for piece, i, user_defined in self._specials:
             if not (parse_special or user_defined) or piece not in present:
                 continue
-            cut: list[str | int] = []
-            for frag in fragments:
+            cut: list[tuple[int, str | int]] = []
+            for offset, frag in fragments:
                 if isinstance(frag, int):
-                    cut.append(frag)
+                    cut.append((offset, frag))
                     continue
                 start = 0
                 while (hit := frag.find(piece, start)) >= 0:
                     if hit > start:
-                        cut.append(frag[start:hit])
-                    cut.append(i)
+                        cut.append((offset + start, frag[start:hit]))
+                    cut.append((offset + hit, i))
                     start = hit + len(piece)
                 if start < len(frag):
-                    cut.append(frag[start:])
+                    cut.append((offset + start, frag[start:]))
             fragments = cut
-        out: list[int] = []
         prev_special = True
-        for frag in fragments:
+        for offset, frag in fragments:
             if isinstance(frag, int):
-                out.append(frag)
+                yield offset == at, frag
                 prev_special = True
             else:
                 prefix = " " if self.add_space_prefix and prev_special else ""
-                out += self._merge(prefix + frag)
+                yield False, prefix + frag
                 prev_special = False
-        return out
 
     def decode(self, ids, special: bool = True) -> str:
         """Ids -> text; special=False leaves control tokens out."""
