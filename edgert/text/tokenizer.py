@@ -99,7 +99,8 @@ class Tokenizer:
         ids = [self.bos] if add_bos and self.bos is not None else []
         return ids + self.encode_split(text, None, parse_special)[0]
 
-    def encode_split(self, text: str, at: int | None, parse_special: bool = True) -> tuple[list[int], int | None]:
+    def encode_split(self, text: str, at: int | None,
+                     parse_special: bool = True) -> tuple[list[int], int | None]:
         """encode(text), and how many of its ids are those of text[:at]: where the text's
         special tokens begin one at character `at`, nothing is merged across it, so the ids
         are encode(text[:at]) and then encode(text[at:]) (a prompt and its history, encoded
