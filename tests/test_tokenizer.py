@@ -86,7 +86,6 @@ def test_stream_decoder_yields_whole_characters(tokenizers_pair):
     assert all("\ufffd" not in p for p in pieces)
 
 
-
 def _specials(tok: Tokenizer) -> list[str]:
     """The tokens the tokenizer cuts out before merging, longest first."""
     return sorted((tok.tokens[i] for i in np.flatnonzero(tok._special_scan.keep)), key=len, reverse=True)

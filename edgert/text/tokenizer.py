@@ -246,16 +246,16 @@ class _SpecialScan:
         """(start, end) byte offsets of the special tokens in raw, leftmost first and at each
         place the longest, none overlapping: what a regular expression of them all, longest
         first, finds (re.finditer)."""
-        t = self.tokens
-        return _special_spans(np.frombuffer(raw, dtype=np.uint8), self.index, t.buf, t.starts, t.lengths,
-                              self.is_length, self.beginnings, False)[0]
+        return self._scan(raw, every=False)[0]
 
     def present(self, raw: bytes) -> set[str]:
         """Every special token that occurs in raw, overlapping ones included."""
+        return {self.tokens[i] for i in np.flatnonzero(self._scan(raw, every=True)[1])}
+
+    def _scan(self, raw: bytes, every: bool):
         t = self.tokens
-        seen = _special_spans(np.frombuffer(raw, dtype=np.uint8), self.index, t.buf, t.starts, t.lengths,
-                              self.is_length, self.beginnings, True)[1]
-        return {t[i] for i in np.flatnonzero(seen)}
+        return _special_spans(np.frombuffer(raw, dtype=np.uint8), self.index, t.buf, t.starts, t.lengths,
+                              self.is_length, self.beginnings, every)
 
 
 def _or(value, default):
@@ -281,12 +281,21 @@ def _pair_table(tokens: StringArray, index: np.ndarray, merges: StringArray) -> 
     return keys[first], ranks[first]
 
 
+_HASH_START = np.uint64(0xCBF29CE484222325)  # FNV-1a's offset basis: the hash of no bytes
+
+
+@kernel
+def _hash_step(h, byte):
+    """FNV-1a's hash h of some bytes -> the hash of them and then `byte`."""
+    return (h ^ np.uint64(byte)) * np.uint64(0x100000001B3)
+
+
 @kernel
 def _hash(text, start, end):
     """FNV-1a over text[start:end]."""
-    h = np.uint64(0xCBF29CE484222325)
+    h = _HASH_START
     for p in range(start, end):
-        h = (h ^ np.uint64(text[p])) * np.uint64(0x100000001B3)
+        h = _hash_step(h, text[p])
     return h
 
 
@@ -342,9 +351,9 @@ def _beginnings(buf, starts, lengths, keep, table):
     mask = np.uint64(len(table) - 1)
     for i in range(len(starts)):
         if keep[i]:
-            h = np.uint64(0xCBF29CE484222325)
+            h = _HASH_START
             for p in range(starts[i], starts[i] + lengths[i]):
-                h = (h ^ np.uint64(buf[p])) * np.uint64(0x100000001B3)
+                h = _hash_step(h, buf[p])
                 table[h & mask] = True
     return table
 
@@ -362,10 +371,10 @@ def _special_spans(text, table, buf, starts, lengths, is_length, beginnings, eve
     found = 0
     s = 0
     while s < n:
-        h = np.uint64(0xCBF29CE484222325)  # _hash, grown a byte at a time
+        h = _HASH_START  # _hash of text[s:e], grown a byte at a time
         end = -1
         for e in range(s + 1, min(n, s + len(is_length) - 1) + 1):
-            h = (h ^ np.uint64(text[e - 1])) * np.uint64(0x100000001B3)
+            h = _hash_step(h, text[e - 1])
             if not beginnings[h & np.uint64(len(beginnings) - 1)]:
                 break
             if is_length[e - s]:
