@@ -24,7 +24,7 @@ from numba import prange
 
 from quant.cpu import kernel
 from quant.formats import ACTIVATIONS, FORMATS, Activations, QType
-from quant.packed import PAIRS, TOKENS, tiles_1, tiles_4
+from quant.packed import GEMV_PAIRS, PAIRS, TOKENS, tiles_1, tiles_4
 from quant.simd import bf16_to_float, f32_from_bits, half_to_float, row_dot, row_dots, tokens_dot
 
 # the activations each format's dot takes, indexed by its QType's value (-1: none)
@@ -37,6 +37,7 @@ F32, F16, BF16 = (FORMATS[q].float_kernel for q in (QType.F32, QType.F16, QType.
 ROW_TILE = 16  # weight rows per work item
 GROUP_TILE = 2  # groups of eight rows per work item in the x8 layout
 _PAIRED = np.isin(np.arange(max(QType) + 1), [int(q) for q in PAIRS])  # by format id: two groups a call
+_GEMV_PAIRED = np.isin(np.arange(max(QType) + 1), [int(q) for q in GEMV_PAIRS])  # the same, below TOKENS tokens
 TOKEN_TILE = 64  # tokens multiplied with a row while it is in L1: 64 x 12288 int8 stays within L2
 
 
@@ -192,7 +193,8 @@ def matmul_packed(fmts, ws, count, x, outs, exact=False):
 
     Threads split the groups of eight rows, GROUP_TILE at a time, of all the matrices laid
     end to end; a work item's two groups go in one call where the host pairs the format
-    (quant.packed.PAIRS: sixteen rows in 512-bit vectors). Each group meets the tokens
+    (quant.packed.PAIRS, and GEMV_PAIRS for fewer than TOKENS tokens: sixteen rows in 512-bit
+    vectors; a pair's products are bit for bit a group's at a time). Each group meets the tokens
     TOKENS at a time, within tiles of TOKEN_TILE tokens, so its tiles stay in L1 while the
     tokens pass. exact: one token at a time, as decode takes it, so that each token's row of
     the product is bit for bit decode's (a draft's verification); the group's tiles still
@@ -207,6 +209,7 @@ def matmul_packed(fmts, ws, count, x, outs, exact=False):
     starts = np.zeros(count + 1, dtype=np.int64)
     for j in range(count):
         starts[j + 1] = starts[j] + (ws[j].shape[0] + GROUP_TILE - 1) // GROUP_TILE
+    paired = _PAIRED if n >= TOKENS else _GEMV_PAIRED
     for item in prange(starts[count]):
         j = 0
         while item >= starts[j + 1]:
@@ -218,7 +221,7 @@ def matmul_packed(fmts, ws, count, x, outs, exact=False):
             t_end = min(n, t0 + TOKEN_TILE)
             g, g_end = tile * GROUP_TILE, min(w.shape[0], (tile + 1) * GROUP_TILE)
             while g < g_end:
-                both = _PAIRED[fmt] and g + 1 < g_end  # two groups in one call: sixteen rows in 512-bit vectors
+                both = paired[fmt] and g + 1 < g_end  # two groups in one call: sixteen rows in 512-bit vectors
                 t = t0
                 while not exact and t + TOKENS <= t_end:
                     tiles_4(fmt, both, w, g * group_bytes, xq, t * k, k, xd, xs, t * n_xb, n_xb, n_blocks,

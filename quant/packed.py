@@ -32,7 +32,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from quant.cpu import FEATURES, FLAVOR
+from quant.cpu import FEATURES, FLAVOR, SPLITS_512
 from quant.formats import FORMATS, IQ4_NL_LEVELS, QType, TileFormat
 from quant.ir import (F32, I8, I16, I32, ROWS, V8F32, V8I32, V32I8, Bytes, Tile, TilePair, bits, const_like,
                       const_vec, declare, halves, lane_bits, nibbles, shuffle, splat, vec)
@@ -475,4 +475,9 @@ def tiles_intrinsic(n_tokens: int, flavor: str = FLAVOR, features: frozenset[str
 
 TOKENS = 4  # tokens per call in prefill
 PAIRS = PAIRED if FLAVOR in PAIRED_FLAVORS else ()  # the formats this host takes two groups at a time
+# ... and in a GEMV (decode), which reads the two groups as two streams from memory. Where a core splits
+# 512-bit vectors (Zen 4), the pair saves less arithmetic than those streams cost: there, one token
+# against a group at a time against pairs, from memory: Q3_K 1.25x, IQ4_XS 1.2x, Q2_K 0.95x; prefill
+# still gains from pairs (1.13-1.17x). See BENCHMARKS.md.
+GEMV_PAIRS = () if SPLITS_512 else PAIRS
 tiles_1, tiles_4 = (tiles_intrinsic(tokens, pairs=PAIRS) for tokens in (1, TOKENS))
