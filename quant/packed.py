@@ -476,8 +476,9 @@ def tiles_intrinsic(n_tokens: int, flavor: str = FLAVOR, features: frozenset[str
 TOKENS = 4  # tokens per call in prefill
 PAIRS = PAIRED if FLAVOR in PAIRED_FLAVORS else ()  # the formats this host takes two groups at a time
 # ... and in a GEMV (decode), which reads the two groups as two streams from memory. Where a core splits
-# 512-bit vectors (Zen 4), the pair saves less arithmetic than those streams cost: there, one token
-# against a group at a time against pairs, from memory: Q3_K 1.25x, IQ4_XS 1.2x, Q2_K 0.95x; prefill
-# still gains from pairs (1.13-1.17x). See BENCHMARKS.md.
+# 512-bit vectors (Zen 4), the pair saves less arithmetic than those streams cost. There, a one-token
+# GEMV from memory a group at a time ran at these multiples of its speed in pairs: Q3_K 1.25x, IQ4_XS
+# 1.2x, Q2_K 0.95x; E2B's decode 1.20x for IQ4_XS, but 0.96x (within the runs' scatter) for Q3_K_M.
+# Prefill still gains from pairs (1.13-1.17x). See BENCHMARKS.md.
 GEMV_PAIRS = () if SPLITS_512 else PAIRS
 tiles_1, tiles_4 = (tiles_intrinsic(tokens, pairs=PAIRS) for tokens in (1, TOKENS))

@@ -142,7 +142,7 @@ def test_a_reply_cut_back_to_what_was_heard_leaves_only_that_in_the_conversation
     replay = model.new_state()
     model.prefill(replay, prompt)
     np.testing.assert_array_equal(got, model.prefill(replay, feed, logits="all"))
-    assert feed[:n] == ids[:n]
+    assert feed == ids[:n] + fed  # the replay is the conversation prompt + heard ids + the next turn
     plain = Reply(model, iter(ids), model.new_state())  # not a session's: no place to go back to
     plain.result()
     with pytest.raises(edgert.EdgeRTError, match="interruptible"):
