@@ -79,12 +79,24 @@ def attention(q: np.ndarray, kv: KVView, q_pos: np.ndarray, window: int, threads
     best = np.empty((spans, n, n_head), dtype=F32)
     total = np.empty((spans, n, n_head), dtype=F32)
     _attention_spans(np.ascontiguousarray(q, dtype=F32), kv.k, kv.k_scale, kv.v, kv.v_scale, q_pos, kv.pos, window,
-                     tile, spans, acc, best, total)
+                     tile, _dealt(spans, threads), acc, best, total)
     if spans == 1:  # normalized in place already
         return acc[0].reshape(n, n_head * d)
     out = np.empty((n, n_head, d), dtype=F32)
     _attention_merge(acc, best, total, out)
     return out.reshape(n, n_head * d)
+
+
+def _dealt(spans: int, threads: int) -> np.ndarray:
+    """The spans in the order the work items take them, dealt round the threads: a prange hands
+    each thread a run of consecutive items, and a ring cache not yet full keeps its keys in its
+    first slots, so spans in key order would leave the threads given the last ones nothing to
+    do (decode of E2B's sliding layers below 512 tokens ran on one thread so). Which thread
+    takes a span changes no result: each is its own work item."""
+    if threads < 2 or spans % threads:
+        return np.arange(spans)
+    per = spans // threads
+    return np.array([(p % per) * threads + p // per for p in range(spans)])
 
 
 @kernel(inline="always")
@@ -210,19 +222,21 @@ def _scores4(qt, r, kb, jj, d):
 
 
 @kernel(parallel=True)
-def _attention_spans(q, k, k_scale, v, v_scale, q_pos, k_pos, window, tile, spans, acc, best, total):
+def _attention_spans(q, k, k_scale, v, v_scale, q_pos, k_pos, window, tile, order, acc, best, total):
     """Causal GQA attention with scale 1, as ops.attention, over the keys of each span: per
     (span, query, head), the span's largest score (best), the sum of exp(score - best)
     (total) and those weights times the values (acc; divided by total already when there
     is one span). q (n, n_head, d); K and V as edgert.kv_cache stores them, positions
-    k_pos (m,), -1 for an empty slot. Rows of a work item are its (query, head) pairs;
-    four at a time meet a key or a value row, so each load of it serves four."""
+    k_pos (m,), -1 for an empty slot; order: the spans as the work items take them (_dealt).
+    Rows of a work item are its (query, head) pairs; four at a time meet a key or a value
+    row, so each load of it serves four."""
     n, n_head, d = q.shape
     m, n_kv = k.shape[0], k.shape[1]
     group = n_head // n_kv
     tiles = (n + tile - 1) // tile
+    spans = len(order)
     for item in prange(n_kv * tiles * spans):
-        g, qt_index, span = item // (tiles * spans), (item // spans) % tiles, item % spans
+        g, qt_index, span = item // (tiles * spans), (item // spans) % tiles, order[item % spans]
         t0, t1 = qt_index * tile, min(n, qt_index * tile + tile)
         rows = (t1 - t0) * group
         padded = (rows + 3) // 4 * 4

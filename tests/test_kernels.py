@@ -274,6 +274,33 @@ def test_attention_over_long_contexts_matches_ops(n):
             np.testing.assert_allclose(got, ops.attention(q, k, v, q_pos, k_pos, window), rtol=1e-4, atol=5e-5)
 
 
+def test_spans_dealt_round_the_threads_give_each_thread_work_and_the_same_result():
+    """A ring cache not yet full keeps its keys in its first slots: in key order, a prange's
+    consecutive items would give one thread every filled span. Dealt, each thread's run of
+    items holds spans from the front and the back, and the result is bit for bit the same."""
+    assert kernels._dealt(4, 2).tolist() == [0, 2, 1, 3]
+    assert kernels._dealt(8, 4).tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+    assert kernels._dealt(3, 2).tolist() == [0, 1, 2]  # uneven: key order
+    rng = np.random.default_rng(5)
+    n_head, n_kv, d, m = 8, 1, 64, 512
+    k = rng.standard_normal((m, n_kv, d)).astype(np.float32)
+    v = rng.standard_normal((m, n_kv, d)).astype(np.float32)
+    k_pos = np.where(np.arange(m) < 150, np.arange(m), -1)  # a ring of 512 holding 150 keys
+    view = cache_view(k, v, k_pos)
+    q = rng.standard_normal((1, n_head, d)).astype(np.float32)
+    outs = []
+    for order in (np.arange(4), kernels._dealt(4, 2)):
+        acc = np.empty((4, 1, n_head, d), dtype=np.float32)
+        best, total = np.empty((4, 1, n_head), dtype=np.float32), np.empty((4, 1, n_head), dtype=np.float32)
+        kernels._attention_spans(q, view.k, view.k_scale, view.v, view.v_scale, np.array([200]), view.pos, 0, 8,
+                                 order, acc, best, total)
+        outs.append((acc, best, total))
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(kernels.attention(q, view, np.array([200]), 0, threads=2),
+                               ops.attention(q, k, v, np.array([200]), k_pos, 0), rtol=1e-5, atol=1e-5)
+
+
 def test_attention_with_scores_far_apart_matches_ops():
     """Scores hundreds apart, as peaked heads give: weights that would be subnormal floats
     are dropped by the kernel (below e^-30 of the largest), and what that drops stays far
