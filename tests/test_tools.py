@@ -144,3 +144,39 @@ def test_bench_writes_a_report(tiny_synthetic, tmp_path):
     assert "| first-ever kernel compile (s)" in report
     held = next(line for line in report.splitlines() if line.startswith("| step held up by its rows, mean"))
     assert all(float(v) >= 0 for v in held.split("|")[2:4])
+
+
+def test_bench_table_gives_decode_in_turn_beside_the_separate_runs():
+    """The bench's table: the decode row of the engines' own runs, then the one of both engines
+    in one process, in turn, whose ratio is the median of its rounds' (not of its medians)."""
+    from tools import bench
+
+    edgert_run = {"decode_tps": 14.0, "prefill_tps": 130.0}
+    llama_run = {"decode_tps": 17.0, "prefill_tps": 60.0, "tokens": [1, 2]}
+    r = {"prompt": 128, "gen": 64, "edgert": {**edgert_run, "tokens": [1, 2]}, "llama": llama_run,
+         "alternate": {"edgert_tps": 18.1, "llama_tps": 18.0, "ratio": 1.03, "rounds": 7, "tokens": 16}}
+    rows = bench._rows(r)
+    labels = [label for label, *_ in rows]
+    at = labels.index("decode tok/s (64 tokens)")
+    assert rows[at][3] == "0.82x"
+    assert rows[at + 1] == ("decode tok/s, both in one process, in turn (median of 7 rounds of 16)", "18.10", "18.00",
+                            "1.03x")
+    assert not any(label.startswith("decode tok/s, both") for label, *_ in bench._rows({**r, "alternate": None}))
+
+
+def test_bench_decodes_both_engines_in_turn_in_one_process(tiny_synthetic, tmp_path):
+    """The alternating worker on a tiny file: both engines decode from the same place each round."""
+    pytest.importorskip("llama_cpp")
+    import json
+
+    from tools import bench
+
+    prompts = tmp_path / "prompts.json"
+    bench.write_prompts(tiny_synthetic, 24, prompts)
+    done = subprocess.run([sys.executable, "-m", "tools.bench", "--worker", "alternate", "--file", str(tiny_synthetic),
+                           "--prompts", str(prompts), "--threads", "1", "--prompt", "24", "--gen", "4", "--ctx", "64"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["rounds"] == bench.ALT_ROUNDS and result["tokens"] == bench.ALT_TOKENS
+    assert result["edgert_tps"] > 0 and result["llama_tps"] > 0 and result["ratio"] > 0

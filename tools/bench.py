@@ -2,7 +2,9 @@
 
 Each engine runs in its own process, so load time, start-up and peak memory are
 its own. edgert runs twice: first with an empty Numba cache (the first-ever
-start, compile included), then warm; speed figures come from the warm run.
+start, compile included), then warm; speed figures come from the warm run. Decode is
+timed once more with both engines in one process, in turn, round after round: the
+figure that a shared host's drift over minutes does not move.
 llama.cpp runs through llama-cpp-python (`pip install llama-cpp-python`); when
 it is missing the bench says so and reports edgert alone.
 
@@ -175,20 +177,69 @@ def _trace(args, model) -> dict:
     return phases_to_json([prefill, decode])
 
 
-def _worker_llama(args) -> dict:
-    t0 = time.perf_counter()
+def _llama(args):
+    """llama.cpp on the file as the bench runs it: (the Llama, feed(ids) -> the last position's logits)."""
     import llama_cpp
 
     llm = llama_cpp.Llama(model_path=args.file, n_ctx=args.ctx, n_batch=512, n_ubatch=512, n_threads=args.threads,
                           n_threads_batch=args.threads, logits_all=False, verbose=False)
-    load_s = time.perf_counter() - t0
 
     def feed(ids):
         llm.eval(ids)
         return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
 
+    return llm, feed
+
+
+def _worker_llama(args) -> dict:
+    t0 = time.perf_counter()
+    import llama_cpp
+
+    llm, feed = _llama(args)
+    load_s = time.perf_counter() - t0
     result = _generate(args, t0, llm.reset, feed)
     return dict(load_s=load_s, **result, version=llama_cpp.__version__, **_memory())
+
+
+ALT_ROUNDS, ALT_TOKENS = 7, 16  # decode beside llama.cpp in one process: rounds, tokens a round
+
+
+def _worker_alternate(args) -> dict:
+    """Both engines in one process, decoding in turn: ALT_ROUNDS rounds of ALT_TOKENS greedy
+    tokens each, every round from the same place (just after the prompt). A shared host's speed
+    drifts over the minutes between the engines' own runs (two such runs of one file gave 0.81x
+    and 0.89x); here a drift moves both alike, and the median of the rounds' ratios is the figure."""
+    import edgert
+
+    _, prompt = _prompts(args)
+    model = edgert.load(args.file, n_ctx=args.ctx, threads=args.threads)
+    llm, feed = _llama(args)
+    state = model.new_state()
+    first = int(np.argmax(model.prefill(state, prompt)))
+    after_prompt = state.checkpoint()
+
+    def edgert_round():
+        state.restore(after_prompt)
+        return _decode_round(lambda tok: model.prefill(state, [tok]), first)
+
+    def llama_round():
+        llm.reset()
+        feed(prompt)
+        return _decode_round(lambda tok: feed([tok]), first)
+
+    edgert_round(), llama_round()  # untimed: first touches of the weights
+    rounds = [(edgert_round(), llama_round()) for _ in range(ALT_ROUNDS)]
+    e, ll = np.array(rounds).T
+    return dict(edgert_tps=float(np.median(ALT_TOKENS / e)), llama_tps=float(np.median(ALT_TOKENS / ll)),
+                ratio=float(np.median(ll / e)), rounds=ALT_ROUNDS, tokens=ALT_TOKENS)
+
+
+def _decode_round(step, tok: int) -> float:
+    """Seconds for ALT_TOKENS greedy steps from tok: step(tok) -> logits."""
+    t = time.perf_counter()
+    for _ in range(ALT_TOKENS):
+        tok = int(np.argmax(step(tok)))
+    return time.perf_counter() - t
 
 
 PLE_TOKENS, PLE_DECODE = 1000, 64
@@ -330,7 +381,7 @@ def _worker_audio(args) -> dict:
 
 def worker(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("engine", choices=("edgert", "llama", "ple", "audio"))
+    p.add_argument("engine", choices=("edgert", "llama", "alternate", "ple", "audio"))
     p.add_argument("--prefetch", type=int, default=1)
     p.add_argument("--trace", type=int, default=0, help="also trace the matrix products (edgert)")
     p.add_argument("--file", default=None)
@@ -338,7 +389,7 @@ def worker(argv: list[str]) -> None:
     for name in ("threads", "prompt", "gen", "ctx"):
         p.add_argument("--" + name, type=int, required=True)
     args = p.parse_args(argv)
-    result = {"edgert": _worker_edgert, "llama": _worker_llama, "ple": _worker_ple,
+    result = {"edgert": _worker_edgert, "llama": _worker_llama, "alternate": _worker_alternate, "ple": _worker_ple,
               "audio": _worker_audio}[args.engine](args)
     print(json.dumps(result), flush=True)
 
@@ -472,17 +523,19 @@ def measure(spec: str, args, threads: int, bandwidth: float, log) -> dict:
         warm["layout_build_s"] = cold_run["layout_build_s"]
         warm["compile_s"] = (cold_run["process_to_first_token_s"] - warm["process_to_first_token_s"]
                              - cold_run["layout_build_s"])
-        llama = None
+        llama = alternate = None
         if not args.no_llama and _llama_available():
             log(f"{spec}: llama.cpp ...")
             llama = _run_worker("llama", path, prompts, args, threads)
+            log(f"{spec}: decode in both engines in one process, {ALT_ROUNDS} alternating rounds ...")
+            alternate = _run_worker("alternate", path, prompts, args, threads)
         ple = {}
         if not args.no_ple and has_ple(path):
             for prefetch in (0, 1):
                 log(f"{spec}: PLE table from a cold page cache, prefetch {'on' if prefetch else 'off'} ...")
                 ple[prefetch] = _run_worker("ple", path, prompts, args, threads, extra=("--prefetch", str(prefetch)))
     return dict(model=spec, file=str(path), file_mb=path.stat().st_size / 2**20, bytes_per_token=per_token,
-                limit_tps=bandwidth * 1e9 / per_token, edgert=warm, llama=llama, ple=ple)
+                limit_tps=bandwidth * 1e9 / per_token, edgert=warm, llama=llama, alternate=alternate, ple=ple)
 
 
 def _rows(r: dict) -> list[tuple[str, str, str, str]]:
@@ -513,6 +566,11 @@ def _rows(r: dict) -> list[tuple[str, str, str, str]]:
     for label, f, key, higher in rows:
         a, b = get(e, key), get(ll, key)
         out.append((label, fmt(a, f[2:-1]), fmt(b, f[2:-1]), ratio(a, b, higher)))
+        alt = r.get("alternate")
+        if key == "decode_tps" and alt:
+            out.append((f"decode tok/s, both in one process, in turn (median of {alt['rounds']} rounds of "
+                        f"{alt['tokens']})", f"{alt['edgert_tps']:.2f}", f"{alt['llama_tps']:.2f}",
+                        f"{alt['ratio']:.2f}x"))
     out.append(("first-ever kernel compile (s)", fmt(e.get("compile_s"), ".1f"), "—", "—"))
     out.append(("first-ever layout cache build (s)", fmt(e.get("layout_build_s"), ".1f"), "—", "—"))
     if ll:
