@@ -148,7 +148,8 @@ def test_bench_writes_a_report(tiny_synthetic, tmp_path):
 
 def test_bench_table_gives_decode_in_turn_beside_the_separate_runs():
     """The bench's table: the decode row of the engines' own runs, then the one of both engines
-    in one process, in turn, whose ratio is the median of its rounds' (not of its medians)."""
+    in one process, in turn, with the ratio as the worker gave it (the median of its rounds'
+    ratios, which the medians of the speeds need not give)."""
     from tools import bench
 
     edgert_run = {"decode_tps": 14.0, "prefill_tps": 130.0}
