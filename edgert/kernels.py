@@ -7,6 +7,7 @@ decode each op sees one token, so what these save is numpy's per-call overhead
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -87,12 +88,15 @@ def attention(q: np.ndarray, kv: KVView, q_pos: np.ndarray, window: int, threads
     return out.reshape(n, n_head * d)
 
 
+@functools.lru_cache(maxsize=None)
 def _dealt(spans: int, threads: int) -> np.ndarray:
     """The spans in the order the work items take them, dealt round the threads: a prange hands
     each thread a run of consecutive items, and a ring cache not yet full keeps its keys in its
     first slots, so spans in key order would leave the threads given the last ones nothing to
     do (decode of E2B's sliding layers below 512 tokens ran on one thread so). Which thread
-    takes a span changes no result: each is its own work item."""
+    takes a span changes no result: each is its own work item. Made once per (spans, threads)
+    and shared, so never written to (it stays writable only so that the kernel is compiled for
+    one array type)."""
     if threads < 2 or spans % threads:
         return np.arange(spans)
     per = spans // threads
