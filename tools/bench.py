@@ -130,14 +130,19 @@ def _generate(args, t0: float, reset, feed) -> dict:
     t = time.perf_counter()
     tok = int(np.argmax(feed(prompt)))
     ttft = time.perf_counter() - t
-    tokens = [tok]
-    t = time.perf_counter()
-    for _ in range(args.gen - 1):
-        tok = int(np.argmax(feed([tok])))
-        tokens.append(tok)
-    decode_s = time.perf_counter() - t
+    steps, decode_s = _greedy(lambda t: feed([t]), tok, args.gen - 1)
     return dict(first_token_s=first_s, ttft_s=ttft, prefill_tps=len(prompt) / ttft,
-                decode_tps=(args.gen - 1) / decode_s, tokens=tokens)
+                decode_tps=(args.gen - 1) / decode_s, tokens=[tok] + steps)
+
+
+def _greedy(step, tok: int, n: int) -> tuple[list[int], float]:
+    """n greedy steps from tok (step(tok) -> logits): the tokens chosen, and the seconds taken."""
+    tokens = []
+    t = time.perf_counter()
+    for _ in range(n):
+        tok = int(np.argmax(step(tok)))
+        tokens.append(tok)
+    return tokens, time.perf_counter() - t
 
 
 def _worker_edgert(args) -> dict:
@@ -220,26 +225,18 @@ def _worker_alternate(args) -> dict:
 
     def edgert_round():
         state.restore(after_prompt)
-        return _decode_round(lambda tok: model.prefill(state, [tok]), first)
+        return _greedy(lambda tok: model.prefill(state, [tok]), first, ALT_TOKENS)[1]
 
     def llama_round():
         llm.reset()
         feed(prompt)
-        return _decode_round(lambda tok: feed([tok]), first)
+        return _greedy(lambda tok: feed([tok]), first, ALT_TOKENS)[1]
 
     edgert_round(), llama_round()  # untimed: first touches of the weights
     rounds = [(edgert_round(), llama_round()) for _ in range(ALT_ROUNDS)]
     e, ll = np.array(rounds).T
     return dict(edgert_tps=float(np.median(ALT_TOKENS / e)), llama_tps=float(np.median(ALT_TOKENS / ll)),
                 ratio=float(np.median(ll / e)), rounds=ALT_ROUNDS, tokens=ALT_TOKENS)
-
-
-def _decode_round(step, tok: int) -> float:
-    """Seconds for ALT_TOKENS greedy steps from tok: step(tok) -> logits."""
-    t = time.perf_counter()
-    for _ in range(ALT_TOKENS):
-        tok = int(np.argmax(step(tok)))
-    return time.perf_counter() - t
 
 
 PLE_TOKENS, PLE_DECODE = 1000, 64
