@@ -146,6 +146,29 @@ def test_bench_writes_a_report(tiny_synthetic, tmp_path):
     assert all(float(v) >= 0 for v in held.split("|")[2:4])
 
 
+def test_bench_checks_every_model_file_before_measuring_any(tiny_synthetic, tmp_path):
+    """A missing file anywhere in --model's list stops the bench at once, naming it, before the
+    first model is measured (a typo in the last path once cost the minutes spent on the first)."""
+    missing = tmp_path / "nonexistent.gguf"
+    done = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "--model", f"{tiny_synthetic},{missing}",
+                           "--no-llama", "--threads", "1", "--out", str(tmp_path / "B.md")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert f"no model file at {missing}" in done.stderr
+    assert "memory bandwidth" not in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "B.md").exists()
+
+
+def test_bench_model_list_expands_home_and_keeps_names(tmp_path, monkeypatch):
+    from tools import bench
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    assert bench.model_specs(" e2b, ~/m.gguf ,gemma3-270m") == ["e2b", str(tmp_path / "m.gguf"), "gemma3-270m"]
+    with pytest.raises(SystemExit, match="no model file at .*absent.gguf"):
+        bench.model_specs("e4b,~/absent.gguf")
+
+
 def test_bench_table_gives_decode_in_turn_beside_the_separate_runs():
     """The bench's table: the decode row of the engines' own runs, then the one of both engines
     in one process, in turn, with the ratio as the worker gave it (the median of its rounds'

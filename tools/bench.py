@@ -449,6 +449,24 @@ def has_ple(path: Path) -> bool:
     return "per_layer_token_embd.weight" in GGUFFile(path).tensors
 
 
+def model_specs(models: str) -> list[str]:
+    """--model's comma list: published names (e2b, e4b), the default model's name, and GGUF paths
+    (~ expanded). Every path is checked here, before anything runs, so that a typo in the last
+    one does not throw away the minutes measured for the ones before it."""
+    from edgert import demo
+    from edgert.config import PUBLISHED
+
+    specs = [s.strip() for s in models.split(",") if s.strip()]
+    if not specs:
+        raise SystemExit("edgert bench: --model names no model")
+    specs = [s if s in PUBLISHED or s == demo.NAME else os.path.expanduser(s) for s in specs]
+    missing = [s for s in specs if s not in PUBLISHED and s != demo.NAME and not Path(s).is_file()]
+    if missing:
+        raise SystemExit(f"edgert bench: no model file at {', '.join(missing)} (--model takes "
+                         f"{', '.join(PUBLISHED)}, {demo.NAME} or GGUF paths, separated by commas)")
+    return specs
+
+
 def _model_file(spec: str, qtype: str, models_dir: Path, design: str = "random") -> Path:
     from edgert import demo
     from edgert.config import PUBLISHED
@@ -704,6 +722,7 @@ def main(args) -> int:
         return _draft(args, threads, llama, log)
     if args.mtp:
         return _mtp(args, threads, log)
+    specs = model_specs(args.model)
     log(f"memory bandwidth at {threads} threads ...")
     bandwidth = memory_bandwidth(threads)
     if args.kernels:
@@ -715,8 +734,8 @@ def main(args) -> int:
     if args.quantize:
         return _file_types(args, threads, bandwidth, llama, log)
     results = []
-    for spec in args.model.split(","):
-        r = measure(spec.strip(), args, threads, bandwidth, log)
+    for spec in specs:
+        r = measure(spec, args, threads, bandwidth, log)
         r.update(prompt=args.prompt, gen=args.gen, ctx=args.ctx)
         results.append(r)
     meta = dict(date=datetime.date.today().isoformat(), commit=_commit(), cpu=_cpu_name(), kernels=cpu.describe(),
@@ -802,9 +821,9 @@ def _voice(args, threads: int, log) -> int:
 
     models = Path(args.models_dir) if args.models_dir else Path.home() / ".cache" / "edgert" / "bench"
     results = []
-    for spec in args.model.split(","):
+    for spec in model_specs(args.model):
         log(f"{spec}: voice turns ...")
-        results.append(bench_voice.measure(spec, _model_file(spec.strip(), args.type, models), models, threads,
+        results.append(bench_voice.measure(spec, _model_file(spec, args.type, models), models, threads,
                                            log=log))
     head = [f"- date: {datetime.date.today().isoformat()}", f"- commit: {_commit()}",
             f"- CPU: {_cpu_name()}; edgert kernels: {cpu.describe()}; {threads} threads", ""]
@@ -828,10 +847,10 @@ def _file_types(args, threads: int, bandwidth: float, llama: str | None, log) ->
         raise SystemExit("--quantize needs llama-cpp-python: its quantizer makes the files")
     models_dir = Path(args.models_dir or Path.home() / ".cache" / "edgert" / "bench")
     results = []
-    for spec in args.model.split(","):
-        source = _model_file(spec.strip(), args.type, models_dir, args.design)
+    for spec in model_specs(args.model):
+        source = _model_file(spec, args.type, models_dir, args.design)
         for ftype in args.quantize.split(","):
-            results.append(filetypes.measure(source, spec.strip(), ftype.strip(), args, threads, models_dir, log))
+            results.append(filetypes.measure(source, spec, ftype.strip(), args, threads, models_dir, log))
     meta = dict(date=datetime.date.today().isoformat(), commit=_commit(), cpu=_cpu_name(), kernels=cpu.describe(),
                 threads=threads, bandwidth=bandwidth, llama=f"llama-cpp-python {llama}", prompt=args.prompt,
                 gen=args.gen)
