@@ -130,7 +130,7 @@ def _generate(args, t0: float, reset, feed) -> dict:
     t = time.perf_counter()
     tok = int(np.argmax(feed(prompt)))
     ttft = time.perf_counter() - t
-    steps, decode_s = _greedy(lambda t: feed([t]), tok, args.gen - 1)
+    steps, decode_s = _greedy(lambda tok: feed([tok]), tok, args.gen - 1)
     return dict(first_token_s=first_s, ttft_s=ttft, prefill_tps=len(prompt) / ttft,
                 decode_tps=(args.gen - 1) / decode_s, tokens=[tok] + steps)
 
