@@ -459,8 +459,9 @@ def model_specs(models: str) -> list[str]:
     specs = [s.strip() for s in models.split(",") if s.strip()]
     if not specs:
         raise SystemExit("edgert bench: --model names no model")
-    specs = [s if s in PUBLISHED or s == demo.NAME else os.path.expanduser(s) for s in specs]
-    missing = [s for s in specs if s not in PUBLISHED and s != demo.NAME and not Path(s).is_file()]
+    named = (*PUBLISHED, demo.NAME)
+    specs = [s if s in named else os.path.expanduser(s) for s in specs]
+    missing = [s for s in specs if s not in named and not Path(s).is_file()]
     if missing:
         raise SystemExit(f"edgert bench: no model file at {', '.join(missing)} (--model takes "
                          f"{', '.join(PUBLISHED)}, {demo.NAME} or GGUF paths, separated by commas)")
@@ -732,7 +733,7 @@ def main(args) -> int:
                 args.out, log)
         return 0
     if args.quantize:
-        return _file_types(args, threads, bandwidth, llama, log)
+        return _file_types(args, specs, threads, bandwidth, llama, log)
     results = []
     for spec in specs:
         r = measure(spec, args, threads, bandwidth, log)
@@ -839,7 +840,7 @@ def _report(text: str, out: str, log) -> None:
         log(f"wrote {out}")
 
 
-def _file_types(args, threads: int, bandwidth: float, llama: str | None, log) -> int:
+def _file_types(args, specs: list[str], threads: int, bandwidth: float, llama: str | None, log) -> int:
     from quant import cpu
     from tools import filetypes
 
@@ -847,7 +848,7 @@ def _file_types(args, threads: int, bandwidth: float, llama: str | None, log) ->
         raise SystemExit("--quantize needs llama-cpp-python: its quantizer makes the files")
     models_dir = Path(args.models_dir or Path.home() / ".cache" / "edgert" / "bench")
     results = []
-    for spec in model_specs(args.model):
+    for spec in specs:
         source = _model_file(spec, args.type, models_dir, args.design)
         for ftype in args.quantize.split(","):
             results.append(filetypes.measure(source, spec, ftype.strip(), args, threads, models_dir, log))
