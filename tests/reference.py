@@ -342,3 +342,18 @@ def plain_ids(model, state, prompt, max_new_tokens, sampler, stop_ids) -> list[i
         state.pending = []
         logits = model.decode_step(state, token)
     return out
+
+
+def assert_same_caches(a, b) -> None:
+    """Two states hold the same K/V: every layer's slots hold the same positions, and the held
+    slots the same entries. An empty slot (position -1) is never read, so what it keeps does not
+    count: a verify step that a stop id or a rejected guess cut short leaves its entries there,
+    as llama.cpp leaves a removed cell's."""
+    assert a.caches.keys() == b.caches.keys()
+    for i, x in a.caches.items():
+        y = b.caches[i]
+        np.testing.assert_array_equal(x.pos, y.pos, err_msg=f"layer {i}: the slots hold other positions")
+        held = x.pos >= 0
+        for name in ("k", "k_scale", "v", "v_scale"):
+            np.testing.assert_array_equal(getattr(x, name)[held], getattr(y, name)[held],
+                                          err_msg=f"layer {i}: {name} differs at a held slot")

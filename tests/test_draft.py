@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import edgert
 from edgert.draft import Adaptive, Lookup, lookup
 from edgert.generation import generate_ids
-from tests.reference import plain_ids
+from tests.reference import assert_same_caches, plain_ids
 from edgert.sampling import make_sampler
 
 
@@ -79,9 +79,7 @@ def test_the_cache_after_rejected_guesses_is_plain_decoding_s(tiny):
     plain, fast, a, b, d = _both(tiny, prompt, 60, lambda: make_sampler(temperature=0))
     assert fast == plain and d.drafted > d.accepted > 0  # some guesses were rejected
     assert a.tokens == b.tokens and a.pending == b.pending
-    for i in a.caches:
-        for x, y in zip(a.caches[i].arrays, b.caches[i].arrays):
-            np.testing.assert_array_equal(x, y)
+    assert_same_caches(a, b)
 
 
 def test_gemma3_rewrites_the_same_and_accepts_guesses(gemma3):

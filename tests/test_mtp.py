@@ -15,7 +15,7 @@ from edgert.files.convert import convert
 from edgert.generation import generate_ids
 from tests.reference import plain_ids
 from edgert.sampling import make_sampler
-from tests.reference import build_assistant, hf_draft, rel_err
+from tests.reference import assert_same_caches, build_assistant, hf_draft, rel_err
 
 KINDS = ["e2b", "e4b"]
 
@@ -91,9 +91,7 @@ def test_drafting_gives_the_plain_tokens_and_cache(pair, prompt, n, seed):
         assert fast == plain and a.tokens == b.tokens
         if n > 2:
             assert d.drafted > 0
-        for i in a.caches:
-            for x, y in zip(a.caches[i].arrays, b.caches[i].arrays):
-                np.testing.assert_array_equal(x, y)
+        assert_same_caches(a, b)
 
 
 def test_the_hidden_state_after_accepted_guesses_is_plain_decoding_s(pair):
