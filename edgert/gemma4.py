@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgert import ops
-from edgert.kernels import attention, gelu_mul, rms_norm, rope, softcap
+from edgert.kernels import add_norm, attention, gelu_mul, norm_rope, rms_norm, softcap
 from edgert.config import ModelConfig
 from edgert.kv_cache import KVCache, KVView
 from edgert.rss import release_free_heap
@@ -180,10 +180,10 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
         # attention (Gemma4TextAttention)
         h = rms_norm(x, lw.attn_norm, cfg.rms_eps)
         q, *kv = matmuls(h, (lw.wq, lw.wk, lw.wv) if s.owns_kv else (lw.wq,))  # one call: h quantized once
-        q = rope(rms_norm(q.reshape(n, cfg.n_head, s.head_dim), lw.q_norm, cfg.rms_eps), pos, lw.inv_freq)
+        q = norm_rope(q.reshape(n, cfg.n_head, s.head_dim), lw.q_norm, cfg.rms_eps, pos, lw.inv_freq)
         if s.owns_kv:
             k = kv[0].reshape(n, s.n_kv_heads, s.head_dim)
-            k = rope(rms_norm(k, lw.k_norm, cfg.rms_eps), pos, lw.inv_freq)
+            k = norm_rope(k, lw.k_norm, cfg.rms_eps, pos, lw.inv_freq)
             v = kv[1].reshape(n, s.n_kv_heads, s.head_dim)
             if cfg.v_norm:
                 v = rms_norm(v, None, cfg.rms_eps)
@@ -200,18 +200,18 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
                 a[i] = attention(q[i:i + 1], alone, pos[i:i + 1], window)[0]
         else:
             a = attention(q, view, pos, window)
-        h = rms_norm(matmul(a, lw.wo), lw.post_attn_norm, cfg.rms_eps)
-        x = x + h
+        x = add_norm(x, matmul(a, lw.wo), lw.post_attn_norm, cfg.rms_eps)
 
         x = ffn(cfg, lw, x)
 
-        # per-layer embedding gate: x + norm(proj(gelu_tanh(gate(x)) * ple_i))
+        # per-layer embedding gate: x + norm(proj(gelu_tanh(gate(x)) * ple_i)); then the layer's scalar
         if w.ple is not None:
             if ple is None:  # once; then the fetched rows and x0 have no further use
                 ple, ple_rows, x0 = per_layer_inputs(cfg, w, x0, w.ple.wait(ple_rows)), None, None
             h = gelu_mul(matmul(x, lw.ple_gate), ple[:, s.index, :])
-            x = x + rms_norm(matmul(h, lw.ple_proj), lw.ple_norm, cfg.rms_eps)
-        x = x * lw.scalar
+            x = add_norm(x, matmul(h, lw.ple_proj), lw.ple_norm, cfg.rms_eps, lw.scalar)
+        else:
+            x = x * lw.scalar
 
     if keep is None:
         return None
@@ -226,4 +226,4 @@ def ffn(cfg: ModelConfig, lw: LayerWeights, x: np.ndarray) -> np.ndarray:
     """The MLP block with its residual: x + norm(down(gelu_tanh(gate(h)) * up(h))), h = norm(x)."""
     h = rms_norm(x, lw.ffn_norm, cfg.rms_eps)
     h = matmul(gelu_mul(*matmuls(h, (lw.w_gate, lw.w_up))), lw.w_down)
-    return x + rms_norm(h, lw.post_ffn_norm, cfg.rms_eps)
+    return add_norm(x, h, lw.post_ffn_norm, cfg.rms_eps)

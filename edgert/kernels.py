@@ -51,6 +51,24 @@ def rope(x: np.ndarray, pos: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
     return out
 
 
+def norm_rope(x: np.ndarray, weight: np.ndarray, eps: float, pos: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
+    """ops.rope(ops.rms_norm(x, weight, eps), pos, inv_freq) in one call: a step's queries or
+    keys, (n, heads, head_dim). Bit for bit rope(rms_norm(...)) here."""
+    x = np.ascontiguousarray(x, dtype=F32)
+    out = np.empty_like(x)
+    _norm_rope(x, weight, F32(eps), pos.astype(np.int64), inv_freq, out)
+    return out
+
+
+def add_norm(x: np.ndarray, h: np.ndarray, weight: np.ndarray, eps: float, scale: float = 1.0) -> np.ndarray:
+    """(x + ops.rms_norm(h, weight, eps)) * scale in one call: a block's output joining the
+    residual stream x, (n, H) both. Bit for bit (x + rms_norm(h, ...)) * scale here."""
+    h = np.ascontiguousarray(h, dtype=F32)
+    out = np.empty_like(h)
+    _add_norm(np.ascontiguousarray(x, dtype=F32), h, weight, F32(eps), F32(scale), out)
+    return out
+
+
 def softcap(x: np.ndarray, cap: float) -> np.ndarray:
     """ops.softcap: tanh(x / cap) * cap."""
     if not cap:
@@ -155,6 +173,24 @@ def _rope(x, pos, inv_freq, out):
                 x1, x2 = x[t, h, i], x[t, h, i + half]
                 out[t, h, i] = x1 * c - x2 * s
                 out[t, h, i + half] = x2 * c + x1 * s
+
+
+@kernel
+def _norm_rope(x, w, eps, pos, inv_freq, out):
+    """_rms_norm over each head, then _rope in place: one dispatch where the forward pass
+    would make two (a decode step's small ops cost their calls more than their arithmetic)."""
+    n, heads, d = x.shape
+    _rms_norm(x.reshape(n * heads, d), w, eps, out.reshape(n * heads, d))
+    _rope(out, pos, inv_freq, out)
+
+
+@kernel
+def _add_norm(x, h, w, eps, scale, out):
+    """out = (x + _rms_norm(h)) * scale, each value rounded as numpy's add and multiply would."""
+    _rms_norm(h, w, eps, out)
+    for t in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[t, j] = (x[t, j] + out[t, j]) * scale
 
 
 @kernel

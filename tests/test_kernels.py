@@ -231,6 +231,26 @@ def test_norm_gelu_rope_softcap_match_ops():
     np.testing.assert_allclose(kernels.rope(x, pos, inv), ops.rope(x, pos, inv), rtol=1e-4, atol=1e-4)
 
 
+def test_fused_norms_are_bit_for_bit_the_ops_they_join():
+    """norm_rope and add_norm save the forward pass a call each, and must change no value: they
+    are held to the kernels they join exactly, and to edgert.ops within rounding."""
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((3, 4, 64)).astype(np.float32) * 5
+    w = rng.standard_normal(64).astype(np.float32)
+    inv = ops.rope_inv_freq(64, 16, 10000.0)
+    pos = np.array([0, 7, 100000])
+    fused = kernels.norm_rope(x, w, 1e-6, pos, inv)
+    np.testing.assert_array_equal(fused, kernels.rope(kernels.rms_norm(x, w, 1e-6), pos, inv))
+    np.testing.assert_allclose(fused, ops.rope(ops.rms_norm(x, w, 1e-6), pos, inv), rtol=1e-4, atol=1e-4)
+
+    stream, h = rng.standard_normal((2, 3, 64)).astype(np.float32) * 3
+    for scale in (1.0, 0.3125):
+        fused = kernels.add_norm(stream, h, w, 1e-6, scale)
+        np.testing.assert_array_equal(fused, (stream + kernels.rms_norm(h, w, 1e-6)) * np.float32(scale))
+        np.testing.assert_allclose(fused, (stream + ops.rms_norm(h, w, 1e-6)) * np.float32(scale), rtol=1e-5, atol=1e-5)
+    assert (kernels.add_norm(stream, np.zeros_like(h), w, 1e-6) == stream).all()  # a zero block adds nothing
+
+
 def cache_view(k, v, k_pos, kv_type="f32"):
     """A KVView of these entries as a cache of kv_type holds them."""
     return KVView(*kv_cache.encode(k, kv_type), *kv_cache.encode(v, kv_type), k_pos)

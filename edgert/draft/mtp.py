@@ -27,7 +27,7 @@ from edgert import gemma4
 from edgert.draft.adaptive import Adaptive
 from edgert.errors import ArchitectureError
 from edgert.files.loader import AssistantFile
-from edgert.kernels import attention, rms_norm, rope
+from edgert.kernels import add_norm, attention, norm_rope, rms_norm
 from quant import QTensor, matmul
 
 if TYPE_CHECKING:
@@ -112,10 +112,10 @@ class Assistant:
         for s, lw, src in zip(cfg.layers, w.layers, self.sources):
             h = rms_norm(x, lw.attn_norm, cfg.rms_eps)
             q = matmul(h, lw.wq).reshape(1, cfg.n_head, s.head_dim)
-            q = rope(rms_norm(q, lw.q_norm, cfg.rms_eps), p, lw.inv_freq)
+            q = norm_rope(q, lw.q_norm, cfg.rms_eps, p, lw.inv_freq)
             window = target.config.sliding_window + 1 if s.sliding else 0
             a = attention(q, state.caches[src].view(pos), p, window)
-            x = x + rms_norm(matmul(a, lw.wo), lw.post_attn_norm, cfg.rms_eps)
+            x = add_norm(x, matmul(a, lw.wo), lw.post_attn_norm, cfg.rms_eps)
             x = gemma4.ffn(cfg, lw, x) * lw.scalar
         x = rms_norm(x, w.output_norm, cfg.rms_eps)
         return x[0], matmul(x, self.post)[0]
