@@ -134,7 +134,7 @@ class Call:
     seconds: float  # measured
 
 
-OPS = ("attention", "rms_norm", "rope", "gelu_mul", "softcap", "embed")  # gemma4's other steps (not nested)
+OPS = ("attention", "rms_norm", "norm_rope", "add_norm", "gelu_mul", "softcap", "embed")  # gemma4's other steps (not nested)
 
 
 def trace(model, run) -> tuple[list[Call], float, dict[str, float]]:
@@ -278,7 +278,8 @@ def where_time_goes(phase: Phase) -> list[tuple[str, float]]:
     parts: dict[str, float] = {}
     for c in phase.calls:
         parts[f"matrix products, {c.qtype.name}"] = parts.get(f"matrix products, {c.qtype.name}", 0.0) + c.seconds
-    names = {"rms_norm": "RMS norms", "rope": "RoPE", "gelu_mul": "GELU x up", "softcap": "final softcap",
+    names = {"rms_norm": "RMS norms", "norm_rope": "q/k norms with RoPE", "add_norm": "norms with the residual add",
+             "gelu_mul": "GELU x up", "softcap": "final softcap",
              "embed": "token embedding", "ple_wait": "waiting for PLE rows", "attention": "attention"}
     for name, seconds in phase.ops.items():
         if seconds:
