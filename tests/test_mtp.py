@@ -13,9 +13,8 @@ from edgert.draft import Mtp, drafter
 from edgert.errors import ArchitectureError
 from edgert.files.convert import convert
 from edgert.generation import generate_ids
-from tests.reference import plain_ids
 from edgert.sampling import make_sampler
-from tests.reference import assert_same_caches, build_assistant, hf_draft, rel_err
+from tests.reference import assert_same_caches, build_assistant, hf_draft, plain_ids, rel_err
 
 KINDS = ["e2b", "e4b"]
 
