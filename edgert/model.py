@@ -90,7 +90,8 @@ class Options:
     threads: kernel threads (default: the physical cores);
     ple: how the per-layer embedding table is held: "mmap" (rows read from the mapping),
     "pread" (rows read into a cache of ple_cache_mb, nothing else in DRAM) or "ram";
-    ple_prefetch: read a step's rows on a background thread while the first layer runs;
+    ple_prefetch: read a step's rows on a background thread while the first layer runs (a
+    decode step's rows already in memory are read at once: ple_store);
     audio_int8: run the audio encoder's matrix products in int8;
     layout: "x8" (the matrices that have it are read in edgert's interleaved layout, built
     once into a cache file under ~/.cache/edgert/layouts: see edgert.files.layouts) or

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import edgert
-from ple_store import PAGE, PLEError, PLEStore, TableRegion
+from ple_store import INLINE_ROWS, PAGE, PLEError, PLEStore, TableRegion
 from quant import BLOCKS, QTensor, QType, row_bytes
 
 MODES = ("mmap", "pread", "ram")
@@ -131,9 +131,10 @@ def test_block_rows_match_the_float_rows():
 
 
 def test_prefetch_reads_the_rows_beside_the_step_and_records_its_wait(checkpoints, monkeypatch):
-    """With prefetch the rows are read on the store's own thread while layer 0 runs; without it,
-    on the caller's. Either way the logits are the same and the wait is recorded. (How much
-    the read hides is a speed figure: `edgert bench` measures it, not this test.)"""
+    """With prefetch, rows that may need the disk (a prompt's, or any not in memory) are read on
+    the store's own thread while layer 0 runs; a decode step's rows already in memory, and every
+    row without prefetch, on the caller's. Either way the logits are the same and the wait is
+    recorded. (How much the thread hides is a speed figure: `edgert bench` measures it.)"""
     path = checkpoints.gguf("e2b", "q8_0")
     read_on = []
     rows = PLEStore.rows
@@ -143,18 +144,42 @@ def test_prefetch_reads_the_rows_beside_the_step_and_records_its_wait(checkpoint
         return rows(self, ids)
 
     monkeypatch.setattr(PLEStore, "rows", recording)
+    caller = {threading.current_thread().name}
+    cases = {  # (prefetch, ids, rows in memory?) -> where they must be read
+        (False, 4, True): "caller", (True, 4, True): "caller", (True, 4, False): "ple",
+        (False, INLINE_ROWS + 1, True): "caller", (True, INLINE_ROWS + 1, True): "ple",
+    }
     logits = {}
-    for prefetch in (False, True):
+    for (prefetch, n, in_memory), where in cases.items():
         read_on.clear()
         model = edgert.load(path, n_ctx=64, ple_prefetch=prefetch)
-        logits[prefetch] = model.forward([2, 40, 41, 42])
+        if not in_memory:  # as after the page cache dropped them
+            monkeypatch.setattr(model.weights.ple, "resident", lambda ids: False)
+        logits[prefetch, n, in_memory] = model.forward(list(range(40, 40 + n)))
         s = model.ple_stats()
         assert read_on and s.wait_us["mean"] >= 0
-        if prefetch:
+        if where == "ple":
             assert all(name.startswith("ple") for name in read_on), read_on
         else:
-            assert set(read_on) == {threading.current_thread().name}
-    np.testing.assert_array_equal(logits[False], logits[True])
+            assert set(read_on) == caller, read_on
+    for (_, n, _), got in logits.items():
+        np.testing.assert_array_equal(got, logits[False, n, True])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_resident_says_whether_a_row_is_in_memory(checkpoints, mode):
+    """`resident` (what decides a decode step's read is made inline): the rows a read just
+    touched are in memory in every mode, rows not yet read are not in pread's row cache, and an
+    id out of the table is never resident (the read then raises the clear error)."""
+    model = edgert.load(checkpoints.gguf("e2b", "q8_0"), n_ctx=64, ple=mode, ple_cache_mb=1)
+    store = model.weights.ple
+    if mode == "pread":
+        assert not store.resident([3, 5])
+    store.rows([3, 5])
+    assert store.resident([3, 5]) and store.resident([5])
+    assert not store.resident([3, store.n_rows]) and not store.resident([-1])
+    with pytest.raises(PLEError, match="out of the PLE table's range"):
+        store.wait(store.fetch([store.n_rows]))
 
 
 def test_converter_writes_the_table_at_its_own_precision(checkpoints, tmp_path):
