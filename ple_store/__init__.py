@@ -36,8 +36,9 @@ from quant import QTensor, dequantize
 MODES = ("mmap", "pread", "ram")
 PAGE = mmap.PAGESIZE
 # A step of at most this many ids (decode, a short draft) reads rows that are in memory on the
-# caller's thread: with the thread, E2B's Q4_K_M decode step took 2% longer on Zen 4 (in-process
-# A/B, 8 rounds), the row costing 0.2 ms either way. A prompt's many rows still go to the thread.
+# caller's thread: with the thread, E2B's Q4_K_M decode step took 2% longer on Zen 4 (two
+# in-process A/Bs, BENCHMARKS.md), the row costing 0.2 ms either way. A prompt's many rows still
+# go to the thread.
 INLINE_ROWS = 8
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -94,7 +95,7 @@ class PLEStore:
         if mode == "mmap":
             self._advise(mmap.MADV_RANDOM)
             self._table_address = table.raw.ctypes.data
-            self._page_flags = (ctypes.c_ubyte * (self.row_bytes // PAGE + 2))()  # mincore's answer for a row
+            self._row_pages = ctypes.c_ubyte * (self.row_bytes // PAGE + 2)  # mincore's answer for a row
         elif mode == "pread":
             if region is None:
                 raise PLEError("pread mode needs the table's place in the file")
@@ -154,7 +155,7 @@ class PLEStore:
         if self.mode == "pread":
             with self._lock:
                 return all(i in self._cache for i in ids)
-        flags = self._page_flags
+        flags = self._row_pages()
         for i in ids:
             start = self._table_address + i * self.row_bytes
             first = start - start % PAGE
