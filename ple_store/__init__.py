@@ -147,8 +147,9 @@ class PLEStore:
         """Whether reading the rows of `ids` needs no disk: every page they lie on is in the
         page cache (mincore; mmap mode), each is in the row cache (pread), or the table is in
         DRAM (ram). False for an id out of range: `rows` then says what is wrong."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1).tolist()
-        if not all(0 <= i < self.n_rows for i in ids):
+        try:
+            ids = self._check(ids).tolist()
+        except PLEError:
             return False
         if self.mode == "ram":
             return True
