@@ -11,17 +11,20 @@ the q-norm weight at load; it has no value norm (`cfg.v_norm`) and no layer scal
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
-from edgert import ops
+from edgert import kernels, ops
 from edgert.kernels import add_norm, attention, gelu_mul, norm_rope, rms_norm, softcap
-from edgert.config import ModelConfig
+from edgert.config import LayerSpec, ModelConfig
 from edgert.kv_cache import KVCache, KVView
 from edgert.rss import release_free_heap
 from ple_store import PLEStore
 from quant import QTensor, matmul, matmuls
+from quant.tensor import exact_rows
 
 F32 = np.float32
 
@@ -46,6 +49,21 @@ class LayerWeights:
     ple_norm: np.ndarray | None  # (H,)
     scalar: np.float32  # layer_scalar (1 in Gemma 3)
     inv_freq: np.ndarray  # (head_dim / 2,) RoPE inverse frequencies, 0 where a pair does not rotate
+
+    # the matrices as the compiled blocks take them (quant.kernels.product), made once
+    @cached_property
+    def qkv_args(self) -> tuple:  # three slots: q, k, v; q alone (thrice) where K/V are borrowed
+        return tuple(w.kernel_args for w in ((self.wq, self.wk, self.wv) if self.wk is not None else (self.wq,) * 3))
+
+    @cached_property
+    def gate_up_args(self) -> tuple:  # three slots, two used
+        return self.w_gate.kernel_args, self.w_up.kernel_args, self.w_gate.kernel_args
+
+    @cached_property
+    def ple_args(self) -> tuple:  # (gate, projection, norm); the output matrix and norm stand in where there is no PLE
+        if self.ple_gate is None:
+            return self.wo.kernel_args, self.wo.kernel_args, self.post_attn_norm
+        return self.ple_gate.kernel_args, self.ple_proj.kernel_args, self.ple_norm
 
 
 @dataclass(frozen=True)
@@ -114,12 +132,13 @@ def embed(cfg: ModelConfig, w: Weights, ids: np.ndarray) -> np.ndarray:
 
 
 def per_layer_inputs(cfg: ModelConfig, w: Weights, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """(n, L, P): as Gemma4TextModel.get_per_layer_inputs + project_per_layer_inputs:
-    (norm(proj(x) * H^-1/2) + PLE rows * sqrt(P)) * 2^-1/2, with rows from the PLE store."""
+    """(L, n, P): as Gemma4TextModel.get_per_layer_inputs + project_per_layer_inputs:
+    (norm(proj(x) * H^-1/2) + PLE rows * sqrt(P)) * 2^-1/2, with rows (n, L, P) from the PLE
+    store; layer by layer, so that each layer's (n, P) is one contiguous array."""
     n = len(x)
     proj = matmul(x, w.ple_model_proj) * F32(cfg.n_embd ** -0.5)
     proj = rms_norm(proj.reshape(n, cfg.n_layer, cfg.ple_dim), w.ple_proj_norm, cfg.rms_eps)  # (n, L, P)
-    return (proj + rows) * F32(2.0 ** -0.5)
+    return np.ascontiguousarray(((proj + rows) * F32(2.0 ** -0.5)).transpose(1, 0, 2))
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,13 +177,14 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
     those of decoding it alone after the ones before (a draft's verification): products row
     by row as one-row products (quant.tensor.exact_rows), attention query by query over the
     cache as that query alone would have seen it."""
-    # PLE rows come off the disk on a background thread; the first layer needs them at its end
+    # PLE rows come off the disk on a background thread; the first layer needs them after its attention
     ple_rows = w.ple.fetch(ids) if w.ple is not None else None
     x = embed(cfg, w, ids)  # (n, H)
     if soft is not None:
         x[soft.mask] = soft.rows
-    x0, ple = x, None  # ple: (n, L, P) per-layer inputs, made when first needed
+    x0, ple = x, None  # ple: (L, n, P) per-layer inputs, made when first needed
     lent: dict[int, KVView] = {}  # layer -> the K/V that later, KV-shared layers attend to
+    pos = np.asarray(pos, dtype=np.int64)
 
     for s, lw in zip(cfg.layers, w.layers):
         if s.index == cfg.first_shared:
@@ -172,21 +192,12 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
                 return None
             dropped = len(pos) - len(keep)
             x, pos = x[keep], pos[keep]
-            ple = ple[keep] if ple is not None else None
+            ple = ple[:, keep] if ple is not None else None
             if dropped:  # a prompt step's big buffers are gone; the rest of the weights map in next
                 release_free_heap()
-        n = len(pos)
 
-        # attention (Gemma4TextAttention)
-        h = rms_norm(x, lw.attn_norm, cfg.rms_eps)
-        q, *kv = matmuls(h, (lw.wq, lw.wk, lw.wv) if s.owns_kv else (lw.wq,))  # one call: h quantized once
-        q = norm_rope(q.reshape(n, cfg.n_head, s.head_dim), lw.q_norm, cfg.rms_eps, pos, lw.inv_freq)
+        q, k, v = qkv(cfg, s, lw, x, pos, exact)
         if s.owns_kv:
-            k = kv[0].reshape(n, s.n_kv_heads, s.head_dim)
-            k = norm_rope(k, lw.k_norm, cfg.rms_eps, pos, lw.inv_freq)
-            v = kv[1].reshape(n, s.n_kv_heads, s.head_dim)
-            if cfg.v_norm:
-                v = rms_norm(v, None, cfg.rms_eps)
             view = caches[s.index].update(k, v, pos)
             if s.lends_kv:
                 lent[s.index] = view
@@ -194,24 +205,16 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
         else:  # KV-shared layers reuse an earlier layer's K/V
             view, source = lent[s.kv_source], caches[s.kv_source]
         window = cfg.sliding_window if s.sliding else 0
-        if exact and n > 1:
-            a = np.empty((n, cfg.n_head * s.head_dim), dtype=np.float32)
+        if exact and len(pos) > 1:
+            a = np.empty((len(pos), cfg.n_head * s.head_dim), dtype=np.float32)
             for i, alone in source.views_alone(pos):
                 a[i] = attention(q[i:i + 1], alone, pos[i:i + 1], window)[0]
         else:
             a = attention(q, view, pos, window)
-        x = add_norm(x, matmul(a, lw.wo), lw.post_attn_norm, cfg.rms_eps)
 
-        x = ffn(cfg, lw, x)
-
-        # per-layer embedding gate: x + norm(proj(gelu_tanh(gate(x)) * ple_i)); then the layer's scalar
-        if w.ple is not None:
-            if ple is None:  # once; then the fetched rows and x0 have no further use
-                ple, ple_rows, x0 = per_layer_inputs(cfg, w, x0, w.ple.wait(ple_rows)), None, None
-            h = gelu_mul(matmul(x, lw.ple_gate), ple[:, s.index, :])
-            x = add_norm(x, matmul(h, lw.ple_proj), lw.ple_norm, cfg.rms_eps, lw.scalar)
-        else:
-            x = x * lw.scalar
+        if w.ple is not None and ple is None:  # once; then the fetched rows and x0 have no further use
+            ple, ple_rows, x0 = per_layer_inputs(cfg, w, x0, w.ple.wait(ple_rows)), None, None
+        x = after_attention(cfg, lw, x, a, ple[s.index] if ple is not None else None, exact)
 
     if keep is None:
         return None
@@ -220,6 +223,66 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
     x = rms_norm(x, w.output_norm, cfg.rms_eps)
     logits = matmul(x, w.output)  # (k, n_vocab)
     return softcap(logits, cfg.final_softcap), x
+
+
+# A layer's two blocks around its attention, each one compiled call (edgert.kernels): between
+# kernels called one by one, Python and cold caches cost a decode step about a tenth of its time.
+# Their twins below (`*_ops`) make the same calls one op at a time, bit for bit the same: the
+# tests hold the blocks to them, and tools.speed_model times them op by op.
+
+def qkv(cfg: ModelConfig, s: LayerSpec, lw: LayerWeights, x: np.ndarray, pos: np.ndarray,
+        exact: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Gemma4TextAttention up to its cache, for x (n, H): q (n, n_head, head_dim) normed and
+    rotated; on a layer that owns K/V, k (n, n_kv, head_dim) normed and rotated and v normed
+    (without a weight, where cfg.v_norm), else None for both."""
+    q, k, v = kernels.qkv_block(np.ascontiguousarray(x, dtype=F32), lw.attn_norm, F32(cfg.rms_eps), lw.qkv_args,
+                                3 if s.owns_kv else 1, lw.q_norm, lw.k_norm if s.owns_kv else lw.q_norm, cfg.v_norm,
+                                pos, lw.inv_freq, cfg.n_head, s.n_kv_heads, s.head_dim, exact)
+    return (q, k, v) if s.owns_kv else (q, None, None)
+
+
+def after_attention(cfg: ModelConfig, lw: LayerWeights, x: np.ndarray, a: np.ndarray, ple: np.ndarray | None,
+                    exact: bool = False) -> np.ndarray:
+    """The rest of Gemma4TextDecoderLayer after the attention a (n, n_head * head_dim): its
+    output projection, the MLP, the per-layer embedding gate with this layer's inputs ple (n, P)
+    (None without PLE), and the layer's scalar, each joining the residual stream x (n, H)."""
+    gate, proj, norm = lw.ple_args
+    ple = np.empty((len(x), 0), dtype=F32) if ple is None else np.ascontiguousarray(ple, dtype=F32)
+    return kernels.after_attention_block(
+        np.ascontiguousarray(x, dtype=F32), np.ascontiguousarray(a, dtype=F32), lw.wo.kernel_args, lw.post_attn_norm,
+        lw.ffn_norm, lw.gate_up_args, lw.w_down.kernel_args, lw.post_ffn_norm, gate, proj, norm, ple, lw.scalar,
+        F32(cfg.rms_eps), exact)
+
+
+def qkv_ops(cfg: ModelConfig, s: LayerSpec, lw: LayerWeights, x: np.ndarray, pos: np.ndarray, exact: bool = False):
+    """`qkv`, one op at a time."""
+    n = len(pos)
+    with _exact(exact):
+        h = rms_norm(x, lw.attn_norm, cfg.rms_eps)
+        q, *kv = matmuls(h, (lw.wq, lw.wk, lw.wv) if s.owns_kv else (lw.wq,))  # one call: h quantized once
+    q = norm_rope(q.reshape(n, cfg.n_head, s.head_dim), lw.q_norm, cfg.rms_eps, pos, lw.inv_freq)
+    if not s.owns_kv:
+        return q, None, None
+    k = norm_rope(kv[0].reshape(n, s.n_kv_heads, s.head_dim), lw.k_norm, cfg.rms_eps, pos, lw.inv_freq)
+    v = kv[1].reshape(n, s.n_kv_heads, s.head_dim)
+    return q, k, rms_norm(v, None, cfg.rms_eps) if cfg.v_norm else v
+
+
+def after_attention_ops(cfg: ModelConfig, lw: LayerWeights, x: np.ndarray, a: np.ndarray, ple: np.ndarray | None,
+                        exact: bool = False) -> np.ndarray:
+    """`after_attention`, one op at a time."""
+    with _exact(exact):
+        x = add_norm(x, matmul(a, lw.wo), lw.post_attn_norm, cfg.rms_eps)
+        x = ffn(cfg, lw, x)
+        if ple is None:
+            return x * lw.scalar
+        # per-layer embedding gate: x + norm(proj(gelu_tanh(gate(x)) * ple)); then the layer's scalar
+        h = gelu_mul(matmul(x, lw.ple_gate), ple)
+        return add_norm(x, matmul(h, lw.ple_proj), lw.ple_norm, cfg.rms_eps, lw.scalar)
+
+
+def _exact(exact: bool):
+    return exact_rows() if exact else contextlib.nullcontext()
 
 
 def ffn(cfg: ModelConfig, lw: LayerWeights, x: np.ndarray) -> np.ndarray:

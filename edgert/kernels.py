@@ -17,6 +17,7 @@ from numba.extending import overload
 
 from edgert.kv_cache import KVView
 from quant.cpu import kernel
+from quant.kernels import product, products, rows
 from quant.simd import f32_from_bits, half_to_float
 
 
@@ -197,6 +198,76 @@ def _add_norm(x, h, w, eps, scale, out):
 def _softcap(x, cap, out):
     for i in range(x.shape[0]):
         out[i] = _tanh(x[i] / cap) * cap
+
+
+@kernel
+def qkv_block(x, attn_norm, eps, ws, count, q_norm, k_norm, v_norm, pos, inv_freq, n_head, n_kv, d, exact):
+    """A decoder layer's attention up to its cache (Gemma4TextAttention), in one call, bit for
+    bit the ops one by one (edgert.gemma4.qkv_ops): h = rms_norm(x) (n, H); q, k, v = h @
+    ws.T (count 3, or 1 on a layer that borrows its K/V: q alone); q and k normed per head
+    and rotated, v normed without a weight when v_norm. Returns q (n, n_head, d), k and v
+    (n, n_kv, d), the last two unwritten when count is 1."""
+    n = x.shape[0]
+    h = np.empty_like(x)
+    _rms_norm(x, attn_norm, eps, h)
+    q = np.empty((n, n_head * d), dtype=np.float32)
+    k = np.empty((n, n_kv * d), dtype=np.float32)
+    v = np.empty((n, n_kv * d), dtype=np.float32)
+    products(ws, count, h, (q, k, v), exact)
+    q_out = np.empty((n, n_head, d), dtype=np.float32)
+    _norm_rope(q.reshape(n, n_head, d), q_norm, eps, pos, inv_freq, q_out)
+    k_out = np.empty((n, n_kv, d), dtype=np.float32)
+    v_out = v.reshape(n, n_kv, d)
+    if count > 1:
+        _norm_rope(k.reshape(n, n_kv, d), k_norm, eps, pos, inv_freq, k_out)
+        if v_norm:
+            v_out = np.empty((n, n_kv, d), dtype=np.float32)
+            _rms_norm(v.reshape(n * n_kv, d), np.ones(d, dtype=np.float32), eps, v_out.reshape(n * n_kv, d))
+    return q_out, k_out, v_out
+
+
+@kernel
+def after_attention_block(x, a, wo, post_attn_norm, ffn_norm, gate_up, down, post_ffn_norm, ple_gate, ple_proj,
+                          ple_norm, ple, scalar, eps, exact):
+    """The rest of a decoder layer after its attention `a` (n, n_head * d), in one call, bit for
+    bit the ops one by one (edgert.gemma4.after_attention_ops); x (n, H) is the residual stream:
+
+        x = x + norm(a @ wo.T)                                       the attention's output
+        x = x + norm(down(gelu_tanh(gate(h)) * up(h))), h = norm(x)  the MLP (gate_up: slots
+                                                                     of `products`, 2 used)
+        x = (x + norm(ple_proj(gelu_tanh(ple_gate(x)) * ple))) * scalar   the per-layer input
+
+    ple (n, P), this layer's per-layer inputs; with P = 0 (no PLE) the last line is x * scalar."""
+    n, hidden = x.shape
+    o = np.empty((n, hidden), dtype=np.float32)
+    product(wo, a, o, exact)
+    x1 = np.empty_like(x)
+    _add_norm(x, o, post_attn_norm, eps, np.float32(1.0), x1)
+    h = np.empty_like(x)
+    _rms_norm(x1, ffn_norm, eps, h)
+    gate = np.empty((n, rows(gate_up[0])), dtype=np.float32)
+    up = np.empty_like(gate)
+    products(gate_up, 2, h, (gate, up, gate), exact)
+    act = np.empty_like(gate)
+    _gelu_mul(gate.reshape(-1), up.reshape(-1), act.reshape(-1))
+    d = np.empty((n, hidden), dtype=np.float32)
+    product(down, act, d, exact)
+    x2 = np.empty_like(x)
+    _add_norm(x1, d, post_ffn_norm, eps, np.float32(1.0), x2)
+    if ple.shape[1] == 0:
+        for t in range(n):
+            for j in range(hidden):
+                x2[t, j] *= scalar
+        return x2
+    g = np.empty((n, ple.shape[1]), dtype=np.float32)
+    product(ple_gate, x2, g, exact)
+    gated = np.empty_like(g)
+    _gelu_mul(g.reshape(-1), ple.reshape(-1), gated.reshape(-1))
+    p = np.empty((n, hidden), dtype=np.float32)
+    product(ple_proj, gated, p, exact)
+    out = np.empty_like(x)
+    _add_norm(x2, p, ple_norm, eps, scalar, out)
+    return out
 
 
 def _decode_row(values, scales, j, g, out, row):

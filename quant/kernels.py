@@ -20,10 +20,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
 from quant.cpu import kernel
 from quant.formats import ACTIVATIONS, FORMATS, Activations, QType
+from quant.ir import ROWS
 from quant.packed import GEMV_PAIRS, PAIRS, TOKENS, tiles_1, tiles_4
 from quant.simd import bf16_to_float, f32_from_bits, half_to_float, row_dot, row_dots, tokens_dot
 
@@ -261,6 +263,84 @@ def gemm_float(fmt, w, x, out):
             for r in range(tile * ROW_TILE, r_end):
                 for t in range(t0, t_end):
                     out[t, r] = _dot_float(fmt, w, r, x, t)
+
+
+# A matrix as the kernels take it (quant.tensor.QTensor.kernel_args): (kind, format id, values
+# per block, data), kind one of these: the x8 layout's tiles (uint8), the file's rows of blocks
+# (uint8), or the bits of float weights (uint16 or uint32; the format id is gemm_float's).
+PACKED, BLOCKS, FLOAT = 0, 1, 2
+
+
+def product(w, x, out, exact):
+    """x (n, K) float32 @ w.T into out (n, rows), w a matrix as its kernel_args, whatever its
+    kind: the one dispatch over the kernels above, for compiled callers (a layer's blocks) and,
+    through `matmul`, for Python's."""
+
+
+@overload(product)
+def _product(w, x, out, exact):
+    if w.types[3].dtype == types.uint8:  # chosen while typing: float bits never meet the block kernels
+        def blocks(w, x, out, exact):
+            if w[0] == PACKED:
+                matmul_packed((w[1], w[1], w[1]), (w[3], w[3], w[3]), 1, x, (out, out, out), exact)
+            else:
+                matmul_blocks(w[1], w[2], w[3], x, out, exact)
+        return blocks
+
+    def floats(w, x, out, exact):
+        gemm_float(w[1], w[3], x, out)
+    return floats
+
+
+def products(ws, count, x, outs, exact):
+    """product(ws[j], x, outs[j], exact) for the first `count` of SLOTS matrices that read the
+    same x (q/k/v, gate/up; the unused slots repeat a used one): one call of matmul_packed,
+    which quantizes x once and runs them in one parallel region, when all are x8 tiles of
+    one array type taking the same activations; else one product each."""
+
+
+@overload(products)
+def _products(ws, count, x, outs, exact):
+    first = ws.types[0]
+    if all(t == first for t in ws.types) and first.types[3].dtype == types.uint8 and all(
+            t == outs.types[0] for t in outs.types):
+        def joined(ws, count, x, outs, exact):
+            w0, w1, w2 = ws
+            kind = ACTIVATION[w0[1]]
+            if (w0[0] == PACKED and w1[0] == PACKED and w2[0] == PACKED and ACTIVATION[w1[1]] == kind
+                    and ACTIVATION[w2[1]] == kind):
+                matmul_packed((w0[1], w1[1], w2[1]), (w0[3], w1[3], w2[3]), count, x, outs, exact)
+            else:
+                _each(ws, count, x, outs, exact)
+        return joined
+    return lambda ws, count, x, outs, exact: _each(ws, count, x, outs, exact)
+
+
+@kernel
+def _each(ws, count, x, outs, exact):
+    product(ws[0], x, outs[0], exact)
+    if count > 1:
+        product(ws[1], x, outs[1], exact)
+    if count > 2:
+        product(ws[2], x, outs[2], exact)
+
+
+@kernel
+def rows(w):
+    """The rows of a matrix given as its kernel_args (the x8 layout holds them in groups)."""
+    return w[3].shape[0] * ROWS if w[0] == PACKED else w[3].shape[0]
+
+
+@kernel
+def matmul(w, x, out, exact):
+    """`product` for callers in Python (quant.tensor.matmul)."""
+    product(w, x, out, exact)
+
+
+@kernel
+def matmuls(ws, count, x, outs, exact):
+    """`products` for callers in Python (quant.tensor.matmuls)."""
+    products(ws, count, x, outs, exact)
 
 
 @kernel(parallel=True)

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from quant import kernels, layout, packed, simd  # compiled, or loaded from the on-disk cache, on first call
-from quant.formats import ACTIVATIONS, BLOCKS, FORMATS, QType
+from quant.formats import BLOCKS, FORMATS, QType
 from quant.ref import dequantize, matmul_q8
 
 
@@ -42,22 +42,23 @@ class QTensor:
 
     @cached_property
     def kernel_args(self) -> tuple:
-        """What `matmul` hands the kernels, made once: (kind, format id, values per block, data),
-        kind being "float", "blocks" (the file's rows) or "packed" (the x8 layout). A format
-        with no row walker (quant.simd.FORMATS) is packed here, in memory, if it was not."""
+        """What the kernels take for this matrix, made once: (kind, format id, values per block,
+        data), kind being quant.kernels.PACKED (the x8 layout), BLOCKS (the file's rows) or
+        FLOAT (float bits; the id is gemm_float's). A format with no row walker
+        (quant.simd.FORMATS) is packed here, in memory, if it was not."""
         if self.packed is None and self.qtype not in _FLOAT_KERNEL and self.qtype not in simd.FORMATS:
             if not has_kernel(self.qtype, self.shape):
                 raise ValueError(f"a {self.qtype.name} matrix of shape {self.shape} has no kernel: its rows must "
                                  f"come in groups of {layout.ROWS} (or store it as {', '.join(q.name for q in simd.FORMATS)})")
             return self.with_layout().kernel_args
         if self.packed is not None:
-            return "packed", int(self.qtype), BLOCKS[self.qtype].values, self.packed
+            return kernels.PACKED, int(self.qtype), BLOCKS[self.qtype].values, self.packed
         raw = np.ascontiguousarray(self.raw)
         rows, cols = self.shape
         if self.qtype in _FLOAT_KERNEL:
             bits = raw.view(np.uint32 if BLOCKS[self.qtype].nbytes == 4 else np.uint16).reshape(rows, cols)
-            return "float", _FLOAT_KERNEL[self.qtype], 0, bits
-        return "blocks", int(self.qtype), BLOCKS[self.qtype].values, raw.view(np.uint8).reshape(rows, -1)
+            return kernels.FLOAT, _FLOAT_KERNEL[self.qtype], 0, bits
+        return kernels.BLOCKS, int(self.qtype), BLOCKS[self.qtype].values, raw.view(np.uint8).reshape(rows, -1)
 
     def rows(self, index) -> np.ndarray:
         """Rows `index` (ints or an int array) as float32: (len(index), cols). With an x8 layout
@@ -100,39 +101,24 @@ def matmul(x: np.ndarray, w: QTensor) -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"matmul: activations {x.shape} do not fit a weight of {w.shape}")
     out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
-    kind, fmt, values_per_block, data = w.kernel_args
-    if kind == "packed":
-        _packed(x, [w.kernel_args], [out])
-    elif kind == "float":
-        kernels.gemm_float(fmt, data, x, out)
-    else:
-        kernels.matmul_blocks(fmt, values_per_block, data, x, out, _exact())
+    kernels.matmul(w.kernel_args, x, out, _exact())
     return out
 
 
 def matmuls(x: np.ndarray, ws: Sequence[QTensor]) -> list[np.ndarray]:
-    """[matmul(x, w) for w in ws], for matrices that share their input (q/k/v, gate/up): when
-    all have the x8 layout and take the same activations, one kernel call quantizes x once
-    and runs all the products in one parallel region."""
-    kinds = [w.kernel_args for w in ws]
-    if (not 2 <= len(ws) <= kernels.SLOTS or any(kind != "packed" for kind, _, _, _ in kinds)
-            or len({ACTIVATIONS[QType(fmt)] for _, fmt, _, _ in kinds}) > 1):
+    """[matmul(x, w) for w in ws], for up to kernels.SLOTS matrices that share their input
+    (q/k/v, gate/up): one kernel call, which quantizes x once and runs them in one parallel
+    region where their formats allow (kernels.products)."""
+    if not 1 <= len(ws) <= kernels.SLOTS:
         return [matmul(x, w) for w in ws]
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or any(x.shape[1] != w.shape[1] for w in ws):
         raise ValueError(f"matmuls: activations {x.shape} do not fit weights of {[w.shape for w in ws]}")
     outs = [np.empty((x.shape[0], w.shape[0]), dtype=np.float32) for w in ws]
-    _packed(x, kinds, outs)
+    pad = kernels.SLOTS - len(ws)  # the unused slots repeat the first matrix; the count leaves them out
+    kernels.matmuls(tuple([w.kernel_args for w in ws] + [ws[0].kernel_args] * pad), len(ws), x,
+                    tuple(outs + outs[:1] * pad), _exact())
     return outs
-
-
-def _packed(x: np.ndarray, kinds: list[tuple], outs: list[np.ndarray]) -> None:
-    """One call of kernels.matmul_packed for up to SLOTS x8 matrices (their kernel_args) that
-    read x: the unused slots repeat the first matrix, and the count leaves them out."""
-    pad = kernels.SLOTS - len(kinds)
-    fmts, data = [fmt for _, fmt, _, _ in kinds], [d for _, _, _, d in kinds]
-    kernels.matmul_packed(tuple(fmts + fmts[:1] * pad), tuple(data + data[:1] * pad), len(kinds), x,
-                          tuple(outs + outs[:1] * pad), _exact())
 
 
 _FLOAT_KERNEL = {q: f.float_kernel for q, f in FORMATS.items() if f.float_kernel is not None}  # gemm_float's ids

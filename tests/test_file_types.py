@@ -74,13 +74,22 @@ def test_a_model_in_every_type_runs_its_kernels(tmp_path, qtype, monkeypatch):
         worst.append((np.abs(got - want) / (np.abs(x) @ np.abs(w.dequantize()).T + 1e-30)).max())
         return got
 
+    ids = [2] + np.random.default_rng(int(qtype)).integers(300, 500, 20).tolist()
+
+    def run():
+        state = model.new_state()
+        logits = model.prefill(state, ids, logits="all")
+        return logits, model.decode_step(state, int(logits[-1].argmax()))
+
+    compiled = run()  # each layer's blocks one compiled call each
+    # their twins, one op at a time, so that each product can be checked
+    monkeypatch.setattr(gemma4, "qkv", gemma4.qkv_ops)
+    monkeypatch.setattr(gemma4, "after_attention", gemma4.after_attention_ops)
     monkeypatch.setattr(gemma4, "matmul", checked)
     monkeypatch.setattr(gemma4, "matmuls", lambda x, ws: [checked(x, w) for w in ws])
-    ids = [2] + np.random.default_rng(int(qtype)).integers(300, 500, 20).tolist()
-    state = model.new_state()
-    logits = model.prefill(state, ids, logits="all")
-    step = model.decode_step(state, int(logits[-1].argmax()))
+    logits, step = run()
     assert len(worst) > 100 and max(worst) < 2e-5, (len(worst), max(worst))
+    assert (compiled[0] == logits).all() and (compiled[1] == step).all()  # the blocks: their twins bit for bit
     assert np.isfinite(logits).all() and np.isfinite(step).all()
     assert np.std(step) > 0.1  # logits that tell tokens apart: the random blocks make a live model
 

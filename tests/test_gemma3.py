@@ -224,6 +224,8 @@ def test_exact_arithmetic_matches_transformers_past_the_window(path, monkeypatch
             dense[id(w)] = w.dequantize().astype(np.float64)
         return (x.astype(np.float64) @ dense[id(w)].T).astype(np.float32)
 
+    monkeypatch.setattr(gemma4, "qkv", gemma4.qkv_ops)  # a layer's ops one by one, so that their products are these
+    monkeypatch.setattr(gemma4, "after_attention", gemma4.after_attention_ops)
     monkeypatch.setattr(gemma4, "matmul", exact)
     monkeypatch.setattr(gemma4, "matmuls", lambda x, ws: [exact(x, w) for w in ws])  # q/k/v, gate/up
     got = model.forward(ids)

@@ -8,7 +8,7 @@ import pytest
 
 import edgert
 from edgert.sampling import make_sampler
-from edgert import generation
+from edgert import gemma4, generation
 from tests.reference import hf_decode_logits, hf_greedy, hf_logits, rel_err
 
 KINDS = ["e2b", "e4b"]
@@ -53,6 +53,31 @@ def test_decode_logits_match_step_by_step(checkpoints, kind):
     ours = np.stack(ours)
     for i in range(len(ours)):
         assert rel_err(ours[i], ref[i]) < 1e-4, f"step {i}"
+
+
+@pytest.mark.parametrize("qtype", ["f32", "f16", "q4_0"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_compiled_blocks_are_their_ops_bit_for_bit(checkpoints, kind, qtype, monkeypatch):
+    """A layer runs as two compiled calls (gemma4.qkv, after_attention); made one op at a time
+    (their *_ops twins) every logit is the same, bit for bit: a prompt past the window, decode
+    steps, and a draft's verification (exact rows, queries alone), on float and block weights."""
+    model = edgert.load(checkpoints.gguf(kind, qtype), n_ctx=256)
+    ids = prompt(model.config.n_vocab, seed=2)
+    steps = [int(t) for t in np.random.default_rng(4).integers(300, model.config.n_vocab, 4)]
+
+    def run():
+        state = model.new_state()
+        out = [model.prefill(state, ids, logits="all")]
+        out += [model.decode_step(state, t)[None] for t in steps[:2]]
+        out.append(model.verify(state, steps[2:]))
+        return np.concatenate(out)
+
+    compiled = run()
+    monkeypatch.setattr(gemma4, "qkv", gemma4.qkv_ops)
+    monkeypatch.setattr(gemma4, "after_attention", gemma4.after_attention_ops)
+    ops = run()
+    assert np.isfinite(compiled).all() and compiled.std() > 0
+    assert (compiled == ops).all(), np.abs(compiled - ops).max()
 
 
 @pytest.mark.parametrize("kind", KINDS)

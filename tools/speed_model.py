@@ -141,12 +141,14 @@ def trace(model, run) -> tuple[list[Call], float, dict[str, float]]:
     """Run `run()` with every matrix product of the forward pass timed and recorded, and the
     forward pass's other steps (OPS, and waiting for PLE rows) timed by name; return the
     products, the run's wall time and those seconds. A call of matmuls (products sharing an
-    input, in one kernel call) is shared among its products by their bytes."""
+    input, in one kernel call) is shared among its products by their bytes. A layer's blocks
+    run as their twins, one op at a time (gemma4.qkv_ops, after_attention_ops), so that each
+    op can be timed: the run takes longer than an untimed one by that too."""
     from edgert import gemma4
 
     calls: list[Call] = []
     ops = {name: 0.0 for name in OPS + ("ple_wait",)}
-    real = {name: getattr(gemma4, name) for name in ("matmul", "matmuls") + OPS}
+    real = {name: getattr(gemma4, name) for name in ("matmul", "matmuls", "qkv", "after_attention") + OPS}
     ple = model.weights.ple
 
     def products(x, ws):
@@ -165,6 +167,7 @@ def trace(model, run) -> tuple[list[Call], float, dict[str, float]]:
         return step
 
     gemma4.matmul, gemma4.matmuls = (lambda x, w: products(x, [w])[0]), products
+    gemma4.qkv, gemma4.after_attention = gemma4.qkv_ops, gemma4.after_attention_ops
     for name in OPS:
         setattr(gemma4, name, timed(name, real[name]))
     if ple is not None:

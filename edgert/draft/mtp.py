@@ -27,7 +27,7 @@ from edgert import gemma4
 from edgert.draft.adaptive import Adaptive
 from edgert.errors import ArchitectureError
 from edgert.files.loader import AssistantFile
-from edgert.kernels import add_norm, attention, norm_rope, rms_norm
+from edgert.kernels import attention, rms_norm
 from quant import QTensor, matmul
 
 if TYPE_CHECKING:
@@ -109,14 +109,11 @@ class Assistant:
         e = gemma4.embed(target.config, target.weights, np.array([token]))
         x = matmul(np.concatenate([e, hidden[None].astype(F32)], axis=1), self.pre)
         p = np.array([pos])
-        for s, lw, src in zip(cfg.layers, w.layers, self.sources):
-            h = rms_norm(x, lw.attn_norm, cfg.rms_eps)
-            q = matmul(h, lw.wq).reshape(1, cfg.n_head, s.head_dim)
-            q = norm_rope(q, lw.q_norm, cfg.rms_eps, p, lw.inv_freq)
+        for s, lw, src in zip(cfg.layers, w.layers, self.sources):  # layers that borrow K/V, without PLE
+            q, _, _ = gemma4.qkv(cfg, s, lw, x, p)
             window = target.config.sliding_window + 1 if s.sliding else 0
             a = attention(q, state.caches[src].view(pos), p, window)
-            x = add_norm(x, matmul(a, lw.wo), lw.post_attn_norm, cfg.rms_eps)
-            x = gemma4.ffn(cfg, lw, x) * lw.scalar
+            x = gemma4.after_attention(cfg, lw, x, a, None)
         x = rms_norm(x, w.output_norm, cfg.rms_eps)
         return x[0], matmul(x, self.post)[0]
 
