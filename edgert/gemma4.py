@@ -24,6 +24,7 @@ from edgert.kv_cache import KVCache, KVView
 from edgert.rss import release_free_heap
 from ple_store import PLEStore
 from quant import QTensor, matmul, matmuls
+from quant import kernels as quant_kernels
 from quant.tensor import exact_rows
 
 F32 = np.float32
@@ -51,6 +52,11 @@ class LayerWeights:
     inv_freq: np.ndarray  # (head_dim / 2,) RoPE inverse frequencies, 0 where a pair does not rotate
 
     # the matrices as the compiled blocks take them (quant.kernels.product), made once
+    @cached_property
+    def compiled(self) -> bool:  # the blocks take x8 tiles and float weights; the file's rows go op by op
+        ws = (self.wq, self.wk, self.wv, self.wo, self.w_gate, self.w_up, self.w_down, self.ple_gate, self.ple_proj)
+        return all(w.kernel_args[0] != quant_kernels.BLOCKS for w in ws if w is not None)
+
     @cached_property
     def qkv_args(self) -> tuple:  # three slots: q, k, v; q alone (thrice) where K/V are borrowed
         return tuple(w.kernel_args for w in ((self.wq, self.wk, self.wv) if self.wk is not None else (self.wq,) * 3))
@@ -225,16 +231,19 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
     return softcap(logits, cfg.final_softcap), x
 
 
-# A layer's two blocks around its attention, each one compiled call (edgert.kernels): between
-# kernels called one by one, Python and cold caches cost a decode step about a tenth of its time.
-# Their twins below (`*_ops`) make the same calls one op at a time, bit for bit the same: the
-# tests hold the blocks to them, and tools.speed_model times them op by op.
+# A layer's two blocks around its attention, each one compiled call (edgert.kernels), so that no
+# Python runs between their kernels: called one op at a time from here, the same kernels took an
+# E2B decode step 5-9% longer (BENCHMARKS.md). Their twins below (`*_ops`) do just that, bit for
+# bit the same: the tests hold the blocks to them, tools.speed_model times them op by op, and a
+# layer whose matrices are read in the file's rows (layout="rows") runs through them.
 
 def qkv(cfg: ModelConfig, s: LayerSpec, lw: LayerWeights, x: np.ndarray, pos: np.ndarray,
         exact: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Gemma4TextAttention up to its cache, for x (n, H): q (n, n_head, head_dim) normed and
     rotated; on a layer that owns K/V, k (n, n_kv, head_dim) normed and rotated and v normed
     (without a weight, where cfg.v_norm), else None for both."""
+    if not lw.compiled:
+        return qkv_ops(cfg, s, lw, x, pos, exact)
     q, k, v = kernels.qkv_block(np.ascontiguousarray(x, dtype=F32), lw.attn_norm, F32(cfg.rms_eps), lw.qkv_args,
                                 3 if s.owns_kv else 1, lw.q_norm, lw.k_norm if s.owns_kv else lw.q_norm, cfg.v_norm,
                                 pos, lw.inv_freq, cfg.n_head, s.n_kv_heads, s.head_dim, exact)
@@ -246,6 +255,8 @@ def after_attention(cfg: ModelConfig, lw: LayerWeights, x: np.ndarray, a: np.nda
     """The rest of Gemma4TextDecoderLayer after the attention a (n, n_head * head_dim): its
     output projection, the MLP, the per-layer embedding gate with this layer's inputs ple (n, P)
     (None without PLE), and the layer's scalar, each joining the residual stream x (n, H)."""
+    if not lw.compiled:
+        return after_attention_ops(cfg, lw, x, a, ple, exact)
     gate, proj, norm = lw.ple_args
     ple = np.empty((len(x), 0), dtype=F32) if ple is None else np.ascontiguousarray(ple, dtype=F32)
     return kernels.after_attention_block(

@@ -272,20 +272,21 @@ PACKED, BLOCKS, FLOAT = 0, 1, 2
 
 
 def product(w, x, out, exact):
-    """x (n, K) float32 @ w.T into out (n, rows), w a matrix as its kernel_args, whatever its
-    kind: the one dispatch over the kernels above, for compiled callers (a layer's blocks) and,
-    through `matmul`, for Python's."""
+    """x (n, K) float32 @ w.T into out (n, rows), w an x8 (PACKED) or float matrix as its
+    kernel_args: the dispatch for compiled callers (a decoder layer's blocks). The file's rows
+    (BLOCKS) are not taken here: every compiled caller links a copy of each kernel it may
+    call, and gemm_blocks's would cost as much memory as matmul_packed's (about 14 MB)."""
 
 
 @overload(product)
 def _product(w, x, out, exact):
     if w.types[3].dtype == types.uint8:  # chosen while typing: float bits never meet the block kernels
-        def blocks(w, x, out, exact):
-            if w[0] == PACKED:
-                matmul_packed((w[1], w[1], w[1]), (w[3], w[3], w[3]), 1, x, (out, out, out), exact)
-            else:
-                matmul_blocks(w[1], w[2], w[3], x, out, exact)
-        return blocks
+        def tiles(w, x, out, exact):
+            # a count typed int64, not Literal[int](1): one compiled matmul_packed serves every
+            # caller (each specialization linked into a caller costs it about 10 MB resident)
+            one = np.int64(1)
+            matmul_packed((w[1], w[1], w[1]), (w[3], w[3], w[3]), one, x, (out, out, out), exact)
+        return tiles
 
     def floats(w, x, out, exact):
         gemm_float(w[1], w[3], x, out)
@@ -302,45 +303,26 @@ def products(ws, count, x, outs, exact):
 @overload(products)
 def _products(ws, count, x, outs, exact):
     first = ws.types[0]
-    if all(t == first for t in ws.types) and first.types[3].dtype == types.uint8 and all(
-            t == outs.types[0] for t in outs.types):
-        def joined(ws, count, x, outs, exact):
-            w0, w1, w2 = ws
-            kind = ACTIVATION[w0[1]]
-            if (w0[0] == PACKED and w1[0] == PACKED and w2[0] == PACKED and ACTIVATION[w1[1]] == kind
-                    and ACTIVATION[w2[1]] == kind):
-                matmul_packed((w0[1], w1[1], w2[1]), (w0[3], w1[3], w2[3]), count, x, outs, exact)
-            else:
-                _each(ws, count, x, outs, exact)
-        return joined
-    return lambda ws, count, x, outs, exact: _each(ws, count, x, outs, exact)
+    joinable = all(t == first for t in ws.types) and first.types[3].dtype == types.uint8 and all(
+        t == outs.types[0] for t in outs.types)
 
-
-@kernel
-def _each(ws, count, x, outs, exact):
-    product(ws[0], x, outs[0], exact)
-    if count > 1:
-        product(ws[1], x, outs[1], exact)
-    if count > 2:
-        product(ws[2], x, outs[2], exact)
+    def each_or_joined(ws, count, x, outs, exact):
+        w0, w1, w2 = ws
+        if joinable and ACTIVATION[w1[1]] == ACTIVATION[w0[1]] and ACTIVATION[w2[1]] == ACTIVATION[w0[1]]:
+            matmul_packed((w0[1], w1[1], w2[1]), (w0[3], w1[3], w2[3]), count, x, outs, exact)
+            return
+        product(w0, x, outs[0], exact)
+        if count > 1:
+            product(w1, x, outs[1], exact)
+        if count > 2:
+            product(w2, x, outs[2], exact)
+    return each_or_joined
 
 
 @kernel
 def rows(w):
     """The rows of a matrix given as its kernel_args (the x8 layout holds them in groups)."""
     return w[3].shape[0] * ROWS if w[0] == PACKED else w[3].shape[0]
-
-
-@kernel
-def matmul(w, x, out, exact):
-    """`product` for callers in Python (quant.tensor.matmul)."""
-    product(w, x, out, exact)
-
-
-@kernel
-def matmuls(ws, count, x, outs, exact):
-    """`products` for callers in Python (quant.tensor.matmuls)."""
-    products(ws, count, x, outs, exact)
 
 
 @kernel(parallel=True)

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from quant import kernels, layout, packed, simd  # compiled, or loaded from the on-disk cache, on first call
-from quant.formats import BLOCKS, FORMATS, QType
+from quant.formats import ACTIVATIONS, BLOCKS, FORMATS, QType
 from quant.ref import dequantize, matmul_q8
 
 
@@ -101,24 +101,39 @@ def matmul(x: np.ndarray, w: QTensor) -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"matmul: activations {x.shape} do not fit a weight of {w.shape}")
     out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
-    kernels.matmul(w.kernel_args, x, out, _exact())
+    kind, fmt, values_per_block, data = w.kernel_args
+    if kind == kernels.PACKED:
+        _packed(x, [w.kernel_args], [out])
+    elif kind == kernels.FLOAT:
+        kernels.gemm_float(fmt, data, x, out)
+    else:
+        kernels.matmul_blocks(fmt, values_per_block, data, x, out, _exact())
     return out
 
 
 def matmuls(x: np.ndarray, ws: Sequence[QTensor]) -> list[np.ndarray]:
-    """[matmul(x, w) for w in ws], for up to kernels.SLOTS matrices that share their input
-    (q/k/v, gate/up): one kernel call, which quantizes x once and runs them in one parallel
-    region where their formats allow (kernels.products)."""
-    if not 1 <= len(ws) <= kernels.SLOTS:
+    """[matmul(x, w) for w in ws], for matrices that share their input (q/k/v, gate/up): when
+    all have the x8 layout and take the same activations, one kernel call quantizes x once
+    and runs all the products in one parallel region."""
+    kinds = [w.kernel_args for w in ws]
+    if (not 2 <= len(ws) <= kernels.SLOTS or any(kind != kernels.PACKED for kind, _, _, _ in kinds)
+            or len({ACTIVATIONS[QType(fmt)] for _, fmt, _, _ in kinds}) > 1):
         return [matmul(x, w) for w in ws]
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or any(x.shape[1] != w.shape[1] for w in ws):
         raise ValueError(f"matmuls: activations {x.shape} do not fit weights of {[w.shape for w in ws]}")
     outs = [np.empty((x.shape[0], w.shape[0]), dtype=np.float32) for w in ws]
-    pad = kernels.SLOTS - len(ws)  # the unused slots repeat the first matrix; the count leaves them out
-    kernels.matmuls(tuple([w.kernel_args for w in ws] + [ws[0].kernel_args] * pad), len(ws), x,
-                    tuple(outs + outs[:1] * pad), _exact())
+    _packed(x, kinds, outs)
     return outs
+
+
+def _packed(x: np.ndarray, kinds: list[tuple], outs: list[np.ndarray]) -> None:
+    """One call of kernels.matmul_packed for up to SLOTS x8 matrices (their kernel_args) that
+    read x: the unused slots repeat the first matrix, and the count leaves them out."""
+    pad = kernels.SLOTS - len(kinds)
+    fmts, data = [fmt for _, fmt, _, _ in kinds], [d for _, _, _, d in kinds]
+    kernels.matmul_packed(tuple(fmts + fmts[:1] * pad), tuple(data + data[:1] * pad), len(kinds), x,
+                          tuple(outs + outs[:1] * pad), _exact())
 
 
 _FLOAT_KERNEL = {q: f.float_kernel for q, f in FORMATS.items() if f.float_kernel is not None}  # gemm_float's ids
