@@ -51,12 +51,12 @@ class LayerWeights:
     scalar: np.float32  # layer_scalar (1 in Gemma 3)
     inv_freq: np.ndarray  # (head_dim / 2,) RoPE inverse frequencies, 0 where a pair does not rotate
 
-    # the matrices as the compiled blocks take them (quant.kernels.product), made once
     @cached_property
     def compiled(self) -> bool:  # the blocks take x8 tiles and float weights; the file's rows go op by op
         ws = (self.wq, self.wk, self.wv, self.wo, self.w_gate, self.w_up, self.w_down, self.ple_gate, self.ple_proj)
         return all(w.kernel_args[0] != quant_kernels.BLOCKS for w in ws if w is not None)
 
+    # the matrices as the compiled blocks take them (quant.kernels.product), made once
     @cached_property
     def qkv_args(self) -> tuple:  # three slots: q, k, v; q alone (thrice) where K/V are borrowed
         return tuple(w.kernel_args for w in ((self.wq, self.wk, self.wv) if self.wk is not None else (self.wq,) * 3))
