@@ -94,7 +94,7 @@ def attention(q: np.ndarray, kv: KVView, q_pos: np.ndarray, window: int, threads
     tile = max(1, QUERY_ROWS // group)
     tiles = -(-n // tile)
     threads = threads or numba.get_num_threads()
-    spans = max(1, min(-(-m // SPAN_KEYS), -(-2 * threads // (n_kv * tiles))))
+    spans = _spans(m, n_kv * tiles, threads)
     acc = np.empty((spans, n, n_head, d), dtype=F32)
     best = np.empty((spans, n, n_head), dtype=F32)
     total = np.empty((spans, n, n_head), dtype=F32)
@@ -105,6 +105,19 @@ def attention(q: np.ndarray, kv: KVView, q_pos: np.ndarray, window: int, threads
     out = np.empty((n, n_head, d), dtype=F32)
     _attention_merge(acc, best, total, out)
     return out.reshape(n, n_head * d)
+
+
+def _spans(m: int, items: int, threads: int) -> int:
+    """How many spans the m keys are split into, for `items` (KV head, query tile) pairs: none
+    shorter than SPAN_KEYS, at most two work items a thread, and, where there are more items
+    than threads, a whole number of items a thread. 3 spans on 2 threads would leave one thread
+    two spans' work: E2B's decode attention at 192 keys, called alone with warm caches, takes
+    1.3-1.4x as long so (in a decode step, where each call finds its code and keys evicted by
+    the weights streamed before it, the two are level: BENCHMARKS.md)."""
+    spans = max(1, min(-(-m // SPAN_KEYS), -(-2 * threads // items)))
+    while spans > 1 and spans * items > threads and spans * items % threads:
+        spans -= 1
+    return spans
 
 
 @functools.lru_cache(maxsize=None)

@@ -294,6 +294,21 @@ def test_attention_over_long_contexts_matches_ops(n):
             np.testing.assert_allclose(got, ops.attention(q, k, v, q_pos, k_pos, window), rtol=1e-4, atol=5e-5)
 
 
+def test_keys_are_split_into_spans_that_share_out_evenly():
+    """Spans of at least SPAN_KEYS keys, at most two work items a thread, and, beyond one item
+    a thread, a whole number of items each: no thread waits on another's extra span."""
+    for threads in (1, 2, 3, 4, 8):
+        for items in (1, 2, 3, 8, 40):
+            for m in (1, 63, 64, 65, 129, 192, 320, 512, 4096):
+                spans = kernels._spans(m, items, threads)
+                assert 1 <= spans <= max(1, -(-m // kernels.SPAN_KEYS))
+                assert spans == 1 or spans * items <= 2 * threads + items
+                assert spans * items <= threads or spans * items % threads == 0 or spans == 1
+    assert kernels._spans(192, 1, 2) == 2  # E2B's decode at 129-192 keys: 3 spans would leave a thread two
+    assert kernels._spans(192, 1, 4) == 3  # fewer spans than threads: each its own
+    assert kernels._spans(512, 1, 2) == 4  # a ring's 512 slots: four spans, dealt round (below)
+
+
 def test_spans_dealt_round_the_threads_give_each_thread_work_and_the_same_result():
     """A ring cache not yet full keeps its keys in its first slots: in key order, a prange's
     consecutive items would give one thread every filled span. Dealt, each thread's run of
