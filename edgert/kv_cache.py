@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from edgert.config import LayerSpec, ModelConfig
+from edgert.kernels import store_kv
 
 KV_TYPES = ("f16", "q8_0", "f32")
 DEFAULT_KV = "f16"  # as llama.cpp
@@ -103,17 +104,19 @@ class KVCache:
         """Store k, v (n, n_kv, head_dim) float32 at positions `pos` (consecutive) and return
         what the queries at `pos` may attend to."""
         cap, n = len(self.pos), len(pos)
+        end = int(pos[-1]) + 1
+        if not self.ring and end > cap:
+            raise IndexError(f"position {end - 1} is past the cache's {cap} slots")
+        if n == 1:  # decode: encoded and stored in one compiled call
+            # in a ring, one new entry evicts the key one window back, which no query needs any more
+            slot = end - 1 if not self.ring else (end - 1) % cap
+            store_kv(np.ascontiguousarray(k[0], dtype=np.float32), np.ascontiguousarray(v[0], dtype=np.float32),
+                     end - 1, slot, *self.arrays)
+            return KVView(*self.arrays) if self.ring else KVView(*(a[:end] for a in self.arrays))
         entries = (*encode(k, self.kv_type), *encode(v, self.kv_type), pos)
         if not self.ring:
-            end = int(pos[-1]) + 1
-            if end > cap:
-                raise IndexError(f"position {end - 1} is past the cache's {cap} slots")
             self._store(slice(int(pos[0]), end), entries)
             return KVView(*(a[:end] for a in self.arrays))
-        if n == 1:
-            # one new entry evicts the key one window back, which no query needs any more
-            self._store(int(pos[0]) % cap, tuple(e[0] for e in entries))
-            return KVView(*self.arrays)
         # many: earlier queries of the chunk still need entries the chunk will overwrite
         view = KVView(*(np.concatenate([a, e]) for a, e in zip(self.arrays, entries)))
         keep = slice(max(0, n - cap), n)

@@ -369,6 +369,15 @@ def half_to_float(typingctx, bits):
 
 
 @intrinsic
+def float_to_half(typingctx, x):
+    """A float32 -> the bits of the nearest IEEE half, ties to even, as numpy's astype(float16)
+    rounds (vcvtps2ph), in a uint16."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], HALF), I16)
+    return types.uint16(types.float32), codegen
+
+
+@intrinsic
 def bf16_to_float(typingctx, bits):
     """The low 16 bits of an integer, read as a bfloat16 -> float32 (a 16-bit shift)."""
     def codegen(context, builder, signature, args):

@@ -294,6 +294,28 @@ def test_attention_over_long_contexts_matches_ops(n):
             np.testing.assert_allclose(got, ops.attention(q, k, v, q_pos, k_pos, window), rtol=1e-4, atol=5e-5)
 
 
+@pytest.mark.parametrize("kv_type", kv_cache.KV_TYPES)
+def test_a_decode_steps_cache_store_is_the_encoders_bit_for_bit(kv_type):
+    """A step of one token is encoded and stored by one compiled call (kernels.store_kv); a
+    chunk through kv_cache.encode. Both leave the same bits, in a ring and in an append cache,
+    for values a half rounds to even, overflows, or keeps as a subnormal, and blocks of zeros."""
+    rng = np.random.default_rng(7)
+    m, n_kv, d = 12, 2, 64
+    x = rng.standard_normal((m, n_kv, d)).astype(np.float32) * np.float32(3)
+    x[0, 0, :4] = [1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, 70000.0, -0.0]  # ties to even, past the largest half
+    x[1, 1, :3] = [2.0 ** -20, -3 * 2.0 ** -25, 6.1e-5]  # subnormal halves
+    x[2, 0, :32] = 0  # a q8_0 block of zeros: scale 0
+    for ring in (False, True):
+        chunk, steps = (kv_cache.KVCache(8 if ring else m, n_kv, d, ring, kv_type) for _ in range(2))
+        with np.errstate(over="ignore"):  # 70000 is past the largest half: inf, as meant
+            chunk.update(x, x[::-1].copy(), np.arange(m))
+        for i in range(m):
+            view = steps.update(x[i:i + 1], x[m - 1 - i:m - i], np.array([i]))
+        for a, b in zip(steps.arrays, chunk.arrays):
+            np.testing.assert_array_equal(a, b)
+        assert len(view.pos) == (8 if ring else m)
+
+
 def test_keys_are_split_into_spans_that_share_out_evenly():
     """Spans of at least SPAN_KEYS keys, at most two work items a thread, and, beyond one item
     a thread, a whole number of items each: no thread waits on another's extra span."""
