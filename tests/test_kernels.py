@@ -297,8 +297,9 @@ def test_attention_over_long_contexts_matches_ops(n):
 @pytest.mark.parametrize("kv_type", kv_cache.KV_TYPES)
 def test_a_decode_steps_cache_store_is_the_encoders_bit_for_bit(kv_type):
     """A step of one token is encoded and stored by one compiled call (kernels.store_kv); a
-    chunk through kv_cache.encode. Both leave the same bits, in a ring and in an append cache,
-    for values a half rounds to even, overflows, or keeps as a subnormal, and blocks of zeros."""
+    chunk by another (kernels.encode_kv). Both leave the bits of kv_cache.encode, numpy's
+    encoding, in a ring and in an append cache, for values a half rounds to even, overflows,
+    or keeps as a subnormal, and blocks of zeros."""
     rng = np.random.default_rng(7)
     m, n_kv, d = 12, 2, 64
     x = rng.standard_normal((m, n_kv, d)).astype(np.float32) * np.float32(3)
@@ -314,6 +315,11 @@ def test_a_decode_steps_cache_store_is_the_encoders_bit_for_bit(kv_type):
         for a, b in zip(steps.arrays, chunk.arrays):
             np.testing.assert_array_equal(a, b)
         assert len(view.pos) == (8 if ring else m)
+        with np.errstate(over="ignore"):
+            expected = (*kv_cache.encode(x, kv_type), *kv_cache.encode(x[::-1], kv_type), np.arange(m))
+        held = np.arange(m - 8, m) if ring else np.arange(m)  # a ring of 8 keeps the last 8, at pos % 8
+        for a, e in zip(chunk.arrays, expected):
+            np.testing.assert_array_equal(a[held % len(a)], e[held])
 
 
 def test_keys_are_split_into_spans_that_share_out_evenly():
