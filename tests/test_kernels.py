@@ -364,6 +364,34 @@ def test_spans_dealt_round_the_threads_give_each_thread_work_and_the_same_result
                                ops.attention(q, k, v, np.array([200]), k_pos, 0), rtol=1e-5, atol=1e-5)
 
 
+def test_a_prompts_query_tiles_are_taken_from_both_ends_with_the_same_result():
+    """A causal prompt's later tiles meet more keys: the work items take the tiles from both
+    ends in turn, so that each thread's run of items holds as many keys as another's, and each
+    tile's result is bit for bit what it is in order."""
+    assert kernels._order(6, 1, 2).tolist() == [0, 5, 1, 4, 2, 3]
+    assert kernels._order(1, 4, 2).tolist() == kernels._dealt(4, 2).tolist()  # decode: its spans alone
+    assert kernels._order(3, 2, 2).tolist() == [0, 1, 4, 5, 2, 3]
+    for tiles in range(1, 20):  # every (tile, span) pair once
+        assert sorted(kernels._order(tiles, 2, 2).tolist()) == list(range(2 * tiles))
+    costs = np.arange(1, 17)[kernels._order(16, 1, 2)]  # a tile's keys grow with its index
+    assert costs[:8].sum() == costs[8:].sum()
+    rng = np.random.default_rng(6)
+    n, n_head, n_kv, d = 40, 4, 2, 64
+    k = rng.standard_normal((n, n_kv, d)).astype(np.float32)
+    v = rng.standard_normal((n, n_kv, d)).astype(np.float32)
+    q = rng.standard_normal((n, n_head, d)).astype(np.float32)
+    view, pos, tile = cache_view(k, v, np.arange(n)), np.arange(n), 8
+    outs = []
+    for order in (np.arange(5), kernels._order(5, 1, 2)):
+        acc = np.empty((1, n, n_head, d), dtype=np.float32)
+        best, total = np.empty((1, n, n_head), dtype=np.float32), np.empty((1, n, n_head), dtype=np.float32)
+        kernels._attention_spans(q, view.k, view.k_scale, view.v, view.v_scale, pos, view.pos, 0, tile, order,
+                                 acc, best, total)
+        outs.append(acc)
+    np.testing.assert_array_equal(*outs)
+    np.testing.assert_allclose(outs[0][0].reshape(n, -1), ops.attention(q, k, v, pos, pos, 0), rtol=1e-5, atol=1e-5)
+
+
 def test_attention_with_scores_far_apart_matches_ops():
     """Scores hundreds apart, as peaked heads give: weights that would be subnormal floats
     are dropped by the kernel (below e^-30 of the largest), and what that drops stays far
