@@ -41,7 +41,9 @@ class KVView(NamedTuple):
 
 
 def encode(x: np.ndarray, kv_type: str) -> tuple[np.ndarray, np.ndarray]:
-    """(n, n_kv, head_dim) float32 -> (values, scales) as the cache stores them."""
+    """(n, n_kv, head_dim) float32 -> (values, scales) as the cache stores them: numpy's
+    reference, which the cache's compiled writes (edgert.kernels.store_kv, encode_kv) are held
+    to bit for bit by the tests."""
     x = np.asarray(x, dtype=np.float32)
     if kv_type == "f32":
         return x, np.empty(x.shape[:-1] + (0,), dtype=np.uint16)
