@@ -51,7 +51,7 @@ def rope(x: np.ndarray, pos: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
     """ops.rope: (n, heads, head_dim) rotated by position, NeoX halves."""
     x = np.ascontiguousarray(x, dtype=F32)
     out = np.empty_like(x)
-    _rope(x, pos.astype(np.int64), inv_freq, out)
+    _rope(x, *_rope_table(pos.astype(np.int64), inv_freq), out)
     return out
 
 
@@ -60,7 +60,7 @@ def norm_rope(x: np.ndarray, weight: np.ndarray, eps: float, pos: np.ndarray, in
     keys, (n, heads, head_dim). Bit for bit rope(rms_norm(...)) here."""
     x = np.ascontiguousarray(x, dtype=F32)
     out = np.empty_like(x)
-    _norm_rope(x, weight, F32(eps), pos.astype(np.int64), inv_freq, out)
+    _norm_rope(x, weight, F32(eps), *_rope_table(pos.astype(np.int64), inv_freq), out)
     return out
 
 
@@ -193,26 +193,45 @@ def _gelu_mul(gate, up, out):
 
 
 @kernel
-def _rope(x, pos, inv_freq, out):
-    n, heads, d = x.shape
-    half = d // 2
+def _rope_table(pos, inv_freq):
+    """cos and sin of each position's angles, (n, head_dim / 2) each: made once for a step's
+    queries and keys alike (a libm call per angle costs more than the rotation it serves)."""
+    n, half = pos.shape[0], inv_freq.shape[0]
+    cos, sin = np.empty((n, half), dtype=np.float32), np.empty((n, half), dtype=np.float32)
     for t in range(n):
         for i in range(half):
             angle = np.float32(pos[t]) * inv_freq[i]
-            c, s = np.float32(np.cos(angle)), np.float32(np.sin(angle))
-            for h in range(heads):
-                x1, x2 = x[t, h, i], x[t, h, i + half]
-                out[t, h, i] = x1 * c - x2 * s
-                out[t, h, i + half] = x2 * c + x1 * s
+            cos[t, i], sin[t, i] = np.float32(np.cos(angle)), np.float32(np.sin(angle))
+    return cos, sin
 
 
 @kernel
-def _norm_rope(x, w, eps, pos, inv_freq, out):
-    """_rms_norm over each head, then _rope in place: one dispatch where the forward pass
-    would make two (a decode step's small ops cost their calls more than their arithmetic)."""
+def _rope(x, cos, sin, out):
+    """out (not x) = x rotated: x1 * c - x2 * s and x2 * c + x1 * s, each rounded as one fused
+    multiply-add of the first product and the second product rounded (x1 * c - round(x2 * s)).
+    The second products go to out first, in a loop of their own, so that the compiler can
+    contract no other pair: one loop over both would vectorize too, but fused the other pair in
+    about one value of seven, and that moved a tiny model's logits past test_layouts' bound."""
     n, heads, d = x.shape
-    _rms_norm(x.reshape(n * heads, d), w, eps, out.reshape(n * heads, d))
-    _rope(out, pos, inv_freq, out)
+    half = d // 2
+    for t in range(n):
+        for h in range(heads):
+            for i in range(half):
+                out[t, h, i] = x[t, h, i + half] * sin[t, i]
+                out[t, h, i + half] = x[t, h, i] * sin[t, i]
+            for i in range(half):
+                out[t, h, i] = x[t, h, i] * cos[t, i] - out[t, h, i]
+                out[t, h, i + half] = x[t, h, i + half] * cos[t, i] + out[t, h, i + half]
+
+
+@kernel
+def _norm_rope(x, w, eps, cos, sin, out):
+    """_rms_norm over each head, then _rope: one dispatch where the forward pass would make two
+    (a decode step's small ops cost their calls more than their arithmetic)."""
+    n, heads, d = x.shape
+    normed = np.empty_like(out)
+    _rms_norm(x.reshape(n * heads, d), w, eps, normed.reshape(n * heads, d))
+    _rope(normed, cos, sin, out)
 
 
 @kernel
@@ -244,12 +263,13 @@ def qkv_block(x, attn_norm, eps, ws, count, q_norm, k_norm, v_norm, pos, inv_fre
     k = np.empty((n, n_kv * d), dtype=np.float32)
     v = np.empty((n, n_kv * d), dtype=np.float32)
     products(ws, count, h, (q, k, v), exact)
+    cos, sin = _rope_table(pos, inv_freq)
     q_out = np.empty((n, n_head, d), dtype=np.float32)
-    _norm_rope(q.reshape(n, n_head, d), q_norm, eps, pos, inv_freq, q_out)
+    _norm_rope(q.reshape(n, n_head, d), q_norm, eps, cos, sin, q_out)
     k_out = np.empty((n, n_kv, d), dtype=np.float32)
     v_out = v.reshape(n, n_kv, d)
     if count > 1:
-        _norm_rope(k.reshape(n, n_kv, d), k_norm, eps, pos, inv_freq, k_out)
+        _norm_rope(k.reshape(n, n_kv, d), k_norm, eps, cos, sin, k_out)
         if v_norm:
             v_out = np.empty((n, n_kv, d), dtype=np.float32)
             _rms_norm(v.reshape(n * n_kv, d), np.ones(d, dtype=np.float32), eps, v_out.reshape(n * n_kv, d))

@@ -231,6 +231,20 @@ def test_norm_gelu_rope_softcap_match_ops():
     np.testing.assert_allclose(kernels.rope(x, pos, inv), ops.rope(x, pos, inv), rtol=1e-4, atol=1e-4)
 
 
+def test_rope_rounds_each_value_as_one_fused_multiply_add():
+    """The rotation's roundings are pinned, not only its accuracy: x1 * c - x2 * s is the first
+    product fused with the second one rounded, as the scalar loop it replaced contracted it.
+    A tiny random model's logits amplify a different contraction past test_layouts' bound."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((37, 3, 256)).astype(np.float32) * 3
+    pos, inv = np.arange(37) * 97 + 5, ops.rope_inv_freq(256, 128, 10000.0)
+    cos, sin = (v[:, None, :].astype(np.float64) for v in kernels._rope_table(pos.astype(np.int64), inv))
+    x1, x2 = x[..., :128].astype(np.float64), x[..., 128:].astype(np.float64)
+    f32 = np.float32  # x1 * c is exact in float64: the sum below rounds once to float64, once to float32
+    fused = np.concatenate([f32(x1 * cos - f32(x2 * sin)), f32(x2 * cos + f32(x1 * sin))], axis=-1)
+    np.testing.assert_array_equal(kernels.rope(x, pos, inv), fused)
+
+
 def test_fused_norms_are_bit_for_bit_the_ops_they_join():
     """norm_rope and add_norm save the forward pass a call each, and must change no value: they
     are held to the kernels they join exactly, and to edgert.ops within rounding."""
