@@ -40,9 +40,12 @@ from quant.layout import SUPER_TILES, TILES
 from quant.simd import switch
 
 PAIRED_FLAVORS = ("avx512",)  # two groups at once, sixteen rows in 512-bit vectors, for PAIRED's formats
-# the formats whose tiles say so (SuperTileFormat.paired). Measured against a group at a time: Q4_K
-# 1.11x from L3 but 0.88x from memory, Q6_K slower from L3 (its scale pairs spill): not paired yet
+# the formats whose tiles say so (SuperTileFormat.paired), in a prompt's products, and those paired in
+# decode's too (paired_in_decode). In decode, Q4_K's pair ran 1.11x from L3 but 0.88x from memory: Q4_K
+# and Q5_K are paired in prefill only. Q6_K is not paired: slower in decode from L3 (its scale pairs
+# spill), and in prefill its GEMM's 1.08-1.17x (Zen 5) did not show in E2B's, for a fifth more compile time
 PAIRED = tuple(q for q, t in SUPER_TILES.items() if t.paired)
+PAIRED_IN_DECODE = tuple(q for q, t in SUPER_TILES.items() if t.paired_in_decode)
 PREFETCH_FLAVORS = ("avx512", "avx2")  # GEMV prefetches; measured on x86 only (+14% E2B decode matmuls)
 AHEAD = 4096  # bytes ahead of the tile being read: 2-8 KB measured alike
 SUPER_AHEAD = 8192  # the same for the 256-value tiles (1-2 KB each): 4 KB streams 5% slower
@@ -480,5 +483,5 @@ PAIRS = PAIRED if FLAVOR in PAIRED_FLAVORS else ()  # the formats this host take
 # GEMV from memory a group at a time ran at these multiples of its speed in pairs: Q3_K 1.25x, IQ4_XS
 # 1.2x, Q2_K 0.95x; E2B's decode 1.20x for IQ4_XS, but 0.96x (within the runs' scatter) for Q3_K_M.
 # Prefill still gains from pairs (1.13-1.17x). See BENCHMARKS.md.
-GEMV_PAIRS = () if SPLITS_512 else PAIRS
+GEMV_PAIRS = () if SPLITS_512 else tuple(q for q in PAIRS if q in PAIRED_IN_DECODE)
 tiles_1, tiles_4 = (tiles_intrinsic(tokens, pairs=PAIRS) for tokens in (1, TOKENS))

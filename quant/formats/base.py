@@ -87,12 +87,15 @@ class TileFormat:
 class SuperTileFormat:
     """A 256-value format's tile: `source` maps each tile byte to a byte of the eight blocks
     laid end to end (row r's byte b at r * nbytes + b); values start at `header`. `paired`:
-    the kernels take two groups' tiles at once where they can (quant.packed.PAIRED_FLAVORS),
-    sixteen rows in 512-bit vectors, for the formats measured faster so (BENCHMARKS.md)."""
+    a prompt's products (GEMM) take two groups' tiles at once where they can
+    (quant.packed.PAIRED_FLAVORS), sixteen rows in 512-bit vectors; `paired_in_decode`: so does
+    decode's GEMV, which reads the two groups as two streams from memory. Each is set for the
+    formats measured faster so (BENCHMARKS.md)."""
 
     header: int
     source: np.ndarray
     paired: bool = False
+    paired_in_decode: bool = False
 
     @property
     def tile_bytes(self) -> int:
