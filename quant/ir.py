@@ -115,14 +115,17 @@ def bits(b, v, shift: int, mask: int):
     return b.and_(b.lshr(v, const_like(v, shift)) if shift else v, const_like(v, mask))
 
 
-def lane_bits(b, masks, first: int, value: int = 16):
+def lane_bits(b, masks, first: int, value: int = 16, lanes: int = 32):
     """<32 x i8> holding `value` in lane i where bit i of the 32-bit mask at byte `first` of
     `masks` is set: byte i // 8 goes to lane i, which keeps bit i % 8 (a byte shuffle, an and and
     a compare, on every target; an i1 vector would become a loop of inserts on ARM). Q5_0's and
-    Q5_1's fifth bits, in the file's rows and in the x8 layout's masks."""
-    spread = shuffle(b, masks, masks, [first + i // 8 for i in range(32)])
-    bit = b.and_(spread, ir.Constant(vec(I8, 32), [1 << (i % 8) for i in range(32)]))
-    return b.select(b.icmp_unsigned("!=", bit, const_vec(I8, 32, 0)), const_vec(I8, 32, value), const_vec(I8, 32, 0))
+    Q5_1's fifth bits, in the file's rows and in the x8 layout's masks. lanes 64: a TilePair's
+    two such vectors as one, the second's mask `masks.type.count / 2` bytes on."""
+    step = masks.type.count // 2
+    spread = shuffle(b, masks, masks, [(i // 32) * step + first + (i % 32) // 8 for i in range(lanes)])
+    bit = b.and_(spread, ir.Constant(vec(I8, lanes), [1 << (i % 8) for i in range(lanes)]))
+    return b.select(b.icmp_unsigned("!=", bit, const_vec(I8, lanes, 0)), const_vec(I8, lanes, value),
+                    const_vec(I8, lanes, 0))
 
 
 def halves(b, tile: Bytes, at: int):

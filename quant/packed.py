@@ -34,18 +34,21 @@ from numba.extending import intrinsic
 
 from quant.cpu import FEATURES, FLAVOR, SPLITS_512
 from quant.formats import FORMATS, IQ4_NL_LEVELS, QType, TileFormat
-from quant.ir import (F32, I8, I16, I32, ROWS, V8F32, V8I32, V32I8, Bytes, Tile, TilePair, bits, const_like,
+from quant.ir import (F32, I8, I16, I32, ROWS, V8I32, V32I8, Bytes, Tile, TilePair, bits, const_like,
                       const_vec, declare, halves, lane_bits, nibbles, shuffle, splat, vec)
 from quant.layout import SUPER_TILES, TILES
 from quant.simd import switch
 
 PAIRED_FLAVORS = ("avx512",)  # two groups at once, sixteen rows in 512-bit vectors, for PAIRED's formats
-# the formats whose tiles say so (SuperTileFormat.paired), in a prompt's products, and those paired in
-# decode's too (paired_in_decode). In decode, Q4_K's pair ran 1.11x from L3 but 0.88x from memory: Q4_K
-# and Q5_K are paired in prefill only. Q6_K is not paired: slower in decode from L3 (its scale pairs
-# spill), and in prefill its GEMM's 1.08-1.17x (Zen 5) did not show in E2B's, for a fifth more compile time
-PAIRED = tuple(q for q, t in SUPER_TILES.items() if t.paired)
-PAIRED_IN_DECODE = tuple(q for q, t in SUPER_TILES.items() if t.paired_in_decode)
+# the formats whose tiles say so (TileFormat.paired, SuperTileFormat.paired), in a prompt's products, and
+# those paired in decode's too (paired_in_decode). A prompt's products at 128 tokens on Zen 5 ran at these
+# multiples of a group at a time: Q4_0, Q4_1, IQ4_NL, Q5_0, Q5_1 and Q8_0 1.4-1.8x, Q4_K 1.4x, Q5_K 1.13x.
+# In decode, Q4_K's pair ran 1.11x from L3 but 0.88x from memory: Q4_K and Q5_K are paired in prefill only,
+# as are the 32-value formats (not measured in decode yet). Q6_K is not paired: slower in decode from L3 (its
+# scale pairs spill), and in prefill its GEMM's 1.08-1.17x (Zen 5) did not show in E2B's, for a fifth more
+# compile time
+PAIRED = tuple(q for q, t in (TILES | SUPER_TILES).items() if t.paired)
+PAIRED_IN_DECODE = tuple(q for q, t in (TILES | SUPER_TILES).items() if t.paired_in_decode)
 PREFETCH_FLAVORS = ("avx512", "avx2")  # GEMV prefetches; measured on x86 only (+14% E2B decode matmuls)
 AHEAD = 4096  # bytes ahead of the tile being read: 2-8 KB measured alike
 SUPER_AHEAD = 8192  # the same for the 256-value tiles (1-2 KB each): 4 KB streams 5% slower
@@ -209,9 +212,10 @@ class ByteOps:
         return self.b.or_(v, self.field(h, k, 1, to))
 
 
-def _sub_vectors(b, fmt: TileFormat, tile: Bytes, levels):
+def _sub_vectors(b, fmt: TileFormat, tile: Tile, levels):
     """A tile's values as (<32 x i8>, bias, activation chunk): value = byte - bias, or a
-    signed byte when bias is None; chunk c is the block's activations 4c..4c+3."""
+    signed byte when bias is None; chunk c is the block's activations 4c..4c+3. (A TilePair's:
+    <64 x i8>, sixteen rows.)"""
     out = []
     for s in range(fmt.sub_vectors):
         v = tile.load(fmt.header + 32 * s, V32I8)
@@ -225,7 +229,8 @@ def _sub_vectors(b, fmt: TileFormat, tile: Bytes, levels):
         bias = 0 if fmt.m is not None else 8 if fmt.qh is None else 16  # Q4_1 and Q5_1 take their mins instead
         if fmt.qh is not None:  # Q5_0, Q5_1: lane i's fifth bit is bit i of a mask
             masks = tile.load(fmt.masks + 8 * s, vec(I8, 8))
-            lo, hi = b.or_(lo, lane_bits(b, masks, 0)), b.or_(hi, lane_bits(b, masks, 4))
+            lanes = v.type.count
+            lo, hi = b.or_(lo, lane_bits(b, masks, 0, lanes=lanes)), b.or_(hi, lane_bits(b, masks, 4, lanes=lanes))
         out += [(lo, bias, s), (hi, bias, s + 4)]
     return out
 
@@ -253,13 +258,20 @@ def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType,
 
     unroll = blocks_per_iteration(qtype, len(x_offs))
     prefetch = len(x_offs) == 1 and flavor in PREFETCH_FLAVORS
-    acc = [[cgutils.alloca_once_value(b, ir.Constant(V8F32, None)) for _ in range(unroll)] for _ in x_offs]
-    zero = ir.Constant(V8I32, None)
+    rows = 2 * ROWS if pair else ROWS
+    floats = vec(F32, rows)
+    acc = [[cgutils.alloca_once_value(b, ir.Constant(floats, None)) for _ in range(unroll)] for _ in x_offs]
+    zero = ir.Constant(vec(I32, rows), None)
 
     def block(i, slot):
-        tile = Bytes(b, b.gep(w_ptr, [b.add(w_off, b.mul(i, const(fmt.tile_bytes)))]))
+        at = b.add(w_off, b.mul(i, const(fmt.tile_bytes)))
+        if pair:
+            tile = TilePair(b, b.gep(w_ptr, [at]), b.gep(w_ptr, [b.add(at, b.mul(n, const(fmt.tile_bytes)))]))
+        else:
+            tile = Tile(b, b.gep(w_ptr, [at]))
         if prefetch:
-            _prefetch(b, tile.base, AHEAD, fmt.tile_bytes)
+            for base in tile.bases:
+                _prefetch(b, base, AHEAD, fmt.tile_bytes)
         dw = halves(b, tile, 0)
         dm = halves(b, tile, 2 * ROWS) if fmt.m is not None else None
         subs = _sub_vectors(b, fmt, tile, lambda idx: _levels(b, flavor, features, idx))
@@ -268,19 +280,19 @@ def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType,
             x = Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, const(32)))]))
             chains = [zero, zero]  # two dependency chains of integer dots
             for j, (values, bias, chunk) in enumerate(subs):
-                word = splat(b, x.load(4 * chunk, I32), 8)
-                chains[j % 2] = dots.dot(chains[j % 2], values, bias, b.bitcast(word, V32I8))
-            total = b.sitofp(b.add(*chains), V8F32)
+                word = splat(b, x.load(4 * chunk, I32), rows)
+                chains[j % 2] = dots.dot(chains[j % 2], values, bias, b.bitcast(word, vec(I8, 4 * rows)))
+            total = b.sitofp(b.add(*chains), floats)
             k = b.add(xb, i)
-            xd = splat(b, b.load(b.gep(xd_ptr, [k])), 8)
+            xd = splat(b, b.load(b.gep(xd_ptr, [k])), rows)
             if correction:  # dw * (xd * dot - bias * xd * sum(xq))
                 xs = b.fmul(b.load(b.gep(xs_ptr, [k])), ir.Constant(F32, -float(correction)))
-                scaled = b.call(_fma(b), [total, xd, splat(b, xs, 8)])
+                scaled = b.call(_fma(b, rows), [total, xd, splat(b, xs, rows)])
             else:
                 scaled = b.fmul(total, xd)
-            total = b.call(_fma(b), [dw, scaled, b.load(acc[t][slot])])
+            total = b.call(_fma(b, rows), [dw, scaled, b.load(acc[t][slot])])
             if dm is not None:  # + m * xd * sum(xq)
-                total = b.call(_fma(b), [dm, splat(b, b.load(b.gep(xs_ptr, [k])), 8), total])
+                total = b.call(_fma(b, rows), [dm, splat(b, b.load(b.gep(xs_ptr, [k])), rows), total])
             b.store(total, acc[t][slot])
 
     n_main = b.mul(b.sdiv(n, const(unroll)), const(unroll))

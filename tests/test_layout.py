@@ -271,11 +271,13 @@ def test_every_tile_dot_is_sdot_on_the_raspberry_pi_5(qtype, tokens):
 
 @pytest.mark.parametrize("qtype", packed.PAIRED, ids=lambda q: q.name)
 def test_a_pair_of_groups_is_one_loop_of_512_bit_dots(qtype):
-    """Two groups' super-blocks take the 64 byte dots one group takes, each on a 512-bit
-    vector (sixteen rows), not two loops of 256-bit ones."""
+    """Two groups' tiles take the byte dots one group takes (a super-block's 64, or the eight
+    of each of a 32-value GEMV's two blocks), each on a 512-bit vector (sixteen rows), not two
+    loops of 256-bit ones."""
     loop = asm.main_loop(asm.tiles_dot_assembly(asm.ZEN4_AVX512, qtype, 1, pair=True))
     dots = [line for line in loop if line.split()[0] == "vpdpbusd"]
-    assert len(dots) == 64 and all("zmm" in line for line in dots), dots[:3]
+    want = 64 if qtype in K_QUANTS else 8 * packed.blocks_per_iteration(qtype, 1)
+    assert len(dots) == want and all("zmm" in line for line in dots), dots[:3]
 
 
 @pytest.mark.parametrize("target,instruction", [(asm.ZEN4_AVX512, "vpdpbusd"), (asm.ZEN2_AVX2, "vpmaddubsw")],

@@ -67,6 +67,8 @@ class TileFormat:
     qh: int | None = None
     m: int | None = None
     levels: bool = False  # IQ4_NL: each nibble indexes IQ4_NL_LEVELS
+    paired: bool = False  # as SuperTileFormat's
+    paired_in_decode: bool = False
 
     @property
     def masks(self) -> int:

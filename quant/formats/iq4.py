@@ -56,6 +56,6 @@ def _decode_iq4_xs(tile, ops) -> Super:
 
 
 IQ4_NL = Format(QType.IQ4_NL, Block(32, 2 + 16, (0,)), _dequantize_iq4_nl, activations=Activations.Q8_0,
-                tile=TileFormat(qs=2, sub_vectors=4, levels=True))  # Q4_0's bytes
+                tile=TileFormat(qs=2, sub_vectors=4, levels=True, paired=True))  # Q4_0's bytes
 IQ4_XS = Format(QType.IQ4_XS, Block(256, 2 + 2 + 4 + 128, (0,)), _dequantize_iq4_xs, activations=Activations.Q8_K,
                 tile=XS_TILE, decode=_decode_iq4_xs)

@@ -65,6 +65,6 @@ def _dequantize_q4_1(blocks):
 
 
 Q4_0 = Format(QType.Q4_0, Block(32, 2 + 16, (0,)), _dequantize_q4_0, _quantize, Activations.Q8_0,
-              tile=TileFormat(qs=2, sub_vectors=4), walk=_walk, unroll=16)
+              tile=TileFormat(qs=2, sub_vectors=4, paired=True), walk=_walk, unroll=16)
 Q4_1 = Format(QType.Q4_1, Block(32, 2 + 2 + 16, (0, 2)), _dequantize_q4_1, activations=Activations.Q8_0,
-              tile=TileFormat(qs=4, sub_vectors=4, m=2))
+              tile=TileFormat(qs=4, sub_vectors=4, m=2, paired=True))

@@ -51,6 +51,6 @@ def _walk(ctx, blk, x, k):
 _walk.group_avx2 = grouped_avx2(_values, 16.0)
 
 Q5_0 = Format(QType.Q5_0, Block(32, 2 + 4 + 16, (0,)), _dequantize_q5_0, _quantize, Activations.Q8_0,
-              tile=TileFormat(qs=6, sub_vectors=4, qh=2), walk=_walk, unroll=8)
+              tile=TileFormat(qs=6, sub_vectors=4, qh=2, paired=True), walk=_walk, unroll=8)
 Q5_1 = Format(QType.Q5_1, Block(32, 2 + 2 + 4 + 16, (0, 2)), _dequantize_q5_1, activations=Activations.Q8_0,
-              tile=TileFormat(qs=8, sub_vectors=4, qh=4, m=2))
+              tile=TileFormat(qs=8, sub_vectors=4, qh=4, m=2, paired=True))

@@ -28,4 +28,4 @@ def _walk(ctx, blk, x, k):
 _walk.group_avx2 = grouped_avx2(lambda b, blk: blk.bytes32(2), 0.0)
 
 Q8_0 = Format(QType.Q8_0, Block(32, 2 + 32, (0,)), _dequantize, _quantize, Activations.Q8_0,
-              tile=TileFormat(qs=2, sub_vectors=8), walk=_walk, unroll=8)
+              tile=TileFormat(qs=2, sub_vectors=8, paired=True), walk=_walk, unroll=8)
