@@ -18,7 +18,7 @@ from numba.extending import overload
 
 from quant.cpu import kernel
 from quant.kernels import product, products, rows
-from quant.simd import f32_from_bits, float_to_half, half_to_float
+from quant.simd import f32_from_bits, float_to_half, fused_multiply_add, half_to_float
 
 if TYPE_CHECKING:  # edgert.kv_cache stores its rows through store_kv below
     from edgert.kv_cache import KVView
@@ -207,21 +207,19 @@ def _rope_table(pos, inv_freq):
 
 @kernel
 def _rope(x, cos, sin, out):
-    """out (not x) = x rotated: x1 * c - x2 * s and x2 * c + x1 * s, each rounded as one fused
-    multiply-add of the first product and the second product rounded (x1 * c - round(x2 * s)).
-    The second products go to out first, in a loop of their own, so that the compiler can
-    contract no other pair: one loop over both would vectorize too, but fused the other pair in
-    about one value of seven, and that moved a tiny model's logits past test_layouts' bound."""
+    """out (not x) = x rotated: x1 * c - x2 * s and x2 * c + x1 * s, each one fused multiply-add
+    of the first product and the second product rounded (x1 * c - round(x2 * s)), written out:
+    the x86 compiler had fused the scalar loop so, but fused the other product in about one
+    value of seven once the loop vectorized, and the ARM one fused neither. A tiny random
+    model's logits amplify such a change past test_layouts' bound."""
     n, heads, d = x.shape
     half = d // 2
     for t in range(n):
         for h in range(heads):
             for i in range(half):
-                out[t, h, i] = x[t, h, i + half] * sin[t, i]
-                out[t, h, i + half] = x[t, h, i] * sin[t, i]
-            for i in range(half):
-                out[t, h, i] = x[t, h, i] * cos[t, i] - out[t, h, i]
-                out[t, h, i + half] = x[t, h, i + half] * cos[t, i] + out[t, h, i + half]
+                x1, x2 = x[t, h, i], x[t, h, i + half]
+                out[t, h, i] = fused_multiply_add(x1, cos[t, i], -(x2 * sin[t, i]))
+                out[t, h, i + half] = fused_multiply_add(x2, cos[t, i], x1 * sin[t, i])
 
 
 @kernel

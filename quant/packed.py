@@ -44,7 +44,7 @@ PAIRED_FLAVORS = ("avx512",)  # two groups at once, sixteen rows in 512-bit vect
 # those paired in decode's too (paired_in_decode). A prompt's products at 128 tokens on Zen 5 ran at these
 # multiples of a group at a time: Q4_0, Q4_1, IQ4_NL, Q5_0, Q5_1 and Q8_0 1.4-1.8x, Q4_K 1.4x, Q5_K 1.13x.
 # In decode, Q4_K's pair ran 1.11x from L3 but 0.88x from memory: Q4_K and Q5_K are paired in prefill only,
-# as are the 32-value formats (Q4_0's, Q8_0's and IQ4_NL's pairs ran 0.7-0.9x from memory in decode, Zen 5).
+# as are the 32-value formats (Q4_0's, Q8_0's, IQ4_NL's GEMV pairs from memory, Zen 5: 0.7-0.9x, once 1.17x).
 # Q6_K is not paired: slower in decode from L3 (its scale pairs spill), and in prefill its GEMM's 1.08-1.17x
 # (Zen 5) did not show in E2B's, for a fifth more compile time
 PAIRED = tuple(q for q, t in (TILES | SUPER_TILES).items() if t.paired)

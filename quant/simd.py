@@ -378,6 +378,16 @@ def float_to_half(typingctx, x):
 
 
 @intrinsic
+def fused_multiply_add(typingctx, a, b, c):
+    """a * b + c in float32, rounded once (llvm.fma.f32: vfmadd on x86, fmadd on ARM): a rounding
+    that is the same on every target, where the compiler left to itself may fuse a multiply and
+    an add on one and not on another."""
+    def codegen(context, builder, signature, args):
+        return builder.call(declare(builder, "llvm.fma.f32", F32, [F32] * 3), list(args))
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+@intrinsic
 def bf16_to_float(typingctx, bits):
     """The low 16 bits of an integer, read as a bfloat16 -> float32 (a 16-bit shift)."""
     def codegen(context, builder, signature, args):
