@@ -210,7 +210,7 @@ def _rope(x, cos, sin, out):
     """out (not x) = x rotated: x1 * c - x2 * s and x2 * c + x1 * s, each one fused multiply-add
     of the first product and the second product rounded (x1 * c - round(x2 * s)), written out:
     the x86 compiler had fused the scalar loop so, but fused the other product in about one
-    value of seven once the loop vectorized, and the ARM one fused neither. A tiny random
+    value of seven once the loop vectorized, and the ARM one fused otherwise. A tiny random
     model's logits amplify such a change past test_layouts' bound."""
     n, heads, d = x.shape
     half = d // 2
