@@ -235,6 +235,18 @@ def _sub_vectors(b, fmt: TileFormat, tile: Tile, levels):
     return out
 
 
+def _tile(b, w_ptr, w_off, i, n, tile_bytes: int, pair: bool) -> Tile:
+    """Tile i of the group whose tiles start at byte w_off; with `pair`, as a TilePair with the
+    next group's tile i, n tiles on (a group has n)."""
+    def const(v):
+        return ir.Constant(cgutils.intp_t, v)
+
+    at = b.add(w_off, b.mul(i, const(tile_bytes)))
+    if pair:
+        return TilePair(b, b.gep(w_ptr, [at]), b.gep(w_ptr, [b.add(at, b.mul(n, const(tile_bytes)))]))
+    return Tile(b, b.gep(w_ptr, [at]))
+
+
 def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType, w_ptr, w_off, xq_ptr,
                    x_offs, xd_ptr, xs_ptr, xbs, n, pair: bool = False):
     """Emit the loop over a group's `n` tiles against the tokens (x_offs, xbs: each token's first
@@ -264,11 +276,7 @@ def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType,
     zero = ir.Constant(vec(I32, rows), None)
 
     def block(i, slot):
-        at = b.add(w_off, b.mul(i, const(fmt.tile_bytes)))
-        if pair:
-            tile = TilePair(b, b.gep(w_ptr, [at]), b.gep(w_ptr, [b.add(at, b.mul(n, const(fmt.tile_bytes)))]))
-        else:
-            tile = Tile(b, b.gep(w_ptr, [at]))
+        tile = _tile(b, w_ptr, w_off, i, n, fmt.tile_bytes, pair)
         if prefetch:
             for base in tile.bases:
                 _prefetch(b, base, AHEAD, fmt.tile_bytes)
@@ -345,11 +353,7 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
     zero = ir.Constant(vec(I32, rows), None)
     sums_ptr = b.bitcast(xs_ptr, I32.as_pointer())
     with cgutils.for_range_slice(b, const(0), n, const(1)) as (i, _):
-        at = b.add(w_off, b.mul(i, const(fmt.tile_bytes)))
-        if pair:
-            tile = TilePair(b, b.gep(w_ptr, [at]), b.gep(w_ptr, [b.add(at, b.mul(n, const(fmt.tile_bytes)))]))
-        else:
-            tile = Tile(b, b.gep(w_ptr, [at]))
+        tile = _tile(b, w_ptr, w_off, i, n, fmt.tile_bytes, pair)
         sup = FORMATS[qtype].decode(tile, ByteOps(b, flavor, features))
         offset = sup.offset + (dots.bias(None) if sup.signed else 0)
         lines = -(-fmt.tile_bytes // 64)  # the tile's cache lines
