@@ -98,15 +98,27 @@ def attention(q: np.ndarray, kv: KVView, q_pos: np.ndarray, window: int, threads
     tiles = -(-n // tile)
     threads = threads or numba.get_num_threads()
     spans = _spans(m, n_kv * tiles, threads)
-    acc = np.empty((spans, n, n_head, d), dtype=F32)
-    best = np.empty((spans, n, n_head), dtype=F32)
-    total = np.empty((spans, n, n_head), dtype=F32)
-    _attention_spans(np.ascontiguousarray(q, dtype=F32), kv.k, kv.k_scale, kv.v, kv.v_scale, q_pos, kv.pos, window,
-                     tile, _order(tiles, spans, threads), acc, best, total)
+    return _attend(np.ascontiguousarray(q, dtype=F32), kv.k, kv.k_scale, kv.v, kv.v_scale, q_pos, kv.pos, window,
+                   tile, _order(tiles, spans, threads))
+
+
+@kernel
+def _attend(q, k, k_scale, v, v_scale, q_pos, k_pos, window, tile, order):
+    """`attention` from its spans to its output in one compiled call: the spans in parallel
+    (_attention_spans), then their merge on this thread, which is a few thousand values at
+    most (only a few queries split the keys). As two calls from Python, a decode step's
+    attention took about 1% more of the step (BENCHMARKS.md)."""
+    n, n_head, d = q.shape
+    tiles = (n + tile - 1) // tile
+    spans = len(order) // tiles
+    acc = np.empty((spans, n, n_head, d), dtype=np.float32)
+    best = np.empty((spans, n, n_head), dtype=np.float32)
+    total = np.empty((spans, n, n_head), dtype=np.float32)
+    _attention_spans(q, k, k_scale, v, v_scale, q_pos, k_pos, window, tile, order, acc, best, total)
     if spans == 1:  # normalized in place already
         return acc[0].reshape(n, n_head * d)
-    out = np.empty((n, n_head, d), dtype=F32)
-    _attention_merge(acc, best, total, out)
+    out = np.empty((n, n_head, d), dtype=np.float32)
+    _merge(acc, best, total, out)
     return out.reshape(n, n_head * d)
 
 
@@ -532,11 +544,12 @@ def _attention_spans(q, k, k_scale, v, v_scale, q_pos, k_pos, window, tile, orde
                 acc[span, t, h, c] = a[r, c] * norm
 
 
-@kernel(parallel=True)
-def _attention_merge(acc, best, total, out):
-    """The spans' partial softmaxes as one: out (n, n_head, d)."""
+@kernel
+def _merge(acc, best, total, out):
+    """The spans' partial softmaxes as one: out (n, n_head, d), in the order a parallel merge
+    took them (each (query, head) on its own), so the values are the same."""
     spans, n, n_head, d = acc.shape
-    for item in prange(n * n_head):
+    for item in range(n * n_head):
         t, h = item // n_head, item % n_head
         mx = -np.inf
         for sp in range(spans):
