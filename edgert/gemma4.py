@@ -170,8 +170,8 @@ class SoftTokens:
 
 
 def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.ndarray, pos: np.ndarray,
-            keep: np.ndarray | None, soft: SoftTokens | None = None,
-            exact: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+            keep: np.ndarray | None, soft: SoftTokens | None = None, exact: bool = False,
+            threads: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """One step over `ids` at positions `pos`, writing K/V of the owning layers to `caches`.
 
     keep: indices of the positions whose logits are wanted (None: none). From the first
@@ -182,7 +182,8 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
     ids are the pad id, which their PLE rows use). exact: each position's logits bit for bit
     those of decoding it alone after the ones before (a draft's verification): products row
     by row as one-row products (quant.tensor.exact_rows), attention query by query over the
-    cache as that query alone would have seen it."""
+    cache as that query alone would have seen it. threads: those the kernels run on, which
+    plan the attention's work (None: asked of Numba at every layer, 11 us when cold)."""
     # PLE rows come off the disk on a background thread; the first layer needs them after its attention
     ple_rows = w.ple.fetch(ids) if w.ple is not None else None
     x = embed(cfg, w, ids)  # (n, H)
@@ -214,9 +215,9 @@ def forward(cfg: ModelConfig, w: Weights, caches: dict[int, KVCache], ids: np.nd
         if exact and len(pos) > 1:
             a = np.empty((len(pos), cfg.n_head * s.head_dim), dtype=np.float32)
             for i, alone in source.views_alone(pos):
-                a[i] = attention(q[i:i + 1], alone, pos[i:i + 1], window)[0]
+                a[i] = attention(q[i:i + 1], alone, pos[i:i + 1], window, threads)[0]
         else:
-            a = attention(q, view, pos, window)
+            a = attention(q, view, pos, window, threads)
 
         if w.ple is not None and ple is None:  # once; then the fetched rows and x0 have no further use
             ple, ple_rows, x0 = per_layer_inputs(cfg, w, x0, w.ple.wait(ple_rows)), None, None

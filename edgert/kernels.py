@@ -7,7 +7,6 @@ decode each op sees one token, so what these save is numpy's per-call overhead
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -90,31 +89,29 @@ def attention(q: np.ndarray, kv: KVView, q_pos: np.ndarray, window: int, threads
     a KV head meet each key once: its row is decoded to float32 once for all of them, and
     the softmax runs online (flash attention), so no query keeps more than a block of scores,
     whatever the context. Few queries (decode) split the keys into spans, merged at the end
-    as flash-decoding does, so that every thread has work."""
-    n, n_head, d = q.shape
-    m, n_kv = kv.k.shape[0], kv.k.shape[1]
-    group = n_head // n_kv
-    tile = max(1, QUERY_ROWS // group)
-    tiles = -(-n // tile)
-    threads = threads or numba.get_num_threads()
-    spans = _spans(m, n_kv * tiles, threads)
+    as flash-decoding does, so that every thread has work. threads: those the work is
+    planned for (default: the kernels' own)."""
     return _attend(np.ascontiguousarray(q, dtype=F32), kv.k, kv.k_scale, kv.v, kv.v_scale, q_pos, kv.pos, window,
-                   tile, _order(tiles, spans, threads))
+                   threads or numba.get_num_threads())  # asked in compiled code, it would keep _attend from the disk cache
 
 
 @kernel
-def _attend(q, k, k_scale, v, v_scale, q_pos, k_pos, window, tile, order):
-    """`attention` from its spans to its output in one compiled call: the spans in parallel
-    (_attention_spans), then their merge on this thread, which is a few thousand values at
-    most (only a few queries split the keys). As two calls from Python, a decode step's
-    attention took about 1% more of the step (BENCHMARKS.md)."""
+def _attend(q, k, k_scale, v, v_scale, q_pos, k_pos, window, threads):
+    """`attention` in one compiled call, from its plan (query tiles, key spans, their order)
+    to its output: the spans in parallel (_attention_spans), then their merge on this thread,
+    a few thousand values at most (only a few queries split the keys). A decode step's
+    attention took 13 us more when its plan was made in Python, and about 1% more of the step
+    as two calls (BENCHMARKS.md)."""
     n, n_head, d = q.shape
+    m, n_kv = k.shape[0], k.shape[1]
+    tile = max(1, QUERY_ROWS // (n_head // n_kv))
     tiles = (n + tile - 1) // tile
-    spans = len(order) // tiles
+    spans = _spans(m, n_kv * tiles, threads)
     acc = np.empty((spans, n, n_head, d), dtype=np.float32)
     best = np.empty((spans, n, n_head), dtype=np.float32)
     total = np.empty((spans, n, n_head), dtype=np.float32)
-    _attention_spans(q, k, k_scale, v, v_scale, q_pos, k_pos, window, tile, order, acc, best, total)
+    _attention_spans(q, k, k_scale, v, v_scale, q_pos, k_pos, window, tile, _order(tiles, spans, threads), acc, best,
+                     total)
     if spans == 1:  # normalized in place already
         return acc[0].reshape(n, n_head * d)
     out = np.empty((n, n_head, d), dtype=np.float32)
@@ -122,46 +119,51 @@ def _attend(q, k, k_scale, v, v_scale, q_pos, k_pos, window, tile, order):
     return out.reshape(n, n_head * d)
 
 
-def _spans(m: int, items: int, threads: int) -> int:
+@kernel
+def _spans(m, items, threads):
     """How many spans the m keys are split into, for `items` (KV head, query tile) pairs: none
     shorter than SPAN_KEYS, at most two work items a thread, and, where there are more items
     than threads, a whole number of items a thread. 3 spans on 2 threads would leave one thread
     two spans' work: E2B's decode attention at 192 keys, called alone with warm caches, takes
     1.3-1.4x as long so (in a decode step, where each call finds its code and keys evicted by
     the weights streamed before it, the two are level: BENCHMARKS.md)."""
-    spans = max(1, min(-(-m // SPAN_KEYS), -(-2 * threads // items)))
+    spans = max(1, min((m + SPAN_KEYS - 1) // SPAN_KEYS, (2 * threads + items - 1) // items))
     while spans > 1 and spans * items > threads and spans * items % threads:
         spans -= 1
     return spans
 
 
-@functools.lru_cache(maxsize=None)
-def _order(tiles: int, spans: int, threads: int) -> np.ndarray:
+@kernel
+def _order(tiles, spans, threads):
     """The (query tile, span) pairs, as tile * spans + span, in the order the work items take
     them: spans dealt round the threads (_dealt), and tiles from both ends in turn (0, last,
     1, last - 1, ...). A causal prompt's tile meets as many keys as come before its queries,
     so in order, the thread given the last run of tiles would do nearly three quarters of the
     work (two threads, 16 tiles: 100 of 136 parts; Gemma 3 270M's attention at 128 tokens ran
-    1.6x as fast on two threads as on one, and 1.9x so dealt). Made once per shape and shared,
-    never written to (see _dealt)."""
-    ends = np.empty(tiles, dtype=np.int64)
-    ends[0::2], ends[1::2] = np.arange((tiles + 1) // 2), np.arange(tiles - 1, (tiles - 1) // 2, -1)
-    return (ends[:, None] * spans + _dealt(spans, threads)[None, :]).reshape(-1)
+    1.6x as fast on two threads as on one, and 1.9x so dealt)."""
+    dealt = _dealt(spans, threads)
+    order = np.empty(tiles * spans, dtype=np.int64)
+    for i in range(tiles):
+        end = i // 2 if i % 2 == 0 else tiles - 1 - i // 2
+        for j in range(spans):
+            order[i * spans + j] = end * spans + dealt[j]
+    return order
 
 
-@functools.lru_cache(maxsize=None)
-def _dealt(spans: int, threads: int) -> np.ndarray:
+@kernel
+def _dealt(spans, threads):
     """The spans in the order the work items take them, dealt round the threads: a prange hands
     each thread a run of consecutive items, and a ring cache not yet full keeps its keys in its
     first slots, so spans in key order would leave the threads given the last ones nothing to
     do (decode of E2B's sliding layers below 512 tokens ran on one thread so). Which thread
-    takes a span changes no result: each is its own work item. Made once per (spans, threads)
-    and shared, so never written to (it stays writable only so that the kernel is compiled for
-    one array type)."""
+    takes a span changes no result: each is its own work item."""
+    out = np.arange(spans)
     if threads < 2 or spans % threads:
-        return np.arange(spans)
+        return out
     per = spans // threads
-    return np.array([(p % per) * threads + p // per for p in range(spans)])
+    for p in range(spans):
+        out[p] = (p % per) * threads + p // per
+    return out
 
 
 @kernel(inline="always")

@@ -283,7 +283,8 @@ class Model:
         its partial cache writes are undone."""
         numba.set_num_threads(self.threads)  # a per-thread setting: the caller may be any thread
         try:
-            return gemma4.forward(self.config, self.weights, state.caches, ids, pos, keep, soft, exact=exact)
+            return gemma4.forward(self.config, self.weights, state.caches, ids, pos, keep, soft, exact=exact,
+                                  threads=self.threads)
         except BaseException:
             for cache in state.caches.values():
                 cache.rollback(state.pos)

@@ -112,7 +112,7 @@ class Assistant:
         for s, lw, src in zip(cfg.layers, w.layers, self.sources):  # layers that borrow K/V, without PLE
             q, _, _ = gemma4.qkv(cfg, s, lw, x, p)
             window = target.config.sliding_window + 1 if s.sliding else 0
-            a = attention(q, state.caches[src].view(pos), p, window)
+            a = attention(q, state.caches[src].view(pos), p, window, target.threads)
             x = gemma4.after_attention(cfg, lw, x, a, None)
         x = rms_norm(x, w.output_norm, cfg.rms_eps)
         return x[0], matmul(x, self.post)[0]
