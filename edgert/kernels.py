@@ -99,9 +99,9 @@ def attention(q: np.ndarray, kv: KVView, q_pos: np.ndarray, window: int, threads
 def _attend(q, k, k_scale, v, v_scale, q_pos, k_pos, window, threads):
     """`attention` in one compiled call, from its plan (query tiles, key spans, their order)
     to its output: the spans in parallel (_attention_spans), then their merge on this thread,
-    a few thousand values at most (only a few queries split the keys). A decode step's
-    attention took 13 us more when its plan was made in Python, and about 1% more of the step
-    as two calls (BENCHMARKS.md)."""
+    a few thousand values at most (only a few queries split the keys). With its plan made
+    in Python, a decode step's attention took 3-6 us more (cold), and as two calls about 1% more
+    of the step (BENCHMARKS.md)."""
     n, n_head, d = q.shape
     m, n_kv = k.shape[0], k.shape[1]
     tile = max(1, QUERY_ROWS // (n_head // n_kv))
