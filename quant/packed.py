@@ -235,15 +235,17 @@ def _sub_vectors(b, fmt: TileFormat, tile: Tile, levels):
     return out
 
 
+def _const(v: int):
+    """An index-sized integer constant (offsets and loop bounds in the emitted loops)."""
+    return ir.Constant(cgutils.intp_t, v)
+
+
 def _tile(b, w_ptr, w_off, i, n, tile_bytes: int, pair: bool) -> Tile:
     """Tile i of the group whose tiles start at byte w_off; with `pair`, as a TilePair with the
     next group's tile i, n tiles on (a group has n)."""
-    def const(v):
-        return ir.Constant(cgutils.intp_t, v)
-
-    at = b.add(w_off, b.mul(i, const(tile_bytes)))
+    at = b.add(w_off, b.mul(i, _const(tile_bytes)))
     if pair:
-        return TilePair(b, b.gep(w_ptr, [at]), b.gep(w_ptr, [b.add(at, b.mul(n, const(tile_bytes)))]))
+        return TilePair(b, b.gep(w_ptr, [at]), b.gep(w_ptr, [b.add(at, b.mul(n, _const(tile_bytes)))]))
     return Tile(b, b.gep(w_ptr, [at]))
 
 
@@ -265,9 +267,6 @@ def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType,
     fmt = TILES[qtype]
     dots = _dot_class(flavor, features)(b)
 
-    def const(v):
-        return ir.Constant(cgutils.intp_t, v)
-
     unroll = blocks_per_iteration(qtype, len(x_offs))
     prefetch = len(x_offs) == 1 and flavor in PREFETCH_FLAVORS
     rows = 2 * ROWS if pair else ROWS
@@ -285,7 +284,7 @@ def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType,
         subs = _sub_vectors(b, fmt, tile, lambda idx: _levels(b, flavor, features, idx))
         correction = dots.bias(subs[0][1])  # every sub-vector of a format has the same bias
         for t, (x_off, xb) in enumerate(zip(x_offs, xbs)):
-            x = Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, const(32)))]))
+            x = Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, _const(32)))]))
             chains = [zero, zero]  # two dependency chains of integer dots
             for j, (values, bias, chunk) in enumerate(subs):
                 word = splat(b, x.load(4 * chunk, I32), rows)
@@ -303,11 +302,11 @@ def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType,
                 total = b.call(_fma(b, rows), [dm, splat(b, b.load(b.gep(xs_ptr, [k])), rows), total])
             b.store(total, acc[t][slot])
 
-    n_main = b.mul(b.sdiv(n, const(unroll)), const(unroll))
-    with cgutils.for_range_slice(b, const(0), n_main, const(unroll)) as (i, _):
+    n_main = b.mul(b.sdiv(n, _const(unroll)), _const(unroll))
+    with cgutils.for_range_slice(b, _const(0), n_main, _const(unroll)) as (i, _):
         for u in range(unroll):
-            block(b.add(i, const(u)), u)
-    with cgutils.for_range_slice(b, n_main, n, const(1)) as (i, _):
+            block(b.add(i, _const(u)), u)
+    with cgutils.for_range_slice(b, n_main, n, _const(1)) as (i, _):
         block(i, 0)
     results = []
     for slots in acc:
@@ -344,29 +343,26 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
     dots = _dot_class(flavor, features)(b)
     fmt = SUPER_TILES[qtype]
 
-    def const(v):
-        return ir.Constant(cgutils.intp_t, v)
-
     rows = 2 * ROWS if pair else ROWS
     prefetch = len(x_offs) == 1 and flavor in PREFETCH_FLAVORS
     acc = [cgutils.alloca_once_value(b, ir.Constant(vec(F32, rows), None)) for _ in x_offs]
     zero = ir.Constant(vec(I32, rows), None)
     sums_ptr = b.bitcast(xs_ptr, I32.as_pointer())
-    with cgutils.for_range_slice(b, const(0), n, const(1)) as (i, _):
+    with cgutils.for_range_slice(b, _const(0), n, _const(1)) as (i, _):
         tile = _tile(b, w_ptr, w_off, i, n, fmt.tile_bytes, pair)
         sup = FORMATS[qtype].decode(tile, ByteOps(b, flavor, features))
         offset = sup.offset + (dots.bias(None) if sup.signed else 0)
         lines = -(-fmt.tile_bytes // 64)  # the tile's cache lines
         share = 64 * -(-lines // len(sup.groups))  # the bytes of them each group prefetches
-        firsts = [b.add(xb, b.mul(i, const(8))) for xb in xbs]  # each token's first 32-value block here
-        xs = [Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, const(256)))])) for x_off in x_offs]
+        firsts = [b.add(xb, b.mul(i, _const(8))) for xb in xbs]  # each token's first 32-value block here
+        xs = [Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, _const(256)))])) for x_off in x_offs]
         # where a group's dot fits a signed word, its scale is applied as a word product (vpdpwssd: one
         # instruction where vpmulld is two, and the add with it)
         narrow = (sup.top is not None and max(sup.top - offset, offset) * 128 * 4 * max(len(p) for _, p, _ in sup.groups)
                   < 2 ** 15)
 
         def sum16(t, s):
-            return b.load(b.gep(sums_ptr, [b.add(b.mul(firsts[t], const(2)), const(s))]))
+            return b.load(b.gep(sums_ptr, [b.add(b.mul(firsts[t], _const(2)), _const(s))]))
 
         def xsum(t, sums):  # the total of these sums of 16 (of two at most: 2 x 16 x 128 fits a word)
             total = sum16(t, sums[0])
@@ -412,7 +408,7 @@ def _prefetch(b, ptr, ahead: int, n_bytes: int):
     Tiles lie back to back, so a line every 64 bytes of each tile covers the stream."""
     fn = declare(b, "llvm.prefetch.p0", ir.VoidType(), [I8.as_pointer(), I32, I32, I32])
     for off in range(0, n_bytes, 64):
-        where = b.gep(ptr, [ir.Constant(cgutils.intp_t, ahead + off)])
+        where = b.gep(ptr, [_const(ahead + off)])
         b.call(fn, [where, ir.Constant(I32, 0), ir.Constant(I32, 2), ir.Constant(I32, 1)])  # read, L2, data
 
 
@@ -463,7 +459,7 @@ def tiles_intrinsic(n_tokens: int, flavor: str = FLAVOR, features: frozenset[str
                 return context.make_array(signature.args[i])(context, builder, value).data
 
             def nth(base, stride, j):
-                return builder.add(base, builder.mul(stride, ir.Constant(cgutils.intp_t, j)))
+                return builder.add(base, builder.mul(stride, _const(j)))
 
             w_ptr = builder.bitcast(data(2, w_v), I8.as_pointer())
             xq_ptr = builder.bitcast(data(4, xq_v), I8.as_pointer())
