@@ -163,9 +163,9 @@ class Super:
             (the vectors twice as long for a TilePair; scales and mins are Once, like the values,
             so that each is read beside its use: sixteen rows' of them all at the top would
             not fit in registers)
-    top     the largest value, for unsigned values small enough that a group's dot (less the
-            offset) fits a signed word (Q2_K's 3, Q3_K's 7): the dot loop then scales it with
-            a word product
+    top     the largest of unsigned values (Q2_K's 3, Q3_K's 7, Q4_K's 15, Q6_K's 63): where a
+            group's dot (less the offset) fits a signed word, the dot loop scales it with a word
+            product; AVX2 without VNNI sums as many products as words as stay within one
     shifts  per group, the bits its values sit above bit 0 (Q2_K's fields left in place, masked
             but not shifted down): the dot loop shifts the group's dot down by as many, exactly,
             as the dot is a multiple of their power of two"""

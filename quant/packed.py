@@ -51,6 +51,12 @@ PAIRED = tuple(q for q, t in (TILES | SUPER_TILES).items() if t.paired)
 PAIRED_IN_DECODE = tuple(q for q, t in (TILES | SUPER_TILES).items() if t.paired_in_decode)
 PREFETCH_FLAVORS = ("avx512", "avx2")  # GEMV prefetches; measured on x86 only (+14% E2B decode matmuls)
 AHEAD = 4096  # bytes ahead of the tile being read: 2-8 KB measured alike
+# AVX2 without VNNI sums the byte products of unsigned values as words, four or more sub-vectors a
+# widening (_Madd.dots): Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q4_K, Q5_K. From L3, 1.04-1.20x; a 64-token
+# product 1.02-1.29x (BENCHMARKS.md). Q6_K's values (0..63) allow two a widening, signed ones one:
+# their loops spilled more than they saved. Q3_K's, whose offset then costs a word product more a
+# group, ran its 64-token product at 0.84x.
+WORD_RUN = 4
 SUPER_AHEAD = 8192  # the same for the 256-value tiles (1-2 KB each): 4 KB streams 5% slower
 
 
@@ -92,12 +98,46 @@ class _Madd:
     def bias(self, bias):
         return 0 if bias is None else bias
 
-    def dot(self, acc, values, bias, x):
+    def words(self, values, bias, x):
+        """The byte products summed in pairs, as signed words (vpmaddubsw)."""
         b = self.b
         if bias is None:  # signed weights: |w| x sign(w) (pairs of 128 x 127 stay within i16)
             values, x = b.call(self._sign, [values, values]), b.call(self._sign, [x, values])
-        pairs = b.call(self._maddubs, [values, x])  # 31 x 127 or 128 x 127, twice: no saturation
-        return b.add(acc, b.call(self._maddwd, [pairs, const_vec(I16, 16, 1)]))
+        return b.call(self._maddubs, [values, x])  # 63 x 128 or 128 x 127, twice: no saturation
+
+    def dot(self, acc, values, bias, x):
+        return self.b.add(acc, self.b.call(self._maddwd, [self.words(values, bias, x), const_vec(I16, 16, 1)]))
+
+    @staticmethod
+    def run(top: int | None) -> int:
+        """How many sub-vectors' words of values up to top (None: signed) sum within a word."""
+        return 1 if top is None else max(1, (2 ** 15 - 1) // (2 * 128 * top))
+
+    def dots(self, items, top: int | None, scale=None):
+        """The sum of the byte dots of items, <8 x i32>, times scale (<8 x i32> of word-sized
+        values) if given. An item is a function that makes (values, bias, x) for dot, called where
+        its dot is emitted, so that few are live at once. Values up to `top` (None: signed) times
+        activations of at most 128 in size: as many sub-vectors' words as cannot leave a word (2 x
+        128 x top each) are added as words, then widened by one vpmaddwd, by ones or by the scale
+        in both words of its lane. Q4_K's eight sub-vectors a group: eight vpmaddwd and the
+        scale's word product become one. vpmaddwd by the scale gives the integers that scaling
+        the i32 dot gives."""
+        b = self.b
+        run = self.run(top)
+        if scale is None:
+            factor = const_vec(I16, 16, 1)
+        else:  # the low word of each lane in both
+            halves16 = b.bitcast(scale, vec(I16, 16))
+            factor = shuffle(b, halves16, halves16, [2 * (k // 2) for k in range(16)])
+        total = None
+        for i in range(0, len(items), run):
+            words = None
+            for item in items[i:i + run]:
+                w = self.words(*item())
+                words = w if words is None else b.add(words, w)
+            wide = b.call(self._maddwd, [words, factor])
+            total = wide if total is None else b.add(total, wide)
+        return total
 
     def madd16(self, acc, a, c):  # _Vnni.madd16 through vpmaddwd
         v16i16 = vec(I16, 16)
@@ -283,13 +323,22 @@ def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType,
         dm = halves(b, tile, 2 * ROWS) if fmt.m is not None else None
         subs = _sub_vectors(b, fmt, tile, lambda idx: _levels(b, flavor, features, idx))
         correction = dots.bias(subs[0][1])  # every sub-vector of a format has the same bias
+        top = None if subs[0][1] is None else 15 if fmt.qh is None else 31
+        words = isinstance(dots, _Madd) and dots.run(top) >= WORD_RUN
         for t, (x_off, xb) in enumerate(zip(x_offs, xbs)):
             x = Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, _const(32)))]))
-            chains = [zero, zero]  # two dependency chains of integer dots
-            for j, (values, bias, chunk) in enumerate(subs):
-                word = splat(b, x.load(4 * chunk, I32), rows)
-                chains[j % 2] = dots.dot(chains[j % 2], values, bias, b.bitcast(word, vec(I8, 4 * rows)))
-            total = b.sitofp(b.add(*chains), floats)
+
+            def word(chunk):  # activations 4 chunk..4 chunk + 3, in every row's lane
+                return b.bitcast(splat(b, x.load(4 * chunk, I32), rows), vec(I8, 4 * rows))
+
+            if words:  # AVX2 without VNNI: products summed as words first
+                total = dots.dots([lambda v=v, bias=bias, c=c: (v, bias, word(c)) for v, bias, c in subs], top)
+            else:
+                chains = [zero, zero]  # two dependency chains of integer dots
+                for j, (values, bias, chunk) in enumerate(subs):
+                    chains[j % 2] = dots.dot(chains[j % 2], values, bias, word(chunk))
+                total = b.add(*chains)
+            total = b.sitofp(total, floats)
             k = b.add(xb, i)
             xd = splat(b, b.load(b.gep(xd_ptr, [k])), rows)
             if correction:  # dw * (xd * dot - bias * xd * sum(xq))
@@ -358,6 +407,7 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
         xs = [Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, _const(256)))])) for x_off in x_offs]
         # where a group's dot fits a signed word, its scale is applied as a word product (vpdpwssd: one
         # instruction where vpmulld is two, and the add with it)
+        words = isinstance(dots, _Madd) and not (sup.signed or sup.offset) and dots.run(sup.top) >= WORD_RUN
         narrow = (sup.top is not None and max(sup.top - offset, offset) * 128 * 4 * max(len(p) for _, p, _ in sup.groups)
                   < 2 ** 15)
 
@@ -376,6 +426,16 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                 for base in tile.bases:
                     _pinned_prefetch(b, base, SUPER_AHEAD + g * share, min(share, fmt.tile_bytes - g * share))
             for t, x in enumerate(xs):
+                if words:  # AVX2 without VNNI: the products summed as words, then scaled
+                    items = [lambda values=values, at=at, x=x: (values(), 0, b.bitcast(splat(b, x.load(at, I32), rows),
+                                                                                       vec(I8, 4 * rows)))
+                             for values, at in parts]
+                    shift = sup.shifts[g] if sup.shifts else 0
+                    dot = dots.dots(items, sup.top << shift, scale())
+                    if shift:  # exact: the scale times a multiple of 2^shift
+                        dot = b.ashr(dot, const_like(dot, shift))
+                    totals[t] = b.add(totals[t], dot)
+                    continue
                 chains = [zero] * (1 if len(parts) <= 4 else 2)  # the groups' own chains overlap
                 for c, (values, at) in enumerate(parts):
                     word = splat(b, x.load(at, I32), rows)

@@ -12,11 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quant import BLOCKS, QTensor, QType, asm, cpu, layout, packed, quantize, simd
+from quant import BLOCKS, QTensor, QType, asm, cpu, layout, packed, simd
 from quant.formats import ACTIVATIONS, Activations
 from quant.tensor import matmul, matmul_ref, matmuls
-from tests.test_kernels import (SCALAR_FALLBACK, assert_matches, check_zeros_and_extremes, cols_for,
-                                random_blocks, weight)
+from tests.test_kernels import SCALAR_FALLBACK, assert_matches, check_zeros_and_extremes, cols_for, weight
 
 pytestmark = pytest.mark.aarch64
 
@@ -233,6 +232,27 @@ def test_every_flavor_the_host_runs_matches_the_reference(flavor, features, qtyp
     x[1, ::5] = 40.0  # large activations: the most negative Q8_0 byte meets 127 in the sign trick
     got, want = _run_flavor(flavor, features, qtype, w, x), matmul_ref(x, w)
     np.testing.assert_array_less(np.abs(got - want), 2e-5 * (np.abs(x) @ np.abs(w.dequantize()).T) + 1e-30)
+
+
+@pytest.mark.skipif(not {"avx2", "f16c", "fma"} <= cpu.FEATURES, reason="needs AVX2")
+@pytest.mark.parametrize("qtype", TILED, ids=lambda q: q.name)
+def test_avx2_word_sums_do_not_overflow_at_the_extremes(qtype):
+    """AVX2 without VNNI adds the byte products of several sub-vectors as 16-bit words before it
+    widens them (quant.packed._Madd.dots). Every value at its largest (or, for signed formats,
+    most negative) against activations that quantize to -128 or +127 is where a word would
+    overflow: the dots must still be the reference's."""
+    rows, cols = 16, 512
+    features = frozenset({"avx2", "f16c", "fma"})
+    for fill in (0xFF, 0x80, 0x77):
+        raw = np.full((rows, cols // BLOCKS[qtype].values, BLOCKS[qtype].nbytes), fill, dtype=np.uint8)
+        for at in BLOCKS[qtype].scales:  # d (and dmin, m) 1: no NaN, no infinity
+            raw[:, :, at:at + 2] = np.array([1.0], np.float16).view(np.uint8)
+        w = QTensor(raw.reshape(rows, -1), qtype, (rows, cols))
+        for sign in (-1.0, 1.0):
+            x = np.full((5, cols), sign, dtype=np.float32)
+            x[1] = np.where(np.arange(cols) % 2, 1.0, -1.0)
+            got, want = _run_flavor("avx2", features, qtype, w, x), matmul_ref(x, w)
+            np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=f"bytes {fill:#x}, activations {sign}")
 
 
 @pytest.mark.parametrize("flavor,features", [(f, s) for f, s in host_flavors() if f in packed.PAIRED_FLAVORS],

@@ -99,7 +99,8 @@ def _decode(tile, ops, fifth_bits: bool) -> Super:
         parts = [(Once(lambda j=j, L=L: value(j, L)), 32 * j + 4 * L) for L in range(8)]
         groups.append((scales[j], parts, (2 * j, 2 * j + 1)))
     return Super(halves(b, tile, 0), groups, mins=(halves(b, tile, 16), [(mins[j], (2 * j, 2 * j + 1))
-                                                                          for j in range(8)]))
+                                                                          for j in range(8)]),
+                 top=31 if fifth_bits else 15)
 
 
 def _scale_min(b, scales, j):

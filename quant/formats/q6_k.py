@@ -40,7 +40,7 @@ def _decode(tile, ops) -> Super:
                     lambda ql=ql[s % 2], qh=qh, s=s: b.or_(ops.nibbles(ql(), 4 if s >= 2 else 0),
                                                            ops.field(qh(), 2 * s, 2, to=4)))
     groups = [(scales[k], [(by_value[16 * k + 4 * c], 16 * k + 4 * c) for c in range(4)], (k,)) for k in range(16)]
-    return Super(halves(b, tile, 0), groups, offset=32)
+    return Super(halves(b, tile, 0), groups, offset=32, top=63)
 
 
 @walker(256)
