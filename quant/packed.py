@@ -280,6 +280,12 @@ def _const(v: int):
     return ir.Constant(cgutils.intp_t, v)
 
 
+def _x_word(b, x: Bytes, at: int, rows: int):
+    """The four activations at byte `at` of x in every row's lane (<4 rows x i8>): what a byte dot
+    meets a sub-vector of values with."""
+    return b.bitcast(splat(b, x.load(at, I32), rows), vec(I8, 4 * rows))
+
+
 def _tile(b, w_ptr, w_off, i, n, tile_bytes: int, pair: bool) -> Tile:
     """Tile i of the group whose tiles start at byte w_off; with `pair`, as a TilePair with the
     next group's tile i, n tiles on (a group has n)."""
@@ -324,19 +330,16 @@ def emit_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: QType,
         subs = _sub_vectors(b, fmt, tile, lambda idx: _levels(b, flavor, features, idx))
         correction = dots.bias(subs[0][1])  # every sub-vector of a format has the same bias
         top = None if subs[0][1] is None else 15 if fmt.qh is None else 31
-        words = isinstance(dots, _Madd) and dots.run(top) >= WORD_RUN
+        as_words = isinstance(dots, _Madd) and dots.run(top) >= WORD_RUN
         for t, (x_off, xb) in enumerate(zip(x_offs, xbs)):
             x = Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, _const(32)))]))
-
-            def word(chunk):  # activations 4 chunk..4 chunk + 3, in every row's lane
-                return b.bitcast(splat(b, x.load(4 * chunk, I32), rows), vec(I8, 4 * rows))
-
-            if words:  # AVX2 without VNNI: products summed as words first
-                total = dots.dots([lambda v=v, bias=bias, c=c: (v, bias, word(c)) for v, bias, c in subs], top)
+            if as_words:  # AVX2 without VNNI: products summed as words first
+                total = dots.dots([lambda v=v, bias=bias, c=c: (v, bias, _x_word(b, x, 4 * c, rows))
+                                   for v, bias, c in subs], top)
             else:
                 chains = [zero, zero]  # two dependency chains of integer dots
                 for j, (values, bias, chunk) in enumerate(subs):
-                    chains[j % 2] = dots.dot(chains[j % 2], values, bias, word(chunk))
+                    chains[j % 2] = dots.dot(chains[j % 2], values, bias, _x_word(b, x, 4 * chunk, rows))
                 total = b.add(*chains)
             total = b.sitofp(total, floats)
             k = b.add(xb, i)
@@ -407,7 +410,7 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
         xs = [Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, _const(256)))])) for x_off in x_offs]
         # where a group's dot fits a signed word, its scale is applied as a word product (vpdpwssd: one
         # instruction where vpmulld is two, and the add with it)
-        words = isinstance(dots, _Madd) and not (sup.signed or sup.offset) and dots.run(sup.top) >= WORD_RUN
+        as_words = isinstance(dots, _Madd) and not (sup.signed or sup.offset) and dots.run(sup.top) >= WORD_RUN
         narrow = (sup.top is not None and max(sup.top - offset, offset) * 128 * 4 * max(len(p) for _, p, _ in sup.groups)
                   < 2 ** 15)
 
@@ -426,9 +429,8 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                 for base in tile.bases:
                     _pinned_prefetch(b, base, SUPER_AHEAD + g * share, min(share, fmt.tile_bytes - g * share))
             for t, x in enumerate(xs):
-                if words:  # AVX2 without VNNI: the products summed as words, then scaled
-                    items = [lambda values=values, at=at, x=x: (values(), 0, b.bitcast(splat(b, x.load(at, I32), rows),
-                                                                                       vec(I8, 4 * rows)))
+                if as_words:  # AVX2 without VNNI: the products summed as words, then scaled
+                    items = [lambda values=values, at=at, x=x: (values(), 0, _x_word(b, x, at, rows))
                              for values, at in parts]
                     shift = sup.shifts[g] if sup.shifts else 0
                     dot = dots.dots(items, sup.top << shift, scale())
@@ -438,9 +440,8 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                     continue
                 chains = [zero] * (1 if len(parts) <= 4 else 2)  # the groups' own chains overlap
                 for c, (values, at) in enumerate(parts):
-                    word = splat(b, x.load(at, I32), rows)
-                    chains[c % len(chains)] = dots.dot(chains[c % len(chains)], values(), None if sup.signed else 0,
-                                                       b.bitcast(word, vec(I8, 4 * rows)))
+                    word = _x_word(b, x, at, rows)
+                    chains[c % len(chains)] = dots.dot(chains[c % len(chains)], values(), None if sup.signed else 0, word)
                 dot = chains[0] if len(chains) == 1 else b.add(*chains)
                 if sup.shifts and sup.shifts[g]:  # the values' power of two off (exact: the dot is its multiple)
                     dot = b.ashr(dot, const_like(dot, sup.shifts[g]))
