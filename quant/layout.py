@@ -32,11 +32,13 @@ their tiles are a fixed permutation of the eight blocks' bytes (base.SuperTileFo
 made by base.super_source): the rows' f16 scales side by side, their scale bytes transposed
 (byte k of row r at 8k + r), then every run of value bytes as sub-vectors, so that a
 sub-vector gives eight rows' values with shifts and masks only. Each format's module in
-quant.formats says what its tile holds where.
+quant.formats says what its tile holds where. One format's values are rewritten, bit by bit
+(SuperTileFormat.pack_values): Q3_K's, whose file keeps each value's third bit 32-96 bytes
+from its two low ones; its tile holds a value's three bits together (quant.formats.q3_k).
 
 Counterpart: llama.cpp's block_q4_0x8 (ggml-cpu/repack.cpp), which interleaves eight
 blocks the same way but rewrites the nibbles; this layout keeps them and so needs no
-per-format repacking code in the kernels beyond the byte moves.
+per-format repacking code in the kernels beyond the byte moves (and Q3_K's bits).
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ import numpy as np
 from quant.formats import BLOCKS, FORMATS, QType, SuperTileFormat, TileFormat
 from quant.ir import ROWS
 
-VERSION = 2  # bump when a tile's bytes change: cached layouts of another version are rebuilt
+VERSION = 3  # bump when a tile's bytes change: cached layouts of another version are rebuilt
+
+_CHUNK = 4096  # tiles a rewrite of values (SuperTileFormat.pack_values) takes at once
 
 TILES: dict[QType, TileFormat] = {q: f.tile for q, f in FORMATS.items() if isinstance(f.tile, TileFormat)}
 SUPER_TILES: dict[QType, SuperTileFormat] = {q: f.tile for q, f in FORMATS.items()
@@ -122,14 +126,22 @@ def _pack_super(raw: np.ndarray, qtype: QType) -> np.ndarray:
     blocks = np.asarray(raw, dtype=np.uint8).reshape(raw.shape[0] // ROWS, ROWS, -1, block.nbytes)  # (g, r, b, bytes)
     g, _, nb, _ = blocks.shape
     by_block = blocks.transpose(0, 2, 1, 3).reshape(g, nb, ROWS * block.nbytes)  # (g, b, eight blocks)
-    return np.ascontiguousarray(by_block[..., fmt.source]).reshape(g, nb * fmt.tile_bytes)  # fancy indexing may not be
+    tiles = np.ascontiguousarray(by_block[..., fmt.source])  # fancy indexing may not be
+    if fmt.pack_values is not None:  # a few thousand tiles at a time: the rewrite's temporaries are larger
+        flat = tiles.reshape(g * nb, fmt.tile_bytes)
+        for k in range(0, g * nb, _CHUNK):
+            flat[k:k + _CHUNK, fmt.header:] = fmt.pack_values(flat[k:k + _CHUNK, fmt.header:])
+    return tiles.reshape(g, nb * fmt.tile_bytes)
 
 
 def _unpack_super(tiles: np.ndarray, qtype: QType, row_bytes: int) -> np.ndarray:
     fmt, block = SUPER_TILES[QType(qtype)], BLOCKS[QType(qtype)]
     g, nb = tiles.shape[0], row_bytes // block.nbytes
+    tiles = np.asarray(tiles, dtype=np.uint8).reshape(g, nb, fmt.tile_bytes)
+    if fmt.unpack_values is not None:
+        tiles = np.concatenate([tiles[..., :fmt.header], fmt.unpack_values(tiles[..., fmt.header:])], axis=-1)
     by_block = np.empty((g, nb, fmt.tile_bytes), dtype=np.uint8)
-    by_block[..., fmt.source] = np.asarray(tiles, dtype=np.uint8).reshape(g, nb, fmt.tile_bytes)
+    by_block[..., fmt.source] = tiles
     return by_block.reshape(g, nb, ROWS, block.nbytes).transpose(0, 2, 1, 3).reshape(g * ROWS, row_bytes)
 
 
@@ -138,7 +150,7 @@ def unpack_rows(tiles: np.ndarray, qtype: QType, rows: np.ndarray, row_bytes: in
     the groups that hold them are read, so a lookup touches a few pages of the tiles."""
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     where = _ROW_BYTES.get(QType(qtype))
-    if where is None:  # Q5_0's and Q5_1's fifth bits are spread over lanes: unpack the groups
+    if where is None:  # Q5_0's and Q5_1's fifth bits are spread over lanes, Q3_K's values rewritten: unpack the groups
         groups, at = np.unique(rows // ROWS, return_inverse=True)
         unpacked = unpack(tiles[groups], qtype, row_bytes).reshape(len(groups), ROWS, row_bytes)
         return unpacked[at, rows % ROWS]
@@ -153,7 +165,7 @@ def _row_bytes(qtype: QType) -> np.ndarray | None:
     """(ROWS, block bytes): the tile byte that holds byte j of row r's block, where a tile is
     a permutation of its eight blocks' bytes (every format but those with fifth-bit masks);
     read off `pack` itself by packing the bytes' own indices (their low and high bytes in turn)."""
-    if qtype in TILES and TILES[qtype].qh is not None:
+    if (qtype in TILES and TILES[qtype].qh is not None) or (qtype in SUPER_TILES and SUPER_TILES[qtype].pack_values):
         return None
     label = np.arange(ROWS * BLOCKS[qtype].nbytes).reshape(ROWS, -1)
     low, high = (pack((label >> shift & 0xFF).astype(np.uint8), qtype).astype(np.int64) for shift in (0, 8))

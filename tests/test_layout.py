@@ -41,8 +41,9 @@ def test_pack_moves_bytes_and_unpack_puts_them_back(qtype, groups, n_blocks, see
     tiles = layout.pack(raw, qtype)
     assert tiles.shape == (groups, raw.shape[1] * 8)  # no byte more or less than the file
     assert tiles.flags.c_contiguous  # as the kernels and the cache writer read it
-    if qtype not in (QType.Q5_0, QType.Q5_1):  # bytes moved, not rewritten (their fifth bits are regrouped)
+    if qtype not in (QType.Q5_0, QType.Q5_1, QType.Q3_K):  # bytes moved, not rewritten (their bits are regrouped)
         assert sorted(tiles.ravel()) == sorted(raw.ravel())
+    assert np.unpackbits(tiles).sum() == np.unpackbits(raw).sum()  # every format: bits moved, none made
     np.testing.assert_array_equal(layout.unpack(tiles, qtype, raw.shape[1]), raw)
 
 
@@ -82,6 +83,26 @@ def test_super_block_tiles_are_laid_out_as_documented():
     qh = tile[1168:].reshape(2, 8, 8, 4)  # (h, L, r, j)
     np.testing.assert_array_equal(qh[1, 3, 6], raw[6, 128 + 32 + 12:128 + 32 + 16])
 
+
+def test_q3_k_tiles_hold_each_value_s_three_bits_together_as_documented():
+    """quant.formats.q3_k's triples (X, Y, Z) hold the values that the gguf package's own
+    dequantizer reads from the file: scales of 33 (33 - 32 = 1) and d = 1 make it give q - 4."""
+    from gguf.quants import dequantize
+    rng = np.random.default_rng(2)
+    raw = rng.integers(0, 256, (8, 2 * 110), dtype=np.uint8).reshape(8, 2, 110)
+    raw[..., 96:104], raw[..., 104:108] = 0x11, 0xAA  # every 6-bit scale: low nibble 1, high bits 2
+    raw[..., 108:110] = np.frombuffer(np.float16(1).tobytes(), np.uint8)
+    raw = raw.reshape(8, 220)
+    q = dequantize(raw, QType.Q3_K).astype(np.int64).reshape(8, 2, 256)[:, 1] + 4  # the second block column
+    assert q.min() >= 0 and q.max() <= 7
+    tile = layout.pack(raw, QType.Q3_K).reshape(2, 880)[1].astype(np.int64)
+    for t in range(8):
+        x, y, z = (tile[112 + 96 * t + 32 * c:112 + 96 * t + 32 * c + 32].reshape(8, 4) for c in range(3))  # (r, j)
+        fields = [x & 7, x >> 3 & 7, y & 7, y >> 3 & 7, z & 7, z >> 3 & 7, x >> 6 | (z >> 6 & 1) << 2,
+                  y >> 6 | (z >> 7) << 2]
+        for f, got in enumerate(fields):
+            g, k = 2 * f + t // 4, t % 4
+            np.testing.assert_array_equal(got, q[:, 16 * g + 4 * k:16 * g + 4 * k + 4], err_msg=f"triple {t} field {f}")
 
 @pytest.mark.parametrize("qtype", SWEPT)
 def test_packed_matches_rows_and_reference_on_odd_shapes(qtype):

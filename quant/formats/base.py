@@ -92,12 +92,16 @@ class SuperTileFormat:
     a prompt's products (GEMM) take two groups' tiles at once where they can
     (quant.packed.PAIRED_FLAVORS), sixteen rows in 512-bit vectors; `paired_in_decode`: so does
     decode's GEMV, which reads the two groups as two streams from memory. Each is set for the
-    formats measured faster so (BENCHMARKS.md)."""
+    formats measured faster so (BENCHMARKS.md). `pack_values`: where a format's values are
+    not only moved but rewritten bit by bit (a permutation of their bits), what does it to the
+    bytes from `header` on, and `unpack_values` what undoes it."""
 
     header: int
     source: np.ndarray
     paired: bool = False
     paired_in_decode: bool = False
+    pack_values: Callable | None = None  # (..., value bytes as `source` puts them) -> the tile's, rewritten
+    unpack_values: Callable | None = None  # bit by bit (Q3_K's), and back
 
     @property
     def tile_bytes(self) -> int:

@@ -28,17 +28,16 @@ TILE = SuperTileFormat(header=160, source=super_source(84, head=[80, 82], scales
                        paired=True, paired_in_decode=True)  # two groups at once: 1.27x from L3, 1.08x from memory
 
 
-def two_bit_groups(ops, tile, at: int, scales, high=None, in_place=()):
-    """Q2_K's and Q3_K's sixteen groups of 16, and each group's shift (quant.ir.Super): value
-    128h + 32s + 4L + j is bits 2s of 2-bit sub-vector (h, L) at `at` (and bit 4h + s of
-    high[h][L], Q3_K's hmask, its third bit). The fields s in `in_place` stay where they are,
-    masked but not shifted (4^s times their values), and their groups' dots are shifted down."""
+def two_bit_groups(ops, tile, at: int, scales, in_place=()):
+    """Q2_K's sixteen groups of 16, and each group's shift (quant.ir.Super): value
+    128h + 32s + 4L + j is bits 2s of 2-bit sub-vector (h, L) at `at`. The fields s in `in_place`
+    stay where they are, masked but not shifted (4^s times their values), and their groups' dots
+    are shifted down."""
     qs = [[Once(lambda at=at + 32 * (8 * h + L): tile.load(at, V32I8)) for L in range(8)] for h in range(2)]
     lift = [2 * s if s in in_place else 0 for s in range(4)]  # where field s's low bit goes: its group's shift
 
     def value(h, s, L):
-        v = ops.field(qs[h][L](), 2 * s, 2, to=lift[s])
-        return v if high is None else ops.with_bit(v, high[h][L](), 4 * h + s, lift[s] + 2)
+        return ops.field(qs[h][L](), 2 * s, 2, to=lift[s])
 
     groups, shifts = [], []  # half by half, so that only four sub-vectors of each kind are live at a time
     for h in range(2):
