@@ -54,8 +54,9 @@ AHEAD = 4096  # bytes ahead of the tile being read: 2-8 KB measured alike
 # AVX2 without VNNI sums the byte products of unsigned values as words, four or more sub-vectors a
 # widening (_Madd.dots): Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q4_K, Q5_K. From L3, 1.04-1.20x; a 64-token
 # product 1.02-1.29x (BENCHMARKS.md). Q6_K's values (0..63) allow two a widening, signed ones one:
-# their loops spilled more than they saved. Q3_K's, whose offset then costs a word product more a
-# group, ran its 64-token product at 0.84x.
+# their loops spilled more than they saved. Q3_K's, with an offset, are widened by ones and scaled
+# after it (1.11x from L3, 1.07x a 64-token product): by the scale, the offset costs a word product
+# more a group (0.84x).
 WORD_RUN = 4
 SUPER_AHEAD = 8192  # the same for the 256-value tiles (1-2 KB each): 4 KB streams 5% slower
 
@@ -410,7 +411,7 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
         xs = [Bytes(b, b.gep(xq_ptr, [b.add(x_off, b.mul(i, _const(256)))])) for x_off in x_offs]
         # where a group's dot fits a signed word, its scale is applied as a word product (vpdpwssd: one
         # instruction where vpmulld is two, and the add with it)
-        as_words = isinstance(dots, _Madd) and not (sup.signed or sup.offset) and dots.run(sup.top) >= WORD_RUN
+        as_words = isinstance(dots, _Madd) and not sup.signed and dots.run(sup.top) >= WORD_RUN
         narrow = (sup.top is not None and max(sup.top - offset, offset) * 128 * 4 * max(len(p) for _, p, _ in sup.groups)
                   < 2 ** 15)
 
@@ -428,23 +429,26 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
             if prefetch:  # the tile SUPER_AHEAD on, a few lines per group: see _pinned_prefetch
                 for base in tile.bases:
                     _pinned_prefetch(b, base, SUPER_AHEAD + g * share, min(share, fmt.tile_bytes - g * share))
+            shift = sup.shifts[g] if sup.shifts else 0
             for t, x in enumerate(xs):
-                if as_words:  # AVX2 without VNNI: the products summed as words, then scaled
-                    items = [lambda values=values, at=at, x=x: (values(), 0, _x_word(b, x, at, rows))
-                             for values, at in parts]
-                    shift = sup.shifts[g] if sup.shifts else 0
+                items = [lambda values=values, at=at, x=x: (values(), 0, _x_word(b, x, at, rows)) for values, at in parts]
+                if as_words and not offset:  # AVX2 without VNNI: the products summed as words, then scaled
                     dot = dots.dots(items, sup.top << shift, scale())
                     if shift:  # exact: the scale times a multiple of 2^shift
                         dot = b.ashr(dot, const_like(dot, shift))
                     totals[t] = b.add(totals[t], dot)
                     continue
-                chains = [zero] * (1 if len(parts) <= 4 else 2)  # the groups' own chains overlap
-                for c, (values, at) in enumerate(parts):
-                    word = _x_word(b, x, at, rows)
-                    chains[c % len(chains)] = dots.dot(chains[c % len(chains)], values(), None if sup.signed else 0, word)
-                dot = chains[0] if len(chains) == 1 else b.add(*chains)
-                if sup.shifts and sup.shifts[g]:  # the values' power of two off (exact: the dot is its multiple)
-                    dot = b.ashr(dot, const_like(dot, sup.shifts[g]))
+                if as_words:  # with an offset (Q3_K's): summed as words, widened by ones, then as below
+                    dot = dots.dots(items, sup.top << shift)
+                else:
+                    chains = [zero] * (1 if len(parts) <= 4 else 2)  # the groups' own chains overlap
+                    for c, (values, at) in enumerate(parts):
+                        word = _x_word(b, x, at, rows)
+                        chains[c % len(chains)] = dots.dot(chains[c % len(chains)], values(), None if sup.signed else 0,
+                                                           word)
+                    dot = chains[0] if len(chains) == 1 else b.add(*chains)
+                if shift:  # the values' power of two off (exact: the dot is its multiple)
+                    dot = b.ashr(dot, const_like(dot, shift))
                 if offset:  # (q - offset) x = q x - offset x
                     dot = b.sub(dot, splat(b, b.mul(xsum(t, sums), ir.Constant(I32, offset)), rows))
                 if narrow:
