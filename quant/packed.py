@@ -431,7 +431,8 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                     _pinned_prefetch(b, base, SUPER_AHEAD + g * share, min(share, fmt.tile_bytes - g * share))
             shift = sup.shifts[g] if sup.shifts else 0
             for t, x in enumerate(xs):
-                items = [lambda values=values, at=at, x=x: (values(), 0, _x_word(b, x, at, rows)) for values, at in parts]
+                items = [lambda values=values, at=at, x=x: (values(), 0, _x_word(b, x, at, rows))
+                         for values, at in parts]
                 if as_words and not offset:  # AVX2 without VNNI: the products summed as words, then scaled
                     dot = dots.dots(items, sup.top << shift, scale())
                     if shift:  # exact: the scale times a multiple of 2^shift
@@ -444,8 +445,8 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                     chains = [zero] * (1 if len(parts) <= 4 else 2)  # the groups' own chains overlap
                     for c, (values, at) in enumerate(parts):
                         word = _x_word(b, x, at, rows)
-                        chains[c % len(chains)] = dots.dot(chains[c % len(chains)], values(), None if sup.signed else 0,
-                                                           word)
+                        chain = c % len(chains)
+                        chains[chain] = dots.dot(chains[chain], values(), None if sup.signed else 0, word)
                     dot = chains[0] if len(chains) == 1 else b.add(*chains)
                 if shift:  # the values' power of two off (exact: the dot is its multiple)
                     dot = b.ashr(dot, const_like(dot, shift))
