@@ -14,8 +14,9 @@ One 32-byte load then holds four values of eight rows, and an integer dot produc
 sums groups of four bytes (VNNI's vpdpbusd, ARM's sdot) gives the eight rows' partial
 dots in eight lanes against one broadcast word of activations: one activation load
 serves eight rows, and the stream of weights stays linear. The bytes are the file's own,
-moved, never requantized: a tile has exactly the bytes of its eight blocks, so the layout
-costs no memory, and `unpack` gives the file's bytes back.
+moved, never requantized: a tile has exactly the bytes of its eight blocks (or, for Q5_0's
+and Q5_1's fifth bits and Q3_K's values, exactly their bits), so the layout costs no memory,
+and `unpack` gives the file's bytes back.
 
 Which activations a sub-vector meets follows from the block formats (quant.formats):
 - Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL (S = 4): the low nibbles of sub-vector L are values
