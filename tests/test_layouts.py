@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import edgert
-from edgert.files import layouts
 from edgert.files.convert import convert
 from quant import QTensor, layout
 from tests.reference import GOLDEN_DIR

@@ -3,7 +3,7 @@ each product, and llvm-mca's cycles where llvm-mca is installed."""
 
 import pytest
 
-from quant import QType, asm, simd
+from quant import QType, asm
 from tools import speed_model
 from tools.speed_model import Call, Machine, Phase
 
