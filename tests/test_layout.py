@@ -104,6 +104,7 @@ def test_q3_k_tiles_hold_each_value_s_three_bits_together_as_documented():
             g, k = 2 * f + t // 4, t % 4
             np.testing.assert_array_equal(got, q[:, 16 * g + 4 * k:16 * g + 4 * k + 4], err_msg=f"triple {t} field {f}")
 
+
 @pytest.mark.parametrize("qtype", SWEPT)
 def test_packed_matches_rows_and_reference_on_odd_shapes(qtype):
     rng = np.random.default_rng(int(qtype))

@@ -43,23 +43,29 @@ VALUES = 112
 
 
 def _pack_values(region):
-    """(..., 8 x 96) the eight rows' hmask and 2-bit bytes, row by row -> (..., 768) the triples."""
+    """(..., 8 x 96) the eight rows' hmask and 2-bit bytes, row by row -> (..., 768) the triples,
+    their fields where FIELDS puts them."""
     shape = region.shape[:-1]
     rows = region.reshape(-1, 96)
     q = _three_bit_values(rows[:, :32], rows[:, 32:])
     by_field = q.reshape(-1, 8, 8, 2, 4, 4).transpose(0, 2, 3, 4, 1, 5).reshape(-1, 8, 8, 32)  # (.., f, t, 4r + j)
-    f = [by_field[:, k] for k in range(8)]
-    x = f[0] | f[1] << 3 | (f[6] & 3) << 6
-    y = f[2] | f[3] << 3 | (f[7] & 3) << 6
-    z = f[4] | f[5] << 3 | (f[6] >> 2) << 6 | (f[7] >> 2) << 7
-    return np.stack([x, y, z], axis=2).reshape(*shape, 768)  # (.., t, X/Y/Z, 32)
+    triples = np.zeros((len(by_field), 8, 3, 32), dtype=np.uint8)  # (.., t, X/Y/Z, 32)
+    for f, (byte, lo, width, third) in enumerate(FIELDS):
+        v = by_field[:, f]
+        triples[:, :, byte] |= (v & (1 << width) - 1) << lo
+        if third is not None:
+            triples[:, :, third[0]] |= (v >> 2) << third[1]
+    return triples.reshape(*shape, 768)
 
 
 def _unpack_values(tiles):
     """The inverse of _pack_values."""
     shape = tiles.shape[:-1]
-    x, y, z = (tiles.reshape(-1, 8, 3, 32)[:, :, c] for c in range(3))
-    f = [x & 7, x >> 3 & 7, y & 7, y >> 3 & 7, z & 7, z >> 3 & 7, x >> 6 | (z >> 6 & 1) << 2, y >> 6 | z >> 7 << 2]
+    triples = tiles.reshape(-1, 8, 3, 32)
+    f = []
+    for byte, lo, width, third in FIELDS:
+        v = triples[:, :, byte] >> lo & (1 << width) - 1
+        f.append(v if third is None else v | (triples[:, :, third[0]] >> third[1] & 1) << 2)
     q = np.stack(f, axis=1).reshape(-1, 8, 2, 4, 8, 4).transpose(0, 4, 1, 2, 3, 5).reshape(-1, 256)  # (.., r, v)
     by = q.reshape(-1, 2, 4, 2, 16)  # (.., n, j, h, l): sub-block 8n + 2j + h, value l
     shifts = np.arange(4, dtype=np.uint8).reshape(1, 1, 4, 1, 1)
