@@ -30,7 +30,9 @@ import numba
 
 FLAVORS = ("avx512", "avx2", "generic")
 AVX512 = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512vnni"})
-HALF_WIDTH_512 = ("znver4",)  # cores that run a 512-bit vector as two 256-bit halves (LLVM's names)
+# cores (LLVM's names) whose one-token products from memory run faster a group at a time than in pairs
+# (quant.packed.GEMV_PAIRS): AMD's, the Zen 4 that splits 512-bit vectors and the Zen 5 that does not
+GEMV_UNPAIRED_CORES = ("znver4", "znver5")
 
 
 def host_features() -> frozenset[str]:
@@ -73,7 +75,7 @@ def set_threads(n: int | None) -> int:
 
 
 FEATURES = host_features()
-SPLITS_512 = llvm.get_host_cpu_name() in HALF_WIDTH_512  # 512-bit vectors do no more per cycle than 256-bit
+PAIRS_IN_GEMV = llvm.get_host_cpu_name() not in GEMV_UNPAIRED_CORES
 FLAVOR = os.environ.get("EDGERT_SIMD") or pick_flavor(FEATURES)
 if FLAVOR not in FLAVORS:
     raise ValueError(f"EDGERT_SIMD must be one of {', '.join(FLAVORS)}, got {FLAVOR!r}")

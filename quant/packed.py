@@ -32,7 +32,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from quant.cpu import FEATURES, FLAVOR, SPLITS_512
+from quant.cpu import FEATURES, FLAVOR, PAIRS_IN_GEMV
 from quant.formats import FORMATS, IQ4_NL_LEVELS, QType, TileFormat
 from quant.ir import (F32, I8, I16, I32, ROWS, V8I32, V32I8, Bytes, Tile, TilePair, bits, const_like,
                       const_vec, declare, halves, lane_bits, nibbles, shuffle, splat, vec)
@@ -556,10 +556,13 @@ def tiles_intrinsic(n_tokens: int, flavor: str = FLAVOR, features: frozenset[str
 
 TOKENS = 4  # tokens per call in prefill
 PAIRS = PAIRED if FLAVOR in PAIRED_FLAVORS else ()  # the formats this host takes two groups at a time
-# ... and in a GEMV (decode), which reads the two groups as two streams from memory. Where a core splits
-# 512-bit vectors (Zen 4), the pair saves less arithmetic than those streams cost. There, a one-token
-# GEMV from memory a group at a time ran at these multiples of its speed in pairs: Q3_K 1.25x, IQ4_XS
-# 1.2x, Q2_K 0.95x; E2B's decode 1.20x for IQ4_XS, but 0.96x (within the runs' scatter) for Q3_K_M.
-# Prefill still gains from pairs (1.13-1.17x). See BENCHMARKS.md.
-GEMV_PAIRS = () if SPLITS_512 else tuple(q for q in PAIRS if q in PAIRED_IN_DECODE)
+# ... and in a GEMV (decode), which reads the two groups as two streams from memory. On AMD's cores
+# (quant.cpu.GEMV_UNPAIRED_CORES) those streams cost more than the pair saves. Zen 4, which splits
+# 512-bit vectors, ran a one-token GEMV from memory a group at a time at these multiples of its speed in
+# pairs: Q3_K 1.25x, IQ4_XS 1.2x, Q2_K 0.95x. Zen 5, through matmul_packed over all of E2B's decode
+# matrices: Q2_K 1.20x, Q3_K 1.19-1.24x, IQ4_XS 1.21x (no faster from L3); E2B decode in turn with the
+# other tree, IQ4_XS 1.18x, Q3_K_M 1.04x (Zen 4: 1.20x, 0.96-0.98x). Intel's Xeon (Emerald Rapids)
+# gained 1.01-1.08x from memory, as the formats' paired_in_decode comments say. Prefill gains from
+# pairs everywhere (1.13-1.17x on Zen 4). See BENCHMARKS.md.
+GEMV_PAIRS = tuple(q for q in PAIRS if q in PAIRED_IN_DECODE) if PAIRS_IN_GEMV else ()
 tiles_1, tiles_4 = (tiles_intrinsic(tokens, pairs=PAIRS) for tokens in (1, TOKENS))

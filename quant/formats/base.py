@@ -91,10 +91,11 @@ class SuperTileFormat:
     laid end to end (row r's byte b at r * nbytes + b); values start at `header`. `paired`:
     a prompt's products (GEMM) take two groups' tiles at once where they can
     (quant.packed.PAIRED_FLAVORS), sixteen rows in 512-bit vectors; `paired_in_decode`: so does
-    decode's GEMV, which reads the two groups as two streams from memory. Each is set for the
-    formats measured faster so (BENCHMARKS.md). `pack_values`: where a format's values are
-    not only moved but rewritten bit by bit (a permutation of their bits), what does it to the
-    bytes from `header` on, and `unpack_values` what undoes it."""
+    decode's GEMV, which reads the two groups as two streams from memory, on the cores where
+    that pays (not quant.cpu.GEMV_UNPAIRED_CORES, AMD's). Each is set for the formats measured
+    faster so (BENCHMARKS.md). `pack_values`: where a format's values are not only moved but
+    rewritten bit by bit (a permutation of their bits), what does it to the bytes from `header`
+    on, and `unpack_values` what undoes it."""
 
     header: int
     source: np.ndarray

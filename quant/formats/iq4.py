@@ -29,8 +29,9 @@ def _dequantize_iq4_xs(blocks):
 
 # the tile: d[8], scales_h[8] (u16); the 4 scales_l bytes at 32; then per sub-block of 32 its
 # 16 bytes as four sub-vectors at 64 (low nibbles: values 0..15, high: 16..31)
+# two groups at once in decode too, on a Xeon: 1.13x from L3, 1.01x from memory
 XS_TILE = SuperTileFormat(header=64, source=super_source(136, head=[0, 2], scales=range(4, 8), runs=[(8, 128)]),
-                          paired=True, paired_in_decode=True)  # two groups at once: 1.13x from L3, 1.01x from memory
+                          paired=True, paired_in_decode=True)
 
 
 def _decode_iq4_xs(tile, ops) -> Super:

@@ -24,8 +24,9 @@ def _dequantize(blocks):
 
 # the tile: d[8], dmin[8]; the 16 scale bytes at 32; the 2-bit bytes as two runs of 32 (32h)
 # of eight sub-vectors each, at 160
+# two groups at once in decode too, on a Xeon: 1.27x from L3, 1.08x from memory
 TILE = SuperTileFormat(header=160, source=super_source(84, head=[80, 82], scales=range(0, 16), runs=[(16, 64)]),
-                       paired=True, paired_in_decode=True)  # two groups at once: 1.27x from L3, 1.08x from memory
+                       paired=True, paired_in_decode=True)
 
 
 def two_bit_groups(ops, tile, at: int, scales, in_place=()):

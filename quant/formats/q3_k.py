@@ -79,8 +79,9 @@ def _unpack_values(tiles):
 # _pack_values takes
 _SOURCE = np.concatenate([super_source(110, head=[108], scales=range(96, 108), runs=[]),
                           [110 * r + b for r in range(8) for b in range(96)]])
+# two groups at once in decode too, on a Xeon: 1.38x from L3, 1.05x from memory
 TILE = SuperTileFormat(header=VALUES, source=_SOURCE,
-                       paired=True, paired_in_decode=True,  # two groups at once: 1.38x from L3, 1.05x from memory
+                       paired=True, paired_in_decode=True,
                        pack_values=_pack_values, unpack_values=_unpack_values)
 
 
