@@ -49,6 +49,14 @@ PAIRED_FLAVORS = ("avx512",)  # two groups at once, sixteen rows in 512-bit vect
 # (Zen 5) did not show in E2B's, for a fifth more compile time
 PAIRED = tuple(q for q, t in (TILES | SUPER_TILES).items() if t.paired)
 PAIRED_IN_DECODE = tuple(q for q, t in (TILES | SUPER_TILES).items() if t.paired_in_decode)
+# A prompt's products meet each group's values with every token before the next group's are made (so
+# the IR has it). LLVM's scheduler moved the next groups' value vectors above the first token's dots and
+# spilled them for the other tokens: Q4_K's 4-token AVX-512 loop made 281 stack accesses a tile. A
+# compiler barrier between groups (_barrier: no load crosses it) keeps the order where there are 32
+# vector registers. AVX-512, 64-token GEMM on Zen 5: Q4_K 1.43-1.46x (133 stack accesses), Q5_K
+# 1.32-1.42x, Q2_K 1.13-1.15x, Q3_K 1.03-1.19x, Q6_K and IQ4_XS level. With AVX2's 16 registers LLVM's
+# own order spills less: the barrier ran Q4_K, Q5_K and Q2_K at 0.69-0.71x there.
+GROUP_BARRIER_FLAVORS = ("avx512",)
 PREFETCH_FLAVORS = ("avx512", "avx2")  # GEMV prefetches; measured on x86 only (+14% E2B decode matmuls)
 AHEAD = 4096  # bytes ahead of the tile being read: 2-8 KB measured alike
 # AVX2 without VNNI sums the byte products of unsigned values as words, four or more sub-vectors a
@@ -429,6 +437,8 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
             if prefetch:  # the tile SUPER_AHEAD on, a few lines per group: see _pinned_prefetch
                 for base in tile.bases:
                     _pinned_prefetch(b, base, SUPER_AHEAD + g * share, min(share, fmt.tile_bytes - g * share))
+            elif len(x_offs) > 1 and flavor in GROUP_BARRIER_FLAVORS:
+                _barrier(b)
             shift = sup.shifts[g] if sup.shifts else 0
             for t, x in enumerate(xs):
                 items = [lambda values=values, at=at, x=x: (values(), 0, _x_word(b, x, at, rows))
@@ -442,7 +452,11 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                 if as_words:  # with an offset (Q3_K's): summed as words, widened by ones, then as below
                     dot = dots.dots(items, sup.top << shift)
                 else:
-                    chains = [zero] * (1 if len(parts) <= 4 else 2)  # the groups' own chains overlap
+                    # two chains let a group's own dots overlap; with several tokens, the tokens' chains do,
+                    # and one a token frees registers (Q4_K's 64-token GEMM: 1.07-1.08x on AVX-512, 1.22x
+                    # on AVX-VNNI; Q5_K 1.01-1.10x and level). IQ4_XS's signed values keep two (0.93-0.97x).
+                    one = len(parts) <= 4 or (len(xs) > 1 and not sup.signed)
+                    chains = [zero] * (1 if one else 2)
                     for c, (values, at) in enumerate(parts):
                         word = _x_word(b, x, at, rows)
                         chain = c % len(chains)
@@ -487,6 +501,11 @@ def _pinned_prefetch(b, ptr, ahead: int, n_bytes: int):
     effects, which nothing that touches memory crosses), they keep memory busy while the
     dots run: 23 GB/s. (Measured on a Xeon with AVX512-VNNI; see BENCHMARKS.md.)"""
     _prefetch(b, ptr, ahead, n_bytes)
+    _barrier(b)
+
+
+def _barrier(b):
+    """A compiler barrier: an empty asm statement with side effects, which no load or store crosses."""
     b.asm(ir.FunctionType(ir.VoidType(), []), "", "", [], side_effect=True)
 
 
