@@ -57,6 +57,14 @@ PAIRED_IN_DECODE = tuple(q for q, t in (TILES | SUPER_TILES).items() if t.paired
 # 1.32-1.42x, Q2_K 1.13-1.15x, Q3_K 1.03-1.19x, Q6_K and IQ4_XS level. With AVX2's 16 registers LLVM's
 # own order spills less: the barrier ran Q4_K, Q5_K and Q2_K at 0.69-0.71x there.
 GROUP_BARRIER_FLAVORS = ("avx512",)
+# ... and, the barrier or not, LLVM put the scale products of many groups' dots off to the loop's end,
+# each dot held (spilled) until then. Passing the tokens' totals through an empty asm statement at each
+# group (_in_register) has them made there. 64-token GEMM, in one process, on Zen 5 with AVX-512 (pairs
+# where taken): Q4_K 1.26x (pair; 1.11x alone; 104 -> 23 stack accesses), Q5_K 1.36x (1.17x); AVX2
+# without VNNI: Q4_K 1.35x, Q5_K 1.15x, Q2_K 1.47x, Q3_K 1.04x; AVX-VNNI: Q5_K 1.15x, Q3_K 1.20x,
+# Q2_K 1.29x, Q4_K level; the rest level, but for IQ4_XS's signed values on AVX-VNNI (0.79x): not theirs.
+# x86 only: the Pi's loops (generic) are unmeasured
+PINNED_FLAVORS = ("avx512", "avx2")
 PREFETCH_FLAVORS = ("avx512", "avx2")  # GEMV prefetches; measured on x86 only (+14% E2B decode matmuls)
 AHEAD = 4096  # bytes ahead of the tile being read: 2-8 KB measured alike
 # AVX2 without VNNI sums the byte products of unsigned values as words, four or more sub-vectors a
@@ -439,6 +447,8 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                     _pinned_prefetch(b, base, SUPER_AHEAD + g * share, min(share, fmt.tile_bytes - g * share))
             elif len(x_offs) > 1 and flavor in GROUP_BARRIER_FLAVORS:
                 _barrier(b)
+            if len(x_offs) > 1 and flavor in PINNED_FLAVORS and not sup.signed:  # see PINNED_FLAVORS
+                totals = [t if t is zero else _in_register(b, t) for t in totals]
             shift = sup.shifts[g] if sup.shifts else 0
             for t, x in enumerate(xs):
                 items = [lambda values=values, at=at, x=x: (values(), 0, _x_word(b, x, at, rows))
@@ -502,6 +512,11 @@ def _pinned_prefetch(b, ptr, ahead: int, n_bytes: int):
     dots run: 23 GB/s. (Measured on a Xeon with AVX512-VNNI; see BENCHMARKS.md.)"""
     _prefetch(b, ptr, ahead, n_bytes)
     _barrier(b)
+
+
+def _in_register(b, v):
+    """v, made here: an empty asm statement takes it and gives it back in a vector register."""
+    return b.asm(ir.FunctionType(v.type, [v.type]), "", "=v,0", [v], side_effect=True)
 
 
 def _barrier(b):
