@@ -63,7 +63,7 @@ GROUP_BARRIER_FLAVORS = ("avx512",)
 # where taken): Q4_K 1.26x (pair; 1.11x alone; 104 -> 23 stack accesses), Q5_K 1.36x (1.17x); AVX2
 # without VNNI: Q4_K 1.35x, Q5_K 1.15x, Q2_K 1.47x, Q3_K 1.04x; AVX-VNNI: Q5_K 1.15x, Q3_K 1.20x,
 # Q2_K 1.29x, Q4_K level; the rest level, but for IQ4_XS's signed values on AVX-VNNI (0.79x): not theirs.
-# x86 only: the Pi's loops (generic) are unmeasured
+# x86 only: on the Pi (generic) a 256-bit vector is two registers, which the asm statement cannot take
 PINNED_FLAVORS = ("avx512", "avx2")
 PREFETCH_FLAVORS = ("avx512", "avx2")  # GEMV prefetches; measured on x86 only (+14% E2B decode matmuls)
 AHEAD = 4096  # bytes ahead of the tile being read: 2-8 KB measured alike
