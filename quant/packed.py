@@ -57,14 +57,6 @@ PAIRED_IN_DECODE = tuple(q for q, t in (TILES | SUPER_TILES).items() if t.paired
 # 1.32-1.42x, Q2_K 1.13-1.15x, Q3_K 1.03-1.19x, Q6_K and IQ4_XS level. With AVX2's 16 registers LLVM's
 # own order spills less: the barrier ran Q4_K, Q5_K and Q2_K at 0.69-0.71x there.
 GROUP_BARRIER_FLAVORS = ("avx512",)
-# ... and, the barrier or not, LLVM put the scale products of many groups' dots off to the loop's end,
-# each dot held (spilled) until then. Passing the tokens' totals through an empty asm statement at each
-# group (_in_register) has them made there. 64-token GEMM, in one process, on Zen 5 with AVX-512 (pairs
-# where taken): Q4_K 1.26x (pair; 1.11x alone; 104 -> 23 stack accesses), Q5_K 1.36x (1.17x); AVX2
-# without VNNI: Q4_K 1.35x, Q5_K 1.15x, Q2_K 1.47x, Q3_K 1.04x; AVX-VNNI: Q5_K 1.15x, Q3_K 1.20x,
-# Q2_K 1.29x, Q4_K level; the rest level, but for IQ4_XS's signed values on AVX-VNNI (0.79x): not theirs.
-# x86 only: on the Pi (generic) a 256-bit vector is two registers, which the asm statement cannot take
-PINNED_FLAVORS = ("avx512", "avx2")
 PREFETCH_FLAVORS = ("avx512", "avx2")  # GEMV prefetches; measured on x86 only (+14% E2B decode matmuls)
 AHEAD = 4096  # bytes ahead of the tile being read: 2-8 KB measured alike
 # AVX2 without VNNI sums the byte products of unsigned values as words, four or more sub-vectors a
@@ -447,7 +439,7 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                     _pinned_prefetch(b, base, SUPER_AHEAD + g * share, min(share, fmt.tile_bytes - g * share))
             elif len(x_offs) > 1 and flavor in GROUP_BARRIER_FLAVORS:
                 _barrier(b)
-            if len(x_offs) > 1 and flavor in PINNED_FLAVORS and not sup.signed:  # see PINNED_FLAVORS
+            if len(x_offs) > 1 and not sup.signed:  # see _in_register
                 totals = [t if t is zero else _in_register(b, t) for t in totals]
             shift = sup.shifts[g] if sup.shifts else 0
             for t, x in enumerate(xs):
@@ -515,8 +507,27 @@ def _pinned_prefetch(b, ptr, ahead: int, n_bytes: int):
 
 
 def _in_register(b, v):
-    """v, made here: an empty asm statement takes it and gives it back in a vector register."""
-    return b.asm(ir.FunctionType(v.type, [v.type]), "", "=v,0", [v], side_effect=True)
+    """v, made here: an empty asm statement takes it and gives it back in a vector register. On
+    aarch64 a register holds 128 bits, and wider vectors go through in pieces of <4 x i32>.
+
+    A prompt's products (emit_super_tiles_dot) pass their tokens' totals through it at each group:
+    else LLVM put the scale products of many groups' dots off to the loop's end, each dot held
+    (spilled) until then. 64-token GEMM, in one process, on Zen 5 with AVX-512 (pairs where taken):
+    Q4_K 1.26x (pair; 1.11x alone; 104 -> 23 stack accesses a tile), Q5_K 1.36x (1.17x); AVX2
+    without VNNI: Q4_K 1.35x, Q5_K 1.15x, Q2_K 1.47x, Q3_K 1.04x; AVX-VNNI: Q5_K 1.15x, Q3_K
+    1.20x, Q2_K 1.29x, Q4_K level; the rest level, but for IQ4_XS's signed values on AVX-VNNI
+    (0.79x): not theirs. On the Pi, by instruction counts alone (its speed is unmeasured here), a
+    4-token loop's stack accesses fall for Q2_K 963 -> 233 (2966 -> 2251 instructions), Q3_K
+    226 -> 39, Q6_K 299 -> 202, Q5_K 376 -> 317."""
+    if not b.module.triple.startswith("aarch64"):
+        return b.asm(ir.FunctionType(v.type, [v.type]), "", "=v,0", [v], side_effect=True)
+    parts = []
+    for at in range(0, v.type.count, 4):
+        part = shuffle(b, v, v, range(at, at + 4))
+        parts.append(b.asm(ir.FunctionType(part.type, [part.type]), "", "=w,0", [part], side_effect=True))
+    while len(parts) > 1:  # joined back pairwise
+        parts = [shuffle(b, a, c, range(2 * a.type.count)) for a, c in zip(parts[::2], parts[1::2])]
+    return parts[0]
 
 
 def _barrier(b):
