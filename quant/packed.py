@@ -420,6 +420,7 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
         # where a group's dot fits a signed word, its scale is applied as a word product (vpdpwssd: one
         # instruction where vpmulld is two, and the add with it)
         as_words = isinstance(dots, _Madd) and not sup.signed and dots.run(sup.top) >= WORD_RUN
+        tokens_unsigned = len(x_offs) > 1 and not sup.signed  # several tokens, unsigned values
         narrow = (sup.top is not None and max(sup.top - offset, offset) * 128 * 4 * max(len(p) for _, p, _ in sup.groups)
                   < 2 ** 15)
 
@@ -439,7 +440,7 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                     _pinned_prefetch(b, base, SUPER_AHEAD + g * share, min(share, fmt.tile_bytes - g * share))
             elif len(x_offs) > 1 and flavor in GROUP_BARRIER_FLAVORS:
                 _barrier(b)
-            if len(x_offs) > 1 and not sup.signed:  # see _in_register
+            if tokens_unsigned:  # see _in_register
                 totals = [t if t is zero else _in_register(b, t) for t in totals]
             shift = sup.shifts[g] if sup.shifts else 0
             for t, x in enumerate(xs):
@@ -457,7 +458,7 @@ def emit_super_tiles_dot(builder, flavor: str, features: frozenset[str], qtype: 
                     # two chains let a group's own dots overlap; with several tokens, the tokens' chains do,
                     # and one a token frees registers (Q4_K's 64-token GEMM: 1.07-1.08x on AVX-512, 1.22x
                     # on AVX-VNNI; Q5_K 1.01-1.10x and level). IQ4_XS's signed values keep two (0.93-0.97x).
-                    one = len(parts) <= 4 or (len(xs) > 1 and not sup.signed)
+                    one = len(parts) <= 4 or tokens_unsigned
                     chains = [zero] * (1 if one else 2)
                     for c, (values, at) in enumerate(parts):
                         word = _x_word(b, x, at, rows)
